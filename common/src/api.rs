@@ -1,0 +1,107 @@
+//! JSON bodies of the client API (DESIGN.md §7): the error shape every non-2xx reply uses, the
+//! write reply, and the replica status.
+
+use crate::directive::{MemberRef, ReportedRole};
+use crate::ids::{BootId, DataId, Epoch, Lsn, NodeId, Version};
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable error codes; the HTTP status is part of each code's meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 503: the write was **not** appended (not leader, no lease, leader-start not committed).
+    NotLeader,
+    /// 504: the write was appended but its fate is unknown (lease lost, fenced, shutdown).
+    OutcomeUnknown,
+    /// 412: `If-Match` did not hold.
+    PreconditionFailed,
+    /// 404: no such key.
+    NotFound,
+    /// 400: malformed request (bad header, bad key, bad query).
+    BadRequest,
+    /// 413: key, value or body over the configured limit.
+    TooLarge,
+    /// 503: too many open connections.
+    Overloaded,
+    /// 503: the replica is stopping.
+    ShuttingDown,
+    /// 503: a `Baton-Min-Epoch` precondition this replica cannot meet yet.
+    StaleEpoch,
+    /// 500: the replica hit an error it cannot recover from and is stopping.
+    Fatal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NotLeader
+            | ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::StaleEpoch => 503,
+            ErrorCode::OutcomeUnknown => 504,
+            ErrorCode::PreconditionFailed => 412,
+            ErrorCode::NotFound => 404,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::Fatal => 500,
+        }
+    }
+}
+
+/// Where the replica believes the leader is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub id: NodeId,
+    pub addr: String,
+    pub epoch: Epoch,
+}
+
+/// Body of every error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderHint>,
+}
+
+/// Reply to a successful PUT or DELETE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReply {
+    pub version: Version,
+    pub lsn: Lsn,
+    pub epoch: Epoch,
+}
+
+/// `GET /v1/status` of a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: NodeId,
+    pub cluster: String,
+    pub data_id: DataId,
+    pub boot_id: BootId,
+    pub unclean: bool,
+    pub role: ReportedRole,
+    /// Highest epoch persisted.
+    pub epoch: Epoch,
+    pub log_end_epoch: Epoch,
+    pub log_end_lsn: Lsn,
+    pub log_start_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    /// Order-independent digest of the applied state: equal applied LSN means equal digest.
+    pub state_digest: String,
+    pub keys: u64,
+    pub snapshot_lsn: Lsn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderHint>,
+    pub waited: Vec<MemberRef>,
+    pub lease_left_ms: u64,
+    /// `ok`, `no_role`, `no_lease`, `starting`, `fatal`.
+    pub health: String,
+    /// Leading with an empty waited set (non-strict semi-sync): acknowledged writes have one copy.
+    pub degraded: bool,
+    /// `(epoch, first LSN)` pairs.
+    pub epoch_history: Vec<(Epoch, Lsn)>,
+}

@@ -1,0 +1,189 @@
+//! The controller↔replica wire protocol of DESIGN.md §5: the heartbeat a replica sends every
+//! `heartbeat_interval_ms`, and the directive the controller answers with.
+//!
+//! Only the shapes live here. How a replica orders and applies directives is the replica core's
+//! job (`replica/src/core.rs`); how the controller computes them is the controller's.
+
+use crate::ids::{BootId, DataId, Epoch, Lsn, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The role a directive assigns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+    /// Persist the epoch, stop leading and following, keep serving `any` reads.
+    Fenced,
+}
+
+/// The role a replica reports; `None` until an active directive arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedRole {
+    None,
+    Leader,
+    Follower,
+    Fenced,
+}
+
+/// A member of the cluster as declared in the controller's config; travels in every directive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Client/replication address, `host:port`.
+    pub addr: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub no_failover: bool,
+}
+
+/// A member identity as recorded in the sync set: the same id with another data_id is another
+/// member (its disk was replaced).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MemberRef {
+    pub id: NodeId,
+    pub data_id: DataId,
+}
+
+/// The leader a directive names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRef {
+    pub id: NodeId,
+    pub addr: String,
+    /// A replica leads only on a directive naming its own current boot id.
+    pub boot_id: BootId,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Echo of the heartbeat's seq; a lease grant counts from that heartbeat's send time.
+    pub seq: u64,
+    /// Revision of the cluster state this directive is a function of.
+    pub rev: u64,
+    /// The issuing controller's election key create_revision.
+    pub controller_term: u64,
+    /// False on a standby's answer: such an answer carries no role and no lease.
+    pub active: bool,
+    /// Address of the active controller, as far as the answering controller knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_controller: Option<String>,
+    pub epoch: Epoch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderRef>,
+    #[serde(default)]
+    pub members: Vec<Member>,
+    /// The set whose flush acknowledgements a leader waits for (`sync_set ∪ adding`).
+    #[serde(default)]
+    pub waited: Vec<MemberRef>,
+    /// Lease granted to a leader, counted from the echoed heartbeat's send time.
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// A new leader waits this long from receipt before starting its epoch.
+    #[serde(default)]
+    pub start_after_ms: u64,
+    /// Replication mode of the cluster.
+    #[serde(default)]
+    pub mode: Mode,
+    /// With an empty waited set: block writes (`true`) or run degraded (`false`).
+    #[serde(default)]
+    pub strict: bool,
+    /// The epoch was made in async mode or by a forced failover: its leader-start is lossy.
+    #[serde(default)]
+    pub lossy: bool,
+}
+
+/// Replication mode (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    SemiSync,
+    Async,
+}
+
+/// What a replica sends every heartbeat interval to every controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub cluster: String,
+    pub id: NodeId,
+    pub data_id: DataId,
+    pub boot_id: BootId,
+    pub unclean: bool,
+    pub addr: String,
+    /// The highest epoch this replica has persisted.
+    pub epoch: Epoch,
+    pub role: ReportedRole,
+    /// (epoch, LSN) of the last record in the log.
+    pub log_end_epoch: Epoch,
+    pub log_end_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// The cluster-state rev of the last directive applied.
+    pub applied_rev: u64,
+    /// Milliseconds since the last message from the leader on the replication stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_leader_ms: Option<u64>,
+    /// Leader only: age of the oldest record appended but not yet flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unflushed_ms: Option<u64>,
+    /// Leader only: milliseconds since the last sync acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_ack_ms: Option<u64>,
+    /// Leader only: milliseconds of lease left (0 when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_left_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_answer_parses_without_role_or_lease() {
+        let j = r#"{"seq":4,"rev":9,"controller_term":0,"active":false,
+                    "active_controller":"127.0.0.1:7000","epoch":3}"#;
+        let d: Directive = serde_json::from_str(j).expect("parse");
+        assert!(!d.active);
+        assert_eq!(d.role, None);
+        assert_eq!(d.lease_ms, 0);
+        assert_eq!(d.mode, Mode::SemiSync);
+    }
+
+    #[test]
+    fn directive_round_trips() {
+        let d = Directive {
+            seq: 1,
+            rev: 2,
+            controller_term: 3,
+            active: true,
+            active_controller: None,
+            epoch: Epoch(4),
+            role: Some(Role::Leader),
+            leader: Some(LeaderRef {
+                id: NodeId("r1".into()),
+                addr: "127.0.0.1:1".into(),
+                boot_id: BootId(7),
+            }),
+            members: vec![],
+            waited: vec![MemberRef {
+                id: NodeId("r2".into()),
+                data_id: DataId(9),
+            }],
+            lease_ms: 800,
+            start_after_ms: 0,
+            mode: Mode::Async,
+            strict: false,
+            lossy: true,
+        };
+        let j = serde_json::to_string(&d).expect("ser");
+        assert!(j.contains("\"mode\":\"async\""));
+        assert_eq!(serde_json::from_str::<Directive>(&j).expect("de"), d);
+    }
+}

@@ -1,0 +1,321 @@
+//! The client HTTP API of DESIGN.md §7 on axum/hyper: `PUT/GET/DELETE /v1/kv/{key}`,
+//! `GET /v1/status`, `GET /metrics`. Every error is a JSON [`ErrorBody`]; limits are checked
+//! before anything reaches the core. Request parsing lives here; decisions live in the core.
+
+use crate::core::{Consistency, WriteReject, WriteReq};
+use crate::node::{Node, WriteError};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use baton_common::api::{ErrorBody, ErrorCode, LeaderHint};
+use baton_common::clock;
+use baton_common::ids::Expect;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// The router for one replica.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/kv/{*key}", any(kv))
+        .route("/v1/kv/", any(empty_key))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// A JSON error reply.
+pub fn error(code: ErrorCode, message: impl Into<String>, leader: Option<LeaderHint>) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).expect("valid status");
+    let body = ErrorBody {
+        error: code,
+        message: message.into(),
+        leader,
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        ErrorCode::NotFound,
+        format!("no such endpoint: {}", uri.path()),
+        None,
+    )
+}
+
+async fn empty_key() -> Response {
+    error(
+        ErrorCode::BadRequest,
+        "the key is empty: use /v1/kv/{key}",
+        None,
+    )
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    let st = node.lock().core().status(clock::now_ms());
+    axum::Json(st).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.refresh_gauges();
+    let mut r = node.metrics.render().into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn kv(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limits = &node.cfg.limits;
+    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    if key.is_empty() {
+        return error(ErrorCode::BadRequest, "the key is empty", None);
+    }
+    if key.len() > limits.key_bytes_max {
+        return error(
+            ErrorCode::TooLarge,
+            format!(
+                "the key is {} bytes; the limit is {} (limits.key_bytes_max)",
+                key.len(),
+                limits.key_bytes_max
+            ),
+            None,
+        );
+    }
+    if let Some(v) = headers.get("baton-min-epoch") {
+        let Some(min) = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+            return error(
+                ErrorCode::BadRequest,
+                "Baton-Min-Epoch must be an unsigned integer",
+                None,
+            );
+        };
+        let epoch = node.lock().core().epoch();
+        if epoch.0 < min {
+            node.heartbeat_now.notify_one();
+            return error(
+                ErrorCode::StaleEpoch,
+                format!(
+                    "this replica is at epoch {epoch}, the request requires epoch {min} or later"
+                ),
+                None,
+            );
+        }
+    }
+    let expect = match headers.get("if-match") {
+        None => None,
+        Some(v) => match v.to_str().ok().map(str::parse::<Expect>) {
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) => return error(ErrorCode::BadRequest, format!("If-Match: {e}"), None),
+            None => return error(ErrorCode::BadRequest, "If-Match is not valid text", None),
+        },
+    };
+    let key = Bytes::from(key);
+    match method {
+        Method::GET | Method::HEAD => {
+            if expect.is_some() {
+                return error(
+                    ErrorCode::BadRequest,
+                    "If-Match applies to PUT and DELETE only",
+                    None,
+                );
+            }
+            get_key(&node, &uri, key)
+        }
+        Method::PUT => {
+            let max = limits.value_bytes_max;
+            if let Some(len) = headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                if len > max as u64 {
+                    return too_large_value(len, max);
+                }
+            }
+            let value = match axum::body::to_bytes(body, max).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The only way to exceed the limit without a Content-Length is a chunked body.
+                    let msg = e.to_string();
+                    if msg.to_ascii_lowercase().contains("length limit") {
+                        return error(
+                            ErrorCode::TooLarge,
+                            format!("the value exceeds {max} bytes (limits.value_bytes_max)"),
+                            None,
+                        );
+                    }
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!("cannot read the request body: {msg}"),
+                        None,
+                    );
+                }
+            };
+            write(
+                &node,
+                WriteReq {
+                    key,
+                    value: Some(value),
+                    expect,
+                },
+            )
+            .await
+        }
+        Method::DELETE => {
+            write(
+                &node,
+                WriteReq {
+                    key,
+                    value: None,
+                    expect,
+                },
+            )
+            .await
+        }
+        m => {
+            let mut r = error(
+                ErrorCode::BadRequest,
+                format!("method {m} is not supported on /v1/kv; use GET, PUT or DELETE"),
+                None,
+            );
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        }
+    }
+}
+
+fn too_large_value(len: u64, max: usize) -> Response {
+    error(
+        ErrorCode::TooLarge,
+        format!("the value is {len} bytes; the limit is {max} (limits.value_bytes_max)"),
+        None,
+    )
+}
+
+fn get_key(node: &Arc<Node>, uri: &Uri, key: Bytes) -> Response {
+    let consistency = match query_param(uri, "consistency") {
+        None | Some("leader") => Consistency::Leader,
+        Some("any") => Consistency::Any,
+        Some("linearizable") => return error(
+            ErrorCode::BadRequest,
+            "consistency=linearizable is not available yet; use consistency=leader (the default)",
+            None,
+        ),
+        Some(other) => {
+            return error(
+                ErrorCode::BadRequest,
+                format!("consistency={other:?} is unknown; use leader or any"),
+                None,
+            )
+        }
+    };
+    let res = node.lock().core().read(clock::now_ms(), &key, consistency);
+    match res {
+        Err(reject) => reject_response(reject),
+        Ok(r) => {
+            let mut resp = match &r.entry {
+                Some(e) => {
+                    let mut resp = (StatusCode::OK, e.value.clone()).into_response();
+                    resp.headers_mut()
+                        .insert("baton-version", hv(e.version.to_string()));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    resp
+                }
+                None => error(ErrorCode::NotFound, "no such key", None),
+            };
+            let h = resp.headers_mut();
+            h.insert("baton-lsn", hv(r.applied.to_string()));
+            h.insert("baton-epoch", hv(r.epoch.to_string()));
+            if consistency == Consistency::Any {
+                h.insert("baton-staleness-ms", hv(r.staleness_ms.to_string()));
+                h.insert("baton-lag-records", hv(r.lag_records.to_string()));
+            }
+            resp
+        }
+    }
+}
+
+fn hv(s: String) -> HeaderValue {
+    HeaderValue::from_str(&s).expect("digits and dots are a valid header value")
+}
+
+async fn write(node: &Arc<Node>, req: WriteReq) -> Response {
+    match node.write(req).await {
+        Ok(reply) => axum::Json(reply).into_response(),
+        Err(WriteError::Rejected(r)) => {
+            node.metrics
+                .writes
+                .with_label_values(&[reject_label(&r)])
+                .inc();
+            reject_response(r)
+        }
+        Err(WriteError::OutcomeUnknown(reason)) => {
+            node.metrics
+                .writes
+                .with_label_values(&["outcome_unknown"])
+                .inc();
+            error(
+                ErrorCode::OutcomeUnknown,
+                format!("the write was appended but its outcome is unknown: {reason}"),
+                None,
+            )
+        }
+    }
+}
+
+fn reject_label(r: &WriteReject) -> &'static str {
+    match r {
+        WriteReject::NotLeader { .. } => "not_leader",
+        WriteReject::PreconditionFailed { .. } => "precondition_failed",
+        WriteReject::NotFound => "not_found",
+        WriteReject::ShuttingDown => "shutting_down",
+        WriteReject::Fatal(_) => "fatal",
+    }
+}
+
+fn reject_response(r: WriteReject) -> Response {
+    match r {
+        WriteReject::NotLeader { reason, leader } => error(ErrorCode::NotLeader, reason, leader),
+        WriteReject::PreconditionFailed { current } => {
+            let msg = match current {
+                Some(v) => format!("If-Match failed: the key's current version is {v}"),
+                None => "If-Match failed: the key does not exist".to_string(),
+            };
+            error(ErrorCode::PreconditionFailed, msg, None)
+        }
+        WriteReject::NotFound => error(ErrorCode::NotFound, "no such key", None),
+        WriteReject::ShuttingDown => error(
+            ErrorCode::ShuttingDown,
+            "the replica is shutting down",
+            None,
+        ),
+        WriteReject::Fatal(reason) => error(
+            ErrorCode::Fatal,
+            format!("the replica stopped: {reason}"),
+            None,
+        ),
+    }
+}

@@ -1,0 +1,273 @@
+//! `baton-replica`'s config: the TOML shape with documented defaults, and the validation of
+//! values and cross-field rules. A bad config is reported as `file: key: problem`.
+
+use baton_common::config::{self, ConfigError};
+use baton_common::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Member id, as declared in the controller's config. No default.
+    pub id: String,
+    /// Cluster name (one replica set sharing one log).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// Where the log, snapshots and meta file live. No default.
+    pub data_dir: PathBuf,
+    /// Address the client/replication API listens on. No default.
+    pub listen: SocketAddr,
+    /// Address others reach this replica at; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Base URLs of every controller (`http://host:port`); heartbeats go to all of them.
+    pub controllers: Vec<String>,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_cluster() -> String {
+    "main".into()
+}
+
+/// Timing tunables.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// Heartbeat period to every controller.
+    pub heartbeat_interval_ms: u64,
+    /// A heartbeat request not answered within this is abandoned.
+    pub heartbeat_timeout_ms: u64,
+    /// Clock-rate drift bound ρ: lease deadlines are shortened by this fraction.
+    pub clock_drift: f64,
+    /// A write not committed within this is answered `504 outcome_unknown`.
+    pub write_timeout_ms: u64,
+    /// On SIGTERM a leader waits up to this long for pending writes to commit.
+    pub shutdown_drain_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval_ms: 100,
+            heartbeat_timeout_ms: 500,
+            clock_drift: 0.01,
+            write_timeout_ms: 5000,
+            shutdown_drain_ms: 1000,
+        }
+    }
+}
+
+/// Storage tunables.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// A log segment is closed at this size.
+    pub segment_bytes_max: u64,
+    /// A snapshot is taken after this many bytes of log were applied since the last one; log
+    /// segments it covers are then removed. Bounds restart time and disk use.
+    pub snapshot_log_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            segment_bytes_max: 64 << 20,
+            snapshot_log_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Request limits; violations get a 4xx JSON error naming the limit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    /// Open client connections; one more is answered 503 and closed.
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key_bytes_max: 1024,
+            value_bytes_max: 1 << 20,
+            connections_max: 1024,
+        }
+    }
+}
+
+impl ReplicaConfig {
+    /// Loads and validates `path`.
+    pub fn load(path: &Path) -> Result<ReplicaConfig, ConfigError> {
+        let c: ReplicaConfig = config::load(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ReplicaConfig, ConfigError> {
+        let c: ReplicaConfig = config::parse(path, text)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// The address others reach this replica at.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    fn validate(&self, f: &Path) -> Result<(), ConfigError> {
+        let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err(r) = NodeId::validate(&self.id) {
+            return bad("id", r);
+        }
+        if let Err(r) = NodeId::validate(&self.cluster) {
+            return bad("cluster", r);
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty".into());
+        }
+        if self.controllers.is_empty() {
+            return bad("controllers", "at least one controller URL is required: a replica takes its role only from a controller".into());
+        }
+        for (i, c) in self.controllers.iter().enumerate() {
+            let ok = c
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/'))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return bad(
+                    &format!("controllers[{i}]"),
+                    format!("{c:?} is not a base URL like http://127.0.0.1:7001"),
+                );
+            }
+        }
+        let t = &self.timing;
+        if !(10..=10_000).contains(&t.heartbeat_interval_ms) {
+            return bad(
+                "timing.heartbeat_interval_ms",
+                format!("{} is outside 10..=10000", t.heartbeat_interval_ms),
+            );
+        }
+        if t.heartbeat_timeout_ms < t.heartbeat_interval_ms {
+            return bad(
+                "timing.heartbeat_timeout_ms",
+                format!(
+                    "{} is shorter than timing.heartbeat_interval_ms ({})",
+                    t.heartbeat_timeout_ms, t.heartbeat_interval_ms
+                ),
+            );
+        }
+        if !(0.0..=0.1).contains(&t.clock_drift) {
+            return bad(
+                "timing.clock_drift",
+                format!("{} is outside 0.0..=0.1", t.clock_drift),
+            );
+        }
+        if t.write_timeout_ms == 0 {
+            return bad("timing.write_timeout_ms", "must be positive".into());
+        }
+        let s = &self.storage;
+        if s.segment_bytes_max < 4096 {
+            return bad(
+                "storage.segment_bytes_max",
+                format!("{} is below the minimum of 4096", s.segment_bytes_max),
+            );
+        }
+        if s.snapshot_log_bytes < 4096 {
+            return bad(
+                "storage.snapshot_log_bytes",
+                format!("{} is below the minimum of 4096", s.snapshot_log_bytes),
+            );
+        }
+        let l = &self.limits;
+        if !(1..=65_535).contains(&l.key_bytes_max) {
+            return bad(
+                "limits.key_bytes_max",
+                format!("{} is outside 1..=65535", l.key_bytes_max),
+            );
+        }
+        if !(1..=(32 << 20)).contains(&l.value_bytes_max) {
+            return bad(
+                "limits.value_bytes_max",
+                format!("{} is outside 1..=33554432", l.value_bytes_max),
+            );
+        }
+        if l.connections_max == 0 {
+            return bad("limits.connections_max", "must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "r1"
+data_dir = "/tmp/r1"
+listen = "127.0.0.1:7101"
+controllers = ["http://127.0.0.1:7001"]
+"#;
+
+    fn err(extra: &str) -> String {
+        ReplicaConfig::parse(Path::new("r.toml"), &format!("{GOOD}{extra}"))
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = ReplicaConfig::parse(Path::new("r.toml"), GOOD).expect("parse");
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.limits.key_bytes_max, 1024);
+        assert_eq!(c.limits.value_bytes_max, 1 << 20);
+        assert_eq!(c.advertised(), "127.0.0.1:7101");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        assert!(err("[timing]\nheartbeat_interval_ms = 1\n")
+            .starts_with("r.toml: timing.heartbeat_interval_ms: "));
+        assert!(
+            err("[limits]\nvalue_bytes_max = 0\n").starts_with("r.toml: limits.value_bytes_max: ")
+        );
+        assert!(err("[storage]\nsegment_bytes_max = 10\n")
+            .starts_with("r.toml: storage.segment_bytes_max: "));
+        let e = err("[timing]\nhearbeat_interval_ms = 100\n");
+        assert!(
+            e.contains("timing") && e.contains("hearbeat_interval_ms"),
+            "{e}"
+        );
+        let e = ReplicaConfig::parse(Path::new("r.toml"), &GOOD.replace("r1", "r 1"))
+            .expect_err("bad id")
+            .to_string();
+        assert!(e.starts_with("r.toml: id: "), "{e}");
+        let e = ReplicaConfig::parse(
+            Path::new("r.toml"),
+            &GOOD.replace("http://127.0.0.1:7001", "127.0.0.1:7001"),
+        )
+        .expect_err("bad url")
+        .to_string();
+        assert!(e.starts_with("r.toml: controllers[0]: "), "{e}");
+        let e = ReplicaConfig::parse(
+            Path::new("r.toml"),
+            &GOOD.replace("127.0.0.1:7101", "nowhere"),
+        )
+        .expect_err("bad listen")
+        .to_string();
+        assert!(e.starts_with("r.toml: listen: "), "{e}");
+    }
+}

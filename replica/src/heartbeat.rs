@@ -1,0 +1,150 @@
+//! The replica's side of the controller protocol: every `heartbeat_interval_ms` it sends a
+//! heartbeat to every configured controller, and feeds each answer through the core's ordering
+//! rules. A directive's epoch and rev are persisted before the core acts on it.
+//!
+//! Answers are handled one at a time by a single task, so two directives never race.
+
+use crate::core::Verdict;
+use crate::node::Node;
+use baton_common::clock;
+use baton_common::directive::Directive;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Runs until `cancel` fires.
+pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let (dtx, mut drx) = mpsc::channel::<(String, u64, Directive)>(256);
+    let handler_node = node.clone();
+    let handler = tokio::spawn(async move {
+        while let Some((_url, sent_at, d)) = drx.recv().await {
+            handle(&handler_node, sent_at, d).await;
+        }
+    });
+    let period = Duration::from_millis(node.cfg.timing.heartbeat_interval_ms);
+    let timeout = Duration::from_millis(node.cfg.timing.heartbeat_timeout_ms);
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reach: Arc<std::sync::Mutex<HashMap<String, bool>>> = Default::default();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = node.heartbeat_now.notified() => {}
+            _ = cancel.cancelled() => break,
+        }
+        seq += 1;
+        let sent_at = clock::now_ms();
+        let hb = node.lock().core().heartbeat(sent_at, seq);
+        let body = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
+        for base in &node.cfg.controllers {
+            let url = format!(
+                "{}/v1/clusters/{}/heartbeat",
+                base.trim_end_matches('/'),
+                node.cfg.cluster
+            );
+            let (client, body, dtx, reach, base) = (
+                client.clone(),
+                body.clone(),
+                dtx.clone(),
+                reach.clone(),
+                base.clone(),
+            );
+            tokio::spawn(async move {
+                let res = tokio::time::timeout(timeout, post(&client, &url, body)).await;
+                let res = match res {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                };
+                let ok = res.is_ok();
+                {
+                    let mut r = reach.lock().unwrap_or_else(|p| p.into_inner());
+                    let was = r.insert(base.clone(), ok);
+                    match (&res, was) {
+                        (Err(e), Some(true) | None) => {
+                            tracing::warn!(controller = %base, error = %e, "controller unreachable")
+                        }
+                        (Ok(_), Some(false)) => {
+                            tracing::info!(controller = %base, "controller reachable again")
+                        }
+                        _ => {}
+                    }
+                }
+                if let Ok(d) = res {
+                    if d.seq == seq {
+                        let _ = dtx.send((base, sent_at, d)).await;
+                    }
+                }
+            });
+        }
+    }
+    drop(dtx);
+    handler.abort();
+}
+
+async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<Directive, String> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| format!("{e}"))?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("malformed directive: {e}"))
+}
+
+/// Applies one controller answer through the core's ordering rules.
+pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
+    let verdict = node.lock().core().check_directive(&d);
+    let persist = match verdict {
+        Verdict::Ignore(reason) => {
+            tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
+            return;
+        }
+        Verdict::Accept { persist } => persist,
+    };
+    if let Some((epoch, rev)) = persist {
+        let n = node.clone();
+        let res = tokio::task::spawn_blocking(move || n.persist_epoch(epoch, rev)).await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                node.set_fatal(format!("cannot persist epoch {epoch}: {e:#}"));
+                return;
+            }
+            Err(e) => {
+                node.set_fatal(format!("cannot persist epoch {epoch}: {e}"));
+                return;
+            }
+        }
+    }
+    let now = clock::now_ms();
+    let mut g = node.lock();
+    // Re-check under the lock: the verdict must still hold when the directive is applied.
+    if let Verdict::Accept { .. } = g.core().check_directive(&d) {
+        let fx = g.core_mut().apply_directive(now, sent_at, &d);
+        node.run_effects(&mut g, fx);
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics of a replica. Counters and histograms are updated where things happen;
+//! position gauges are refreshed from the core when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub writes: IntCounterVec,
+    pub write_seconds: Histogram,
+    pub fsync_seconds: Histogram,
+    pub batch_records: Histogram,
+    pub connections: IntGauge,
+    pub connections_rejected: IntCounter,
+    pub snapshots: IntCounterVec,
+    pub snapshot_seconds: Histogram,
+    pub epoch: IntGauge,
+    pub is_leader: IntGauge,
+    pub degraded: IntGauge,
+    pub log_end_lsn: IntGauge,
+    pub flushed_lsn: IntGauge,
+    pub commit_lsn: IntGauge,
+    pub applied_lsn: IntGauge,
+    pub keys: IntGauge,
+    pub log_bytes: IntGauge,
+}
+
+fn buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.00005, 2.0, 18).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registers once");
+                m
+            }};
+        }
+        let g = |n: &str, h: &str| IntGauge::new(n, h).expect("valid gauge");
+        Metrics {
+            writes: reg!(IntCounterVec::new(
+                Opts::new("baton_replica_writes_total", "Client writes by result"),
+                &["result"]
+            )
+            .expect("valid")),
+            write_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baton_replica_write_seconds",
+                    "Write latency from request to acknowledgement"
+                )
+                .buckets(buckets())
+            )
+            .expect("valid")),
+            fsync_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baton_replica_log_sync_seconds",
+                    "Append + fdatasync time per group commit"
+                )
+                .buckets(buckets())
+            )
+            .expect("valid")),
+            batch_records: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baton_replica_log_batch_records",
+                    "Records per group commit"
+                )
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid"))
+            )
+            .expect("valid")),
+            connections: reg!(g("baton_replica_connections", "Open client connections")),
+            connections_rejected: reg!(IntCounter::new(
+                "baton_replica_connections_rejected_total",
+                "Connections refused over limits.connections_max"
+            )
+            .expect("valid")),
+            snapshots: reg!(IntCounterVec::new(
+                Opts::new("baton_replica_snapshots_total", "Snapshots by result"),
+                &["result"]
+            )
+            .expect("valid")),
+            snapshot_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("baton_replica_snapshot_seconds", "Time to write a snapshot")
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid"))
+            )
+            .expect("valid")),
+            epoch: reg!(g("baton_replica_epoch", "Highest epoch persisted")),
+            is_leader: reg!(g(
+                "baton_replica_is_leader",
+                "1 when this replica leads and holds a lease"
+            )),
+            degraded: reg!(g(
+                "baton_replica_degraded",
+                "1 when leading with an empty sync set"
+            )),
+            log_end_lsn: reg!(g(
+                "baton_replica_log_end_lsn",
+                "LSN of the last record appended"
+            )),
+            flushed_lsn: reg!(g(
+                "baton_replica_flushed_lsn",
+                "LSN up to which the log is durable"
+            )),
+            commit_lsn: reg!(g("baton_replica_commit_lsn", "Commit LSN")),
+            applied_lsn: reg!(g("baton_replica_applied_lsn", "Applied LSN")),
+            keys: reg!(g("baton_replica_keys", "Keys in the applied state")),
+            log_bytes: reg!(g("baton_replica_log_bytes", "Bytes of log on disk")),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

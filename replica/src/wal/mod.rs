@@ -1,0 +1,95 @@
+//! The write-ahead log: the [`LogStore`] trait with its durability contract, the on-disk
+//! segment implementation ([`disk::DiskLog`]) and an in-memory one ([`mem::MemLog`]) that models
+//! a crash by dropping what was never synced. Both pass the same suite (`tests/log_suite.rs`).
+//!
+//! The log knows records, positions and files; it knows nothing of keys, roles or epochs' meaning.
+
+pub mod disk;
+pub mod mem;
+pub mod record;
+
+pub use record::{Op, Record};
+
+use baton_common::{Epoch, Lsn};
+use std::path::PathBuf;
+
+/// Errors of a log store. `Corrupt` and `Io` on sync are fatal for the replica (never retried).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Damage before the tail: the node must not start on this log (or must re-fetch the range).
+    #[error("corrupt log: {file}: offset {offset}: {reason}")]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("log I/O error: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A caller broke the contract (non-dense append, truncation below the first record, …).
+    #[error("log misuse: {0}")]
+    Misuse(String),
+}
+
+impl LogError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What recovery found and repaired when a store was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes cut from the tail of the last segment because they held a torn record.
+    pub torn_bytes_truncated: u64,
+    /// Where the torn bytes started, as (file, offset).
+    pub torn_at: Option<(PathBuf, u64)>,
+    pub records: u64,
+    pub segments: usize,
+}
+
+/// A durable, dense, append-only sequence of records.
+///
+/// Durability contract:
+/// - [`append`](LogStore::append) hands records to the store; they are readable at once but
+///   **not durable**: after a crash any suffix of them may be gone.
+/// - When [`sync`](LogStore::sync) returns `Ok`, every record appended before the call survives
+///   a crash. When it returns `Err`, nothing about durability is known and the caller must stop
+///   (an fsync error is never retried).
+/// - [`truncate_from`](LogStore::truncate_from) and [`compact_through`](LogStore::compact_through)
+///   are durable when they return.
+/// - After a crash the store reopens holding a prefix of what was appended that includes
+///   everything synced; a torn record at the very tail is cut, damage elsewhere is an error.
+pub trait LogStore: Send + 'static {
+    /// LSN of the first record held, or of the next record when the store is empty.
+    fn first_lsn(&self) -> Lsn;
+    /// LSN of the last record held, or `first_lsn() - 1` when empty.
+    fn last_lsn(&self) -> Lsn;
+    /// Epoch of the last record held, `None` when empty.
+    fn last_epoch(&self) -> Option<Epoch>;
+    /// Appends records; the first must have LSN `last_lsn() + 1` and the rest follow densely.
+    fn append(&mut self, records: &[Record]) -> Result<(), LogError>;
+    /// Makes everything appended durable (see the contract above).
+    fn sync(&mut self) -> Result<(), LogError>;
+    /// Reads up to `max_records` records starting at `from`, stopping early past `max_bytes`
+    /// (at least one record is returned when one exists at `from`).
+    fn read(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError>;
+    /// Removes every record with LSN ≥ `from`; durable on return.
+    fn truncate_from(&mut self, from: Lsn) -> Result<(), LogError>;
+    /// Allows removal of records with LSN ≤ `through` (a snapshot covers them). Implementations
+    /// may keep some (whole segments are removed); durable on return.
+    fn compact_through(&mut self, through: Lsn) -> Result<(), LogError>;
+    /// Bytes the store occupies.
+    fn size_bytes(&self) -> u64;
+}
