@@ -42,6 +42,8 @@ pub struct Recovered {
     pub snapshot: Option<Snapshot>,
     /// Durable records after the snapshot, in LSN order.
     pub records: Vec<Record>,
+    /// First LSN held in the log.
+    pub log_start: Lsn,
 }
 
 /// Work the runtime must do on the core's behalf.
@@ -152,6 +154,8 @@ pub struct Core {
     shutting_down: bool,
     fatal: Option<String>,
     snapshot_lsn: Lsn,
+    /// First LSN still held in the log (earlier ones are only in the snapshot).
+    log_start: Lsn,
     snapshot_running: bool,
     bytes_since_snapshot: u64,
 }
@@ -202,6 +206,7 @@ impl Core {
             shutting_down: false,
             fatal: None,
             snapshot_lsn: snap_lsn,
+            log_start: rec.log_start,
             snapshot_running: false,
             bytes_since_snapshot: 0,
             cfg,
@@ -668,7 +673,7 @@ impl Core {
             epoch: self.epoch,
             log_end_epoch: self.log_end.0,
             log_end_lsn: self.log_end.1,
-            log_start_lsn: Lsn(0),
+            log_start_lsn: self.log_start,
             flushed_lsn: self.flushed,
             commit_lsn: self.commit,
             applied_lsn: self.applied,
@@ -711,6 +716,11 @@ impl Core {
             history,
             state: self.state.clone(),
         }
+    }
+
+    /// Log compaction removed records below `first`.
+    pub fn set_log_start(&mut self, first: Lsn) {
+        self.log_start = self.log_start.max(first);
     }
 
     /// The background snapshot finished (or failed, with `None`).

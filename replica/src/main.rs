@@ -30,6 +30,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -42,8 +43,10 @@ fn main() -> ExitCode {
         }
     };
     let span = tracing::info_span!("replica", id = %cfg.id, cluster = %cfg.cluster);
-    let _enter = span.enter();
-    match rt.block_on(baton_replica::run(cfg, shutdown_signal())) {
+    match rt.block_on(tracing::Instrument::instrument(
+        baton_replica::run(cfg, shutdown_signal()),
+        span,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baton-replica: {e:#}");

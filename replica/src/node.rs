@@ -91,15 +91,28 @@ impl Node {
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("{}: cannot create data directory: {e}", dir.display()))?;
         let lock = DirLock::acquire(&dir)?;
-        let (meta, created) = Meta::load_or_create(&dir)?;
-        let snap = snapshot::load_latest(&dir.join("snap"))?;
-        let snap_lsn = snap.as_ref().map_or(Lsn(0), |s| s.lsn);
         let (log, rec) = DiskLog::open(
             &dir.join("wal"),
             DiskOptions {
                 segment_bytes_max: cfg.storage.segment_bytes_max,
             },
         )?;
+        Self::open_with_log(cfg, lock, Box::new(log), rec.torn_bytes_truncated, t0)
+    }
+
+    /// Opens with a given log store (the disk log in production; an in-memory one with fault
+    /// injection in tests). The data directory still holds the meta file and snapshots.
+    pub fn open_with_log(
+        cfg: ReplicaConfig,
+        lock: DirLock,
+        log: Box<dyn LogStore>,
+        torn_bytes: u64,
+        t0: Instant,
+    ) -> anyhow::Result<(Arc<Node>, OpenReport)> {
+        let dir = cfg.data_dir.clone();
+        let (meta, created) = Meta::load_or_create(&dir)?;
+        let snap = snapshot::load_latest(&dir.join("snap"))?;
+        let snap_lsn = snap.as_ref().map_or(Lsn(0), |s| s.lsn);
         if log.last_lsn() < snap_lsn {
             anyhow::bail!(
                 "{}: the log ends at LSN {} but the snapshot covers up to LSN {snap_lsn}; the log was damaged or replaced",
@@ -134,6 +147,7 @@ impl Node {
                 unclean: meta.unclean,
                 snapshot: snap,
                 records,
+                log_start: log.first_lsn(),
             },
         );
         core.check_invariants()
@@ -162,7 +176,7 @@ impl Node {
         let n2 = node.clone();
         let handle = std::thread::Builder::new()
             .name("baton-log".into())
-            .spawn(move || log_thread(n2, Box::new(log), rx))
+            .spawn(move || log_thread(n2, log, rx))
             .map_err(|e| anyhow::anyhow!("cannot start the log thread: {e}"))?;
         *node.log_thread.lock().expect("fresh mutex") = Some(handle);
         Ok((
@@ -171,7 +185,7 @@ impl Node {
                 created,
                 snapshot_lsn: snap_lsn,
                 records_replayed: replayed,
-                torn_bytes: rec.torn_bytes_truncated,
+                torn_bytes,
                 elapsed: t0.elapsed(),
             },
         ))
@@ -477,8 +491,11 @@ fn log_thread(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<Lo
             node.on_flushed(last);
         }
         if let Some(c) = compact.take() {
-            if let Err(e) = log.compact_through(c) {
-                tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot");
+            match log.compact_through(c) {
+                Ok(()) => node.lock().core.set_log_start(log.first_lsn()),
+                Err(e) => {
+                    tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
+                }
             }
         }
         node.log_bytes

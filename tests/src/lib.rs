@@ -1,1 +1,9 @@
-//! placeholder
+//! Harness for Baton's multi-process tests, the benchmark and the dev cluster: a stand-in
+//! controller (a test double that hands out directives), process control for real
+//! `baton-replica` binaries, and a small HTTP client.
+//!
+//! Nothing here is part of the product; the real controller is `baton-controller`.
+
+pub mod client;
+pub mod procs;
+pub mod standin;

@@ -1,0 +1,126 @@
+//! A small HTTP client for tests and the benchmark: keep-alive connections through hyper's
+//! pooled client, with the status, headers and body of each reply.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// A reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// Why a request produced no reply: the distinction matters for outcome accounting.
+#[derive(Debug)]
+pub enum CallError {
+    /// The connection failed; the request may or may not have been sent.
+    Transport(String),
+    Timeout,
+}
+
+/// A pooled HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    pub timeout: Duration,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
+impl Client {
+    pub fn new(timeout: Duration) -> Client {
+        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_nodelay(true);
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        Client { inner, timeout }
+    }
+
+    /// Sends one request. `url` is absolute.
+    pub async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, CallError> {
+        let mut b = hyper::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(body))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| CallError::Transport(format!("{e:?}")))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        base: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<Reply, CallError> {
+        self.call("PUT", &format!("{base}/v1/kv/{key}"), &[], value.into())
+            .await
+    }
+
+    pub async fn get(&self, base: &str, key: &str) -> Result<Reply, CallError> {
+        self.call("GET", &format!("{base}/v1/kv/{key}"), &[], Bytes::new())
+            .await
+    }
+
+    pub async fn status(&self, base: &str) -> Result<serde_json::Value, CallError> {
+        let r = self
+            .call("GET", &format!("{base}/v1/status"), &[], Bytes::new())
+            .await?;
+        Ok(r.json())
+    }
+}

@@ -1,0 +1,227 @@
+//! Process control for tests and tools: locate the built binaries, write a replica's config,
+//! start it with its log captured to a file, signal it (TERM, KILL, STOP, CONT), restart it on
+//! the same data, and kill it when the handle is dropped so no test leaves a process behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to the running executable (`target/<profile>/`), or in
+/// `$BATON_BIN_DIR` when set.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("BATON_BIN_DIR") {
+        return Ok(Path::new(&dir).join(name));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    if !p.exists() {
+        anyhow::bail!(
+            "{} is not built; run `cargo build --workspace --bins` (same profile) first",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A free loopback port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral loopback port is available")
+}
+
+/// How to start one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaSpec {
+    pub id: String,
+    /// Holds `data/`, the config file and the process log.
+    pub dir: PathBuf,
+    pub port: u16,
+    pub controllers: Vec<String>,
+    /// Extra TOML appended to the generated config (tables like `[storage]`).
+    pub extra_toml: String,
+    /// Use the release build (benchmarks).
+    pub release: bool,
+}
+
+impl ReplicaSpec {
+    pub fn new(id: &str, dir: &Path, controllers: &[String]) -> ReplicaSpec {
+        ReplicaSpec {
+            id: id.to_string(),
+            dir: dir.join(id),
+            port: free_port(),
+            controllers: controllers.to_vec(),
+            extra_toml: String::new(),
+            release: false,
+        }
+    }
+
+    pub fn config_text(&self) -> String {
+        let ctl: Vec<String> = self.controllers.iter().map(|c| format!("{c:?}")).collect();
+        format!(
+            "id = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{}\"\ncontrollers = [{}]\n{}\n",
+            self.id,
+            self.dir.join("data").display().to_string(),
+            self.port,
+            ctl.join(", "),
+            self.extra_toml
+        )
+    }
+}
+
+/// A replica process.
+pub struct ReplicaProc {
+    pub spec: ReplicaSpec,
+    pub url: String,
+    pub cfg_path: PathBuf,
+    pub log_path: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl ReplicaProc {
+    /// Writes the config and starts the process.
+    pub fn start(spec: ReplicaSpec) -> anyhow::Result<ReplicaProc> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let cfg_path = spec.dir.join("replica.toml");
+        std::fs::write(&cfg_path, spec.config_text())?;
+        let bin = if spec.release {
+            let debug = bin_path("baton-replica")?;
+            let rel = debug
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("release").join("baton-replica"))
+                .unwrap_or(debug);
+            if !rel.exists() {
+                anyhow::bail!(
+                    "{} is not built; run `cargo build --release --workspace --bins`",
+                    rel.display()
+                );
+            }
+            rel
+        } else {
+            bin_path("baton-replica")?
+        };
+        let mut p = ReplicaProc {
+            url: format!("http://127.0.0.1:{}", spec.port),
+            log_path: spec.dir.join("replica.log"),
+            cfg_path,
+            spec,
+            bin,
+            child: None,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.cfg_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (libc number) to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on a child we started and have not reaped.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit status.
+    pub fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Some(st);
+                }
+            } else {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Starts the process again on the same config and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            anyhow::bail!("replica {} is still running", self.spec.id);
+        }
+        self.spawn()
+    }
+
+    /// The process log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.spec.dir.join("data")
+    }
+}
+
+impl Drop for ReplicaProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

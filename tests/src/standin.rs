@@ -1,0 +1,163 @@
+//! The stand-in controller: a test double for `baton-controller` that answers heartbeats with
+//! directives so that replicas can be driven without etcd. It names one leader; a new boot of
+//! that leader (a restart) gets a new epoch, as the real controller does; every other member is
+//! directed to follow. Tests can move leadership, change the lease, or go silent.
+//!
+//! It makes no failure decisions and keeps nothing durable.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use baton_common::directive::{Directive, Heartbeat, LeaderRef, Member, MemberRef, Mode, Role};
+use baton_common::{BootId, Epoch, NodeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Mutable behaviour of the stand-in.
+#[derive(Debug)]
+pub struct Plan {
+    pub leader: String,
+    pub epoch: u64,
+    pub rev: u64,
+    pub lease_ms: u64,
+    pub start_after_ms: u64,
+    pub mode: Mode,
+    pub strict: bool,
+    pub waited: Vec<MemberRef>,
+    /// While true, heartbeats get no answer (a controller that vanished).
+    pub silent: bool,
+    leader_boot: Option<BootId>,
+    /// Last heartbeat per member.
+    pub seen: HashMap<String, Heartbeat>,
+}
+
+/// A running stand-in controller.
+pub struct Standin {
+    pub url: String,
+    pub plan: Arc<Mutex<Plan>>,
+    _server: CancelOnDrop,
+}
+
+impl Standin {
+    /// Starts on an ephemeral loopback port, naming `leader` as the leader.
+    pub async fn start(leader: &str) -> anyhow::Result<Standin> {
+        let plan = Arc::new(Mutex::new(Plan {
+            leader: leader.to_string(),
+            epoch: 0,
+            rev: 1,
+            lease_ms: 2000,
+            start_after_ms: 0,
+            mode: Mode::SemiSync,
+            strict: false,
+            waited: Vec::new(),
+            silent: false,
+            leader_boot: None,
+            seen: HashMap::new(),
+        }));
+        let app = Router::new()
+            .route("/v1/clusters/{cluster}/heartbeat", post(heartbeat))
+            .with_state(plan.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Standin {
+            url,
+            plan,
+            _server: CancelOnDrop(task),
+        })
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut Plan) -> R) -> R {
+        f(&mut self.plan.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Moves leadership to `id` at a new epoch.
+    pub fn set_leader(&self, id: &str) {
+        self.with(|p| {
+            p.leader = id.to_string();
+            p.leader_boot = None;
+        })
+    }
+
+    /// The current epoch handed out.
+    pub fn epoch(&self) -> u64 {
+        self.with(|p| p.epoch)
+    }
+}
+
+async fn heartbeat(
+    State(plan): State<Arc<Mutex<Plan>>>,
+    Path(_cluster): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<Json<Directive>, axum::http::StatusCode> {
+    let mut p = plan.lock().unwrap_or_else(|p| p.into_inner());
+    if p.silent {
+        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let max_reported = p
+        .seen
+        .values()
+        .map(|h| h.epoch.0)
+        .max()
+        .unwrap_or(0)
+        .max(hb.epoch.0);
+    p.seen.insert(hb.id.0.clone(), hb.clone());
+    if hb.id.0 == p.leader && p.leader_boot != Some(hb.boot_id) {
+        // A new leader, or the leader restarted: a new epoch above anything reported.
+        p.epoch = p.epoch.max(max_reported) + 1;
+        p.rev += 1;
+        p.leader_boot = Some(hb.boot_id);
+    }
+    let leader = p.leader_boot.map(|boot_id| LeaderRef {
+        id: NodeId(p.leader.clone()),
+        addr: p
+            .seen
+            .get(&p.leader)
+            .map(|h| h.addr.clone())
+            .unwrap_or_default(),
+        boot_id,
+    });
+    let role = if hb.id.0 == p.leader && p.leader_boot == Some(hb.boot_id) {
+        Role::Leader
+    } else {
+        Role::Follower
+    };
+    let members = p
+        .seen
+        .values()
+        .map(|h| Member {
+            id: h.id.clone(),
+            addr: h.addr.clone(),
+            priority: 0,
+            no_failover: false,
+        })
+        .collect();
+    Ok(Json(Directive {
+        seq: hb.seq,
+        rev: p.rev,
+        controller_term: 1,
+        active: true,
+        active_controller: None,
+        epoch: Epoch(p.epoch),
+        role: if p.epoch == 0 { None } else { Some(role) },
+        leader,
+        members,
+        waited: p.waited.clone(),
+        lease_ms: p.lease_ms,
+        start_after_ms: p.start_after_ms,
+        mode: p.mode,
+        strict: p.strict,
+        lossy: false,
+    }))
+}
+
+/// Aborts a spawned task when dropped, so a stand-in never outlives its test.
+pub struct CancelOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
