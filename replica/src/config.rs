@@ -79,8 +79,8 @@ pub struct Storage {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
-            segment_bytes_max: 64 << 20,
-            snapshot_log_bytes: 256 << 20,
+            segment_bytes_max: 16 << 20,
+            snapshot_log_bytes: 64 << 20,
         }
     }
 }
@@ -226,6 +226,23 @@ controllers = ["http://127.0.0.1:7001"]
         ReplicaConfig::parse(Path::new("r.toml"), &format!("{GOOD}{extra}"))
             .expect_err("must fail")
             .to_string()
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_parses_and_matches_the_defaults() {
+        let text = include_str!("../../deploy/replica.toml");
+        let c = ReplicaConfig::parse(Path::new("deploy/replica.toml"), text).expect("example parses");
+        let (t, s, l) = (Timing::default(), Storage::default(), Limits::default());
+        assert_eq!(c.timing.heartbeat_interval_ms, t.heartbeat_interval_ms);
+        assert_eq!(c.timing.heartbeat_timeout_ms, t.heartbeat_timeout_ms);
+        assert_eq!(c.timing.clock_drift, t.clock_drift);
+        assert_eq!(c.timing.write_timeout_ms, t.write_timeout_ms);
+        assert_eq!(c.timing.shutdown_drain_ms, t.shutdown_drain_ms);
+        assert_eq!(c.storage.segment_bytes_max, s.segment_bytes_max);
+        assert_eq!(c.storage.snapshot_log_bytes, s.snapshot_log_bytes);
+        assert_eq!(c.limits.key_bytes_max, l.key_bytes_max);
+        assert_eq!(c.limits.value_bytes_max, l.value_bytes_max);
+        assert_eq!(c.limits.connections_max, l.connections_max);
     }
 
     #[test]

@@ -389,11 +389,12 @@ impl Core {
         if self.flushed >= self.log_end.1 {
             self.unflushed_since_ms = None;
         }
-        // A leader with an empty waited set commits on its own flush. With members to wait for,
-        // commit advances on their flush acknowledgements (log shipping).
+        // A leader that waits for nobody (async mode, or an empty waited set) commits on its own
+        // flush. A semi-sync leader with members to wait for commits on their flush
+        // acknowledgements (log shipping); in async mode the waited set gates nothing (§4).
         if self.role == ReportedRole::Leader
             && self.leading_epoch == Some(self.epoch)
-            && self.waited.is_empty()
+            && (self.mode == Mode::Async || self.waited.is_empty())
         {
             self.advance_commit(self.flushed);
         }

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let standin = Standin::start("r1").await?;
-    let mut spec = ReplicaSpec::new("r1", &dir, &[standin.url.clone()]);
+    let mut spec = ReplicaSpec::new("r1", &dir, std::slice::from_ref(&standin.url));
     if args.port != 0 {
         spec.port = args.port;
     }
@@ -61,7 +61,15 @@ async fn main() -> anyhow::Result<()> {
     println!("          curl {}/v1/kv/k1", r.url);
     println!("          curl {}/v1/status", r.url);
     println!("Ctrl-C stops it (the data stays).");
-    tokio::signal::ctrl_c().await?;
-    drop(r);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let mut r = r;
+    match r.term(Duration::from_secs(5)) {
+        Some(st) if st.success() => println!("stopped"),
+        other => eprintln!("baton-dev: the replica did not stop cleanly ({other:?}); see {}", r.log_path.display()),
+    }
     Ok(())
 }
