@@ -401,14 +401,19 @@ impl LogStore for DiskLog {
             let n = (seg.offsets.len() - idx).min(max_records - out.len());
             let start = seg.offsets[idx];
             let mut end_idx = idx + n;
-            let budget = max_bytes.saturating_sub(bytes).max(1) as u64;
-            // Shrink the run to the byte budget (keeping at least one record).
-            while end_idx > idx + 1 {
+            let budget = max_bytes.saturating_sub(bytes) as u64;
+            // Shrink the run to the byte budget. Only the first record of the whole read may
+            // exceed it; a later run may shrink to nothing, which ends the read.
+            let min_end = if out.is_empty() { idx + 1 } else { idx };
+            while end_idx > min_end {
                 let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
                 if end - start <= budget {
                     break;
                 }
                 end_idx -= 1;
+            }
+            if end_idx == idx {
+                break;
             }
             let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
             let mut data = vec![0u8; (end - start) as usize];
@@ -485,7 +490,9 @@ impl LogStore for DiskLog {
 
     fn compact_through(&mut self, through: Lsn) -> Result<(), LogError> {
         let mut removed = false;
-        while self.segments.len() > 1 && self.segments[1].base.0 <= through.0 + 1 {
+        // The first segment goes when all its records are ≤ `through`, i.e. when the next one
+        // starts at or below `through + 1` (written without the `+ 1`, which overflows at MAX).
+        while self.segments.len() > 1 && self.segments[1].base.0 - 1 <= through.0 {
             let seg = self.segments.remove(0);
             std::fs::remove_file(&seg.path)
                 .map_err(|e| LogError::io(format!("remove {}", seg.path.display()), e))?;
