@@ -231,7 +231,8 @@ controllers = ["http://127.0.0.1:7001"]
     #[test]
     fn the_example_config_in_deploy_parses_and_matches_the_defaults() {
         let text = include_str!("../../deploy/replica.toml");
-        let c = ReplicaConfig::parse(Path::new("deploy/replica.toml"), text).expect("example parses");
+        let c =
+            ReplicaConfig::parse(Path::new("deploy/replica.toml"), text).expect("example parses");
         let (t, s, l) = (Timing::default(), Storage::default(), Limits::default());
         assert_eq!(c.timing.heartbeat_interval_ms, t.heartbeat_interval_ms);
         assert_eq!(c.timing.heartbeat_timeout_ms, t.heartbeat_timeout_ms);

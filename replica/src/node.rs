@@ -47,6 +47,8 @@ pub struct Inner {
 enum LogCmd {
     Append(Record),
     Compact(Lsn),
+    /// Store the `unclean` flag in the meta file (after the batch before it is durable).
+    StoreUnclean(bool),
 }
 
 /// Why the node is stopping on its own.
@@ -58,6 +60,7 @@ pub struct Node {
     inner: Mutex<Inner>,
     log_tx: Mutex<Option<mpsc::Sender<LogCmd>>>,
     log_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     meta: Mutex<Meta>,
     data_dir: PathBuf,
     pub cfg: ReplicaConfig,
@@ -161,6 +164,7 @@ impl Node {
             }),
             log_tx: Mutex::new(Some(tx)),
             log_thread: Mutex::new(None),
+            snapshot_thread: Mutex::new(None),
             meta: Mutex::new(meta),
             data_dir: dir,
             id: NodeId(cfg.id.clone()),
@@ -263,14 +267,8 @@ impl Node {
                     }
                 }
                 Effect::PersistMeta => {
-                    let unclean = g.core.unclean();
-                    let me = self.clone();
-                    // Off the lock and off the async runtime: a small fsynced file write.
-                    std::thread::spawn(move || {
-                        if let Err(e) = me.update_meta(|m| m.unclean = unclean) {
-                            tracing::error!(%e, "could not store the meta file");
-                        }
-                    });
+                    // The log thread does the small fsynced write, off the lock and the runtime.
+                    self.send_log(LogCmd::StoreUnclean(g.core.unclean()));
                 }
             }
         }
@@ -332,7 +330,15 @@ impl Node {
 
     fn spawn_snapshot(self: &Arc<Self>, snap: snapshot::Snapshot) {
         let node = self.clone();
-        std::thread::spawn(move || {
+        let mut slot = self
+            .snapshot_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(prev) = slot.take() {
+            // The previous snapshot ended (the core allows one at a time); reap its thread.
+            let _ = prev.join();
+        }
+        *slot = Some(std::thread::spawn(move || {
             let t0 = Instant::now();
             let lsn = snap.lsn;
             match snapshot::write(&node.data_dir.join("snap"), &snap) {
@@ -352,7 +358,7 @@ impl Node {
                     node.lock().core.end_snapshot(None);
                 }
             }
-        });
+        }));
     }
 
     /// The node cannot go on (fsync error, corrupt log): fail everything and wake the main task.
@@ -411,6 +417,14 @@ impl Node {
     }
 
     fn stop_log_thread(&self) {
+        let snap = self
+            .snapshot_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = snap {
+            let _ = h.join();
+        }
         self.log_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let h = self
             .log_thread
@@ -464,6 +478,7 @@ fn log_thread(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<Lo
     const MAX_BATCH: usize = 4096;
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut compact: Option<Lsn> = None;
+    let mut unclean: Option<bool> = None;
     let fail = |e: LogError| node.set_fatal(format!("{e}"));
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -471,6 +486,7 @@ fn log_thread(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<Lo
             match cmd {
                 LogCmd::Append(r) => batch.push(r),
                 LogCmd::Compact(l) => compact = Some(compact.map_or(l, |c| c.max(l))),
+                LogCmd::StoreUnclean(u) => unclean = Some(u),
             }
             if batch.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -489,6 +505,12 @@ fn log_thread(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<Lo
             node.metrics.batch_records.observe(batch.len() as f64);
             batch.clear();
             node.on_flushed(last);
+        }
+        if let Some(u) = unclean.take() {
+            if let Err(e) = node.update_meta(|m| m.unclean = u) {
+                node.set_fatal(format!("cannot store the meta file: {e:#}"));
+                return;
+            }
         }
         if let Some(c) = compact.take() {
             match log.compact_through(c) {

@@ -65,7 +65,7 @@ async fn writer(c: Client, url: String, t: usize, stop: Arc<AtomicBool>, book: A
 async fn acknowledged_writes_survive_kill_9_under_load() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let standin = Standin::start("r1").await?;
-    let mut spec = ReplicaSpec::new("r1", tmp.path(), &[standin.url.clone()]);
+    let mut spec = ReplicaSpec::new("r1", tmp.path(), std::slice::from_ref(&standin.url));
     spec.extra_toml = SMALL_STORAGE.into();
     let mut r = ReplicaProc::start(spec)?;
     let c = Client::new(Duration::from_secs(5));
@@ -148,7 +148,11 @@ async fn acknowledged_writes_survive_kill_9_under_load() -> anyhow::Result<()> {
 async fn sigterm_drains_and_exits_cleanly_and_data_survives() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let standin = Standin::start("r1").await?;
-    let mut r = ReplicaProc::start(ReplicaSpec::new("r1", tmp.path(), &[standin.url.clone()]))?;
+    let mut r = ReplicaProc::start(ReplicaSpec::new(
+        "r1",
+        tmp.path(),
+        std::slice::from_ref(&standin.url),
+    ))?;
     let c = Client::new(Duration::from_secs(5));
     wait_writable(&c, &r.url).await?;
     for i in 0..50 {
@@ -179,7 +183,11 @@ async fn sigterm_drains_and_exits_cleanly_and_data_survives() -> anyhow::Result<
 async fn corrupt_log_stops_the_replica_naming_file_and_offset() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let standin = Standin::start("r1").await?;
-    let mut r = ReplicaProc::start(ReplicaSpec::new("r1", tmp.path(), &[standin.url.clone()]))?;
+    let mut r = ReplicaProc::start(ReplicaSpec::new(
+        "r1",
+        tmp.path(),
+        std::slice::from_ref(&standin.url),
+    ))?;
     let c = Client::new(Duration::from_secs(5));
     wait_writable(&c, &r.url).await?;
     for i in 0..20 {

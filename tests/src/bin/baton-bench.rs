@@ -138,7 +138,9 @@ async fn bench_baton(url: &str, clients: &[usize], secs: u64, vbytes: usize) -> 
         let v = value(vbytes);
         let row = load("baton replica", n, secs, move |t, i| {
             let (c, url, v) = (c.clone(), url.clone(), v.clone());
-            async move { matches!(c.put(&url, &format!("b{n}-{t}-{i}"), v).await, Ok(r) if r.status == 200) }
+            async move {
+                matches!(c.put(&url, &format!("b{n}-{t}-{i}"), v).await, Ok(r) if r.status == 200)
+            }
         })
         .await;
         rows.push(row);
@@ -186,10 +188,21 @@ async fn start_etcd(dir: &Path) -> anyhow::Result<Option<Etcd>> {
     let child = Command::new(bin)
         .args(["--name", "bench", "--data-dir"])
         .arg(dir.join("etcd-data"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{pport}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{pport}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("bench=http://127.0.0.1:{pport}"),
+        ])
         .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
         .stdout(Stdio::null())
         .stderr(log)
@@ -206,7 +219,11 @@ async fn start_etcd(dir: &Path) -> anyhow::Result<Option<Etcd>> {
 }
 
 fn etcd_put_body(k: &[u8], v: &[u8]) -> Bytes {
-    Bytes::from(format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(k), b64(v)))
+    Bytes::from(format!(
+        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+        b64(k),
+        b64(v)
+    ))
 }
 
 fn which(name: &str) -> anyhow::Result<PathBuf> {
@@ -267,7 +284,10 @@ async fn restart_time(r: &mut ReplicaProc, keys: u64, vbytes: usize) -> anyhow::
         t.await??;
     }
     println!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
-    let st = c.status(&r.url).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let st = c
+        .status(&r.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     println!(
         "state: {} keys, applied LSN {}, snapshot LSN {}",
         st["keys"], st["applied_lsn"], st["snapshot_lsn"]
@@ -289,15 +309,26 @@ async fn restart_time(r: &mut ReplicaProc, keys: u64, vbytes: usize) -> anyhow::
         })
         .await?;
         let open = t0.elapsed().as_secs_f64();
-        wait_for(Duration::from_secs(120), "a write after restart", || async {
-            matches!(fast.put(&r.url, "after-restart", "x").await, Ok(rep) if rep.status == 200).then_some(())
-        })
+        wait_for(
+            Duration::from_secs(120),
+            "a write after restart",
+            || async {
+                matches!(fast.put(&r.url, "after-restart", "x").await, Ok(rep) if rep.status == 200)
+                    .then_some(())
+            },
+        )
         .await?;
         let first = t0.elapsed().as_secs_f64();
         println!("| {how} | {mb:.0} | {open:.2} | {first:.2} |");
     }
-    let probe = c.get(&r.url, &format!("key-{:08}", keys - 1)).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    anyhow::ensure!(probe.status == 200, "the last loaded key is missing after restart");
+    let probe = c
+        .get(&r.url, &format!("key-{:08}", keys - 1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    anyhow::ensure!(
+        probe.status == 200,
+        "the last loaded key is missing after restart"
+    );
     Ok(())
 }
 
@@ -317,7 +348,14 @@ fn du(p: &Path) -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cmd::Replica { seconds, clients, value_bytes, restart_keys, dir, no_etcd } = Args::parse().cmd;
+    let Cmd::Replica {
+        seconds,
+        clients,
+        value_bytes,
+        restart_keys,
+        dir,
+        no_etcd,
+    } = Args::parse().cmd;
     let tmp;
     let dir = match dir {
         Some(d) => {
@@ -325,7 +363,9 @@ async fn main() -> anyhow::Result<()> {
             d
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("baton-bench").tempdir_in(".")?;
+            tmp = tempfile::Builder::new()
+                .prefix("baton-bench")
+                .tempdir_in(".")?;
             tmp.path().to_path_buf()
         }
     };
@@ -334,9 +374,13 @@ async fn main() -> anyhow::Result<()> {
     spec.release = true;
     let mut r = ReplicaProc::start(spec)?;
     let c = Client::new(Duration::from_secs(5));
-    wait_for(Duration::from_secs(30), "the replica to accept writes", || async {
-        matches!(c.put(&r.url, "probe", "x").await, Ok(rep) if rep.status == 200).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to accept writes",
+        || async {
+            matches!(c.put(&r.url, "probe", "x").await, Ok(rep) if rep.status == 200).then_some(())
+        },
+    )
     .await?;
     println!(
         "durable writes, {value_bytes}-byte values, {seconds} s per level, on {} (same disk for both)\n",

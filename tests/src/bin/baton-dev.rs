@@ -69,7 +69,10 @@ async fn main() -> anyhow::Result<()> {
     let mut r = r;
     match r.term(Duration::from_secs(5)) {
         Some(st) if st.success() => println!("stopped"),
-        other => eprintln!("baton-dev: the replica did not stop cleanly ({other:?}); see {}", r.log_path.display()),
+        other => eprintln!(
+            "baton-dev: the replica did not stop cleanly ({other:?}); see {}",
+            r.log_path.display()
+        ),
     }
     Ok(())
 }
