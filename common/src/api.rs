@@ -1,7 +1,7 @@
 //! JSON bodies of the client API (DESIGN.md §7): the error shape every non-2xx reply uses, the
 //! write reply, and the replica status.
 
-use crate::directive::{MemberRef, ReportedRole};
+use crate::directive::{CutRange, MemberRef, ReportedRole, WaitInfo};
 use crate::ids::{BootId, DataId, Epoch, Lsn, NodeId, Version};
 use serde::{Deserialize, Serialize};
 
@@ -104,4 +104,39 @@ pub struct ReplicaStatus {
     pub degraded: bool,
     /// `(epoch, first LSN)` pairs.
     pub epoch_history: Vec<(Epoch, Lsn)>,
+    /// Leader: the members it waits for and their acknowledged positions.
+    pub waiting: Vec<WaitInfo>,
+    /// Leader: every follower streaming from it.
+    pub followers: Vec<FollowerProgress>,
+    /// Follower: how far behind the leader it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamProgress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cut: Option<CutRange>,
+}
+
+/// A follower as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerProgress {
+    pub id: NodeId,
+    pub data_id: DataId,
+    pub flushed_lsn: Lsn,
+    pub records_behind: u64,
+    /// Records behind times the average record size of the leader's log.
+    pub approx_bytes_behind: u64,
+    pub last_ack_ms: u64,
+}
+
+/// A follower's view of its leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamProgress {
+    pub leader: NodeId,
+    /// The leader's log end and commit LSN as last heard.
+    pub leader_log_end: Lsn,
+    pub leader_commit: Lsn,
+    pub records_behind: u64,
+    /// Milliseconds since the last message on the replication stream.
+    pub since_leader_ms: u64,
+    /// `exchange` (divergence check), `snapshot` or `streaming`.
+    pub phase: String,
 }

@@ -139,6 +139,38 @@ pub struct Heartbeat {
     /// Leader only: milliseconds of lease left (0 when none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_left_ms: Option<u64>,
+    /// Leader only: every member it waits for, with `since_lsn` and its acknowledged position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitInfo>,
+    /// The last range this replica cut from its log (divergence), if any in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cut: Option<CutRange>,
+}
+
+/// A member a leader waits for (DESIGN.md §4, sync-set add protocol).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitInfo {
+    pub id: NodeId,
+    pub data_id: DataId,
+    /// The leader's last appended LSN when it began waiting for this member.
+    pub since_lsn: Lsn,
+    /// The member's flushed LSN as acknowledged to the leader in its epoch.
+    pub flushed_lsn: Lsn,
+    /// Milliseconds since the member's last acknowledgement (or since waiting began).
+    pub last_ack_ms: u64,
+}
+
+/// Records a follower cut from its log and archived in a rollback file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutRange {
+    pub from: Lsn,
+    pub to: Lsn,
+    /// Epoch of the first record cut.
+    pub epoch: Epoch,
+    /// Part of the range was at or below this replica's known commit LSN (lossy leader-start).
+    pub below_commit: bool,
+    /// The rollback file holding the cut records.
+    pub file: String,
 }
 
 #[cfg(test)]

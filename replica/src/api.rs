@@ -22,6 +22,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))
         .route("/v1/status", get(status))
+        .route("/v1/replicate", axum::routing::post(replicate))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(node)
@@ -52,6 +53,48 @@ async fn empty_key() -> Response {
         "the key is empty: use /v1/kv/{key}",
         None,
     )
+}
+
+/// A follower opens its replication stream: `POST /v1/replicate` upgraded to the stream protocol.
+async fn replicate(State(node): State<Arc<Node>>, mut req: axum::http::Request<Body>) -> Response {
+    let wants = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(crate::repl::wire::PROTOCOL));
+    if !wants {
+        return error(
+            ErrorCode::BadRequest,
+            format!(
+                "replication needs `Upgrade: {}`",
+                crate::repl::wire::PROTOCOL
+            ),
+            None,
+        );
+    }
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return error(
+            ErrorCode::BadRequest,
+            "this connection cannot be upgraded",
+            None,
+        );
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => crate::repl::leader::serve(node, io).await,
+            Err(e) => tracing::debug!(%e, "replication upgrade failed"),
+        }
+    });
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    r.headers_mut().insert(
+        axum::http::header::UPGRADE,
+        HeaderValue::from_static(crate::repl::wire::PROTOCOL),
+    );
+    r
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
@@ -250,7 +293,10 @@ fn get_key(node: &Arc<Node>, uri: &Uri, key: Bytes) -> Response {
             h.insert("baton-lsn", hv(r.applied.to_string()));
             h.insert("baton-epoch", hv(r.epoch.to_string()));
             if consistency == Consistency::Any {
-                h.insert("baton-staleness-ms", hv(r.staleness_ms.to_string()));
+                let st = r
+                    .staleness_ms
+                    .map_or_else(|| "unknown".to_string(), |ms| ms.to_string());
+                h.insert("baton-staleness-ms", hv(st));
                 h.insert("baton-lag-records", hv(r.lag_records.to_string()));
             }
             resp

@@ -145,6 +145,6 @@ pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
     // Re-check under the lock: the verdict must still hold when the directive is applied.
     if let Verdict::Accept { .. } = g.core().check_directive(&d) {
         let fx = g.core_mut().apply_directive(now, sent_at, &d);
-        node.run_effects(&mut g, fx);
+        node.after_step(g, fx);
     }
 }

@@ -8,9 +8,11 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod heartbeat;
+pub mod logthread;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod repl;
 pub mod server;
 pub mod snapshot;
 pub mod state;
@@ -42,6 +44,7 @@ pub async fn run(
     );
     let cancel = CancellationToken::new();
     let hb = tokio::spawn(heartbeat::run(node.clone(), cancel.child_token()));
+    let follower = tokio::spawn(repl::follower::run(node.clone(), cancel.child_token()));
     let ticker = {
         let node = node.clone();
         let cancel = cancel.child_token();
@@ -74,7 +77,7 @@ pub async fn run(
     node.shutdown().await;
     cancel.cancel();
     server_cancel.cancel();
-    let _ = tokio::join!(hb, ticker, server);
+    let _ = tokio::join!(hb, ticker, server, follower);
     if let Some(f) = node.fatal() {
         anyhow::bail!("fatal: {}", f.0);
     }

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub applied_lsn: IntGauge,
     pub keys: IntGauge,
     pub log_bytes: IntGauge,
+    pub repl_records_sent: IntCounter,
+    pub repl_records_received: IntCounter,
+    pub repl_truncations: IntCounter,
+    pub repl_snapshots_received: IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -111,6 +115,26 @@ impl Metrics {
             applied_lsn: reg!(g("baton_replica_applied_lsn", "Applied LSN")),
             keys: reg!(g("baton_replica_keys", "Keys in the applied state")),
             log_bytes: reg!(g("baton_replica_log_bytes", "Bytes of log on disk")),
+            repl_records_sent: reg!(IntCounter::new(
+                "baton_replica_repl_records_sent_total",
+                "Records sent to followers"
+            )
+            .expect("valid")),
+            repl_records_received: reg!(IntCounter::new(
+                "baton_replica_repl_records_received_total",
+                "Records received from the leader"
+            )
+            .expect("valid")),
+            repl_truncations: reg!(IntCounter::new(
+                "baton_replica_repl_truncations_total",
+                "Divergent log suffixes cut and archived"
+            )
+            .expect("valid")),
+            repl_snapshots_received: reg!(IntCounter::new(
+                "baton_replica_repl_snapshots_received_total",
+                "Snapshots installed from the leader"
+            )
+            .expect("valid")),
             registry,
         }
     }

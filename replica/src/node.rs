@@ -1,13 +1,14 @@
-//! The replica runtime around [`Core`]: recovery from disk, the log writer thread (group commit:
-//! every append queued while one fdatasync runs shares the next one), background snapshots and
-//! compaction, the write waiters, the meta file, and the fatal-error path.
+//! The replica runtime around [`Core`]: recovery from disk, the write waiters, the in-memory tail
+//! of recent records that leader streams read from, background snapshots and compaction, the
+//! meta file, and the fatal-error path. The log thread (`logthread.rs`) owns the log store.
 //!
-//! Locking: one mutex guards the core and the waiters; nothing blocks on I/O while holding it.
-//! Records reach the log thread through a channel in LSN order because they are sent under that
-//! mutex. The log thread reports durability back by calling [`Node::on_flushed`].
+//! Locking: one mutex guards the core, the waiters and the tail; nothing blocks on I/O while
+//! holding it. Records reach the log thread through a channel in LSN order because they are
+//! sent under that mutex. The log thread reports durability back by calling `on_flushed`.
 
 use crate::config::ReplicaConfig;
 use crate::core::{Core, CoreConfig, Effect, Recovered, WriteReject, WriteReq};
+use crate::logthread::{self, Archived, Dirs, LogCmd};
 use crate::meta::{DirLock, Meta};
 use crate::metrics::Metrics;
 use crate::snapshot;
@@ -16,11 +17,12 @@ use crate::wal::{LogError, LogStore, Record};
 use baton_common::api::WriteReply;
 use baton_common::{clock, BootId, Epoch, Lsn, NodeId, Version};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 /// The outcome of a write that was not rejected up front.
 #[derive(Debug)]
@@ -42,13 +44,62 @@ struct Waiter {
 pub struct Inner {
     core: Core,
     waiters: BTreeMap<Lsn, Waiter>,
+    tail: Tail,
 }
 
-enum LogCmd {
-    Append(Record),
-    Compact(Lsn),
-    /// Store the `unclean` flag in the meta file (after the batch before it is durable).
-    StoreUnclean(bool),
+/// The most recent records appended, in LSN order, for leader streams to send without a disk
+/// read. Bounded in bytes; older records are read through the log thread.
+#[derive(Default)]
+pub struct Tail {
+    recs: VecDeque<Record>,
+    bytes: usize,
+}
+
+const TAIL_BYTES_MAX: usize = 64 << 20;
+
+impl Tail {
+    fn push(&mut self, r: Record) {
+        self.bytes += r.frame_len();
+        self.recs.push_back(r);
+        while self.bytes > TAIL_BYTES_MAX {
+            match self.recs.pop_front() {
+                Some(old) => self.bytes -= old.frame_len(),
+                None => break,
+            }
+        }
+    }
+
+    fn cut_from(&mut self, from: Lsn) {
+        while self.recs.back().is_some_and(|r| r.lsn >= from) {
+            if let Some(r) = self.recs.pop_back() {
+                self.bytes -= r.frame_len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.recs.clear();
+        self.bytes = 0;
+    }
+
+    /// Records from `from`, up to the limits; `None` when `from` is older than the tail.
+    fn slice(&self, from: Lsn, max_records: usize, max_bytes: usize) -> Option<Vec<Record>> {
+        let first = self.recs.front()?.lsn;
+        if from < first {
+            return None;
+        }
+        let start = (from.0 - first.0) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in self.recs.iter().skip(start).take(max_records) {
+            if !out.is_empty() && bytes + r.frame_len() > max_bytes {
+                break;
+            }
+            bytes += r.frame_len();
+            out.push(r.clone());
+        }
+        Some(out)
+    }
 }
 
 /// Why the node is stopping on its own.
@@ -73,6 +124,10 @@ pub struct Node {
     /// Ask the heartbeat loop to send one now (a client showed a newer epoch).
     pub heartbeat_now: Notify,
     log_bytes: std::sync::atomic::AtomicU64,
+    /// Bumped whenever records are appended or the commit LSN moves: leader streams wait on it.
+    pub progress: watch::Sender<u64>,
+    /// The flushed LSN: a follower's stream acknowledges on changes.
+    pub flushed: watch::Sender<Lsn>,
     _lock: DirLock,
 }
 
@@ -94,12 +149,13 @@ impl Node {
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("{}: cannot create data directory: {e}", dir.display()))?;
         let lock = DirLock::acquire(&dir)?;
-        let (log, rec) = DiskLog::open(
+        let (mut log, rec) = DiskLog::open(
             &dir.join("wal"),
             DiskOptions {
                 segment_bytes_max: cfg.storage.segment_bytes_max,
             },
         )?;
+        logthread::finish_interrupted_resync(&mut log, &Dirs::new(&dir))?;
         Self::open_with_log(cfg, lock, Box::new(log), rec.torn_bytes_truncated, t0)
     }
 
@@ -108,7 +164,7 @@ impl Node {
     pub fn open_with_log(
         cfg: ReplicaConfig,
         lock: DirLock,
-        log: Box<dyn LogStore>,
+        mut log: Box<dyn LogStore>,
         torn_bytes: u64,
         t0: Instant,
     ) -> anyhow::Result<(Arc<Node>, OpenReport)> {
@@ -117,11 +173,10 @@ impl Node {
         let snap = snapshot::load_latest(&dir.join("snap"))?;
         let snap_lsn = snap.as_ref().map_or(Lsn(0), |s| s.lsn);
         if log.last_lsn() < snap_lsn {
-            anyhow::bail!(
-                "{}: the log ends at LSN {} but the snapshot covers up to LSN {snap_lsn}; the log was damaged or replaced",
-                dir.join("wal").display(),
-                log.last_lsn()
-            );
+            // The snapshot covers everything the log holds (a snapshot was installed from the
+            // leader and the crash came before the log was restarted after it): restart it now.
+            tracing::warn!(log_end = %log.last_lsn(), snapshot = %snap_lsn, "the log ends inside the snapshot; restarting the log after it");
+            log.reset(snap_lsn.next())?;
         }
         if log.first_lsn() > snap_lsn.next() {
             anyhow::bail!(
@@ -161,6 +216,7 @@ impl Node {
             inner: Mutex::new(Inner {
                 core,
                 waiters: BTreeMap::new(),
+                tail: Tail::default(),
             }),
             log_tx: Mutex::new(Some(tx)),
             log_thread: Mutex::new(None),
@@ -175,12 +231,15 @@ impl Node {
             fatal_notify: Notify::new(),
             heartbeat_now: Notify::new(),
             log_bytes: std::sync::atomic::AtomicU64::new(log_bytes),
+            progress: watch::channel(0).0,
+            flushed: watch::channel(Lsn(0)).0,
             _lock: lock,
         });
         let n2 = node.clone();
+        let dirs = Dirs::new(&node.data_dir);
         let handle = std::thread::Builder::new()
             .name("baton-log".into())
-            .spawn(move || log_thread(n2, log, rx))
+            .spawn(move || logthread::run(n2, log, rx, dirs))
             .map_err(|e| anyhow::anyhow!("cannot start the log thread: {e}"))?;
         *node.log_thread.lock().expect("fresh mutex") = Some(handle);
         Ok((
@@ -218,7 +277,7 @@ impl Node {
             };
             let (tx, rx) = oneshot::channel();
             g.waiters.insert(lsn, Waiter { tx, version });
-            if !self.send_log(LogCmd::Append(rec)) {
+            if !self.append_record(&mut g, rec) {
                 g.waiters.remove(&lsn);
                 return Err(WriteError::OutcomeUnknown(
                     "the log writer has stopped".into(),
@@ -245,6 +304,14 @@ impl Node {
         res
     }
 
+    /// Hands a record appended in the core to the log thread and the tail (under the lock).
+    fn append_record(&self, g: &mut Inner, rec: Record) -> bool {
+        g.tail.push(rec.clone());
+        let ok = self.send_log(LogCmd::Append(rec));
+        self.progress.send_modify(|v| *v += 1);
+        ok
+    }
+
     fn send_log(&self, cmd: LogCmd) -> bool {
         match &*self.log_tx.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(tx) => tx.send(cmd).is_ok(),
@@ -257,7 +324,7 @@ impl Node {
         for e in fx {
             match e {
                 Effect::Append(rec) => {
-                    if !self.send_log(LogCmd::Append(rec)) {
+                    if !self.append_record(g, rec) {
                         tracing::warn!("log writer stopped; a record could not be appended");
                     }
                 }
@@ -289,13 +356,29 @@ impl Node {
         Ok(())
     }
 
-    /// Called by the log thread once everything up to `lsn` is durable.
-    fn on_flushed(self: &Arc<Self>, lsn: Lsn) {
+    /// Called by the log thread once everything up to `lsn` is durable, `gen` being the number
+    /// of truncations and resets it had executed.
+    pub(crate) fn on_flushed(self: &Arc<Self>, lsn: Lsn, gen: u64) {
         let now = clock::now_ms();
         let mut g = self.lock();
+        if gen != g.core.log_gen() {
+            // Written before a truncation the core has made since: it says nothing about the
+            // records that hold those LSNs now.
+            return;
+        }
         let fx = g.core.on_flushed(now, lsn);
+        self.after_step(g, fx);
+    }
+
+    /// After any core step that may have moved commit: acknowledge committed writes, run the
+    /// effects, wake streams, and start a snapshot when one is due. Consumes the guard.
+    pub(crate) fn after_step(self: &Arc<Self>, mut g: MutexGuard<'_, Inner>, fx: Vec<Effect>) {
+        let now = clock::now_ms();
         let commit = g.core.commit();
-        if !g.waiters.is_empty() {
+        if g.waiters
+            .first_key_value()
+            .is_some_and(|(l, _)| *l <= commit)
+        {
             let ack = g.core.may_acknowledge(now);
             while let Some(entry) = g.waiters.first_entry() {
                 if *entry.key() > commit {
@@ -321,11 +404,98 @@ impl Node {
             }
         }
         self.run_effects(&mut g, fx);
+        let flushed = g.core.flushed();
+        self.flushed.send_if_modified(|f| {
+            let changed = *f != flushed;
+            *f = flushed;
+            changed
+        });
+        self.progress.send_modify(|v| *v += 1);
         if g.core.snapshot_due() {
             let snap = g.core.begin_snapshot();
             drop(g);
             self.spawn_snapshot(snap);
         }
+    }
+
+    /// Records from `from` for a follower stream: from the in-memory tail when it holds them,
+    /// otherwise read through the log thread. An empty result means nothing new.
+    pub(crate) async fn records_from(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        {
+            let g = self.lock();
+            if from > g.core.log_end().1 {
+                return Ok(Vec::new());
+            }
+            if let Some(v) = g.tail.slice(from, max_records, max_bytes) {
+                return Ok(v);
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        if !self.send_log(LogCmd::Read {
+            from,
+            max_records,
+            max_bytes,
+            reply,
+        }) {
+            return Err(LogError::Misuse("the log thread has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+    }
+
+    /// Archives and cuts the log from `trunc.from` (the core already cut it in memory).
+    pub(crate) async fn truncate_log(
+        &self,
+        from: Lsn,
+        records: Vec<Record>,
+    ) -> Result<Option<Archived>, LogError> {
+        self.lock().tail.cut_from(from);
+        let (reply, rx) = oneshot::channel();
+        if !self.send_log(LogCmd::Truncate {
+            from,
+            records,
+            reply,
+        }) {
+            return Err(LogError::Misuse("the log thread has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+    }
+
+    /// Archives the log from `from`, sets snapshots aside and empties the log.
+    pub(crate) async fn resync_log(&self, from: Lsn) -> Result<Option<Archived>, LogError> {
+        self.lock().tail.clear();
+        let (reply, rx) = oneshot::channel();
+        if !self.send_log(LogCmd::Resync { from, reply }) {
+            return Err(LogError::Misuse("the log thread has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+    }
+
+    /// Makes a received snapshot file the newest snapshot and restarts the log after it.
+    pub(crate) async fn install_snapshot_file(
+        &self,
+        tmp: PathBuf,
+        lsn: Lsn,
+    ) -> Result<(), LogError> {
+        self.lock().tail.clear();
+        let (reply, rx) = oneshot::channel();
+        if !self.send_log(LogCmd::InstallSnapshot { tmp, lsn, reply }) {
+            return Err(LogError::Misuse("the log thread has stopped".into()));
+        }
+        rx.await
+            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+    }
+
+    pub(crate) fn set_log_bytes(&self, b: u64) {
+        self.log_bytes
+            .store(b, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn spawn_snapshot(self: &Arc<Self>, snap: snapshot::Snapshot) {
@@ -471,56 +641,5 @@ impl Inner {
     }
     pub fn core_mut(&mut self) -> &mut Core {
         &mut self.core
-    }
-}
-
-fn log_thread(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCmd>) {
-    const MAX_BATCH: usize = 4096;
-    let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
-    let mut compact: Option<Lsn> = None;
-    let mut unclean: Option<bool> = None;
-    let fail = |e: LogError| node.set_fatal(format!("{e}"));
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                LogCmd::Append(r) => batch.push(r),
-                LogCmd::Compact(l) => compact = Some(compact.map_or(l, |c| c.max(l))),
-                LogCmd::StoreUnclean(u) => unclean = Some(u),
-            }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let t0 = Instant::now();
-            let last = batch.last().map(|r| r.lsn).expect("non-empty");
-            if let Err(e) = log.append(&batch).and_then(|_| log.sync()) {
-                fail(e);
-                return;
-            }
-            node.metrics
-                .fsync_seconds
-                .observe(t0.elapsed().as_secs_f64());
-            node.metrics.batch_records.observe(batch.len() as f64);
-            batch.clear();
-            node.on_flushed(last);
-        }
-        if let Some(u) = unclean.take() {
-            if let Err(e) = node.update_meta(|m| m.unclean = u) {
-                node.set_fatal(format!("cannot store the meta file: {e:#}"));
-                return;
-            }
-        }
-        if let Some(c) = compact.take() {
-            match log.compact_through(c) {
-                Ok(()) => node.lock().core.set_log_start(log.first_lsn()),
-                Err(e) => {
-                    tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
-                }
-            }
-        }
-        node.log_bytes
-            .store(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -5,7 +5,6 @@
 use crate::metrics::Metrics;
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Serves until `cancel` fires, then waits up to `drain` for open requests.
 pub async fn serve(
@@ -24,7 +24,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let sem = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(true);
     loop {
@@ -52,11 +52,21 @@ pub async fn serve(
             m.connections.inc();
         }
         let svc = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let fut = graceful.watch(conn);
+        // Upgrades carry replication streams over the same port.
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = fut.await;
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
             drop(permit);
             if let Some(m) = &metrics {
                 m.connections.dec();
@@ -64,10 +74,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("some connections were still open at shutdown");
     }
 }

@@ -172,6 +172,18 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
         .map_err(|reason| SnapshotError::Corrupt { path, reason })
 }
 
+/// Loads and verifies one snapshot file (a received one, before it is installed).
+pub fn load_file(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let data = std::fs::read(path).map_err(|source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&data).map_err(|reason| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
 fn decode(data: &[u8]) -> Result<Snapshot, String> {
     if data.len() < 8 + 4 + 8 + 8 + 16 + 4 + 8 + 4 {
         return Err("file too short".into());

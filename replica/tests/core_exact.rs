@@ -278,7 +278,7 @@ fn fresh_core_has_no_role_refuses_writes_and_leader_reads_but_serves_any_reads()
             entry: None,
             epoch: Epoch(0),
             applied: Lsn(0),
-            staleness_ms: 0,
+            staleness_ms: None,
             lag_records: 0,
         })
     );
@@ -565,7 +565,7 @@ fn leader_start_waits_for_start_after_then_writes_wait_for_its_commit() {
             entry: Some(entry("v", 3, 2)),
             epoch: Epoch(3),
             applied: Lsn(2),
-            staleness_ms: 0,
+            staleness_ms: Some(0),
             lag_records: 0,
         })
     );

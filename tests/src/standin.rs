@@ -1,7 +1,9 @@
 //! The stand-in controller: a test double for `baton-controller` that answers heartbeats with
 //! directives so that replicas can be driven without etcd. It names one leader; a new boot of
 //! that leader (a restart) gets a new epoch, as the real controller does; every other member is
-//! directed to follow. Tests can move leadership, change the lease, or go silent.
+//! directed to follow. In semi-sync mode the waited set is every follower heard within
+//! `drop_after_ms` (a crude stand-in for the controller's sync-set protocol). Tests can move
+//! leadership, change the lease or mode, or make it go silent.
 //!
 //! It makes no failure decisions and keeps nothing durable.
 
@@ -12,6 +14,7 @@ use baton_common::directive::{Directive, Heartbeat, LeaderRef, Member, MemberRef
 use baton_common::{BootId, Epoch, NodeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Mutable behaviour of the stand-in.
 #[derive(Debug)]
@@ -23,7 +26,12 @@ pub struct Plan {
     pub start_after_ms: u64,
     pub mode: Mode,
     pub strict: bool,
-    pub waited: Vec<MemberRef>,
+    /// Followers unheard for longer leave the waited set (`None`: never).
+    pub drop_after_ms: Option<u64>,
+    /// Put the followers in the waited set (semi-sync); when false it stays empty.
+    pub sync_followers: bool,
+    waited: Vec<MemberRef>,
+    last_seen: HashMap<String, Instant>,
     /// While true, heartbeats get no answer (a controller that vanished).
     pub silent: bool,
     leader_boot: Option<BootId>,
@@ -49,7 +57,10 @@ impl Standin {
             start_after_ms: 0,
             mode: Mode::SemiSync,
             strict: false,
+            drop_after_ms: Some(1000),
+            sync_followers: true,
             waited: Vec::new(),
+            last_seen: HashMap::new(),
             silent: false,
             leader_boot: None,
             seen: HashMap::new(),
@@ -104,6 +115,31 @@ async fn heartbeat(
         .unwrap_or(0)
         .max(hb.epoch.0);
     p.seen.insert(hb.id.0.clone(), hb.clone());
+    p.last_seen.insert(hb.id.0.clone(), Instant::now());
+    let mut waited: Vec<MemberRef> = if p.sync_followers {
+        p.seen
+            .values()
+            .filter(|h| h.id.0 != p.leader)
+            .filter(|h| {
+                p.drop_after_ms.is_none_or(|ms| {
+                    p.last_seen
+                        .get(&h.id.0)
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(ms))
+                })
+            })
+            .map(|h| MemberRef {
+                id: h.id.clone(),
+                data_id: h.data_id,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    waited.sort();
+    if waited != p.waited {
+        p.waited = waited;
+        p.rev += 1;
+    }
     if hb.id.0 == p.leader && p.leader_boot != Some(hb.boot_id) {
         // A new leader, or the leader restarted: a new epoch above anything reported.
         p.epoch = p.epoch.max(max_reported) + 1;

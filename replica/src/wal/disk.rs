@@ -70,6 +70,25 @@ fn parse_segment_name(name: &str) -> Option<Lsn> {
     digits.parse().ok().map(Lsn)
 }
 
+const RESET_MARKER: &str = "RESET";
+
+fn write_reset_marker(dir: &Path, next: Lsn) -> Result<(), LogError> {
+    let path = dir.join(RESET_MARKER);
+    let io = |e| LogError::io(format!("write {}", path.display()), e);
+    let f = File::create(&path).map_err(io)?;
+    f.write_all_at(next.0.to_string().as_bytes(), 0)
+        .map_err(io)?;
+    f.sync_all().map_err(io)?;
+    sync_dir(dir)
+}
+
+fn remove_reset_marker(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(RESET_MARKER);
+    std::fs::remove_file(&path)
+        .map_err(|e| LogError::io(format!("remove {}", path.display()), e))?;
+    sync_dir(dir)
+}
+
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
@@ -107,6 +126,23 @@ impl DiskLog {
     pub fn open(dir: &Path, opts: DiskOptions) -> Result<(DiskLog, Recovery), LogError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| LogError::io(format!("create {}", dir.display()), e))?;
+        let marker = dir.join(RESET_MARKER);
+        let pending_reset = match std::fs::read_to_string(&marker) {
+            Ok(t) => Some(
+                t.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Lsn)
+                    .ok_or_else(|| LogError::Corrupt {
+                        file: marker.clone(),
+                        offset: 0,
+                        reason: format!("unreadable reset marker {t:?}"),
+                    })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(LogError::io(format!("read {}", marker.display()), e)),
+        };
         let mut bases = Vec::new();
         let rd = std::fs::read_dir(dir)
             .map_err(|e| LogError::io(format!("list {}", dir.display()), e))?;
@@ -116,12 +152,38 @@ impl DiskLog {
             let name = name.to_string_lossy();
             match parse_segment_name(&name) {
                 Some(base) => bases.push(base),
+                None if name == RESET_MARKER => {}
                 None => {
                     tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a log segment")
                 }
             }
         }
         bases.sort();
+        if let Some(next) = pending_reset {
+            // A reset was interrupted: finish it (the snapshot that replaced the log is durable).
+            tracing::warn!(dir = %dir.display(), next = %next, "finishing an interrupted log reset");
+            for base in bases.drain(..) {
+                let p = dir.join(segment_name(base));
+                std::fs::remove_file(&p)
+                    .map_err(|e| LogError::io(format!("remove {}", p.display()), e))?;
+            }
+            let mut log = DiskLog {
+                dir: dir.to_path_buf(),
+                opts,
+                segments: Vec::new(),
+                dirty: false,
+                buf: BytesMut::new(),
+            };
+            log.create_segment(next)?;
+            remove_reset_marker(dir)?;
+            return Ok((
+                log,
+                Recovery {
+                    segments: 1,
+                    ..Recovery::default()
+                },
+            ));
+        }
         let mut recovery = Recovery::default();
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
         let count = bases.len();
@@ -501,6 +563,23 @@ impl LogStore for DiskLog {
         if removed {
             sync_dir(&self.dir)?;
         }
+        Ok(())
+    }
+
+    fn reset(&mut self, next: Lsn) -> Result<(), LogError> {
+        if next.0 == 0 {
+            return Err(LogError::Misuse("reset to LSN 0".into()));
+        }
+        self.buf.clear();
+        // A marker makes the reset atomic: recovery finishes an interrupted one.
+        write_reset_marker(&self.dir, next)?;
+        for seg in std::mem::take(&mut self.segments) {
+            std::fs::remove_file(&seg.path)
+                .map_err(|e| LogError::io(format!("remove {}", seg.path.display()), e))?;
+        }
+        self.create_segment(next)?;
+        remove_reset_marker(&self.dir)?;
+        self.dirty = false;
         Ok(())
     }
 

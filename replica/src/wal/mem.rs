@@ -162,6 +162,17 @@ impl LogStore for MemLog {
         Ok(())
     }
 
+    fn reset(&mut self, next: Lsn) -> Result<(), LogError> {
+        if next.0 == 0 {
+            return Err(LogError::Misuse("reset to LSN 0".into()));
+        }
+        let mut s = self.disk.lock();
+        s.durable.clear();
+        s.volatile.clear();
+        s.first = next.0;
+        Ok(())
+    }
+
     fn size_bytes(&self) -> u64 {
         all(&self.disk.lock()).map(|r| r.frame_len() as u64).sum()
     }

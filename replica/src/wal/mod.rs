@@ -92,4 +92,7 @@ pub trait LogStore: Send + 'static {
     fn compact_through(&mut self, through: Lsn) -> Result<(), LogError>;
     /// Bytes the store occupies.
     fn size_bytes(&self) -> u64;
+    /// Removes every record and makes the store empty with `next` as its next LSN (after a
+    /// snapshot was installed in place of the log); durable on return.
+    fn reset(&mut self, next: Lsn) -> Result<(), LogError>;
 }

@@ -3,21 +3,27 @@
 //! runtime's suspend-proof clock); outputs are return values and [`Effect`]s for the runtime to
 //! execute (append a record, fail outstanding writes, persist the meta file).
 //!
-//! It reads no clock, does no I/O and spawns nothing; `node.rs` is the runtime around it.
-//! Log shipping (follower fetch, flush acks from the waited set) extends this core in the next
-//! step; the commit rule already waits for the directive's waited set.
+//! It reads no clock, does no I/O and spawns nothing; `node.rs` and `repl/` are the runtime
+//! around it. Log shipping lives in `leader.rs` (streams, divergence answers, commit from the
+//! waited set's acknowledgements) and `follower.rs` (the exchange, appends, snapshots).
 
 use crate::snapshot::Snapshot;
 use crate::state::{Entry, KvState};
 use crate::wal::{Op, Record};
 use baton_common::api::{LeaderHint, ReplicaStatus};
 use baton_common::directive::{
-    Directive, Heartbeat, LeaderRef, MemberRef, Mode, ReportedRole, Role,
+    CutRange, Directive, Heartbeat, LeaderRef, MemberRef, Mode, ReportedRole, Role,
 };
 use baton_common::ids::Expect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+mod follower;
+mod leader;
+
+pub use follower::{AppendHeader, Exchange, FollowerNext, Truncation};
+pub use leader::FetchStart;
 
 /// Fixed identity and protocol parameters of one process run.
 #[derive(Clone, Debug)]
@@ -86,8 +92,9 @@ pub struct ReadOk {
     pub entry: Option<Entry>,
     pub epoch: Epoch,
     pub applied: Lsn,
-    /// `any` reads: milliseconds since this replica last knew it was current (0 on a leader).
-    pub staleness_ms: u64,
+    /// `any` reads: milliseconds since this replica last heard from its leader (0 on a serving
+    /// leader, `None` when it follows nobody and cannot tell).
+    pub staleness_ms: Option<u64>,
     /// `any` reads: records known committed but not yet applied here.
     pub lag_records: u64,
 }
@@ -158,6 +165,24 @@ pub struct Core {
     log_start: Lsn,
     snapshot_running: bool,
     bytes_since_snapshot: u64,
+    /// Leader: followers streaming from this replica.
+    peers: HashMap<NodeId, leader::Peer>,
+    /// Leader: (since_lsn, since time) of each waited member: when waiting for it began.
+    since: HashMap<MemberRef, (Lsn, u64)>,
+    /// Follower: the stream records come from.
+    upstream: Option<follower::Upstream>,
+    /// Epochs whose leader-start record (held in this log) is lossy.
+    lossy_epochs: BTreeSet<Epoch>,
+    next_stream: u64,
+    /// While unclean: the first leader commit LSN heard; flushing up to it clears the flag.
+    unclean_target: Option<Lsn>,
+    last_cut: Option<CutRange>,
+    /// Average encoded record size, for byte estimates of replication lag.
+    avg_record_bytes: u64,
+    /// Counts truncations and resets of the log decided here; the log thread counts the ones it
+    /// executed, and a flush report made before the latest one executed is ignored (it may
+    /// describe records that were cut and replaced in memory since).
+    log_gen: u64,
 }
 
 impl Core {
@@ -171,7 +196,11 @@ impl Core {
         let mut log_end = (snap_epoch, snap_lsn);
         let mut overlay = HashMap::new();
         let mut pending = VecDeque::with_capacity(rec.records.len());
+        let mut lossy_epochs = BTreeSet::new();
         for r in rec.records {
+            if let Op::LeaderStart { lossy: true, .. } = r.op {
+                lossy_epochs.insert(r.epoch);
+            }
             if history.last().is_none_or(|(e, _)| *e < r.epoch) {
                 history.push((r.epoch, r.lsn));
             }
@@ -209,6 +238,15 @@ impl Core {
             log_start: rec.log_start,
             snapshot_running: false,
             bytes_since_snapshot: 0,
+            peers: HashMap::new(),
+            since: HashMap::new(),
+            upstream: None,
+            lossy_epochs,
+            next_stream: 0,
+            unclean_target: None,
+            last_cut: None,
+            avg_record_bytes: 128,
+            log_gen: 0,
             cfg,
         }
     }
@@ -242,6 +280,14 @@ impl Core {
     }
     pub fn history(&self) -> &[(Epoch, Lsn)] {
         &self.history
+    }
+    /// First LSN the log still holds.
+    pub fn log_start(&self) -> Lsn {
+        self.log_start
+    }
+    /// See the `log_gen` field.
+    pub fn log_gen(&self) -> u64 {
+        self.log_gen
     }
     pub fn is_fatal(&self) -> bool {
         self.fatal.is_some()
@@ -369,6 +415,10 @@ impl Core {
     }
 
     fn push_appended(&mut self, now: u64, rec: Record) {
+        self.avg_record_bytes = (self.avg_record_bytes * 63 + rec.frame_len() as u64) / 64;
+        if let Op::LeaderStart { lossy: true, .. } = rec.op {
+            self.lossy_epochs.insert(rec.epoch);
+        }
         if self.history.last().is_none_or(|(e, _)| *e < rec.epoch) {
             self.history.push((rec.epoch, rec.lsn));
         }
@@ -383,22 +433,14 @@ impl Core {
     /// The log writer made everything up to `lsn` durable. Advances commit and applies.
     pub fn on_flushed(&mut self, _now: u64, lsn: Lsn) -> Vec<Effect> {
         let mut fx = Vec::new();
+        let lsn = lsn.min(self.log_end.1);
         if lsn > self.flushed {
             self.flushed = lsn;
         }
         if self.flushed >= self.log_end.1 {
             self.unflushed_since_ms = None;
         }
-        // A leader that waits for nobody (async mode, or an empty waited set) commits on its own
-        // flush. A semi-sync leader with members to wait for commits on their flush
-        // acknowledgements (log shipping); in async mode the waited set gates nothing (§4).
-        if self.role == ReportedRole::Leader
-            && self.leading_epoch == Some(self.epoch)
-            && (self.mode == Mode::Async || self.waited.is_empty())
-        {
-            self.advance_commit(self.flushed);
-        }
-        self.apply_committed();
+        fx.extend(self.recompute_commit());
         if self.unclean
             && self.leading_epoch.is_some()
             && self.applied >= self.leader_start_lsn
@@ -408,6 +450,35 @@ impl Core {
             self.unclean = false;
             fx.push(Effect::PersistMeta);
         }
+        fx
+    }
+
+    /// Moves the commit LSN as far as the role's rule allows, applies, and clears `unclean`
+    /// when a follower has caught up. A leader that waits for nobody (async mode, or an empty
+    /// waited set) commits on its own flush; a semi-sync leader also needs the flush of every
+    /// waited member (`leader.rs`). A follower commits what the leader reported committed and it
+    /// has flushed itself.
+    fn recompute_commit(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match self.role {
+            ReportedRole::Leader if self.leading_epoch == Some(self.epoch) => {
+                let t = self.leader_commit_target();
+                self.advance_commit(t);
+            }
+            ReportedRole::Follower => {
+                if let Some(u) = &self.upstream {
+                    let t = u.leader_commit.min(self.flushed);
+                    self.advance_commit(t);
+                }
+                if self.unclean && self.unclean_target.is_some_and(|t| self.flushed >= t) {
+                    tracing::info!(flushed = %self.flushed, "caught up with the leader's commit LSN: no longer unclean");
+                    self.unclean = false;
+                    fx.push(Effect::PersistMeta);
+                }
+            }
+            _ => {}
+        }
+        self.apply_committed();
         fx
     }
 
@@ -466,16 +537,21 @@ impl Core {
             }
         }
         let leading = self.role == ReportedRole::Leader && self.not_serving(now).is_none();
+        let (staleness_ms, known_commit) = match (&self.upstream, leading) {
+            (_, true) => (Some(0), self.commit),
+            (Some(u), false) => (
+                Some(now.saturating_sub(u.last_msg_ms)),
+                u.leader_commit.max(self.commit),
+            ),
+            // Not leading and not following: nothing says how current this state is.
+            (None, false) => (None, self.commit),
+        };
         Ok(ReadOk {
             entry: self.state.get(key).cloned(),
             epoch: self.epoch,
             applied: self.applied,
-            staleness_ms: 0,
-            lag_records: if leading {
-                0
-            } else {
-                self.commit.0.saturating_sub(self.applied.0)
-            },
+            staleness_ms,
+            lag_records: known_commit.0.saturating_sub(self.applied.0),
         })
     }
 
@@ -520,7 +596,21 @@ impl Core {
         self.max_term = self.max_term.max(d.controller_term);
         self.mode = d.mode;
         self.strict = d.strict;
+        for m in &d.waited {
+            if !self.waited.contains(m) {
+                self.since.insert(m.clone(), (self.log_end.1, now));
+            }
+        }
         self.waited = d.waited.clone();
+        let waited = self.waited.clone();
+        self.since.retain(|m, _| waited.contains(m));
+        if self.leader.as_ref().map(|l| (&l.id, l.boot_id))
+            != d.leader.as_ref().map(|l| (&l.id, l.boot_id))
+            || old_epoch != self.epoch
+        {
+            // Another leader or epoch: the stream from the old one is over.
+            self.upstream = None;
+        }
         self.leader = d.leader.clone();
         let leads = d.role == Some(Role::Leader)
             && d.leader
@@ -571,6 +661,14 @@ impl Core {
                 tracing::info!(epoch = %d.epoch, start_after_ms = d.start_after_ms, "directed to lead");
                 self.role = ReportedRole::Leader;
                 self.leading_epoch = None;
+                self.upstream = None;
+                self.peers.clear();
+                // Waiting for every member begins now, at this log's end.
+                self.since = self
+                    .waited
+                    .iter()
+                    .map(|m| (m.clone(), (self.log_end.1, now)))
+                    .collect();
                 self.lossy = d.lossy;
                 self.start_at_ms = Some(now + d.start_after_ms);
                 self.lease = Some(Lease {
@@ -595,8 +693,19 @@ impl Core {
             self.lease = None;
             self.start_at_ms = None;
             self.leading_epoch = None;
+            self.peers.clear();
+            if self.role != ReportedRole::Follower {
+                self.upstream = None;
+            }
         }
+        // A smaller waited set (a member dropped) may let the commit LSN move at once.
+        fx.extend(self.recompute_commit());
         fx
+    }
+
+    /// Records the range a truncation archived (reported in heartbeats and status).
+    pub fn note_cut(&mut self, cut: CutRange) {
+        self.last_cut = Some(cut);
     }
 
     /// Time passes: a directed leader starts its epoch when its wait is over.
@@ -643,11 +752,24 @@ impl Core {
             applied_lsn: self.applied,
             commit_lsn: self.commit,
             applied_rev: self.applied_rev,
-            since_leader_ms: None,
+            since_leader_ms: self
+                .upstream
+                .as_ref()
+                .map(|u| now.saturating_sub(u.last_msg_ms)),
             oldest_unflushed_ms: leader
                 .then(|| self.unflushed_since_ms.map_or(0, |t| now.saturating_sub(t))),
-            last_sync_ack_ms: None,
+            last_sync_ack_ms: if leader {
+                self.waiting_info(now).iter().map(|w| w.last_ack_ms).max()
+            } else {
+                None
+            },
             lease_left_ms: leader.then(|| self.lease_left(now)),
+            waiting: if leader {
+                self.waiting_info(now)
+            } else {
+                Vec::new()
+            },
+            last_cut: self.last_cut.clone(),
         }
     }
 
@@ -689,6 +811,14 @@ impl Core {
                 && self.waited.is_empty()
                 && self.mode == Mode::SemiSync,
             epoch_history: self.history.clone(),
+            waiting: if self.role == ReportedRole::Leader {
+                self.waiting_info(now)
+            } else {
+                Vec::new()
+            },
+            followers: self.follower_progress(now),
+            upstream: self.upstream_progress(now),
+            last_cut: self.last_cut.clone(),
         }
     }
 
@@ -781,7 +911,7 @@ fn rec_key(r: &Record) -> Option<&Bytes> {
     }
 }
 
-fn note_overlay(overlay: &mut HashMap<Bytes, (Option<Version>, Lsn)>, r: &Record) {
+pub(crate) fn note_overlay(overlay: &mut HashMap<Bytes, (Option<Version>, Lsn)>, r: &Record) {
     let v = Version {
         epoch: r.epoch,
         lsn: r.lsn,

@@ -1,0 +1,261 @@
+//! The leader's side of log shipping, as part of the pure [`Core`]: accepting follower streams,
+//! answering the divergence exchange from the epoch history, checking where a fetch starts,
+//! and turning flush acknowledgements of the waited set into the commit LSN.
+//!
+//! No I/O: the runtime (`repl/leader.rs`) moves the bytes.
+
+use super::{Core, Effect};
+use baton_common::api::FollowerProgress;
+use baton_common::directive::{Mode, ReportedRole, WaitInfo};
+use baton_common::{DataId, Epoch, Lsn, NodeId};
+
+/// A follower streaming from this leader.
+#[derive(Clone, Debug)]
+pub(super) struct Peer {
+    pub data_id: DataId,
+    /// Only the newest stream of a follower counts.
+    pub stream: u64,
+    /// Flushed LSN acknowledged on this stream, in this leader's epoch.
+    pub flushed: Lsn,
+    pub last_ack_ms: u64,
+}
+
+/// Where a follower's stream starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchStart {
+    /// Records from this LSN on.
+    Log(Lsn),
+    /// The range was compacted: send the newest snapshot, then records after it.
+    Snapshot,
+}
+
+impl Core {
+    /// A follower opened a stream. Returns the stream id, or why it is refused. A follower that
+    /// has persisted a higher epoch makes this leader step down at once.
+    pub fn leader_accept(
+        &mut self,
+        now: u64,
+        id: &NodeId,
+        data_id: DataId,
+        follower_epoch: Epoch,
+    ) -> (Result<u64, String>, Vec<Effect>) {
+        if follower_epoch > self.epoch {
+            let fx = self.observe_epoch(follower_epoch, &format!("follower {id}"));
+            return (
+                Err(format!(
+                    "follower {id} is at epoch {follower_epoch}, above this replica's epoch {}",
+                    self.epoch
+                )),
+                fx,
+            );
+        }
+        if self.role != ReportedRole::Leader || self.leading_epoch != Some(self.epoch) {
+            return (
+                Err(format!(
+                    "this replica does not lead epoch {} (role {:?})",
+                    self.epoch, self.role
+                )),
+                Vec::new(),
+            );
+        }
+        if *id == self.cfg.id {
+            return (Err("a replica cannot follow itself".into()), Vec::new());
+        }
+        self.next_stream += 1;
+        let stream = self.next_stream;
+        self.peers.insert(
+            id.clone(),
+            Peer {
+                data_id,
+                stream,
+                flushed: Lsn(0),
+                last_ack_ms: now,
+            },
+        );
+        (Ok(stream), Vec::new())
+    }
+
+    /// Whether a stream is still the current one of its follower, in this leader's epoch.
+    pub fn leader_stream_alive(&self, id: &NodeId, stream: u64, epoch: Epoch) -> bool {
+        self.epoch == epoch
+            && self.role == ReportedRole::Leader
+            && self.leading_epoch == Some(epoch)
+            && self.peers.get(id).is_some_and(|p| p.stream == stream)
+    }
+
+    /// A stream closed.
+    pub fn leader_detach(&mut self, id: &NodeId, stream: u64) {
+        if self.peers.get(id).is_some_and(|p| p.stream == stream) {
+            self.peers.remove(id);
+        }
+    }
+
+    /// The epoch of the record at `lsn` according to the epoch history (`None` past the end).
+    pub fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn.0 == 0 {
+            return Some(Epoch(0));
+        }
+        if lsn > self.log_end.1 {
+            return None;
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|(_, first)| *first <= lsn)
+            .map(|(e, _)| *e)
+    }
+
+    /// Divergence exchange (Kafka's leader-epoch request): the largest epoch ≤ `queried` in this
+    /// log's history, the first LSN after it, and whether a lossy leader-start lies above it.
+    pub fn epoch_end(&self, queried: Epoch) -> (Epoch, Lsn, bool) {
+        let idx = self.history.iter().rposition(|(e, _)| *e <= queried);
+        let (epoch, end) = match idx {
+            Some(i) => {
+                let end = self
+                    .history
+                    .get(i + 1)
+                    .map_or(self.log_end.1.next(), |(_, first)| *first);
+                (self.history[i].0, end)
+            }
+            // Nothing of ours is that old: the follower's log diverges from our first record.
+            None => (
+                Epoch(0),
+                self.history
+                    .first()
+                    .map_or(self.log_end.1.next(), |(_, f)| *f),
+            ),
+        };
+        let lossy = self.lossy_epochs.iter().any(|e| *e > epoch);
+        (epoch, end, lossy)
+    }
+
+    /// A follower asks to stream from `from`, its record at `from - 1` having `prev_epoch`.
+    pub fn leader_fetch(
+        &self,
+        id: &NodeId,
+        stream: u64,
+        from: Lsn,
+        prev_epoch: Epoch,
+    ) -> Result<FetchStart, String> {
+        if !self.leader_stream_alive(id, stream, self.epoch) {
+            return Err("the stream is no longer current".into());
+        }
+        if from.0 == 0 || from > self.log_end.1.next() {
+            return Err(format!(
+                "fetch from LSN {from} is outside this log (it ends at {})",
+                self.log_end.1
+            ));
+        }
+        let prev = Lsn(from.0 - 1);
+        if self.epoch_of(prev) != Some(prev_epoch) {
+            return Err(format!(
+                "fetch from LSN {from} does not follow this log: the follower has epoch {prev_epoch} at LSN {prev}, this log has {:?}",
+                self.epoch_of(prev)
+            ));
+        }
+        if from < self.log_start {
+            return Ok(FetchStart::Snapshot);
+        }
+        Ok(FetchStart::Log(from))
+    }
+
+    /// A follower acknowledged that its log is durable up to `flushed`.
+    pub fn leader_on_ack(
+        &mut self,
+        now: u64,
+        id: &NodeId,
+        stream: u64,
+        epoch: Epoch,
+        flushed: Lsn,
+    ) -> Vec<Effect> {
+        if epoch > self.epoch {
+            return self.observe_epoch(epoch, &format!("follower {id}"));
+        }
+        if epoch < self.epoch {
+            return Vec::new();
+        }
+        let end = self.log_end.1;
+        match self.peers.get_mut(id) {
+            Some(p) if p.stream == stream => {
+                p.flushed = p.flushed.max(flushed.min(end));
+                p.last_ack_ms = now;
+            }
+            _ => return Vec::new(),
+        }
+        self.recompute_commit()
+    }
+
+    /// Commit target of a leader: its own flush, and in semi-sync mode the flush acknowledged by
+    /// every member of the waited set (a member with another data_id counts as absent).
+    pub(super) fn leader_commit_target(&self) -> Lsn {
+        let mut c = self.flushed;
+        if self.mode == Mode::SemiSync {
+            for m in &self.waited {
+                let f = self
+                    .peers
+                    .get(&m.id)
+                    .filter(|p| p.data_id == m.data_id)
+                    .map_or(Lsn(0), |p| p.flushed);
+                c = c.min(f);
+            }
+        }
+        c
+    }
+
+    /// A higher epoch was seen on the data path: a leader stops leading at once (it does not
+    /// adopt the epoch; the next directive or leader stream brings it).
+    pub fn observe_epoch(&mut self, epoch: Epoch, from: &str) -> Vec<Effect> {
+        if epoch <= self.epoch || self.role != ReportedRole::Leader {
+            return Vec::new();
+        }
+        tracing::warn!(epoch = %self.epoch, seen = %epoch, %from, "a higher epoch exists: stepping down");
+        self.role = ReportedRole::None;
+        self.lease = None;
+        self.start_at_ms = None;
+        self.leading_epoch = None;
+        self.peers.clear();
+        vec![Effect::FailPending(format!(
+            "epoch {epoch} seen from {from}: this leader stepped down"
+        ))]
+    }
+
+    /// The members this leader waits for, for heartbeats and status.
+    pub(super) fn waiting_info(&self, now: u64) -> Vec<WaitInfo> {
+        self.waited
+            .iter()
+            .map(|m| {
+                let (since_lsn, since_ms) = self.since.get(m).copied().unwrap_or((Lsn(0), now));
+                let peer = self.peers.get(&m.id).filter(|p| p.data_id == m.data_id);
+                WaitInfo {
+                    id: m.id.clone(),
+                    data_id: m.data_id,
+                    since_lsn,
+                    flushed_lsn: peer.map_or(Lsn(0), |p| p.flushed),
+                    last_ack_ms: now
+                        .saturating_sub(peer.map_or(since_ms, |p| p.last_ack_ms.max(since_ms))),
+                }
+            })
+            .collect()
+    }
+
+    /// Every follower streaming from this leader.
+    pub(super) fn follower_progress(&self, now: u64) -> Vec<FollowerProgress> {
+        let mut v: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let behind = self.log_end.1 .0.saturating_sub(p.flushed.0);
+                FollowerProgress {
+                    id: id.clone(),
+                    data_id: p.data_id,
+                    flushed_lsn: p.flushed,
+                    records_behind: behind,
+                    approx_bytes_behind: behind * self.avg_record_bytes,
+                    last_ack_ms: now.saturating_sub(p.last_ack_ms),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+}

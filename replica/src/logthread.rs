@@ -1,0 +1,299 @@
+//! The log thread: sole owner of the [`LogStore`]. It takes commands in order from one channel:
+//! appends are batched so that everything queued while one fdatasync ran shares the next one
+//! (group commit); reads serve followers that are behind the in-memory tail; truncations archive
+//! the cut records to a rollback file before cutting; resets replace the log after a snapshot.
+//! It reports durability to the node with the log generation it wrote under.
+//!
+//! A failed write or sync is fatal: the thread reports it and stops; nothing is retried.
+
+use crate::node::Node;
+use crate::snapshot;
+use crate::wal::disk::sync_dir;
+use crate::wal::{LogError, LogStore, Record};
+use baton_common::{Epoch, Lsn};
+use bytes::BytesMut;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Records cut from the log, and where they were archived.
+#[derive(Clone, Debug)]
+pub struct Archived {
+    pub file: PathBuf,
+    pub from: Lsn,
+    pub to: Lsn,
+    pub epoch: Epoch,
+    pub records: usize,
+}
+
+pub enum LogCmd {
+    Append(Record),
+    Compact(Lsn),
+    /// Store the `unclean` flag in the meta file (after the batch before it is durable).
+    StoreUnclean(bool),
+    /// Read records for a follower.
+    Read {
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Vec<Record>, LogError>>,
+    },
+    /// Archive `records` (the log's records from `from` on), then cut the log there.
+    Truncate {
+        from: Lsn,
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Option<Archived>, LogError>>,
+    },
+    /// Archive the log from `from` on, set the snapshots aside and empty the log (a resync).
+    Resync {
+        from: Lsn,
+        reply: oneshot::Sender<Result<Option<Archived>, LogError>>,
+    },
+    /// Make the received snapshot at `tmp` the newest one and restart the log after `lsn`.
+    InstallSnapshot {
+        tmp: PathBuf,
+        lsn: Lsn,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// Name of the marker that makes a resync atomic across crashes.
+pub const RESYNC_MARKER: &str = "RESYNC";
+
+/// Writes `records` to a new rollback file in `dir`, durably. Named by the first record's
+/// epoch and the LSN range; the content is the records in the log's frame format.
+pub fn archive(dir: &Path, records: &[Record]) -> Result<Option<Archived>, LogError> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LogError::io(format!("create {}", dir.display()), e))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let file = dir.join(format!(
+        "epoch-{}-lsn-{}-{}.{stamp}.rollback",
+        first.epoch.0, first.lsn.0, last.lsn.0
+    ));
+    let mut buf = BytesMut::new();
+    for r in records {
+        r.encode_into(&mut buf);
+    }
+    let io = |e| LogError::io(format!("write {}", file.display()), e);
+    let mut f = std::fs::File::create(&file).map_err(io)?;
+    f.write_all(&buf).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    sync_dir(dir)?;
+    Ok(Some(Archived {
+        file,
+        from: first.lsn,
+        to: last.lsn,
+        epoch: first.epoch,
+        records: records.len(),
+    }))
+}
+
+/// Moves every snapshot in `snap_dir` into `rollback_dir` (kept, not deleted).
+pub fn set_snapshots_aside(snap_dir: &Path, rollback_dir: &Path) -> Result<(), LogError> {
+    let snaps = snapshot::list(snap_dir).map_err(|e| LogError::Misuse(e.to_string()))?;
+    if snaps.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(rollback_dir)
+        .map_err(|e| LogError::io(format!("create {}", rollback_dir.display()), e))?;
+    for (_, p) in snaps {
+        let to = rollback_dir.join(p.file_name().unwrap_or_default());
+        std::fs::rename(&p, &to)
+            .map_err(|e| LogError::io(format!("move {} aside", p.display()), e))?;
+    }
+    sync_dir(rollback_dir)?;
+    sync_dir(snap_dir)
+}
+
+/// Paths the log thread needs besides the log.
+pub struct Dirs {
+    pub data: PathBuf,
+    pub snap: PathBuf,
+    pub rollback: PathBuf,
+}
+
+impl Dirs {
+    pub fn new(data: &Path) -> Dirs {
+        Dirs {
+            data: data.to_path_buf(),
+            snap: data.join("snap"),
+            rollback: data.join("rollback"),
+        }
+    }
+}
+
+/// Runs until the channel closes or the log fails.
+pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCmd>, dirs: Dirs) {
+    const MAX_BATCH: usize = 4096;
+    let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
+    let mut gen: u64 = 0;
+    let fail = |e: LogError| node.set_fatal(format!("{e}"));
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut compact: Option<Lsn> = None;
+        let mut unclean: Option<bool> = None;
+        let mut reads = Vec::new();
+        let mut barrier: Option<LogCmd> = None;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                LogCmd::Append(r) => batch.push(r),
+                LogCmd::Compact(l) => compact = Some(compact.map_or(l, |c| c.max(l))),
+                LogCmd::StoreUnclean(u) => unclean = Some(u),
+                LogCmd::Read { .. } => reads.push(cmd),
+                // Truncations and resets split batches: what came before is written first.
+                other => {
+                    barrier = Some(other);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let t0 = Instant::now();
+            let last = batch.last().map(|r| r.lsn).expect("non-empty");
+            if let Err(e) = log.append(&batch).and_then(|_| log.sync()) {
+                fail(e);
+                return;
+            }
+            node.metrics
+                .fsync_seconds
+                .observe(t0.elapsed().as_secs_f64());
+            node.metrics.batch_records.observe(batch.len() as f64);
+            batch.clear();
+            node.on_flushed(last, gen);
+        }
+        for r in reads {
+            if let LogCmd::Read {
+                from,
+                max_records,
+                max_bytes,
+                reply,
+            } = r
+            {
+                let res = if from < log.first_lsn() {
+                    Err(LogError::Misuse(format!("LSN {from} was compacted away")))
+                } else {
+                    log.read(from, max_records, max_bytes)
+                };
+                let _ = reply.send(res);
+            }
+        }
+        if let Some(u) = unclean {
+            if let Err(e) = node.update_meta(|m| m.unclean = u) {
+                node.set_fatal(format!("cannot store the meta file: {e:#}"));
+                return;
+            }
+        }
+        if let Some(c) = compact {
+            match log.compact_through(c) {
+                Ok(()) => node.lock().core_mut().set_log_start(log.first_lsn()),
+                Err(e) => {
+                    tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
+                }
+            }
+        }
+        match barrier {
+            None => {}
+            Some(LogCmd::Truncate {
+                from,
+                records,
+                reply,
+            }) => {
+                gen += 1;
+                let res = archive(&dirs.rollback, &records)
+                    .and_then(|a| log.truncate_from(from).map(|_| a));
+                let failed = res.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(res);
+                if let Some(e) = failed {
+                    node.set_fatal(format!("cannot truncate the log: {e}"));
+                    return;
+                }
+            }
+            Some(LogCmd::Resync { from, reply }) => {
+                gen += 1;
+                let res = resync(log.as_mut(), &dirs, from);
+                let failed = res.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(res);
+                if let Some(e) = failed {
+                    node.set_fatal(format!("cannot resync the log: {e}"));
+                    return;
+                }
+            }
+            Some(LogCmd::InstallSnapshot { tmp, lsn, reply }) => {
+                gen += 1;
+                let res = install(log.as_mut(), &dirs, &tmp, lsn);
+                let failed = res.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(res);
+                if let Some(e) = failed {
+                    node.set_fatal(format!("cannot install the snapshot: {e}"));
+                    return;
+                }
+            }
+            Some(_) => unreachable!("only truncations and resets are barriers"),
+        }
+        node.set_log_bytes(log.size_bytes());
+    }
+}
+
+fn resync(log: &mut dyn LogStore, dirs: &Dirs, from: Lsn) -> Result<Option<Archived>, LogError> {
+    let from = from.max(log.first_lsn());
+    let records = log.read(from, usize::MAX, usize::MAX)?;
+    let archived = archive(&dirs.rollback, &records)?;
+    finish_resync(log, dirs)?;
+    Ok(archived)
+}
+
+/// Sets snapshots aside and empties the log, under a marker so a crash midway is finished at
+/// the next start ([`finish_interrupted_resync`]).
+fn finish_resync(log: &mut dyn LogStore, dirs: &Dirs) -> Result<(), LogError> {
+    let marker = dirs.data.join(RESYNC_MARKER);
+    std::fs::write(&marker, b"resync\n")
+        .map_err(|e| LogError::io(format!("write {}", marker.display()), e))?;
+    sync_dir(&dirs.data)?;
+    set_snapshots_aside(&dirs.snap, &dirs.rollback)?;
+    log.reset(Lsn(1))?;
+    std::fs::remove_file(&marker)
+        .map_err(|e| LogError::io(format!("remove {}", marker.display()), e))?;
+    sync_dir(&dirs.data)
+}
+
+/// At start: if a resync was interrupted, finish it before anything reads the log.
+pub fn finish_interrupted_resync(log: &mut dyn LogStore, dirs: &Dirs) -> Result<bool, LogError> {
+    if !dirs.data.join(RESYNC_MARKER).exists() {
+        return Ok(false);
+    }
+    tracing::warn!(dir = %dirs.data.display(), "finishing an interrupted resync: the log and snapshots are set aside");
+    let records = log.read(log.first_lsn(), usize::MAX, usize::MAX)?;
+    archive(&dirs.rollback, &records)?;
+    finish_resync(log, dirs)?;
+    Ok(true)
+}
+
+fn install(log: &mut dyn LogStore, dirs: &Dirs, tmp: &Path, lsn: Lsn) -> Result<(), LogError> {
+    let target = dirs.snap.join(format!("{:020}.snap", lsn.0));
+    std::fs::rename(tmp, &target).map_err(|e| {
+        LogError::io(
+            format!("rename {} to {}", tmp.display(), target.display()),
+            e,
+        )
+    })?;
+    sync_dir(&dirs.snap)?;
+    // Other snapshots are older or belong to a history this replica no longer follows.
+    for (l, p) in snapshot::list(&dirs.snap).map_err(|e| LogError::Misuse(e.to_string()))? {
+        if l != lsn {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    log.reset(lsn.next())
+}

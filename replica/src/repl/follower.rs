@@ -1,0 +1,370 @@
+//! The follower's side of the replication stream: while the core says "follow L at epoch E",
+//! keep one stream to L — connect and upgrade, hello, adopt a higher epoch only after
+//! persisting it, run the divergence exchange (archiving and cutting what the core decides),
+//! install a snapshot when the leader sends one, append records, and acknowledge every flush.
+//! Any error ends the stream; the loop reconnects after a short pause.
+
+use super::wire::{self, Msg, PROTOCOL};
+use crate::core::{AppendHeader, Exchange, FollowerNext};
+use crate::logthread::Archived;
+use crate::node::Node;
+use crate::snapshot;
+use baton_common::directive::{CutRange, LeaderRef};
+use baton_common::{clock, Epoch};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+type Stream = Framed<TokioIo<hyper::upgrade::Upgraded>, tokio_util::codec::LengthDelimitedCodec>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs until `cancel` fires.
+pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    let mut last_err: Option<String> = None;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let target = node.lock().core().follower_target();
+        let Some((leader, epoch)) = target else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = cancel.cancelled() => return,
+            }
+            continue;
+        };
+        let res = tokio::select! {
+            r = follow(&node, &leader, epoch) => r,
+            _ = cancel.cancelled() => return,
+        };
+        match res {
+            Ok(()) => last_err = None,
+            Err(e) => {
+                if last_err.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(leader = %leader.id, addr = %leader.addr, error = %e, "replication stream from the leader ended");
+                }
+                last_err = Some(e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<Stream, String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = hyper::Request::post(format!("http://{addr}/v1/replicate"))
+        .header(hyper::header::HOST, addr)
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, PROTOCOL)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| format!("{addr} did not answer the upgrade"))?
+        .map_err(|e| format!("upgrade request to {addr}: {e}"))?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(format!(
+            "{addr} refused the stream: {status} {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let up = hyper::upgrade::on(resp)
+        .await
+        .map_err(|e| format!("upgrade with {addr}: {e}"))?;
+    Ok(Framed::new(TokioIo::new(up), wire::codec()))
+}
+
+async fn recv(framed: &mut Stream, timeout: Duration) -> Result<(Msg, Bytes), String> {
+    match tokio::time::timeout(timeout, framed.next()).await {
+        Err(_) => Err(format!("the leader sent nothing for {timeout:?}")),
+        Ok(None) => Err("the leader closed the stream".into()),
+        Ok(Some(Err(e))) => Err(format!("stream error: {e}")),
+        Ok(Some(Ok(frame))) => wire::decode(frame.freeze()).map_err(|e| e.to_string()),
+    }
+}
+
+async fn send(framed: &mut Stream, msg: &Msg) -> Result<(), String> {
+    framed
+        .send(wire::encode(msg, &[]))
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+fn note_cut(node: &Node, a: &Archived, below_commit: bool) {
+    node.metrics.repl_truncations.inc();
+    tracing::warn!(from = %a.from, to = %a.to, epoch = %a.epoch, records = a.records, below_commit,
+        file = %a.file.display(), "cut a divergent log suffix and archived it");
+    node.lock().core_mut().note_cut(CutRange {
+        from: a.from,
+        to: a.to,
+        epoch: a.epoch,
+        below_commit,
+        file: a.file.display().to_string(),
+    });
+}
+
+/// One stream's life.
+async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> Result<(), String> {
+    let mut framed = connect(&leader.addr).await?;
+    let (data_id, epoch) = {
+        let g = node.lock();
+        (g.core().status(0).data_id, g.core().epoch())
+    };
+    send(
+        &mut framed,
+        &Msg::Hello {
+            id: node.id.clone(),
+            data_id,
+            boot_id: node.boot_id,
+            epoch,
+        },
+    )
+    .await?;
+    let leader_epoch = match recv(&mut framed, EXCHANGE_TIMEOUT).await?.0 {
+        Msg::Welcome { epoch, .. } => epoch,
+        Msg::Refused { reason, .. } => {
+            return Err(format!("the leader refused the stream: {reason}"))
+        }
+        other => return Err(format!("unexpected answer to hello: {other:?}")),
+    };
+    if leader_epoch < directed_epoch {
+        return Err(format!(
+            "{} leads epoch {leader_epoch}, below this replica's epoch {directed_epoch}",
+            leader.id
+        ));
+    }
+    if leader_epoch > node.lock().core().epoch() {
+        // A leader's stream may bring a higher epoch; persist it before acting on it.
+        let n = node.clone();
+        let rev = node.lock().core().applied_rev();
+        tokio::task::spawn_blocking(move || n.persist_epoch(leader_epoch, rev))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                node.set_fatal(format!("cannot persist epoch {leader_epoch}: {e:#}"));
+                format!("cannot persist epoch {leader_epoch}")
+            })?;
+        node.lock().core_mut().adopt_epoch(leader_epoch);
+    }
+    let (stream, mut next) =
+        node.lock()
+            .core_mut()
+            .follower_start(clock::now_ms(), &leader.id, leader_epoch)?;
+    // The divergence exchange.
+    let (from, prev_epoch) = loop {
+        match next {
+            FollowerNext::Fetch { from, prev_epoch } => break (from, prev_epoch),
+            FollowerNext::Query(e) => {
+                send(&mut framed, &Msg::EpochQuery { epoch: e }).await?;
+                let Msg::EpochEnd {
+                    epoch,
+                    end,
+                    lossy_above,
+                    ..
+                } = recv(&mut framed, EXCHANGE_TIMEOUT).await?.0
+                else {
+                    return Err("expected an epoch-end answer".into());
+                };
+                let res = node.lock().core_mut().follower_on_epoch_end(
+                    clock::now_ms(),
+                    stream,
+                    epoch,
+                    end,
+                    lossy_above,
+                )?;
+                match res {
+                    Exchange::Next {
+                        next: n,
+                        truncation,
+                    } => {
+                        if let Some(t) = truncation {
+                            let below = t.below_commit;
+                            if let Some(a) = node
+                                .truncate_log(t.from, t.records)
+                                .await
+                                .map_err(|e| e.to_string())?
+                            {
+                                note_cut(node, &a, below);
+                            }
+                        }
+                        next = n;
+                    }
+                    Exchange::Resync { from } => {
+                        tracing::warn!(from = %from, "the divergence point is below what this replica applied: archiving and fetching everything again");
+                        node.lock().core_mut().follower_reset(stream)?;
+                        if let Some(a) = node.resync_log(from).await.map_err(|e| e.to_string())? {
+                            note_cut(node, &a, true);
+                        }
+                        next = FollowerNext::Fetch {
+                            from: baton_common::Lsn(1),
+                            prev_epoch: Epoch(0),
+                        };
+                    }
+                }
+            }
+        }
+    };
+    send(&mut framed, &Msg::Fetch { from, prev_epoch }).await?;
+    node.lock().core_mut().follower_begin_streaming(stream)?;
+    tracing::info!(leader = %leader.id, epoch = %leader_epoch, from = %from, "following");
+    let (mut sink, mut source) = framed.split();
+    let acker = {
+        let node = node.clone();
+        let mut flushed = node.flushed.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let f = *flushed.borrow_and_update();
+                if sink
+                    .send(wire::encode(
+                        &Msg::Ack {
+                            epoch: leader_epoch,
+                            flushed: f,
+                        },
+                        &[],
+                    ))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if flushed.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let silence = Duration::from_millis((node.cfg.timing.heartbeat_interval_ms * 10).max(1000));
+    let res = stream_loop(node, &mut source, stream, silence).await;
+    acker.abort();
+    res
+}
+
+async fn stream_loop(
+    node: &Arc<Node>,
+    source: &mut futures_util::stream::SplitStream<Stream>,
+    stream: u64,
+    silence: Duration,
+) -> Result<(), String> {
+    let mut snapshot_in: Option<(std::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> = None;
+    loop {
+        if !node.lock().core().follower_stream_current(stream) {
+            return Ok(());
+        }
+        let frame = match tokio::time::timeout(silence, source.next()).await {
+            Err(_) => return Err(format!("the leader sent nothing for {silence:?}")),
+            Ok(None) => return Err("the leader closed the stream".into()),
+            Ok(Some(Err(e))) => return Err(format!("stream error: {e}")),
+            Ok(Some(Ok(f))) => f.freeze(),
+        };
+        let (msg, tail) = wire::decode(frame).map_err(|e| e.to_string())?;
+        let now = clock::now_ms();
+        match msg {
+            Msg::Append {
+                epoch,
+                prev_epoch,
+                prev_lsn,
+                commit,
+                end,
+                count,
+            } => {
+                let records = wire::decode_records(&tail, count).map_err(|e| e.to_string())?;
+                node.metrics
+                    .repl_records_received
+                    .inc_by(records.len() as u64);
+                let mut g = node.lock();
+                let header = AppendHeader {
+                    leader_epoch: epoch,
+                    prev: (prev_epoch, prev_lsn),
+                    commit,
+                    end,
+                };
+                let fx = g
+                    .core_mut()
+                    .follower_on_append(now, stream, header, records)?;
+                node.after_step(g, fx);
+            }
+            Msg::Keepalive { epoch, commit, end } => {
+                let mut g = node.lock();
+                let fx = g
+                    .core_mut()
+                    .follower_on_keepalive(now, stream, epoch, commit, end)?;
+                node.after_step(g, fx);
+            }
+            Msg::SnapshotBegin { lsn, bytes, .. } => {
+                let dir = node.data_dir().join("snap");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let path = dir.join("incoming.snap.tmp");
+                let f = std::fs::File::create(&path)
+                    .map_err(|e| format!("create {}: {e}", path.display()))?;
+                tracing::info!(lsn = %lsn, bytes, "receiving a snapshot from the leader");
+                snapshot_in = Some((f, path, lsn, bytes));
+            }
+            Msg::SnapshotChunk => {
+                let Some((f, path, ..)) = snapshot_in.as_mut() else {
+                    return Err("a snapshot chunk outside a snapshot".into());
+                };
+                f.write_all(&tail)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Msg::SnapshotEnd => {
+                let Some((f, path, lsn, bytes)) = snapshot_in.take() else {
+                    return Err("a snapshot end outside a snapshot".into());
+                };
+                f.sync_all()
+                    .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+                drop(f);
+                let p = path.clone();
+                let snap = tokio::task::spawn_blocking(move || snapshot::load_file(&p))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if snap.lsn != lsn {
+                    return Err(format!(
+                        "the snapshot covers LSN {}, announced {lsn}",
+                        snap.lsn
+                    ));
+                }
+                node.install_snapshot_file(path, lsn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                node.lock()
+                    .core_mut()
+                    .follower_install_snapshot(now, stream, snap)?;
+                node.metrics.repl_snapshots_received.inc();
+                tracing::info!(lsn = %lsn, bytes, "installed a snapshot from the leader");
+            }
+            Msg::Refused { reason, .. } => {
+                return Err(format!("the leader ended the stream: {reason}"))
+            }
+            other => return Err(format!("unexpected message on the stream: {other:?}")),
+        }
+    }
+}

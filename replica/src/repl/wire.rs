@@ -1,0 +1,224 @@
+//! The replication stream's messages and their framing. A stream is an HTTP/1.1 connection
+//! upgraded to `baton-replication/1`; each frame is length-delimited (tokio-util's codec) and
+//! holds `json_len u32 LE, JSON header, binary tail`. The tail carries record frames
+//! (`wal/record.rs` format) after `Append`, and raw snapshot bytes after `SnapshotChunk`.
+//!
+//! Follower → leader: `Hello`, `EpochQuery`, `Fetch`, `Ack`.
+//! Leader → follower: `Welcome`, `EpochEnd`, `Append`, `Keepalive`, `Snapshot*`, `Refused`.
+
+use crate::wal::record::DecodeError;
+use crate::wal::Record;
+use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The protocol name in the `Upgrade` header.
+pub const PROTOCOL: &str = "baton-replication/1";
+/// Largest frame accepted (a batch of records or a snapshot chunk).
+pub const MAX_FRAME: usize = 48 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// First message of a follower: who it is and the epoch it has persisted.
+    Hello {
+        id: NodeId,
+        data_id: DataId,
+        boot_id: BootId,
+        epoch: Epoch,
+    },
+    /// Divergence exchange: "where does your log of epoch `epoch` end?"
+    EpochQuery {
+        epoch: Epoch,
+    },
+    /// Start streaming at `from`; the follower's record at `from - 1` has `prev_epoch`.
+    Fetch {
+        from: Lsn,
+        prev_epoch: Epoch,
+    },
+    /// The follower made its log durable up to `flushed` (a contiguous, verified prefix).
+    Ack {
+        epoch: Epoch,
+        flushed: Lsn,
+    },
+    /// The leader accepted the stream; `epoch` is the leader's epoch.
+    Welcome {
+        epoch: Epoch,
+        leader: NodeId,
+    },
+    /// Answer to `EpochQuery`: `epoch` is the largest epoch ≤ the queried one in the leader's
+    /// history, `end` the first LSN after it. `lossy_above`: a lossy leader-start lies above.
+    EpochEnd {
+        queried: Epoch,
+        epoch: Epoch,
+        end: Lsn,
+        lossy_above: bool,
+    },
+    /// `count` records follow in the tail; the first one's predecessor is (prev_epoch, prev_lsn).
+    /// `end` is the leader's log end when sent.
+    Append {
+        epoch: Epoch,
+        prev_epoch: Epoch,
+        prev_lsn: Lsn,
+        commit: Lsn,
+        end: Lsn,
+        count: u32,
+    },
+    /// Nothing new; the leader's commit LSN and log end.
+    Keepalive {
+        epoch: Epoch,
+        commit: Lsn,
+        end: Lsn,
+    },
+    /// A snapshot of `bytes` bytes covering up to `lsn` (whose record has `last_epoch`) follows.
+    SnapshotBegin {
+        epoch: Epoch,
+        lsn: Lsn,
+        last_epoch: Epoch,
+        bytes: u64,
+    },
+    /// Raw snapshot file bytes in the tail.
+    SnapshotChunk,
+    SnapshotEnd,
+    /// The other side will not go on; the stream is closed after this.
+    Refused {
+        reason: String,
+        epoch: Epoch,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("malformed record in an append: {0}")]
+    Record(#[from] DecodeError),
+}
+
+/// Encodes a message with an optional binary tail.
+pub fn encode(msg: &Msg, tail: &[u8]) -> Bytes {
+    let json = serde_json::to_vec(msg).expect("messages serialize");
+    let mut b = BytesMut::with_capacity(4 + json.len() + tail.len());
+    b.put_u32_le(json.len() as u32);
+    b.put_slice(&json);
+    b.put_slice(tail);
+    b.freeze()
+}
+
+/// Encodes an `Append` with its records.
+pub fn encode_append(
+    epoch: Epoch,
+    prev: (Epoch, Lsn),
+    commit: Lsn,
+    end: Lsn,
+    records: &[Record],
+) -> Bytes {
+    let msg = Msg::Append {
+        epoch,
+        prev_epoch: prev.0,
+        prev_lsn: prev.1,
+        commit,
+        end,
+        count: records.len() as u32,
+    };
+    let json = serde_json::to_vec(&msg).expect("messages serialize");
+    let size: usize = records.iter().map(Record::frame_len).sum();
+    let mut b = BytesMut::with_capacity(4 + json.len() + size);
+    b.put_u32_le(json.len() as u32);
+    b.put_slice(&json);
+    for r in records {
+        r.encode_into(&mut b);
+    }
+    b.freeze()
+}
+
+/// Splits a frame into its message and tail.
+pub fn decode(frame: Bytes) -> Result<(Msg, Bytes), WireError> {
+    if frame.len() < 4 {
+        return Err(WireError::Malformed("frame shorter than its header".into()));
+    }
+    let n = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    if frame.len() < 4 + n {
+        return Err(WireError::Malformed("header runs past the frame".into()));
+    }
+    let msg = serde_json::from_slice(&frame[4..4 + n])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok((msg, frame.slice(4 + n..)))
+}
+
+/// Decodes the `count` records of an append tail.
+pub fn decode_records(tail: &[u8], count: u32) -> Result<Vec<Record>, WireError> {
+    let mut out = Vec::with_capacity(count as usize);
+    let mut off = 0;
+    for _ in 0..count {
+        let (r, n) = Record::decode(&tail[off..])?;
+        off += n;
+        out.push(r);
+    }
+    if off != tail.len() {
+        return Err(WireError::Malformed(
+            "bytes after the last record of an append".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The frame codec used on both ends.
+pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .little_endian()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Op;
+
+    #[test]
+    fn append_round_trips_with_records() {
+        let recs: Vec<Record> = (1..=3)
+            .map(|i| Record {
+                epoch: Epoch(2),
+                lsn: Lsn(i),
+                op: Op::Put {
+                    key: Bytes::from(format!("k{i}")),
+                    value: Bytes::from_static(b"v"),
+                },
+            })
+            .collect();
+        let f = encode_append(Epoch(2), (Epoch(1), Lsn(0)), Lsn(7), Lsn(9), &recs);
+        let (m, tail) = decode(f).expect("decode");
+        let Msg::Append {
+            count,
+            commit,
+            prev_epoch,
+            ..
+        } = m
+        else {
+            panic!("not an append: {m:?}")
+        };
+        assert_eq!((count, commit, prev_epoch), (3, Lsn(7), Epoch(1)));
+        assert_eq!(decode_records(&tail, count).expect("records"), recs);
+        assert!(
+            decode_records(&tail, 4).is_err(),
+            "a missing record is an error"
+        );
+        assert!(
+            decode_records(&tail[..tail.len() - 1], 3).is_err(),
+            "a cut record is an error"
+        );
+    }
+
+    #[test]
+    fn junk_is_refused() {
+        assert!(decode(Bytes::from_static(b"\x02")).is_err());
+        assert!(decode(Bytes::from_static(b"\x05\x00\x00\x00{}")).is_err());
+        assert!(
+            decode(Bytes::from_static(b"\x02\x00\x00\x00{}")).is_err(),
+            "no type tag"
+        );
+    }
+}
