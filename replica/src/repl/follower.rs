@@ -274,7 +274,16 @@ async fn stream_loop(
     silence: Duration,
 ) -> Result<(), String> {
     let mut snapshot_in: Option<(std::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> = None;
+    let mut last_progress_log = std::time::Instant::now();
     loop {
+        if last_progress_log.elapsed() >= Duration::from_secs(5) {
+            last_progress_log = std::time::Instant::now();
+            let st = node.lock().core().status(clock::now_ms());
+            if let Some(u) = st.upstream.filter(|u| u.records_behind > 0) {
+                tracing::info!(leader = %u.leader, records_behind = u.records_behind, flushed = %st.flushed_lsn,
+                    leader_log_end = %u.leader_log_end, "catching up with the leader");
+            }
+        }
         if !node.lock().core().follower_stream_current(stream) {
             return Ok(());
         }
