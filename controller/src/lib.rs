@@ -1,3 +1,9 @@
 //! The failover controller (`baton-controller`, `batonctl`): etcd-backed election, heartbeats,
-//! failure detection, promotion and fencing (DESIGN.md §5). Not built yet (issue 4); the wire
-//! types it will speak already live in `baton_common::directive`.
+//! failure detection, promotion and fencing (DESIGN.md §5).
+//!
+//! Built so far: the cluster state as stored in etcd (`state.rs`) and the pure decision rules
+//! for failure detection and candidate choice (`decide.rs`), with decision-table tests. The
+//! etcd runtime, the heartbeat endpoint, operations and `batonctl` come next (issue 4).
+
+pub mod decide;
+pub mod state;

@@ -1,0 +1,279 @@
+//! The controller's decision rules as pure functions of what it knows (DESIGN.md §5): is the
+//! leader failed — on positive evidence only — and, once reachable members are fenced at the new
+//! epoch, which one is promoted and which sync set is recorded with it.
+//!
+//! No clock, no etcd, no I/O: inputs carry `now` and the members' last heartbeats. The
+//! controller's state machine calls these; the tests are decision tables.
+
+use crate::state::ClusterState;
+use baton_common::directive::{Heartbeat, MemberRef, Mode};
+use baton_common::{Epoch, Lsn, NodeId};
+
+/// What the controller heard from one member.
+#[derive(Clone, Debug)]
+pub struct Heard {
+    /// Controller time the heartbeat arrived.
+    pub at_ms: u64,
+    pub hb: Heartbeat,
+}
+
+/// Detection tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub failure_timeout_ms: u64,
+}
+
+/// The verdict on the recorded leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaderHealth {
+    /// Heard within the failure timeout.
+    Healthy,
+    /// No leader recorded (bootstrap, or a promotion in progress).
+    NoLeader,
+    /// The controller took over recently and has not observed for a failure timeout yet.
+    Observing,
+    /// The leader's id answered with another boot or data directory: a new epoch is needed,
+    /// in any mode and outside the anti-flapping budget.
+    Restarted,
+    /// Not heard, but the failure is not proven; no failover. The reason is journaled.
+    Unproven(String),
+    /// Failed on positive evidence.
+    Failed(String),
+}
+
+fn heard_within(h: &Heard, now: u64, ms: u64) -> bool {
+    now.saturating_sub(h.at_ms) < ms
+}
+
+/// Assesses the recorded leader (DESIGN.md §5 "Detection").
+///
+/// `active_since_ms`: when this controller became active (it decides nothing before observing
+/// for a failure timeout). `standby_hears`: the highest number of members any standby reports
+/// hearing (a controller that hears fewer decides no failover).
+pub fn assess_leader(
+    now: u64,
+    active_since_ms: u64,
+    state: &ClusterState,
+    heard: &[(NodeId, Option<Heard>)],
+    standby_hears: usize,
+    t: Timing,
+) -> LeaderHealth {
+    let Some(leader) = &state.leader else {
+        return LeaderHealth::NoLeader;
+    };
+    let get = |id: &NodeId| {
+        heard
+            .iter()
+            .find(|(i, _)| i == id)
+            .and_then(|(_, h)| h.as_ref())
+    };
+    if let Some(h) = get(&leader.id) {
+        if h.hb.boot_id != leader.boot_id || h.hb.data_id != leader.data_id {
+            return LeaderHealth::Restarted;
+        }
+        if heard_within(h, now, t.failure_timeout_ms) {
+            return LeaderHealth::Healthy;
+        }
+    }
+    if now.saturating_sub(active_since_ms) < t.failure_timeout_ms {
+        return LeaderHealth::Observing;
+    }
+    let hears = heard
+        .iter()
+        .filter(|(_, h)| {
+            h.as_ref()
+                .is_some_and(|h| heard_within(h, now, t.failure_timeout_ms))
+        })
+        .count();
+    if hears < standby_hears {
+        return LeaderHealth::Unproven(format!(
+            "this controller hears {hears} members, a standby hears {standby_hears}: not deciding a failover"
+        ));
+    }
+    let reporting: Vec<(&NodeId, &Heard)> = heard
+        .iter()
+        .filter(|(id, _)| *id != leader.id)
+        .filter_map(|(id, h)| {
+            h.as_ref()
+                .filter(|h| heard_within(h, now, t.failure_timeout_ms))
+                .map(|h| (id, h))
+        })
+        .collect();
+    if reporting.is_empty() {
+        return LeaderHealth::Unproven(
+            "no follower reports: the failure cannot be told from this controller's own isolation"
+                .into(),
+        );
+    }
+    // (c) every reporting follower has lost the leader too.
+    let still_see: Vec<String> = reporting
+        .iter()
+        .filter(|(_, h)| {
+            let since =
+                h.hb.since_leader_ms
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(now.saturating_sub(h.at_ms));
+            since < t.failure_timeout_ms
+        })
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if !still_see.is_empty() {
+        return LeaderHealth::Unproven(format!(
+            "leader unreachable from controller: followers {} still receive from it",
+            still_see.join(", ")
+        ));
+    }
+    // (b) at least one eligible candidate reports.
+    let eligible: Vec<&NodeId> = reporting
+        .iter()
+        .filter(|(id, h)| may_be_candidate(state, id, &h.hb))
+        .map(|(id, _)| *id)
+        .collect();
+    if eligible.is_empty() {
+        return LeaderHealth::Unproven(
+            "no eligible candidate reports (blocked: waiting for a sync member or the old leader)"
+                .into(),
+        );
+    }
+    LeaderHealth::Failed(format!(
+        "leader {} not heard for {} ms; every reporting follower lost it too; candidates reporting: {}",
+        leader.id,
+        t.failure_timeout_ms,
+        eligible.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Whether a member could be promoted, judged before fencing (no positions compared yet).
+fn may_be_candidate(state: &ClusterState, id: &NodeId, hb: &Heartbeat) -> bool {
+    let Some(m) = state.member(id) else {
+        return false;
+    };
+    if m.no_failover || hb.unclean {
+        return false;
+    }
+    match state.mode {
+        Mode::SemiSync => {
+            state
+                .sync_set
+                .iter()
+                .any(|s| &s.id == id && s.data_id == hb.data_id)
+                || state
+                    .prev_leader
+                    .as_ref()
+                    .is_some_and(|p| &p.id == id && p.data_id == hb.data_id)
+        }
+        Mode::Async => true,
+    }
+}
+
+/// A member's position reported after it fsynced the new epoch (promotion step 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fenced {
+    pub id: NodeId,
+    pub hb: Heartbeat,
+}
+
+/// The outcome of candidate choice (promotion step 3 and the sync set of step 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Promote {
+        id: NodeId,
+        log_end: (Epoch, Lsn),
+        sync_set: Vec<MemberRef>,
+        lossy: bool,
+    },
+    /// Nobody may be promoted now; journaled as `blocked: …`.
+    Blocked(String),
+}
+
+/// Candidate rules (DESIGN.md §5 step 3): never unclean, never `no_failover`; in semi-sync
+/// mode only recorded sync members and the previous leader with the same data directory; in
+/// async mode any member within `max_lag` records of the best. Highest (last epoch, LSN), then
+/// priority, then lowest id. The sync set recorded with it (semi-sync): reachable members of
+/// the old set and followers at the same last epoch and an LSN ≥ the new leader's (they hold
+/// all of its log), up to `sync_size`; unclean members may join (that is how they get clean).
+pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag: u64) -> Choice {
+    let eligible: Vec<&Fenced> = fenced
+        .iter()
+        .filter(|f| may_be_candidate(state, &f.id, &f.hb))
+        .collect();
+    let best_end = fenced
+        .iter()
+        .map(|f| (f.hb.log_end_epoch, f.hb.log_end_lsn))
+        .max();
+    let mut cands: Vec<&Fenced> = match state.mode {
+        Mode::SemiSync => eligible,
+        Mode::Async => {
+            let best = best_end.map_or(0, |e| e.1 .0);
+            eligible
+                .into_iter()
+                .filter(|f| best.saturating_sub(f.hb.log_end_lsn.0) <= max_lag)
+                .collect()
+        }
+    };
+    if cands.is_empty() {
+        let why = match state.mode {
+            Mode::SemiSync => {
+                "no member of the recorded sync set (nor the previous leader) reports after fencing"
+            }
+            Mode::Async => {
+                "no clean, promotable member within max_lag_on_failover reports after fencing"
+            }
+        };
+        return Choice::Blocked(why.into());
+    }
+    let prio = |f: &Fenced| state.member(&f.id).map_or(0, |m| m.priority);
+    cands.sort_by(|a, b| {
+        (b.hb.log_end_epoch, b.hb.log_end_lsn)
+            .cmp(&(a.hb.log_end_epoch, a.hb.log_end_lsn))
+            .then(prio(b).cmp(&prio(a)))
+            .then(a.id.cmp(&b.id))
+    });
+    let w = cands[0];
+    let end = (w.hb.log_end_epoch, w.hb.log_end_lsn);
+    let mut sync_set: Vec<MemberRef> = Vec::new();
+    if state.mode == Mode::Async {
+        // Nothing waits in async mode; the sync set stays empty.
+        return Choice::Promote {
+            id: w.id.clone(),
+            log_end: end,
+            sync_set,
+            lossy: true,
+        };
+    }
+    let old: Vec<&MemberRef> = state.sync_set.iter().collect();
+    let mut add = |f: &Fenced| {
+        let r = MemberRef {
+            id: f.id.clone(),
+            data_id: f.hb.data_id,
+        };
+        if f.id != w.id && sync_set.len() < sync_size && !sync_set.contains(&r) {
+            sync_set.push(r);
+        }
+    };
+    for f in fenced {
+        let promotable = state.member(&f.id).is_some_and(|m| !m.no_failover);
+        if promotable
+            && old
+                .iter()
+                .any(|o| o.id == f.id && o.data_id == f.hb.data_id)
+        {
+            add(f);
+        }
+    }
+    for f in fenced {
+        let promotable = state.member(&f.id).is_some_and(|m| !m.no_failover);
+        if promotable && f.hb.log_end_epoch == end.0 && f.hb.log_end_lsn >= end.1 {
+            add(f);
+        }
+    }
+    Choice::Promote {
+        id: w.id.clone(),
+        log_end: end,
+        sync_set,
+        lossy: false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
