@@ -31,7 +31,8 @@ pub struct Archived {
 
 pub enum LogCmd {
     Append(Record),
-    Compact(Lsn),
+    /// Remove segments a snapshot covers, if the log generation is still the given one.
+    Compact(Lsn, u64),
     /// Store the `unclean` flag in the meta file (after the batch before it is durable).
     StoreUnclean(bool),
     /// Read records for a follower.
@@ -146,7 +147,10 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
         while let Some(cmd) = next.take() {
             match cmd {
                 LogCmd::Append(r) => batch.push(r),
-                LogCmd::Compact(l) => compact = Some(compact.map_or(l, |c| c.max(l))),
+                LogCmd::Compact(l, g) if g == gen => {
+                    compact = Some(compact.map_or(l, |c| c.max(l)))
+                }
+                LogCmd::Compact(..) => {}
                 LogCmd::StoreUnclean(u) => unclean = Some(u),
                 LogCmd::Read { .. } => reads.push(cmd),
                 // Truncations and resets split batches: what came before is written first.
@@ -210,7 +214,10 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 records,
                 reply,
             }) => {
+                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
                 gen += 1;
+                node.log_thread_gen
+                    .store(gen, std::sync::atomic::Ordering::SeqCst);
                 let res = archive(&dirs.rollback, &records)
                     .and_then(|a| log.truncate_from(from).map(|_| a));
                 let failed = res.as_ref().err().map(|e| e.to_string());
@@ -221,7 +228,10 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 }
             }
             Some(LogCmd::Resync { from, reply }) => {
+                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
                 gen += 1;
+                node.log_thread_gen
+                    .store(gen, std::sync::atomic::Ordering::SeqCst);
                 let res = resync(log.as_mut(), &dirs, from);
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
@@ -231,7 +241,10 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 }
             }
             Some(LogCmd::InstallSnapshot { tmp, lsn, reply }) => {
+                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
                 gen += 1;
+                node.log_thread_gen
+                    .store(gen, std::sync::atomic::Ordering::SeqCst);
                 let res = install(log.as_mut(), &dirs, &tmp, lsn);
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);

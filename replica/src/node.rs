@@ -102,6 +102,17 @@ impl Tail {
     }
 }
 
+/// The log thread's answer to a command sent under the core lock.
+pub struct LogReply<T>(oneshot::Receiver<Result<T, LogError>>);
+
+impl<T> LogReply<T> {
+    pub async fn wait(self) -> Result<T, LogError> {
+        self.0
+            .await
+            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+    }
+}
+
 /// Why the node is stopping on its own.
 #[derive(Clone, Debug)]
 pub struct Fatal(pub String);
@@ -124,6 +135,11 @@ pub struct Node {
     /// Ask the heartbeat loop to send one now (a client showed a newer epoch).
     pub heartbeat_now: Notify,
     log_bytes: std::sync::atomic::AtomicU64,
+    /// Truncations and resets the log thread has executed (its log generation).
+    pub(crate) log_thread_gen: std::sync::atomic::AtomicU64,
+    /// Held by the log thread while it truncates or resets, and by a snapshot while it decides
+    /// whether to commit.
+    pub(crate) snap_gate: Mutex<()>,
     /// Bumped whenever records are appended or the commit LSN moves: leader streams wait on it.
     pub progress: watch::Sender<u64>,
     /// The flushed LSN: a follower's stream acknowledges on changes.
@@ -170,6 +186,7 @@ impl Node {
     ) -> anyhow::Result<(Arc<Node>, OpenReport)> {
         let dir = cfg.data_dir.clone();
         let (meta, created) = Meta::load_or_create(&dir)?;
+        snapshot::remove_leftovers(&dir.join("snap"));
         let snap = snapshot::load_latest(&dir.join("snap"))?;
         let snap_lsn = snap.as_ref().map_or(Lsn(0), |s| s.lsn);
         if log.last_lsn() < snap_lsn {
@@ -231,6 +248,8 @@ impl Node {
             fatal_notify: Notify::new(),
             heartbeat_now: Notify::new(),
             log_bytes: std::sync::atomic::AtomicU64::new(log_bytes),
+            log_thread_gen: std::sync::atomic::AtomicU64::new(0),
+            snap_gate: Mutex::new(()),
             progress: watch::channel(0).0,
             flushed: watch::channel(Lsn(0)).0,
             _lock: lock,
@@ -413,8 +432,9 @@ impl Node {
         self.progress.send_modify(|v| *v += 1);
         if g.core.snapshot_due() {
             let snap = g.core.begin_snapshot();
+            let gen = g.core.log_gen();
             drop(g);
-            self.spawn_snapshot(snap);
+            self.spawn_snapshot(snap, gen);
         }
     }
 
@@ -448,49 +468,44 @@ impl Node {
             .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
     }
 
-    /// Archives and cuts the log from `trunc.from` (the core already cut it in memory).
-    pub(crate) async fn truncate_log(
+    /// Hands the log thread the truncation the core just decided, in the same critical section
+    /// (so no append can overtake it). Await the receiver for the archive.
+    pub(crate) fn send_truncate(
         &self,
+        g: &mut Inner,
         from: Lsn,
         records: Vec<Record>,
-    ) -> Result<Option<Archived>, LogError> {
-        self.lock().tail.cut_from(from);
+    ) -> LogReply<Option<Archived>> {
+        g.tail.cut_from(from);
         let (reply, rx) = oneshot::channel();
-        if !self.send_log(LogCmd::Truncate {
+        self.send_log(LogCmd::Truncate {
             from,
             records,
             reply,
-        }) {
-            return Err(LogError::Misuse("the log thread has stopped".into()));
-        }
-        rx.await
-            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+        });
+        self.flushed.send_replace(g.core.flushed());
+        LogReply(rx)
     }
 
-    /// Archives the log from `from`, sets snapshots aside and empties the log.
-    pub(crate) async fn resync_log(&self, from: Lsn) -> Result<Option<Archived>, LogError> {
-        self.lock().tail.clear();
+    /// Persists `unclean`, then archives the log from `from`, sets snapshots aside and empties
+    /// the log; the core was reset in the same critical section.
+    pub(crate) fn send_resync(&self, g: &mut Inner, from: Lsn) -> LogReply<Option<Archived>> {
+        g.tail.clear();
         let (reply, rx) = oneshot::channel();
-        if !self.send_log(LogCmd::Resync { from, reply }) {
-            return Err(LogError::Misuse("the log thread has stopped".into()));
-        }
-        rx.await
-            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+        self.send_log(LogCmd::StoreUnclean(true));
+        self.send_log(LogCmd::Resync { from, reply });
+        self.flushed.send_replace(g.core.flushed());
+        LogReply(rx)
     }
 
-    /// Makes a received snapshot file the newest snapshot and restarts the log after it.
-    pub(crate) async fn install_snapshot_file(
-        &self,
-        tmp: PathBuf,
-        lsn: Lsn,
-    ) -> Result<(), LogError> {
-        self.lock().tail.clear();
+    /// Makes a received snapshot file the newest snapshot and restarts the log after it; the
+    /// core installed it in the same critical section.
+    pub(crate) fn send_install(&self, g: &mut Inner, tmp: PathBuf, lsn: Lsn) -> LogReply<()> {
+        g.tail.clear();
         let (reply, rx) = oneshot::channel();
-        if !self.send_log(LogCmd::InstallSnapshot { tmp, lsn, reply }) {
-            return Err(LogError::Misuse("the log thread has stopped".into()));
-        }
-        rx.await
-            .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+        self.send_log(LogCmd::InstallSnapshot { tmp, lsn, reply });
+        self.flushed.send_replace(g.core.flushed());
+        LogReply(rx)
     }
 
     pub(crate) fn set_log_bytes(&self, b: u64) {
@@ -498,7 +513,10 @@ impl Node {
             .store(b, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn spawn_snapshot(self: &Arc<Self>, snap: snapshot::Snapshot) {
+    /// Writes `snap` in the background. It is committed (renamed into place, then the log
+    /// compacted) only if the log was not truncated or reset since it was captured (`gen`),
+    /// decided under `snap_gate`, which the log thread holds while it truncates or resets.
+    fn spawn_snapshot(self: &Arc<Self>, snap: snapshot::Snapshot, gen: u64) {
         let node = self.clone();
         let mut slot = self
             .snapshot_thread
@@ -511,15 +529,32 @@ impl Node {
         *slot = Some(std::thread::spawn(move || {
             let t0 = Instant::now();
             let lsn = snap.lsn;
-            match snapshot::write(&node.data_dir.join("snap"), &snap) {
-                Ok((path, size)) => {
+            let dir = node.data_dir.join("snap");
+            let res = snapshot::write_tmp(&dir, &snap).and_then(|tmp| {
+                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
+                if node
+                    .log_thread_gen
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != gen
+                {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(None);
+                }
+                snapshot::commit(&dir, &tmp, lsn).map(Some)
+            });
+            match res {
+                Ok(None) => {
+                    tracing::info!(lsn = %lsn, "snapshot discarded: the log was truncated or reset while it was written");
+                    node.lock().core.end_snapshot(None);
+                }
+                Ok(Some((path, size))) => {
                     node.metrics.snapshots.with_label_values(&["ok"]).inc();
                     node.metrics
                         .snapshot_seconds
                         .observe(t0.elapsed().as_secs_f64());
                     tracing::info!(lsn = %lsn, keys = snap.state.len(), bytes = size, file = %path.display(),
                         ms = t0.elapsed().as_millis() as u64, "snapshot written");
-                    node.send_log(LogCmd::Compact(lsn));
+                    node.send_log(LogCmd::Compact(lsn, gen));
                     node.lock().core.end_snapshot(Some(lsn));
                 }
                 Err(e) => {

@@ -3,7 +3,7 @@
 //! only then may log segments it covers be removed. A snapshot only ever holds committed state.
 //!
 //! Format (little endian): `"BATONSNP" u32 format=1, lsn u64, epoch u64, digest u128,
-//! history_len u32, (epoch u64, first_lsn u64)*, entries u64,
+//! history_len u32, (epoch u64, first_lsn u64)*, lossy_len u32, (epoch u64)*, entries u64,
 //! (key_len u32, key, value_len u32, value, epoch u64, lsn u64)*, crc32c u32` — the checksum
 //! covers every byte before it.
 
@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub epoch: Epoch,
     /// `(epoch, first LSN)` of every epoch that began at or below `lsn`.
     pub history: Vec<(Epoch, Lsn)>,
+    /// Epochs among `history` whose leader-start was lossy (the divergence exchange needs them
+    /// after the records themselves were compacted away).
+    pub lossy_epochs: Vec<Epoch>,
     pub state: KvState,
 }
 
@@ -68,11 +71,16 @@ impl<W: Write> Write for CrcWriter<W> {
 
 /// Writes `snap` into `dir` durably and removes older snapshots. Returns the file's path and size.
 pub fn write(dir: &Path, snap: &Snapshot) -> Result<(PathBuf, u64), SnapshotError> {
+    let tmp = write_tmp(dir, snap)?;
+    commit(dir, &tmp, snap.lsn)
+}
+
+/// Writes `snap` to a temp file in `dir` and fsyncs it; [`commit`] makes it the newest snapshot.
+pub fn write_tmp(dir: &Path, snap: &Snapshot) -> Result<PathBuf, SnapshotError> {
     std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(name(snap.lsn));
     let tmp = dir.join(format!("{}.tmp", name(snap.lsn)));
     let io = |source| SnapshotError::Io {
         path: tmp.clone(),
@@ -94,6 +102,10 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<(PathBuf, u64), SnapshotErro
             w.write_all(&e.0.to_le_bytes())?;
             w.write_all(&l.0.to_le_bytes())?;
         }
+        w.write_all(&(snap.lossy_epochs.len() as u32).to_le_bytes())?;
+        for e in &snap.lossy_epochs {
+            w.write_all(&e.0.to_le_bytes())?;
+        }
         w.write_all(&(snap.state.len() as u64).to_le_bytes())?;
         for (k, e) in snap.state.iter() {
             w.write_all(&(k.len() as u32).to_le_bytes())?;
@@ -109,7 +121,13 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<(PathBuf, u64), SnapshotErro
         file.sync_all()
     })()
     .map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(|source| SnapshotError::Io {
+    Ok(tmp)
+}
+
+/// Renames a fsynced temp snapshot into place, fsyncs the directory and removes older ones.
+pub fn commit(dir: &Path, tmp: &Path, lsn: Lsn) -> Result<(PathBuf, u64), SnapshotError> {
+    let path = dir.join(name(lsn));
+    std::fs::rename(tmp, &path).map_err(|source| SnapshotError::Io {
         path: path.clone(),
         source,
     })?;
@@ -119,8 +137,8 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<(PathBuf, u64), SnapshotErro
     })?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     // Older snapshots are no longer needed once this one is durable.
-    for (lsn, p) in list(dir)? {
-        if lsn < snap.lsn {
+    for (old, p) in list(dir)? {
+        if old < lsn {
             if let Err(e) = std::fs::remove_file(&p) {
                 tracing::warn!(file = %p.display(), %e, "could not remove an old snapshot");
             }
@@ -129,7 +147,18 @@ pub fn write(dir: &Path, snap: &Snapshot) -> Result<(PathBuf, u64), SnapshotErro
     Ok((path, size))
 }
 
-/// Snapshot files in `dir`, oldest first. Leftover temp files are removed.
+/// Removes temp files a crash left behind; call at start, before any snapshot is written.
+pub fn remove_leftovers(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            if ent.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
+    }
+}
+
+/// Snapshot files in `dir`, oldest first (temp files are not listed).
 pub fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
@@ -148,9 +177,7 @@ pub fn list(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> {
             source,
         })?;
         let n = ent.file_name().to_string_lossy().into_owned();
-        if n.ends_with(".tmp") {
-            let _ = std::fs::remove_file(ent.path());
-        } else if let Some(lsn) = parse_name(&n) {
+        if let Some(lsn) = parse_name(&n) {
             out.push((lsn, ent.path()));
         }
     }
@@ -209,6 +236,11 @@ fn decode(data: &[u8]) -> Result<Snapshot, String> {
     for _ in 0..hn {
         history.push((Epoch(p.u64()?), Lsn(p.u64()?)));
     }
+    let ln = p.u32()? as usize;
+    let mut lossy_epochs = Vec::with_capacity(ln.min(1 << 16));
+    for _ in 0..ln {
+        lossy_epochs.push(Epoch(p.u64()?));
+    }
     let n = p.u64()?;
     let mut state = KvState::default();
     for _ in 0..n {
@@ -232,6 +264,7 @@ fn decode(data: &[u8]) -> Result<Snapshot, String> {
         lsn,
         epoch,
         history,
+        lossy_epochs,
         state,
     })
 }
@@ -284,6 +317,7 @@ mod tests {
             lsn: Lsn(n + 1),
             epoch: Epoch(2),
             history: vec![(Epoch(1), Lsn(1)), (Epoch(2), Lsn(1))],
+            lossy_epochs: vec![Epoch(2)],
             state,
         }
     }
@@ -298,6 +332,7 @@ mod tests {
         let l = load_latest(d.path()).expect("load").expect("some");
         assert_eq!(l.lsn, s.lsn);
         assert_eq!(l.history, s.history);
+        assert_eq!(l.lossy_epochs, s.lossy_epochs);
         assert_eq!(l.state.digest(), s.state.digest());
         assert_eq!(l.state.len(), 100);
     }

@@ -1140,6 +1140,7 @@ fn recovery_from_snapshot_plus_records_then_leading_applies_all_and_clears_uncle
         lsn: Lsn(3),
         epoch: Epoch(1),
         history: vec![(Epoch(1), Lsn(1))],
+        lossy_epochs: vec![],
         state: state_of(&before),
     };
     let after = vec![

@@ -328,22 +328,20 @@ impl Core {
         Ok(())
     }
 
-    /// A snapshot from the leader was made durable and the log reset to start after it.
-    pub fn follower_install_snapshot(
-        &mut self,
-        now: u64,
-        stream: u64,
-        snap: Snapshot,
-    ) -> Result<(), String> {
-        let u = self.upstream_mut(stream)?;
-        u.last_msg_ms = now;
+    /// A snapshot from the leader replaces the log and state; the runtime hands the log thread
+    /// the matching reset in the same critical section. Applies whatever the stream's fate:
+    /// the disk is about to hold this snapshot either way.
+    pub fn follower_install_snapshot(&mut self, now: u64, snap: Snapshot) {
+        if let Some(u) = self.upstream.as_mut() {
+            u.last_msg_ms = now;
+        }
         self.log_gen += 1;
         let lsn = snap.lsn;
         self.state = snap.state;
         self.history = snap.history;
         self.pending = VecDeque::new();
         self.overlay = HashMap::new();
-        self.lossy_epochs.clear();
+        self.lossy_epochs = snap.lossy_epochs.into_iter().collect();
         self.log_end = (snap.epoch, lsn);
         self.flushed = lsn;
         self.commit = lsn;
@@ -351,7 +349,6 @@ impl Core {
         self.snapshot_lsn = lsn;
         self.log_start = lsn.next();
         self.bytes_since_snapshot = 0;
-        Ok(())
     }
 
     pub(super) fn upstream_progress(&self, now: u64) -> Option<UpstreamProgress> {

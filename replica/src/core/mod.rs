@@ -189,14 +189,14 @@ impl Core {
     /// Builds the core from what recovery found. Recovered records are durable (flushed) but
     /// not known committed: they are applied once a leader-start above them commits.
     pub fn new(cfg: CoreConfig, rec: Recovered) -> Core {
-        let (state, snap_lsn, snap_epoch, mut history) = match rec.snapshot {
-            Some(s) => (s.state, s.lsn, s.epoch, s.history),
-            None => (KvState::default(), Lsn(0), Epoch(0), Vec::new()),
+        let (state, snap_lsn, snap_epoch, mut history, snap_lossy) = match rec.snapshot {
+            Some(s) => (s.state, s.lsn, s.epoch, s.history, s.lossy_epochs),
+            None => (KvState::default(), Lsn(0), Epoch(0), Vec::new(), Vec::new()),
         };
         let mut log_end = (snap_epoch, snap_lsn);
         let mut overlay = HashMap::new();
         let mut pending = VecDeque::with_capacity(rec.records.len());
-        let mut lossy_epochs = BTreeSet::new();
+        let mut lossy_epochs: BTreeSet<Epoch> = snap_lossy.into_iter().collect();
         for r in rec.records {
             if let Op::LeaderStart { lossy: true, .. } = r.op {
                 lossy_epochs.insert(r.epoch);
@@ -841,12 +841,26 @@ impl Core {
             .filter(|(_, first)| *first <= lsn)
             .collect();
         let epoch = history.last().map_or(Epoch(0), |(e, _)| *e);
+        let lossy_epochs = self
+            .lossy_epochs
+            .iter()
+            .copied()
+            .filter(|e| *e <= epoch)
+            .collect();
         Snapshot {
             lsn,
             epoch,
             history,
+            lossy_epochs,
             state: self.state.clone(),
         }
+    }
+
+    /// A resync is about to drop records this replica had flushed and fetch them again: it is
+    /// unclean until it holds everything again (DESIGN.md §3). The caller persists the flag.
+    pub fn mark_unclean(&mut self) {
+        self.unclean = true;
+        self.unclean_target = None;
     }
 
     /// Log compaction removed records below `first`.

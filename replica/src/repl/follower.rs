@@ -164,8 +164,7 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
     if leader_epoch > node.lock().core().epoch() {
         // A leader's stream may bring a higher epoch; persist it before acting on it.
         let n = node.clone();
-        let rev = node.lock().core().applied_rev();
-        tokio::task::spawn_blocking(move || n.persist_epoch(leader_epoch, rev))
+        tokio::task::spawn_blocking(move || n.update_meta(|m| m.epoch = m.epoch.max(leader_epoch)))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| {
@@ -193,42 +192,51 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                 else {
                     return Err("expected an epoch-end answer".into());
                 };
-                let res = node.lock().core_mut().follower_on_epoch_end(
-                    clock::now_ms(),
-                    stream,
-                    epoch,
-                    end,
-                    lossy_above,
-                )?;
-                match res {
-                    Exchange::Next {
-                        next: n,
-                        truncation,
-                    } => {
-                        if let Some(t) = truncation {
+                // The core's cut and the log command happen in one critical section, so no
+                // append (say, a leader-start) can slip between them.
+                let (n, pending) = {
+                    let mut g = node.lock();
+                    let res = g.core_mut().follower_on_epoch_end(
+                        clock::now_ms(),
+                        stream,
+                        epoch,
+                        end,
+                        lossy_above,
+                    )?;
+                    match res {
+                        Exchange::Next {
+                            next: n,
+                            truncation: None,
+                        } => (n, None),
+                        Exchange::Next {
+                            next: n,
+                            truncation: Some(t),
+                        } => {
                             let below = t.below_commit;
-                            if let Some(a) = node
-                                .truncate_log(t.from, t.records)
-                                .await
-                                .map_err(|e| e.to_string())?
-                            {
-                                note_cut(node, &a, below);
-                            }
+                            (
+                                n,
+                                Some((node.send_truncate(&mut g, t.from, t.records), below)),
+                            )
                         }
-                        next = n;
+                        Exchange::Resync { from } => {
+                            tracing::warn!(from = %from, "the divergence point is below what this replica applied: \
+                                archiving and fetching everything again (unclean until caught up)");
+                            g.core_mut().mark_unclean();
+                            g.core_mut().follower_reset(stream)?;
+                            let fetch = FollowerNext::Fetch {
+                                from: baton_common::Lsn(1),
+                                prev_epoch: Epoch(0),
+                            };
+                            (fetch, Some((node.send_resync(&mut g, from), true)))
+                        }
                     }
-                    Exchange::Resync { from } => {
-                        tracing::warn!(from = %from, "the divergence point is below what this replica applied: archiving and fetching everything again");
-                        node.lock().core_mut().follower_reset(stream)?;
-                        if let Some(a) = node.resync_log(from).await.map_err(|e| e.to_string())? {
-                            note_cut(node, &a, true);
-                        }
-                        next = FollowerNext::Fetch {
-                            from: baton_common::Lsn(1),
-                            prev_epoch: Epoch(0),
-                        };
+                };
+                if let Some((reply, below)) = pending {
+                    if let Some(a) = reply.wait().await.map_err(|e| e.to_string())? {
+                        note_cut(node, &a, below);
                     }
                 }
+                next = n;
             }
         }
     };
@@ -241,7 +249,16 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
         let mut flushed = node.flushed.subscribe();
         tokio::spawn(async move {
             loop {
-                let f = *flushed.borrow_and_update();
+                flushed.borrow_and_update();
+                // Acknowledge what the core holds durable now (never a stale watch value), and
+                // only while this stream is the current one: a fenced replica stops at once.
+                let f = {
+                    let g = node.lock();
+                    if !g.core().follower_stream_current(stream) {
+                        return;
+                    }
+                    g.core().flushed()
+                };
                 if sink
                     .send(wire::encode(
                         &Msg::Ack {
@@ -255,8 +272,10 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                 {
                     return;
                 }
-                if flushed.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = flushed.changed() => if r.is_err() { return },
+                    // Also notice a role change without a flush.
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }
         })
@@ -275,6 +294,7 @@ async fn stream_loop(
 ) -> Result<(), String> {
     let mut snapshot_in: Option<(std::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> = None;
     let mut last_progress_log = std::time::Instant::now();
+    let mut last_frame = std::time::Instant::now();
     loop {
         if last_progress_log.elapsed() >= Duration::from_secs(5) {
             last_progress_log = std::time::Instant::now();
@@ -287,12 +307,22 @@ async fn stream_loop(
         if !node.lock().core().follower_stream_current(stream) {
             return Ok(());
         }
-        let frame = match tokio::time::timeout(silence, source.next()).await {
-            Err(_) => return Err(format!("the leader sent nothing for {silence:?}")),
-            Ok(None) => return Err("the leader closed the stream".into()),
-            Ok(Some(Err(e))) => return Err(format!("stream error: {e}")),
-            Ok(Some(Ok(f))) => f.freeze(),
+        let frame = tokio::select! {
+            f = source.next() => f,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                // Notice a role or leader change, or a silent leader, without a frame.
+                if last_frame.elapsed() >= silence {
+                    return Err(format!("the leader sent nothing for {silence:?}"));
+                }
+                continue;
+            }
         };
+        let frame = match frame {
+            None => return Err("the leader closed the stream".into()),
+            Some(Err(e)) => return Err(format!("stream error: {e}")),
+            Some(Ok(f)) => f.freeze(),
+        };
+        last_frame = std::time::Instant::now();
         let (msg, tail) = wire::decode(frame).map_err(|e| e.to_string())?;
         let now = clock::now_ms();
         match msg {
@@ -361,12 +391,16 @@ async fn stream_loop(
                         snap.lsn
                     ));
                 }
-                node.install_snapshot_file(path, lsn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                node.lock()
-                    .core_mut()
-                    .follower_install_snapshot(now, stream, snap)?;
+                let reply = {
+                    let mut g = node.lock();
+                    if !g.core().follower_stream_current(stream) {
+                        let _ = std::fs::remove_file(&path);
+                        return Ok(());
+                    }
+                    g.core_mut().follower_install_snapshot(now, snap);
+                    node.send_install(&mut g, path, lsn)
+                };
+                reply.wait().await.map_err(|e| e.to_string())?;
                 node.metrics.repl_snapshots_received.inc();
                 tracing::info!(lsn = %lsn, bytes, "installed a snapshot from the leader");
             }

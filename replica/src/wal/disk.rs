@@ -73,12 +73,16 @@ fn parse_segment_name(name: &str) -> Option<Lsn> {
 const RESET_MARKER: &str = "RESET";
 
 fn write_reset_marker(dir: &Path, next: Lsn) -> Result<(), LogError> {
+    // Written whole to a temp file and renamed, so a crash never leaves a partial marker.
     let path = dir.join(RESET_MARKER);
-    let io = |e| LogError::io(format!("write {}", path.display()), e);
-    let f = File::create(&path).map_err(io)?;
+    let tmp = dir.join(format!("{RESET_MARKER}.tmp"));
+    let io = |e| LogError::io(format!("write {}", tmp.display()), e);
+    let f = File::create(&tmp).map_err(io)?;
     f.write_all_at(next.0.to_string().as_bytes(), 0)
         .map_err(io)?;
     f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| LogError::io(format!("rename to {}", path.display()), e))?;
     sync_dir(dir)
 }
 
@@ -152,7 +156,7 @@ impl DiskLog {
             let name = name.to_string_lossy();
             match parse_segment_name(&name) {
                 Some(base) => bases.push(base),
-                None if name == RESET_MARKER => {}
+                None if name == RESET_MARKER || name == format!("{RESET_MARKER}.tmp") => {}
                 None => {
                     tracing::warn!(file = %entry.path().display(), "ignoring a file that is not a log segment")
                 }
