@@ -5,5 +5,10 @@
 //! for failure detection and candidate choice (`decide.rs`), with decision-table tests. The
 //! etcd runtime, the heartbeat endpoint, operations and `batonctl` come next (issue 4).
 
+pub mod api;
+pub mod config;
+pub mod core;
 pub mod decide;
+pub mod journal;
+pub mod runtime;
 pub mod state;

@@ -641,14 +641,19 @@ impl Core {
             if self.leading_epoch == Some(d.epoch)
                 || (self.role == ReportedRole::Leader && old_epoch == d.epoch)
             {
-                // Same epoch: only the lease moves.
-                match &mut self.lease {
-                    Some(l) if l.epoch == d.epoch => l.until_ms = l.until_ms.max(grant),
-                    _ => {
-                        self.lease = Some(Lease {
-                            epoch: d.epoch,
-                            until_ms: grant,
-                        })
+                // Same epoch: only the lease moves. A grant of 0 ms revokes it at once (a
+                // switchover stops the leader's writes this way before the epoch moves).
+                if d.lease_ms == 0 {
+                    self.lease = None;
+                } else {
+                    match &mut self.lease {
+                        Some(l) if l.epoch == d.epoch => l.until_ms = l.until_ms.max(grant),
+                        _ => {
+                            self.lease = Some(Lease {
+                                epoch: d.epoch,
+                                until_ms: grant,
+                            })
+                        }
                     }
                 }
             } else {

@@ -1,0 +1,353 @@
+//! The controller's HTTP API (DESIGN.md §7): the heartbeat endpoint replicas call, the cluster
+//! view and the leader (long-poll on the state rev) for `batonctl` and proxies, operations, the
+//! journal, and `/metrics`. Every error is JSON `{error, message}`.
+
+use crate::core::{Now, Observed, OpError};
+use crate::runtime::{now, ClusterRt};
+use crate::state::Control;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_common::directive::Heartbeat;
+use baton_common::NodeId;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared by all handlers.
+pub struct Api {
+    pub clusters: Vec<Arc<ClusterRt>>,
+    pub etcd: etcd_client::Client,
+    pub id: String,
+    pub addr: String,
+}
+
+type S = State<Arc<Api>>;
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/cluster", get(cluster_default))
+        .route("/v1/clusters/{c}", get(cluster))
+        .route("/v1/clusters/{c}/heartbeat", post(heartbeat))
+        .route("/v1/clusters/{c}/leader", get(leader))
+        .route("/v1/clusters/{c}/switchover", post(switchover))
+        .route("/v1/clusters/{c}/failover", post(failover))
+        .route("/v1/clusters/{c}/pause", post(pause))
+        .route("/v1/clusters/{c}/resume", post(resume))
+        .route("/v1/clusters/{c}/init", post(init))
+        .route("/v1/clusters/{c}/dry-run", get(dry_run))
+        .route("/v1/clusters/{c}/history", get(history))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { err(404, "not_found", "no such endpoint") })
+        .with_state(api)
+}
+
+fn err(status: u16, code: &str, message: impl Into<String>) -> Response {
+    let s = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        s,
+        Json(serde_json::json!({ "error": code, "message": message.into() })),
+    )
+        .into_response()
+}
+
+fn op_error(e: OpError) -> Response {
+    err(e.status, &e.error, e.message)
+}
+
+fn find(api: &Api, c: &str) -> Result<Arc<ClusterRt>, Box<Response>> {
+    api.clusters
+        .iter()
+        .find(|r| r.name == c)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(err(
+                404,
+                "no_such_cluster",
+                format!("this controller manages no cluster {c:?}"),
+            ))
+        })
+}
+
+async fn heartbeat(State(api): S, Path(c): Path<String>, Json(hb): Json<Heartbeat>) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let d = rt.lock().on_heartbeat(now(), hb);
+    Json(d).into_response()
+}
+
+fn view(rt: &ClusterRt, n: Now) -> serde_json::Value {
+    let core = rt.lock();
+    let (state, rev) = match &core.observed {
+        Observed::Present { state, rev } => (Some(state.clone()), *rev),
+        _ => (None, 0),
+    };
+    let leader_end = state
+        .as_ref()
+        .and_then(|s| s.leader.as_ref())
+        .and_then(|l| core.heard().get(&l.id))
+        .map(|h| h.hb.log_end_lsn.0);
+    let members: Vec<serde_json::Value> = core
+        .cfg
+        .members
+        .iter()
+        .map(|m| {
+            let h = core.heard().get(&m.id);
+            let age = h.map(|h| n.ms.saturating_sub(h.at_ms));
+            let healthy = age.is_some_and(|a| a < core.cfg.failure_timeout_ms);
+            let in_sync = state.as_ref().is_some_and(|s| s.sync_set.iter().any(|x| x.id == m.id));
+            serde_json::json!({
+                "id": m.id, "addr": m.addr, "priority": m.priority, "no_failover": m.no_failover,
+                "role": h.map(|h| h.hb.role), "health": if healthy { "ok" } else if h.is_some() { "unreachable" } else { "never heard" },
+                "heard_ms_ago": age, "unclean": h.map(|h| h.hb.unclean), "epoch": h.map(|h| h.hb.epoch),
+                "log_end_lsn": h.map(|h| h.hb.log_end_lsn), "flushed_lsn": h.map(|h| h.hb.flushed_lsn),
+                "applied_lsn": h.map(|h| h.hb.applied_lsn), "sync": in_sync,
+                "lag_records": match (leader_end, h) { (Some(e), Some(h)) => Some(e.saturating_sub(h.hb.flushed_lsn.0)), _ => None },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "cluster": rt.name,
+        "initialized": state.is_some(),
+        "epoch": state.as_ref().map(|s| s.epoch),
+        "rev": rev,
+        "phase": state.as_ref().map(|s| s.phase),
+        "leader": state.as_ref().and_then(|s| s.leader.clone()),
+        "prev_leader": state.as_ref().and_then(|s| s.prev_leader.clone()),
+        "sync_set": state.as_ref().map(|s| s.sync_set.clone()),
+        "adding": state.as_ref().and_then(|s| s.adding.clone()),
+        "control": state.as_ref().map(|s| s.control),
+        "mode": state.as_ref().map(|s| s.mode),
+        "op": state.as_ref().and_then(|s| s.op.clone()),
+        "members": members,
+        "active": core.is_active(),
+        "active_controller": core.active_addr,
+    })
+}
+
+async fn cluster_default(State(api): S) -> Response {
+    let Some(rt) = api.clusters.first() else {
+        return err(404, "no_such_cluster", "no cluster configured");
+    };
+    Json(view(rt, now())).into_response()
+}
+
+async fn cluster(State(api): S, Path(c): Path<String>) -> Response {
+    match find(&api, &c) {
+        Ok(rt) => Json(view(&rt, now())).into_response(),
+        Err(r) => *r,
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaderQuery {
+    wait_ms: Option<u64>,
+    after_rev: Option<u64>,
+}
+
+async fn leader(State(api): S, Path(c): Path<String>, Query(q): Query<LeaderQuery>) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if let (Some(wait), Some(after)) = (q.wait_ms, q.after_rev) {
+        let mut rx = rt.rev_tx.subscribe();
+        let wait = Duration::from_millis(wait.min(60_000));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
+    }
+    let core = rt.lock();
+    let (leader, epoch, rev) = match &core.observed {
+        Observed::Present { state, rev } => (state.leader.clone(), Some(state.epoch), *rev),
+        _ => (None, None, 0),
+    };
+    let addr = leader
+        .as_ref()
+        .and_then(|l| core.cfg.members.iter().find(|m| m.id == l.id))
+        .map(|m| m.addr.clone());
+    Json(serde_json::json!({
+        "id": leader.map(|l| l.id), "addr": addr, "epoch": epoch, "rev": rev, "from_active": core.is_active(),
+    }))
+    .into_response()
+}
+
+fn op_id() -> String {
+    format!("op-{:08x}", rand::random::<u32>())
+}
+
+#[derive(Deserialize, Default)]
+struct SwitchoverReq {
+    to: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn run_write(api: &Api, rt: &ClusterRt, w: crate::core::Write) -> Response {
+    let why = w.why.clone();
+    let mut etcd = api.etcd.clone();
+    match rt.execute(&mut etcd, w).await {
+        crate::core::WriteOutcome::Committed { rev } => {
+            Json(serde_json::json!({ "ok": true, "message": why, "rev": rev })).into_response()
+        }
+        crate::core::WriteOutcome::Rejected => err(
+            409,
+            "conflict",
+            "the cluster state changed meanwhile (or this controller lost the election); retry",
+        ),
+        crate::core::WriteOutcome::Unknown => err(
+            504,
+            "outcome_unknown",
+            "etcd did not confirm the write; check `batonctl status`",
+        ),
+    }
+}
+
+async fn switchover(
+    State(api): S,
+    Path(c): Path<String>,
+    body: Option<Json<SwitchoverReq>>,
+) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let to = req.to.map(NodeId);
+    let w = rt
+        .lock()
+        .switchover(now(), to, req.timeout_ms.unwrap_or(10_000), op_id());
+    match w {
+        Ok(w) => run_write(&api, &rt, w).await,
+        Err(e) => op_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct FailoverReq {
+    to: String,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    allow_data_loss: bool,
+}
+
+async fn failover(State(api): S, Path(c): Path<String>, Json(req): Json<FailoverReq>) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let w = rt.lock().failover(
+        now(),
+        NodeId(req.to),
+        req.force,
+        req.allow_data_loss,
+        op_id(),
+    );
+    match w {
+        Ok(w) => run_write(&api, &rt, w).await,
+        Err(e) => op_error(e),
+    }
+}
+
+async fn set_control(api: Arc<Api>, c: String, control: Control) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let w = rt.lock().set_control(now(), control);
+    match w {
+        Ok(w) => run_write(&api, &rt, w).await,
+        Err(e) => op_error(e),
+    }
+}
+
+async fn pause(State(api): S, Path(c): Path<String>) -> Response {
+    set_control(api, c, Control::Manual).await
+}
+
+async fn resume(State(api): S, Path(c): Path<String>) -> Response {
+    set_control(api, c, Control::Auto).await
+}
+
+async fn init(State(api): S, Path(c): Path<String>) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let w = rt.lock().init(now());
+    match w {
+        Ok(w) => run_write(&api, &rt, w).await,
+        Err(e) => op_error(e),
+    }
+}
+
+async fn dry_run(State(api): S, Path(c): Path<String>) -> Response {
+    match find(&api, &c) {
+        Ok(rt) => Json(rt.lock().dry_run(now())).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn history(
+    State(api): S,
+    Path(c): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    // The journal lives in etcd; read it fresh (a standby's copy may be old).
+    let mut etcd = api.etcd.clone();
+    let journal = match crate::runtime::read_state(&mut etcd, &rt.keys).await {
+        Ok((_, j)) => j,
+        Err(e) => {
+            return err(
+                503,
+                "etcd_unavailable",
+                format!("cannot read the journal: {e}"),
+            )
+        }
+    };
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50);
+    let tail: Vec<_> = journal.iter().rev().take(limit).rev().cloned().collect();
+    Json(tail).into_response()
+}
+
+async fn metrics(State(api): S) -> Response {
+    let n = now();
+    let mut out = String::new();
+    out.push_str("# HELP baton_controller_active 1 when this controller is active for the cluster\n# TYPE baton_controller_active gauge\n");
+    for rt in &api.clusters {
+        let core = rt.lock();
+        out.push_str(&format!(
+            "baton_controller_active{{cluster=\"{}\"}} {}\n",
+            rt.name,
+            u8::from(core.is_active())
+        ));
+    }
+    out.push_str("# HELP baton_controller_members_heard Members heard within the failure timeout\n# TYPE baton_controller_members_heard gauge\n");
+    for rt in &api.clusters {
+        out.push_str(&format!(
+            "baton_controller_members_heard{{cluster=\"{}\"}} {}\n",
+            rt.name,
+            rt.lock().hears(n)
+        ));
+    }
+    out.push_str("# HELP baton_controller_epoch Epoch of the cluster state\n# TYPE baton_controller_epoch gauge\n");
+    for rt in &api.clusters {
+        if let Observed::Present { state, .. } = &rt.lock().observed {
+            out.push_str(&format!(
+                "baton_controller_epoch{{cluster=\"{}\"}} {}\n",
+                rt.name, state.epoch.0
+            ));
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

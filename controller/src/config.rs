@@ -1,0 +1,286 @@
+//! `baton-controller`'s config: identity, etcd endpoints, timing, and the clusters it manages
+//! with their declared members. Validated once at start; errors name file, key and problem.
+
+use crate::core::ClusterCfg;
+use baton_common::config::{self, ConfigError};
+use baton_common::directive::{Member, Mode};
+use baton_common::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// This controller's id (`c1`, …). No default.
+    pub id: String,
+    /// HTTP API and heartbeat endpoint. No default.
+    pub listen: SocketAddr,
+    /// Address replicas, proxies and `batonctl` reach this controller at (default: listen).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// etcd client URLs. No default.
+    pub etcd: Vec<String>,
+    #[serde(default)]
+    pub timing: Timing,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// Replicas heartbeat this often (their own config must match).
+    pub heartbeat_interval_ms: u64,
+    /// A leader unheard this long, and lost by every reporting follower, has failed.
+    pub failure_timeout_ms: u64,
+    /// Lease granted to the leader with each directive; shorter than the failure timeout.
+    pub lease_ms: u64,
+    /// TTL of the controller's etcd election lease (seconds).
+    pub election_ttl_s: u64,
+    /// How long a replacement sync member may take to catch up before the dead one is dropped.
+    pub sync_wait_ms: u64,
+    /// Clock-rate drift bound ρ.
+    pub clock_drift: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval_ms: 100,
+            failure_timeout_ms: 800,
+            lease_ms: 600,
+            election_ttl_s: 2,
+            sync_wait_ms: 1000,
+            clock_drift: 0.01,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name; its etcd prefix is `/baton/{name}/`.
+    #[serde(default = "main")]
+    pub name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Members in the sync set (semi-sync).
+    #[serde(default = "one")]
+    pub sync_size: usize,
+    /// With an empty sync set: block writes (true) or run degraded (false).
+    #[serde(default)]
+    pub strict: bool,
+    /// Async mode: a candidate may lag the best by at most this many records.
+    #[serde(default = "lag")]
+    pub max_lag_on_failover: u64,
+    /// Automatic failovers allowed per hour before automatic failover pauses.
+    #[serde(default = "three")]
+    pub max_failovers_per_hour: usize,
+    pub members: Vec<Member>,
+}
+
+fn main() -> String {
+    "main".into()
+}
+fn one() -> usize {
+    1
+}
+fn lag() -> u64 {
+    1000
+}
+fn three() -> usize {
+    3
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
+        let c: ControllerConfig = config::load(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<ControllerConfig, ConfigError> {
+        let c: ControllerConfig = config::parse(path, text)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    fn validate(&self, f: &Path) -> Result<(), ConfigError> {
+        let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err(r) = NodeId::validate(&self.id) {
+            return bad("id", r);
+        }
+        if self.etcd.is_empty() {
+            return bad("etcd", "at least one etcd URL is required".into());
+        }
+        for (i, u) in self.etcd.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(
+                    &format!("etcd[{i}]"),
+                    format!("{u:?} is not a URL like http://127.0.0.1:2379"),
+                );
+            }
+        }
+        let t = &self.timing;
+        if !(10..=10_000).contains(&t.heartbeat_interval_ms) {
+            return bad(
+                "timing.heartbeat_interval_ms",
+                format!("{} is outside 10..=10000", t.heartbeat_interval_ms),
+            );
+        }
+        if t.failure_timeout_ms < 3 * t.heartbeat_interval_ms {
+            return bad(
+                "timing.failure_timeout_ms",
+                format!(
+                    "{} must be at least 3 heartbeat intervals ({})",
+                    t.failure_timeout_ms,
+                    3 * t.heartbeat_interval_ms
+                ),
+            );
+        }
+        if t.lease_ms == 0 || t.lease_ms >= t.failure_timeout_ms {
+            return bad(
+                "timing.lease_ms",
+                format!(
+                    "{} must be positive and shorter than timing.failure_timeout_ms ({})",
+                    t.lease_ms, t.failure_timeout_ms
+                ),
+            );
+        }
+        if t.lease_ms < 2 * t.heartbeat_interval_ms {
+            return bad(
+                "timing.lease_ms",
+                format!(
+                    "{} must cover at least 2 heartbeat intervals ({})",
+                    t.lease_ms,
+                    2 * t.heartbeat_interval_ms
+                ),
+            );
+        }
+        if !(1..=60).contains(&t.election_ttl_s) {
+            return bad(
+                "timing.election_ttl_s",
+                format!("{} is outside 1..=60", t.election_ttl_s),
+            );
+        }
+        if !(0.0..=0.1).contains(&t.clock_drift) {
+            return bad(
+                "timing.clock_drift",
+                format!("{} is outside 0.0..=0.1", t.clock_drift),
+            );
+        }
+        if self.clusters.is_empty() {
+            return bad(
+                "clusters",
+                "at least one [[clusters]] table is required".into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let k = |s: &str| format!("clusters[{i}].{s}");
+            if let Err(r) = NodeId::validate(&c.name) {
+                return bad(&k("name"), r);
+            }
+            if !names.insert(c.name.clone()) {
+                return bad(
+                    &k("name"),
+                    format!("cluster {:?} is declared twice", c.name),
+                );
+            }
+            if c.members.is_empty() {
+                return bad(&k("members"), "at least one member is required".into());
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            for (j, m) in c.members.iter().enumerate() {
+                if let Err(r) = NodeId::validate(&m.id.0) {
+                    return bad(&k(&format!("members[{j}].id")), r);
+                }
+                if !ids.insert(m.id.clone()) {
+                    return bad(
+                        &k(&format!("members[{j}].id")),
+                        format!("member {} is declared twice", m.id),
+                    );
+                }
+                if m.addr.parse::<SocketAddr>().is_err() {
+                    return bad(
+                        &k(&format!("members[{j}].addr")),
+                        format!("{:?} is not host:port", m.addr),
+                    );
+                }
+            }
+            if c.sync_size >= c.members.len() && c.mode == Mode::SemiSync && c.members.len() > 1 {
+                return bad(
+                    &k("sync_size"),
+                    format!(
+                        "{} leaves no member to lead ({} members)",
+                        c.sync_size,
+                        c.members.len()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's view of one cluster.
+    pub fn cluster_cfg(&self, c: &ClusterConfig) -> ClusterCfg {
+        ClusterCfg {
+            name: c.name.clone(),
+            members: c.members.clone(),
+            mode: c.mode,
+            sync_size: c.sync_size,
+            strict: c.strict,
+            heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+            failure_timeout_ms: self.timing.failure_timeout_ms,
+            lease_ms: self.timing.lease_ms,
+            sync_wait_ms: self.timing.sync_wait_ms,
+            drift: self.timing.clock_drift,
+            max_lag_on_failover: c.max_lag_on_failover,
+            max_failovers_per_hour: c.max_failovers_per_hour,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_in_deploy_parses() {
+        let text = include_str!("../../deploy/controller.toml");
+        let c = ControllerConfig::parse(Path::new("deploy/controller.toml"), text)
+            .expect("example parses");
+        assert_eq!(c.clusters[0].members.len(), 3);
+        let d = Timing::default();
+        assert_eq!(c.timing.failure_timeout_ms, d.failure_timeout_ms);
+        assert_eq!(c.timing.lease_ms, d.lease_ms);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let base = include_str!("../../deploy/controller.toml");
+        let e = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &base.replace("lease_ms = 600", "lease_ms = 900"),
+        )
+        .expect_err("lease must be shorter than the failure timeout")
+        .to_string();
+        assert!(e.starts_with("c.toml: timing.lease_ms: "), "{e}");
+        let e = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &base.replace("127.0.0.1:7102", "nowhere"),
+        )
+        .expect_err("bad addr")
+        .to_string();
+        assert!(
+            e.starts_with("c.toml: clusters[0].members[1].addr: "),
+            "{e}"
+        );
+    }
+}

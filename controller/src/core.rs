@@ -1,0 +1,1338 @@
+//! The controller's state machine for one cluster, pure: inputs are heartbeats, etcd
+//! observations (state + journal, election), ticks and operator requests, each with `now`;
+//! outputs are directives (answers to heartbeats), guarded etcd writes, and refusals.
+//! The runtime (`runtime.rs`) executes the writes as etcd transactions guarded by the
+//! state's revision and this controller's election key, and feeds the outcome back.
+//!
+//! One write is in flight at a time; an unknown outcome is resolved by re-reading the state
+//! before anything else is decided. Nothing here reads a clock or touches the network.
+
+use crate::decide::{self, Choice, Fenced, Heard, LeaderHealth};
+use crate::journal::{self, Entry};
+use crate::state::{ClusterState, Control, LeaderRecord, OpRecord, Phase};
+use baton_common::directive::{
+    Directive, Heartbeat, LeaderRef, Member, MemberRef, Mode, ReportedRole, Role,
+};
+use baton_common::{Epoch, Lsn, NodeId};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Tunables of one cluster (from the controller's config).
+#[derive(Clone, Debug)]
+pub struct ClusterCfg {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub mode: Mode,
+    pub sync_size: usize,
+    pub strict: bool,
+    pub heartbeat_interval_ms: u64,
+    pub failure_timeout_ms: u64,
+    pub lease_ms: u64,
+    pub sync_wait_ms: u64,
+    pub drift: f64,
+    pub max_lag_on_failover: u64,
+    pub max_failovers_per_hour: usize,
+}
+
+/// Clock readings that come with every input.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Now {
+    /// Monotonic (CLOCK_BOOTTIME) milliseconds: all timing.
+    pub ms: u64,
+    /// Wall clock, for journal timestamps only.
+    pub unix_ms: u64,
+}
+
+/// A write for the runtime: the new state (None: unchanged) and the new journal, in one
+/// transaction guarded by `expect_rev` (0: the state key must not exist) and the election.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub expect_rev: u64,
+    pub state: Option<ClusterState>,
+    pub journal: Vec<Entry>,
+    /// What the write is for (logs).
+    pub why: String,
+}
+
+/// How a write ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed at this revision of the state key.
+    Committed { rev: u64 },
+    /// The guard failed (someone else wrote, or this controller lost the election).
+    Rejected,
+    /// Unknown (timeout, connection loss): re-read before deciding anything.
+    Unknown,
+}
+
+/// Why an operator request was refused; `status` is the HTTP status to answer with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OpError {
+    #[serde(skip)]
+    pub status: u16,
+    pub error: String,
+    pub message: String,
+}
+
+fn op_err(status: u16, error: &str, message: impl Into<String>) -> OpError {
+    OpError {
+        status,
+        error: error.into(),
+        message: message.into(),
+    }
+}
+
+/// What the cluster state looks like from here.
+// One value lives per cluster; boxing the state would only add indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    /// Not read yet (or being re-read after an unknown outcome).
+    Unknown,
+    /// No state key: the cluster was never initialized.
+    Absent,
+    Present {
+        state: ClusterState,
+        rev: u64,
+    },
+}
+
+/// An automatic-failover dry run (DESIGN.md §7 `dry-run`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DryRun {
+    pub leader_health: String,
+    pub would_fail_over: bool,
+    pub candidate: Option<NodeId>,
+    pub expected_loss_records: Option<u64>,
+    pub blocking: Vec<String>,
+}
+
+/// The per-cluster controller core.
+pub struct ClusterCore {
+    pub cfg: ClusterCfg,
+    /// `Some(term)` while this controller is active (term: its election key's create revision).
+    term: Option<u64>,
+    active_since_ms: u64,
+    /// The active controller's address, as far as known.
+    pub active_addr: Option<String>,
+    pub observed: Observed,
+    pub journal: Vec<Entry>,
+    heard: BTreeMap<NodeId, Heard>,
+    inflight: bool,
+    /// The most members any standby reports hearing.
+    pub standby_hears: usize,
+    /// Last lease grant sent to the leader of this epoch.
+    last_grant: Option<(Epoch, u64)>,
+    promoting_since_ms: Option<u64>,
+    /// Revision at which `adding` was first seen (the add protocol's R).
+    adding_rev: Option<u64>,
+    adding_since_ms: Option<u64>,
+    /// A new leader whose predecessor gave up its lease (switchover): no wait to start.
+    no_wait_epoch: Option<Epoch>,
+    /// The last refusal journaled, to journal only changes.
+    last_refusal: Option<String>,
+}
+
+impl ClusterCore {
+    pub fn new(cfg: ClusterCfg) -> ClusterCore {
+        ClusterCore {
+            cfg,
+            term: None,
+            active_since_ms: 0,
+            active_addr: None,
+            observed: Observed::Unknown,
+            journal: Vec::new(),
+            heard: BTreeMap::new(),
+            inflight: false,
+            standby_hears: 0,
+            last_grant: None,
+            promoting_since_ms: None,
+            adding_rev: None,
+            adding_since_ms: None,
+            no_wait_epoch: None,
+            last_refusal: None,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.term.is_some()
+    }
+
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
+    /// Members heard within the failure timeout.
+    pub fn hears(&self, now: Now) -> usize {
+        self.heard
+            .values()
+            .filter(|h| now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms)
+            .count()
+    }
+
+    pub fn heard(&self) -> &BTreeMap<NodeId, Heard> {
+        &self.heard
+    }
+
+    /// The election changed: active with `term`, or standby (`None`).
+    pub fn on_election(&mut self, now: Now, term: Option<u64>, active_addr: Option<String>) {
+        if term.is_some() && self.term != term {
+            // A freshly active controller treats every member as heard at its own start and
+            // decides nothing automatically before observing for a failure timeout.
+            self.active_since_ms = now.ms;
+            for h in self.heard.values_mut() {
+                h.at_ms = h
+                    .at_ms
+                    .max(now.ms.saturating_sub(self.cfg.failure_timeout_ms / 2));
+            }
+            self.last_grant = None;
+            self.promoting_since_ms = None;
+            self.adding_rev = None;
+            self.last_refusal = None;
+            self.inflight = false;
+            self.observed = Observed::Unknown;
+        }
+        self.term = term;
+        self.active_addr = active_addr;
+    }
+
+    /// The runtime read the state key and the journal.
+    pub fn on_observed(&mut self, now: Now, observed: Observed, journal: Vec<Entry>) {
+        if let Observed::Present { state, rev } = &observed {
+            match (&state.adding, self.adding_rev) {
+                (Some(_), None) => {
+                    self.adding_rev = Some(*rev);
+                    self.adding_since_ms = Some(now.ms);
+                }
+                (None, _) => {
+                    self.adding_rev = None;
+                    self.adding_since_ms = None;
+                }
+                _ => {}
+            }
+            if state.phase == Phase::Promoting && self.promoting_since_ms.is_none() {
+                self.promoting_since_ms = Some(now.ms);
+            }
+            if state.phase != Phase::Promoting {
+                self.promoting_since_ms = None;
+            }
+        }
+        self.observed = observed;
+        self.journal = journal;
+    }
+
+    /// The outcome of the write handed out last.
+    pub fn on_write(&mut self, now: Now, w: &Write, outcome: WriteOutcome) {
+        self.inflight = false;
+        match outcome {
+            WriteOutcome::Committed { rev } => {
+                self.journal = w.journal.clone();
+                if let Some(s) = &w.state {
+                    self.on_observed(
+                        now,
+                        Observed::Present {
+                            state: s.clone(),
+                            rev,
+                        },
+                        w.journal.clone(),
+                    );
+                }
+            }
+            // Re-read before deciding anything: the runtime refreshes `observed`.
+            WriteOutcome::Rejected | WriteOutcome::Unknown => self.observed = Observed::Unknown,
+        }
+    }
+
+    fn state(&self) -> Option<(&ClusterState, u64)> {
+        match &self.observed {
+            Observed::Present { state, rev } => Some((state, *rev)),
+            _ => None,
+        }
+    }
+
+    fn entry(
+        &self,
+        now: Now,
+        kind: &str,
+        epoch: Epoch,
+        message: String,
+        inputs: serde_json::Value,
+    ) -> Entry {
+        Entry {
+            at_unix_ms: now.unix_ms,
+            last_unix_ms: None,
+            kind: kind.into(),
+            message,
+            epoch: epoch.0,
+            inputs,
+            count: 1,
+        }
+    }
+
+    fn write(
+        &mut self,
+        now: Now,
+        state: Option<ClusterState>,
+        kind: &str,
+        message: String,
+        inputs: serde_json::Value,
+    ) -> Option<Write> {
+        let (cur, rev) = self
+            .state()
+            .map(|(s, r)| (s.clone(), r))
+            .map_or((None, 0), |(s, r)| (Some(s), r));
+        let epoch = state
+            .as_ref()
+            .or(cur.as_ref())
+            .map_or(Epoch(0), |s| s.epoch);
+        let mut j = self.journal.clone();
+        journal::push(
+            &mut j,
+            self.entry(now, kind, epoch, message.clone(), inputs),
+        );
+        self.inflight = true;
+        if kind != "refusal" && kind != "blocked" {
+            self.last_refusal = None;
+        }
+        Some(Write {
+            expect_rev: rev,
+            state,
+            journal: j,
+            why: message,
+        })
+    }
+
+    /// A refusal or a blocked decision: journaled once per change of reason.
+    fn refuse(&mut self, now: Now, kind: &str, message: String) -> Option<Write> {
+        if self.last_refusal.as_deref() == Some(message.as_str()) || self.state().is_none() {
+            return None;
+        }
+        self.last_refusal = Some(message.clone());
+        self.write(now, None, kind, message, serde_json::Value::Null)
+    }
+
+    fn inputs(&self, now: Now) -> serde_json::Value {
+        let heard: Vec<serde_json::Value> = self
+            .heard
+            .iter()
+            .map(|(id, h)| {
+                serde_json::json!({
+                    "id": id, "heard_ms_ago": now.ms.saturating_sub(h.at_ms), "epoch": h.hb.epoch,
+                    "role": h.hb.role, "log_end": [h.hb.log_end_epoch, h.hb.log_end_lsn],
+                    "since_leader_ms": h.hb.since_leader_ms, "unclean": h.hb.unclean,
+                })
+            })
+            .collect();
+        serde_json::json!({ "heard": heard })
+    }
+
+    // ----- heartbeats and directives -------------------------------------------------------
+
+    /// A heartbeat arrived; returns the answer.
+    pub fn on_heartbeat(&mut self, now: Now, hb: Heartbeat) -> Directive {
+        let id = hb.id.clone();
+        let seq = hb.seq;
+        let declared = self.cfg.members.iter().any(|m| m.id == id);
+        if declared {
+            self.heard.insert(
+                id.clone(),
+                Heard {
+                    at_ms: now.ms,
+                    hb: hb.clone(),
+                },
+            );
+        }
+        let mut d = Directive {
+            seq,
+            rev: 0,
+            controller_term: self.term.unwrap_or(0),
+            active: self.term.is_some(),
+            active_controller: self.active_addr.clone(),
+            epoch: Epoch(0),
+            role: None,
+            leader: None,
+            members: self.cfg.members.clone(),
+            waited: Vec::new(),
+            lease_ms: 0,
+            start_after_ms: 0,
+            mode: self.cfg.mode,
+            strict: self.cfg.strict,
+            lossy: false,
+        };
+        let Some((state, rev)) = self.state().map(|(s, r)| (s.clone(), r)) else {
+            // A standby, or the state is not known (yet): no role, no lease.
+            if let Some((s, _)) = self.state() {
+                d.epoch = s.epoch;
+            }
+            d.active = d.active && matches!(self.observed, Observed::Absent);
+            return d;
+        };
+        d.epoch = state.epoch;
+        d.rev = rev;
+        d.members = state.members.clone();
+        d.mode = state.mode;
+        if self.term.is_none() {
+            return d;
+        }
+        if !declared {
+            d.role = Some(Role::Fenced);
+            return d;
+        }
+        d.waited = state.waited();
+        let leader_ref = state.leader.as_ref().map(|l| LeaderRef {
+            id: l.id.clone(),
+            addr: state
+                .member(&l.id)
+                .map(|m| m.addr.clone())
+                .unwrap_or_default(),
+            boot_id: l.boot_id,
+        });
+        d.leader = leader_ref;
+        if state.phase == Phase::Promoting {
+            // Step 2: everyone reachable is fenced at the new epoch and reports its log end.
+            d.role = Some(Role::Fenced);
+            d.leader = None;
+            return d;
+        }
+        let Some(leader) = &state.leader else {
+            return d;
+        };
+        if leader.id == id && leader.boot_id == hb.boot_id && leader.data_id == hb.data_id {
+            d.role = Some(Role::Leader);
+            d.lossy = state.mode == Mode::Async;
+            if state.phase == Phase::Switching {
+                d.lease_ms = 0;
+            } else {
+                d.lease_ms = self.cfg.lease_ms;
+                self.last_grant = Some((state.epoch, now.ms));
+            }
+            d.start_after_ms = self.start_after(now, &state);
+        } else if leader.id == id {
+            // Another run or disk of the recorded leader: it waits for the new epoch.
+            d.role = Some(Role::Fenced);
+        } else {
+            d.role = Some(Role::Follower);
+        }
+        d
+    }
+
+    /// How long a new leader waits before starting its epoch (DESIGN.md §5).
+    fn start_after(&self, now: Now, state: &ClusterState) -> u64 {
+        if self.no_wait_epoch == Some(state.epoch) {
+            return 0;
+        }
+        if let Some(prev) = &state.prev_leader {
+            let persisted = self
+                .heard
+                .get(&prev.id)
+                .is_some_and(|h| h.hb.boot_id == prev.boot_id && h.hb.epoch >= state.epoch);
+            if persisted {
+                return 0;
+            }
+        } else {
+            return 0;
+        }
+        let rho = self.cfg.drift;
+        let wait = (self.cfg.lease_ms as f64 * (1.0 + rho) / (1.0 - rho)) as u64
+            + self.cfg.heartbeat_interval_ms;
+        let since = match self.last_grant {
+            Some((e, t)) if e < state.epoch => t,
+            _ => self.active_since_ms,
+        };
+        (since + wait).saturating_sub(now.ms)
+    }
+
+    // ----- decisions -------------------------------------------------------------------------
+
+    /// Time passes; returns at most one write to execute.
+    pub fn tick(&mut self, now: Now) -> Option<Write> {
+        if self.term.is_none() || self.inflight {
+            return None;
+        }
+        let (state, rev) = self.state().map(|(s, r)| (s.clone(), r))?;
+        let max_reported = self
+            .heard
+            .values()
+            .map(|h| h.hb.epoch)
+            .max()
+            .unwrap_or(Epoch(0));
+        if max_reported > state.epoch {
+            return self.refuse(now, "refusal", format!(
+                "etcd state behind replicas: the state says epoch {} but a replica persisted epoch {max_reported}; \
+                 refusing to act (restore the state or run recovery)", state.epoch));
+        }
+        if let Some(op) = &state.op {
+            if now.unix_ms > op.deadline_ms && state.phase == Phase::Switching {
+                let mut s = state.clone();
+                s.phase = Phase::Steady;
+                s.op = None;
+                let msg = format!("switchover {} aborted: the target did not catch up before the deadline; the leader keeps leading", op.id);
+                return self.write(now, Some(s), "abort", msg, self.inputs(now));
+            }
+        }
+        match state.phase {
+            Phase::Promoting => self.step_promotion(now, &state),
+            Phase::Switching => self.step_switchover(now, &state),
+            Phase::Steady => {
+                let _ = rev;
+                self.step_steady(now, &state)
+            }
+        }
+    }
+
+    fn step_steady(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        let heard: Vec<(NodeId, Option<Heard>)> = state
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), self.heard.get(&m.id).cloned()))
+            .collect();
+        let t = decide::Timing {
+            failure_timeout_ms: self.cfg.failure_timeout_ms,
+        };
+        match decide::assess_leader(
+            now.ms,
+            self.active_since_ms,
+            state,
+            &heard,
+            self.standby_hears,
+            t,
+        ) {
+            LeaderHealth::Restarted => {
+                let msg = format!(
+                    "leader {} restarted (new boot or data directory): a new epoch is needed",
+                    state
+                        .leader
+                        .as_ref()
+                        .map_or_else(String::new, |l| l.id.to_string())
+                );
+                return self.start_promotion(now, state, "restart", msg, None);
+            }
+            LeaderHealth::Failed(why) => {
+                if state.control == Control::Manual {
+                    return self.refuse(
+                        now,
+                        "refusal",
+                        format!("paused: automatic failover is off ({why})"),
+                    );
+                }
+                let used = journal::failovers_in_last_hour(&self.journal, now.unix_ms);
+                if used >= self.cfg.max_failovers_per_hour {
+                    return self.refuse(now, "refusal", format!(
+                        "failover budget exhausted: {used} automatic failovers in the last hour (max_failovers_per_hour = {}); \
+                         automatic failover pauses ({why})", self.cfg.max_failovers_per_hour));
+                }
+                return self.start_promotion(now, state, "failover", why, None);
+            }
+            LeaderHealth::Unproven(why) => {
+                if let Some(w) = self.refuse(now, "refusal", why) {
+                    return Some(w);
+                }
+            }
+            LeaderHealth::Healthy | LeaderHealth::NoLeader | LeaderHealth::Observing => {}
+        }
+        if state.mode == Mode::SemiSync
+            && now.ms.saturating_sub(self.active_since_ms) >= self.cfg.failure_timeout_ms
+        {
+            return self.step_sync_set(now, state);
+        }
+        None
+    }
+
+    fn member_ok(&self, now: Now, m: &MemberRef) -> bool {
+        self.heard.get(&m.id).is_some_and(|h| {
+            h.hb.data_id == m.data_id
+                && now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms
+        })
+    }
+
+    /// Sync-set maintenance: add through `adding`, replace add-then-drop, drop etcd-first.
+    fn step_sync_set(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        let leader = state.leader.as_ref()?;
+        let lh = self.heard.get(&leader.id)?.hb.clone();
+        if lh.boot_id != leader.boot_id {
+            return None;
+        }
+        let ft = self.cfg.failure_timeout_ms;
+        let lagging = |m: &MemberRef| {
+            lh.waiting
+                .iter()
+                .any(|w| w.id == m.id && w.data_id == m.data_id && w.last_ack_ms >= ft)
+        };
+        let dead: Vec<MemberRef> = state
+            .sync_set
+            .iter()
+            .filter(|m| !self.member_ok(now, m) || lagging(m))
+            .cloned()
+            .collect();
+        // Complete an add: the leader applied the rev, waits for M since since_lsn, M has it.
+        if let Some(a) = &state.adding {
+            let ready = self.adding_rev.is_some_and(|r| lh.applied_rev >= r)
+                && lh.waiting.iter().any(|w| {
+                    w.id == a.id && w.data_id == a.data_id && w.flushed_lsn >= w.since_lsn
+                });
+            if ready {
+                let mut s = state.clone();
+                s.sync_set.retain(|m| !dead.contains(m));
+                if !s.sync_set.contains(a) {
+                    s.sync_set.push(a.clone());
+                }
+                s.adding = None;
+                let msg = format!(
+                    "{} joins the sync set{}",
+                    a.id,
+                    if dead.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", replacing {}", names(&dead))
+                    }
+                );
+                return self.write(now, Some(s), "sync_add", msg, self.inputs(now));
+            }
+            let stuck = !self.member_ok(now, a)
+                || self
+                    .adding_since_ms
+                    .is_some_and(|t| now.ms.saturating_sub(t) >= self.cfg.sync_wait_ms);
+            if !dead.is_empty() && stuck {
+                // The replacement did not make it within sync_wait_ms: drop the dead member
+                // (etcd first), and `strict` decides whether writes go on without it.
+                let mut s = state.clone();
+                s.sync_set.retain(|m| !dead.contains(m));
+                if !self.member_ok(now, a) {
+                    s.adding = None;
+                }
+                let msg = format!("dropping {} from the sync set: unreachable and not replaced within sync_wait_ms", names(&dead));
+                return self.write(now, Some(s), "sync_drop", msg, self.inputs(now));
+            }
+            if !self.member_ok(now, a) {
+                let mut s = state.clone();
+                s.adding = None;
+                return self.write(
+                    now,
+                    Some(s),
+                    "sync_drop",
+                    format!("{} stopped reporting while being added", a.id),
+                    self.inputs(now),
+                );
+            }
+            return None;
+        }
+        let want = self
+            .cfg
+            .sync_size
+            .min(state.members.len().saturating_sub(1));
+        let healthy_count = state.sync_set.len() - dead.len();
+        if !dead.is_empty() || healthy_count < want {
+            // Find a follower to add: heard, caught up enough to report, promotable, not in the set.
+            let cand = state
+                .members
+                .iter()
+                .filter(|m| m.id != leader.id && !m.no_failover)
+                .filter(|m| !state.sync_set.iter().any(|s| s.id == m.id))
+                .filter_map(|m| self.heard.get(&m.id).map(|h| (m, h)))
+                .filter(|(_, h)| {
+                    now.ms.saturating_sub(h.at_ms) < ft && h.hb.role == ReportedRole::Follower
+                })
+                .max_by_key(|(m, h)| {
+                    (
+                        h.hb.flushed_lsn,
+                        m.priority,
+                        std::cmp::Reverse(m.id.clone()),
+                    )
+                })
+                .map(|(m, h)| MemberRef {
+                    id: m.id.clone(),
+                    data_id: h.hb.data_id,
+                });
+            match cand {
+                Some(c) => {
+                    let mut s = state.clone();
+                    s.adding = Some(c.clone());
+                    let msg = if dead.is_empty() {
+                        format!("adding {} to the sync set", c.id)
+                    } else {
+                        format!(
+                            "replacing {} in the sync set: adding {} first",
+                            names(&dead),
+                            c.id
+                        )
+                    };
+                    return self.write(now, Some(s), "sync_add", msg, self.inputs(now));
+                }
+                None if !dead.is_empty() => {
+                    let mut s = state.clone();
+                    s.sync_set.retain(|m| !dead.contains(m));
+                    let msg = format!("dropping {} from the sync set: unreachable and no follower can replace it{}", names(&dead),
+                        if self.cfg.strict { " (strict: writes block)" } else { " (not strict: the leader runs degraded)" });
+                    return self.write(now, Some(s), "sync_drop", msg, self.inputs(now));
+                }
+                None => {}
+            }
+        }
+        None
+    }
+
+    fn start_promotion(
+        &mut self,
+        now: Now,
+        state: &ClusterState,
+        kind: &str,
+        why: String,
+        op: Option<OpRecord>,
+    ) -> Option<Write> {
+        let max_reported = self
+            .heard
+            .values()
+            .map(|h| h.hb.epoch)
+            .max()
+            .unwrap_or(Epoch(0));
+        let mut s = state.clone();
+        s.epoch = Epoch(state.epoch.max(max_reported).0 + 1);
+        if state.leader.is_some() {
+            s.prev_leader = state.leader.clone();
+        }
+        s.leader = None;
+        s.phase = Phase::Promoting;
+        s.op = op;
+        let msg = format!("{why}; promoting at epoch {}", s.epoch);
+        self.write(now, Some(s), kind, msg, self.inputs(now))
+    }
+
+    fn fenced(&self, state: &ClusterState) -> Vec<Fenced> {
+        let since = self.promoting_since_ms.unwrap_or(0);
+        self.heard
+            .iter()
+            .filter(|(_, h)| {
+                h.hb.epoch >= state.epoch && h.at_ms >= since && h.hb.role == ReportedRole::Fenced
+            })
+            .map(|(id, h)| Fenced {
+                id: id.clone(),
+                hb: h.hb.clone(),
+            })
+            .collect()
+    }
+
+    fn step_promotion(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        let fenced = self.fenced(state);
+        let reachable: Vec<&NodeId> = self
+            .heard
+            .iter()
+            .filter(|(_, h)| now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms)
+            .map(|(id, _)| id)
+            .collect();
+        let all_in = reachable
+            .iter()
+            .all(|id| fenced.iter().any(|f| &f.id == *id));
+        let waited = self
+            .promoting_since_ms
+            .map_or(0, |t| now.ms.saturating_sub(t));
+        if !(all_in || waited >= 4 * self.cfg.heartbeat_interval_ms) || fenced.is_empty() {
+            if fenced.is_empty() && waited >= self.cfg.failure_timeout_ms {
+                return self.refuse(
+                    now,
+                    "blocked",
+                    "blocked: no member has reported its log at the new epoch".into(),
+                );
+            }
+            return None;
+        }
+        let forced = state.op.as_ref().filter(|o| o.kind.starts_with("failover"));
+        let choice = match forced {
+            Some(op) => self.forced_choice(state, &fenced, op),
+            None => decide::choose(
+                state,
+                &fenced,
+                self.cfg.sync_size,
+                self.cfg.max_lag_on_failover,
+            ),
+        };
+        match choice {
+            Choice::Promote {
+                id,
+                log_end,
+                sync_set,
+                lossy,
+            } => {
+                let f = fenced.iter().find(|f| f.id == id)?;
+                let mut s = state.clone();
+                s.leader = Some(LeaderRecord {
+                    id: id.clone(),
+                    data_id: f.hb.data_id,
+                    boot_id: f.hb.boot_id,
+                });
+                s.sync_set = if state.mode == Mode::SemiSync {
+                    sync_set
+                } else {
+                    Vec::new()
+                };
+                s.adding = None;
+                s.phase = Phase::Steady;
+                s.op = None;
+                let msg = format!(
+                    "promoted {id} at epoch {} (log end {}/{}{}); sync set [{}]",
+                    s.epoch,
+                    log_end.0,
+                    log_end.1,
+                    if lossy { ", lossy" } else { "" },
+                    names(&s.sync_set)
+                );
+                self.write(now, Some(s), "promoted", msg, serde_json::json!({
+                    "fenced": fenced.iter().map(|f| serde_json::json!({"id": f.id, "log_end": [f.hb.log_end_epoch, f.hb.log_end_lsn], "unclean": f.hb.unclean})).collect::<Vec<_>>()
+                }))
+            }
+            Choice::Blocked(why) => self.refuse(now, "blocked", format!("blocked: {why}")),
+        }
+    }
+
+    /// `failover --to M`: the operator's choice, within the rules it may not break.
+    fn forced_choice(&self, state: &ClusterState, fenced: &[Fenced], op: &OpRecord) -> Choice {
+        let (to, force, allow) = parse_failover_kind(&op.kind);
+        let Some(f) = fenced.iter().find(|f| f.id.0 == to) else {
+            return Choice::Blocked(format!(
+                "failover target {to} has not reported at the new epoch"
+            ));
+        };
+        if f.hb.unclean && !allow {
+            return Choice::Blocked(format!("{to} is unclean; only allow_data_loss promotes it"));
+        }
+        let best = fenced
+            .iter()
+            .map(|x| (x.hb.log_end_epoch, x.hb.log_end_lsn))
+            .max()
+            .unwrap_or_default();
+        let behind = (f.hb.log_end_epoch, f.hb.log_end_lsn) < best;
+        if behind && !force {
+            return Choice::Blocked(format!(
+                "{to} lacks records another member holds; force to accept the loss"
+            ));
+        }
+        let mut s = state.clone();
+        s.sync_set.retain(|m| m.id != f.id);
+        Choice::Promote {
+            id: f.id.clone(),
+            log_end: (f.hb.log_end_epoch, f.hb.log_end_lsn),
+            sync_set: s.sync_set,
+            lossy: true,
+        }
+    }
+
+    fn step_switchover(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        let op = state.op.as_ref()?;
+        let to = NodeId(
+            op.kind
+                .strip_prefix("switchover:")
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let leader = state.leader.as_ref()?;
+        let lh = self.heard.get(&leader.id)?;
+        let th = self.heard.get(&to)?;
+        // The leader gave up its lease (a directive with lease 0) and reports its final log end;
+        // the target flushed all of it.
+        let revoked = lh.hb.lease_left_ms == Some(0)
+            && lh.hb.applied_rev >= self.state().map_or(0, |(_, r)| r);
+        let caught_up =
+            th.hb.flushed_lsn >= lh.hb.log_end_lsn && th.hb.log_end_epoch == lh.hb.log_end_epoch;
+        if !(revoked && caught_up) || th.hb.unclean {
+            return None;
+        }
+        let mut s = state.clone();
+        s.epoch = Epoch(state.epoch.0 + 1);
+        s.prev_leader = Some(leader.clone());
+        s.leader = Some(LeaderRecord {
+            id: to.clone(),
+            data_id: th.hb.data_id,
+            boot_id: th.hb.boot_id,
+        });
+        let mut sync: Vec<MemberRef> = vec![MemberRef {
+            id: leader.id.clone(),
+            data_id: leader.data_id,
+        }];
+        sync.extend(state.sync_set.iter().filter(|m| m.id != to).cloned());
+        sync.truncate(self.cfg.sync_size);
+        s.sync_set = if state.mode == Mode::SemiSync {
+            sync
+        } else {
+            Vec::new()
+        };
+        s.adding = None;
+        s.phase = Phase::Steady;
+        s.op = None;
+        self.no_wait_epoch = Some(s.epoch);
+        let msg = format!(
+            "switchover {}: {to} leads epoch {} (it holds the old leader's final LSN {})",
+            op.id, s.epoch, lh.hb.log_end_lsn
+        );
+        self.write(now, Some(s), "switchover", msg, self.inputs(now))
+    }
+
+    // ----- operator requests ---------------------------------------------------------------
+
+    fn ready_for_op(&self) -> Result<(ClusterState, u64), OpError> {
+        if self.term.is_none() {
+            return Err(op_err(
+                503,
+                "not_active",
+                format!(
+                    "this controller is not active; the active one is {}",
+                    self.active_addr.clone().unwrap_or_else(|| "unknown".into())
+                ),
+            ));
+        }
+        if self.inflight {
+            return Err(op_err(
+                503,
+                "busy",
+                "a state change is being written; retry",
+            ));
+        }
+        let (s, r) = self.state().ok_or_else(|| {
+            op_err(
+                409,
+                "not_initialized",
+                "the cluster has no state yet: run `batonctl init`",
+            )
+        })?;
+        if let Some(op) = &s.op {
+            return Err(op_err(
+                409,
+                "operation_running",
+                format!("operation {} ({}) is running", op.id, op.kind),
+            ));
+        }
+        Ok((s.clone(), r))
+    }
+
+    /// `switchover [--to M]`: planned, lossless.
+    pub fn switchover(
+        &mut self,
+        now: Now,
+        to: Option<NodeId>,
+        timeout_ms: u64,
+        op_id: String,
+    ) -> Result<Write, OpError> {
+        let (state, _) = self.ready_for_op()?;
+        if state.phase != Phase::Steady {
+            return Err(op_err(
+                409,
+                "phase",
+                format!(
+                    "the cluster is {:?}; a switchover needs a steady leader",
+                    state.phase
+                ),
+            ));
+        }
+        let leader = state
+            .leader
+            .clone()
+            .ok_or_else(|| op_err(409, "no_leader", "there is no leader to switch from"))?;
+        if !self.member_ok(
+            now,
+            &MemberRef {
+                id: leader.id.clone(),
+                data_id: leader.data_id,
+            },
+        ) {
+            return Err(op_err(
+                409,
+                "leader_unreachable",
+                format!("leader {} is not reporting; use failover", leader.id),
+            ));
+        }
+        let eligible = |id: &NodeId| -> Result<(), String> {
+            let m = state.member(id).ok_or(format!("{id} is not a member"))?;
+            if m.no_failover {
+                return Err(format!("{id} is marked no_failover"));
+            }
+            if *id == leader.id {
+                return Err(format!("{id} already leads"));
+            }
+            let h = self
+                .heard
+                .get(id)
+                .filter(|h| now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms)
+                .ok_or(format!("{id} is not reporting"))?;
+            if h.hb.unclean {
+                return Err(format!("{id} is unclean"));
+            }
+            if state.mode == Mode::SemiSync
+                && !state
+                    .sync_set
+                    .iter()
+                    .any(|s| s.id == *id && s.data_id == h.hb.data_id)
+            {
+                return Err(format!(
+                    "{id} is not in the sync set, so it may lack acknowledged writes"
+                ));
+            }
+            Ok(())
+        };
+        let target = match to {
+            Some(t) => {
+                eligible(&t).map_err(|e| op_err(400, "ineligible", e))?;
+                t
+            }
+            None => state
+                .members
+                .iter()
+                .filter(|m| eligible(&m.id).is_ok())
+                .max_by_key(|m| {
+                    (
+                        self.heard.get(&m.id).map(|h| h.hb.flushed_lsn),
+                        m.priority,
+                        std::cmp::Reverse(m.id.clone()),
+                    )
+                })
+                .map(|m| m.id.clone())
+                .ok_or_else(|| {
+                    op_err(
+                        409,
+                        "no_candidate",
+                        "no member can take over without losing writes",
+                    )
+                })?,
+        };
+        let mut s = state.clone();
+        s.phase = Phase::Switching;
+        s.op = Some(OpRecord {
+            id: op_id.clone(),
+            kind: format!("switchover:{target}"),
+            deadline_ms: now.unix_ms + timeout_ms,
+        });
+        let msg = format!("switchover {op_id} to {target} requested: {} stops writes until {target} holds its final LSN", leader.id);
+        self.write(now, Some(s), "switchover", msg, self.inputs(now))
+            .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// `failover --to M [--force] [--allow-data-loss]`: forced promotion.
+    pub fn failover(
+        &mut self,
+        now: Now,
+        to: NodeId,
+        force: bool,
+        allow_data_loss: bool,
+        op_id: String,
+    ) -> Result<Write, OpError> {
+        if self.term.is_none() || self.inflight {
+            return self.ready_for_op().map(|_| unreachable!());
+        }
+        let (state, _) = self.state().map(|(s, r)| (s.clone(), r)).ok_or_else(|| {
+            op_err(
+                409,
+                "not_initialized",
+                "the cluster has no state yet: run `batonctl init`",
+            )
+        })?;
+        if state.member(&to).is_none() {
+            return Err(op_err(400, "ineligible", format!("{to} is not a member")));
+        }
+        if let Some(h) = self.heard.get(&to) {
+            if h.hb.unclean && !allow_data_loss {
+                return Err(op_err(400, "ineligible", format!("{to} is unclean: it may lack acknowledged writes; only allow_data_loss promotes it")));
+            }
+        }
+        let kind = format!(
+            "failover:{to}:{}:{}",
+            u8::from(force),
+            u8::from(allow_data_loss)
+        );
+        let op = OpRecord {
+            id: op_id.clone(),
+            kind,
+            deadline_ms: now.unix_ms + 60_000,
+        };
+        if state.phase == Phase::Promoting {
+            // Continue a blocked promotion at the same epoch with the operator's choice.
+            if let Some(o) = &state.op {
+                return Err(op_err(
+                    409,
+                    "operation_running",
+                    format!("operation {} ({}) is running", o.id, o.kind),
+                ));
+            }
+            let mut s = state.clone();
+            s.op = Some(op);
+            return self
+                .write(
+                    now,
+                    Some(s),
+                    "failover",
+                    format!(
+                        "failover {op_id} to {to} requested (continuing the promotion at epoch {})",
+                        state.epoch
+                    ),
+                    self.inputs(now),
+                )
+                .ok_or_else(|| op_err(503, "busy", "retry"));
+        }
+        if let Some(o) = &state.op {
+            return Err(op_err(
+                409,
+                "operation_running",
+                format!("operation {} ({}) is running", o.id, o.kind),
+            ));
+        }
+        if state.mode == Mode::SemiSync && !force {
+            let in_set = state.sync_set.iter().any(|m| m.id == to);
+            let prev = state.leader.as_ref().is_some_and(|l| l.id == to);
+            if !in_set && !prev {
+                let best = self
+                    .heard
+                    .values()
+                    .map(|h| h.hb.flushed_lsn)
+                    .max()
+                    .unwrap_or(Lsn(0));
+                let mine = self.heard.get(&to).map(|h| h.hb.flushed_lsn);
+                let loss = match mine {
+                    Some(m) => format!(
+                        "it would lose at least {} records",
+                        best.0.saturating_sub(m.0)
+                    ),
+                    None => "the loss is unknown (it is not reporting)".into(),
+                };
+                return Err(op_err(409, "may_lose_writes", format!(
+                    "{to} is not in the sync set and may lack acknowledged writes: {loss}; pass force to accept")));
+            }
+        }
+        self.start_promotion(
+            now,
+            &state,
+            "failover",
+            format!("manual failover {op_id} to {to}"),
+            Some(op),
+        )
+        .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// `pause` / `resume` automatic failover.
+    pub fn set_control(&mut self, now: Now, control: Control) -> Result<Write, OpError> {
+        let (state, _) = self.ready_for_op().or_else(|e| {
+            if e.error == "operation_running" {
+                self.state().map(|(s, r)| (s.clone(), r)).ok_or(e)
+            } else {
+                Err(e)
+            }
+        })?;
+        let mut s = state;
+        s.control = control;
+        let (kind, msg) = match control {
+            Control::Manual => (
+                "pause",
+                "automatic failover paused: failover is manual only".to_string(),
+            ),
+            Control::Auto => ("resume", "automatic failover resumed".to_string()),
+        };
+        self.write(now, Some(s), kind, msg, serde_json::Value::Null)
+            .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// `init`: the first state, only when none exists and every member reported an empty log.
+    pub fn init(&mut self, now: Now) -> Result<Write, OpError> {
+        if self.term.is_none() {
+            return self.ready_for_op().map(|_| unreachable!());
+        }
+        if self.inflight {
+            return Err(op_err(503, "busy", "retry"));
+        }
+        match &self.observed {
+            Observed::Absent => {}
+            Observed::Present { .. } => {
+                return Err(op_err(
+                    409,
+                    "initialized",
+                    "the cluster already has a state",
+                ))
+            }
+            Observed::Unknown => return Err(op_err(503, "busy", "the state is being read; retry")),
+        }
+        let missing: Vec<String> =
+            self.cfg
+                .members
+                .iter()
+                .filter(|m| {
+                    !self.heard.get(&m.id).is_some_and(|h| {
+                        now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms
+                    })
+                })
+                .map(|m| m.id.to_string())
+                .collect();
+        if !missing.is_empty() {
+            return Err(op_err(
+                409,
+                "members_missing",
+                format!("waiting for members to report: {}", missing.join(", ")),
+            ));
+        }
+        let nonempty: Vec<String> = self
+            .heard
+            .iter()
+            .filter(|(_, h)| h.hb.log_end_lsn.0 > 0)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if !nonempty.is_empty() {
+            return Err(op_err(
+                409,
+                "not_empty",
+                format!(
+                    "members with data refuse a fresh init: {}",
+                    nonempty.join(", ")
+                ),
+            ));
+        }
+        let epoch = Epoch(self.heard.values().map(|h| h.hb.epoch.0).max().unwrap_or(0) + 1);
+        let mut cands: Vec<&Member> = self.cfg.members.iter().filter(|m| !m.no_failover).collect();
+        cands.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        let leader = cands
+            .first()
+            .ok_or_else(|| op_err(400, "no_candidate", "every member is no_failover"))?;
+        let lh = &self.heard[&leader.id];
+        let sync_set: Vec<MemberRef> = if self.cfg.mode == Mode::SemiSync {
+            cands
+                .iter()
+                .skip(1)
+                .take(self.cfg.sync_size)
+                .map(|m| MemberRef {
+                    id: m.id.clone(),
+                    data_id: self.heard[&m.id].hb.data_id,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let s = ClusterState {
+            epoch,
+            leader: Some(LeaderRecord {
+                id: leader.id.clone(),
+                data_id: lh.hb.data_id,
+                boot_id: lh.hb.boot_id,
+            }),
+            prev_leader: None,
+            phase: Phase::Steady,
+            members: self.cfg.members.clone(),
+            sync_set,
+            adding: None,
+            control: Control::Auto,
+            mode: self.cfg.mode,
+            op: None,
+        };
+        let msg = format!(
+            "initialized: {} leads epoch {epoch}, sync set [{}]",
+            leader.id,
+            names(&s.sync_set)
+        );
+        self.write(now, Some(s), "init", msg, self.inputs(now))
+            .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// What automatic failover would do now, and why.
+    pub fn dry_run(&self, now: Now) -> DryRun {
+        let mut blocking = Vec::new();
+        let Some((state, _)) = self.state() else {
+            return DryRun {
+                leader_health: "unknown".into(),
+                would_fail_over: false,
+                candidate: None,
+                expected_loss_records: None,
+                blocking: vec![
+                    "the cluster state is not known (not initialized or not read yet)".into(),
+                ],
+            };
+        };
+        if self.term.is_none() {
+            blocking.push("this controller is not active".into());
+        }
+        let heard: Vec<(NodeId, Option<Heard>)> = state
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), self.heard.get(&m.id).cloned()))
+            .collect();
+        let t = decide::Timing {
+            failure_timeout_ms: self.cfg.failure_timeout_ms,
+        };
+        let health = decide::assess_leader(
+            now.ms,
+            self.active_since_ms,
+            state,
+            &heard,
+            self.standby_hears,
+            t,
+        );
+        if state.control == Control::Manual {
+            blocking.push("paused: automatic failover is off".into());
+        }
+        let used = journal::failovers_in_last_hour(&self.journal, now.unix_ms);
+        if used >= self.cfg.max_failovers_per_hour {
+            blocking.push(format!(
+                "failover budget exhausted ({used} in the last hour)"
+            ));
+        }
+        // Pretend every follower heard reports its current log end after fencing.
+        let fenced: Vec<Fenced> = self
+            .heard
+            .iter()
+            .filter(|(id, h)| {
+                state.leader.as_ref().is_none_or(|l| l.id != **id)
+                    && now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms
+            })
+            .map(|(id, h)| Fenced {
+                id: id.clone(),
+                hb: h.hb.clone(),
+            })
+            .collect();
+        let (candidate, loss) = match decide::choose(
+            state,
+            &fenced,
+            self.cfg.sync_size,
+            self.cfg.max_lag_on_failover,
+        ) {
+            Choice::Promote { id, log_end, .. } => {
+                let leader_end = state
+                    .leader
+                    .as_ref()
+                    .and_then(|l| self.heard.get(&l.id))
+                    .map(|h| h.hb.commit_lsn);
+                (
+                    Some(id),
+                    leader_end.map(|c| c.0.saturating_sub(log_end.1 .0)),
+                )
+            }
+            Choice::Blocked(why) => {
+                blocking.push(why);
+                (None, None)
+            }
+        };
+        let (label, failed) = match &health {
+            LeaderHealth::Healthy => ("healthy".to_string(), false),
+            LeaderHealth::NoLeader => ("no leader".to_string(), false),
+            LeaderHealth::Observing => (
+                "observing (controller recently became active)".to_string(),
+                false,
+            ),
+            LeaderHealth::Restarted => ("restarted".to_string(), true),
+            LeaderHealth::Unproven(w) => (format!("not proven failed: {w}"), false),
+            LeaderHealth::Failed(w) => (format!("failed: {w}"), true),
+        };
+        DryRun {
+            leader_health: label,
+            would_fail_over: failed && blocking.is_empty(),
+            candidate,
+            expected_loss_records: loss,
+            blocking,
+        }
+    }
+}
+
+fn names(ms: &[MemberRef]) -> String {
+    ms.iter()
+        .map(|m| m.id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `failover:<to>:<force>:<allow_data_loss>` (the op record's kind).
+fn parse_failover_kind(kind: &str) -> (String, bool, bool) {
+    let mut p = kind.split(':').skip(1);
+    let to = p.next().unwrap_or_default().to_string();
+    let force = p.next() == Some("1");
+    let allow = p.next() == Some("1");
+    (to, force, allow)
+}
