@@ -5,5 +5,7 @@
 //! Nothing here is part of the product; the real controller is `baton-controller`.
 
 pub mod client;
+pub mod cluster;
 pub mod procs;
+pub mod relay;
 pub mod standin;

@@ -74,49 +74,42 @@ impl ReplicaSpec {
     }
 }
 
-/// A replica process.
-pub struct ReplicaProc {
-    pub spec: ReplicaSpec,
-    pub url: String,
-    pub cfg_path: PathBuf,
+/// Any process a test starts: its log captured to a file, signals, restart with the same
+/// arguments, and SIGKILL when dropped.
+pub struct Daemon {
+    pub name: String,
     pub log_path: PathBuf,
     bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
 }
 
-impl ReplicaProc {
-    /// Writes the config and starts the process.
-    pub fn start(spec: ReplicaSpec) -> anyhow::Result<ReplicaProc> {
-        std::fs::create_dir_all(&spec.dir)?;
-        let cfg_path = spec.dir.join("replica.toml");
-        std::fs::write(&cfg_path, spec.config_text())?;
-        let bin = if spec.release {
-            let debug = bin_path("baton-replica")?;
-            let rel = debug
-                .parent()
-                .and_then(Path::parent)
-                .map(|t| t.join("release").join("baton-replica"))
-                .unwrap_or(debug);
-            if !rel.exists() {
-                anyhow::bail!(
-                    "{} is not built; run `cargo build --release --workspace --bins`",
-                    rel.display()
-                );
-            }
-            rel
-        } else {
-            bin_path("baton-replica")?
-        };
-        let mut p = ReplicaProc {
-            url: format!("http://127.0.0.1:{}", spec.port),
-            log_path: spec.dir.join("replica.log"),
-            cfg_path,
-            spec,
+impl Daemon {
+    pub fn start(
+        name: &str,
+        bin: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        log_path: PathBuf,
+    ) -> anyhow::Result<Daemon> {
+        let mut d = Daemon {
+            name: name.to_string(),
+            log_path,
             bin,
+            args,
+            envs: Vec::new(),
             child: None,
         };
-        p.spawn()?;
-        Ok(p)
+        d.envs.push((
+            "RUST_LOG".into(),
+            std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        ));
+        d.envs.push((
+            "ETCD_UNSUPPORTED_ARCH".into(),
+            std::env::consts::ARCH.into(),
+        ));
+        d.spawn()?;
+        Ok(d)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -124,23 +117,29 @@ impl ReplicaProc {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.cfg_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?,
+        );
         Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends a signal (libc number) to the process.
@@ -171,23 +170,24 @@ impl ReplicaProc {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.child = None;
-                    return Some(st);
+            match self.child.as_mut() {
+                Some(c) => {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        self.child = None;
+                        return Some(st);
+                    }
                 }
-            } else {
-                return None;
+                None => return None,
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         None
     }
 
-    /// Starts the process again on the same config and data.
+    /// Starts the process again with the same arguments.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
-            anyhow::bail!("replica {} is still running", self.spec.id);
+            anyhow::bail!("{} is still running", self.name);
         }
         self.spawn()
     }
@@ -196,16 +196,91 @@ impl ReplicaProc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A replica process.
+pub struct ReplicaProc {
+    pub spec: ReplicaSpec,
+    pub url: String,
+    pub cfg_path: PathBuf,
+    pub log_path: PathBuf,
+    daemon: Daemon,
+}
+
+impl ReplicaProc {
+    /// Writes the config and starts the process.
+    pub fn start(spec: ReplicaSpec) -> anyhow::Result<ReplicaProc> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let cfg_path = spec.dir.join("replica.toml");
+        std::fs::write(&cfg_path, spec.config_text())?;
+        let bin = if spec.release {
+            release_bin("baton-replica")?
+        } else {
+            bin_path("baton-replica")?
+        };
+        let log_path = spec.dir.join("replica.log");
+        let daemon = Daemon::start(
+            &spec.id,
+            bin,
+            vec!["--config".into(), cfg_path.clone().into()],
+            log_path.clone(),
+        )?;
+        Ok(ReplicaProc {
+            url: format!("http://127.0.0.1:{}", spec.port),
+            log_path,
+            cfg_path,
+            spec,
+            daemon,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+    pub fn signal(&self, sig: i32) {
+        self.daemon.signal(sig)
+    }
+    pub fn kill9(&mut self) {
+        self.daemon.kill9()
+    }
+    pub fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.daemon.term(timeout)
+    }
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.daemon.wait_exit(timeout)
+    }
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.daemon.restart()
+    }
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
     pub fn data_dir(&self) -> PathBuf {
         self.spec.dir.join("data")
     }
 }
 
-impl Drop for ReplicaProc {
-    fn drop(&mut self) {
-        self.kill9();
+/// The release build of a workspace binary.
+pub fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let debug = bin_path(name)?;
+    let rel = debug
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("release").join(name))
+        .unwrap_or(debug);
+    if !rel.exists() {
+        anyhow::bail!(
+            "{} is not built; run `cargo build --release --workspace --bins`",
+            rel.display()
+        );
     }
+    Ok(rel)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` naming `what`.

@@ -1,0 +1,296 @@
+//! A whole Baton deployment for tests and benchmarks: a private etcd (from the distribution's
+//! `etcd`), controllers and replicas as real processes on loopback ports picked at run time.
+//! Each replica reaches each controller through its own [`Relay`], so a test can cut one
+//! replica off from the controllers while the data path stays up.
+
+use crate::client::Client;
+use crate::procs::{bin_path, free_port, release_bin, wait_for, Daemon, ReplicaProc, ReplicaSpec};
+use crate::relay::Relay;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A private single-node etcd.
+pub struct EtcdProc {
+    pub url: String,
+    pub daemon: Daemon,
+}
+
+impl EtcdProc {
+    pub async fn start(dir: &Path) -> anyhow::Result<EtcdProc> {
+        let bin = which("etcd").ok_or_else(|| {
+            anyhow::anyhow!(
+                "etcd is not installed: run scripts/install-prereqs.sh (apt install etcd-server)"
+            )
+        })?;
+        std::fs::create_dir_all(dir)?;
+        let (c, p) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let args: Vec<std::ffi::OsString> = vec![
+            "--name".into(),
+            "baton-test".into(),
+            "--data-dir".into(),
+            dir.join("data").into(),
+            "--listen-client-urls".into(),
+            url.clone().into(),
+            "--advertise-client-urls".into(),
+            url.clone().into(),
+            "--listen-peer-urls".into(),
+            peer.clone().into(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone().into(),
+            "--initial-cluster".into(),
+            format!("baton-test={peer}").into(),
+        ];
+        let daemon = Daemon::start("etcd", bin, args, dir.join("etcd.log"))?;
+        let e = EtcdProc { url, daemon };
+        let c = Client::new(Duration::from_millis(500));
+        let health = format!("{}/health", e.url);
+        wait_for(Duration::from_secs(20), "etcd to be healthy", || async {
+            matches!(c.call("GET", &health, &[], bytes::Bytes::new()).await, Ok(r) if r.status == 200).then_some(())
+        })
+        .await?;
+        Ok(e)
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Options of a test deployment.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub replicas: usize,
+    pub controllers: usize,
+    /// `semi-sync` or `async`.
+    pub mode: String,
+    /// Extra TOML for every replica (tables like `[timing]`).
+    pub replica_toml: String,
+    /// Extra keys for the controller's `[timing]` table.
+    pub controller_timing: String,
+    pub release: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            replicas: 3,
+            controllers: 2,
+            mode: "semi-sync".into(),
+            replica_toml: String::new(),
+            controller_timing: String::new(),
+            release: false,
+        }
+    }
+}
+
+/// A controller process.
+pub struct ControllerProc {
+    pub id: String,
+    pub url: String,
+    pub daemon: Daemon,
+}
+
+/// A running deployment.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub etcd: EtcdProc,
+    pub controllers: Vec<ControllerProc>,
+    pub replicas: BTreeMap<String, ReplicaProc>,
+    /// `relays[replica][controller index]`: that replica's link to that controller.
+    pub relays: BTreeMap<String, Vec<Relay>>,
+    pub client: Client,
+}
+
+impl Cluster {
+    /// Starts etcd, the controllers and the replicas in `dir`, runs `init` and waits until the
+    /// leader accepts writes.
+    pub async fn start(dir: &Path, opts: Opts) -> anyhow::Result<Cluster> {
+        let etcd = EtcdProc::start(&dir.join("etcd")).await?;
+        let ids: Vec<String> = (1..=opts.replicas).map(|i| format!("r{i}")).collect();
+        let rports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
+        let cports: Vec<u16> = (0..opts.controllers).map(|_| free_port()).collect();
+        let members: String = ids
+            .iter()
+            .zip(&rports)
+            .map(|(id, p)| {
+                format!("[[clusters.members]]\nid = \"{id}\"\naddr = \"127.0.0.1:{p}\"\n")
+            })
+            .collect();
+        let cbin = if opts.release {
+            release_bin("baton-controller")?
+        } else {
+            bin_path("baton-controller")?
+        };
+        let mut controllers = Vec::new();
+        for (i, port) in cports.iter().enumerate() {
+            let id = format!("c{}", i + 1);
+            let cdir = dir.join(&id);
+            std::fs::create_dir_all(&cdir)?;
+            let text = format!(
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{members}",
+                etcd.url, opts.controller_timing, opts.mode
+            );
+            let cfg = cdir.join("controller.toml");
+            std::fs::write(&cfg, text)?;
+            let daemon = Daemon::start(
+                &id,
+                cbin.clone(),
+                vec!["--config".into(), cfg.into()],
+                cdir.join("controller.log"),
+            )?;
+            controllers.push(ControllerProc {
+                id,
+                url: format!("http://127.0.0.1:{port}"),
+                daemon,
+            });
+        }
+        let mut replicas = BTreeMap::new();
+        let mut relays = BTreeMap::new();
+        for (id, port) in ids.iter().zip(&rports) {
+            let mut rl = Vec::new();
+            for p in &cports {
+                rl.push(Relay::start(format!("127.0.0.1:{p}").parse()?).await?);
+            }
+            let urls: Vec<String> = rl.iter().map(Relay::url).collect();
+            let mut spec = ReplicaSpec::new(id, dir, &urls);
+            spec.port = *port;
+            spec.extra_toml = opts.replica_toml.clone();
+            spec.release = opts.release;
+            replicas.insert(id.clone(), ReplicaProc::start(spec)?);
+            relays.insert(id.clone(), rl);
+        }
+        let cl = Cluster {
+            dir: dir.to_path_buf(),
+            etcd,
+            controllers,
+            replicas,
+            relays,
+            client: Client::new(Duration::from_secs(5)),
+        };
+        cl.init().await?;
+        cl.wait_writable(Duration::from_secs(30)).await?;
+        Ok(cl)
+    }
+
+    /// `POST init` on whichever controller is active, retrying while members are missing.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        let last = std::sync::Mutex::new(String::new());
+        let res = wait_for(Duration::from_secs(30), "init to succeed", || async {
+            for c in &self.controllers {
+                let url = format!("{}/v1/clusters/main/init", c.url);
+                let answer = match self
+                    .client
+                    .call("POST", &url, &[], bytes::Bytes::new())
+                    .await
+                {
+                    Ok(r) if r.status == 200 => return Some(()),
+                    Ok(r) => r.text(),
+                    Err(e) => format!("{e:?}"),
+                };
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = answer;
+            }
+            None
+        })
+        .await;
+        res.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: last answer {}",
+                last.lock().unwrap_or_else(|p| p.into_inner())
+            )
+        })
+    }
+
+    /// The cluster view from the first controller that answers.
+    pub async fn view(&self) -> Option<serde_json::Value> {
+        for c in &self.controllers {
+            if let Ok(r) = self
+                .client
+                .call(
+                    "GET",
+                    &format!("{}/v1/cluster", c.url),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+            {
+                if r.status == 200 {
+                    return Some(r.json());
+                }
+            }
+        }
+        None
+    }
+
+    /// The recorded leader's id, as an active controller reports it.
+    pub async fn leader_id(&self) -> Option<String> {
+        let v = self.view().await?;
+        v["leader"]["id"].as_str().map(str::to_string)
+    }
+
+    pub fn url(&self, id: &str) -> String {
+        self.replicas[id].url.clone()
+    }
+
+    /// Waits until some replica accepts a write; returns its id.
+    pub async fn wait_writable(&self, timeout: Duration) -> anyhow::Result<String> {
+        let c = Client::new(Duration::from_millis(500));
+        wait_for(timeout, "a leader that accepts writes", || async {
+            for (id, r) in &self.replicas {
+                if let Ok(rep) = c.put(&r.url, "__probe", "x").await {
+                    if rep.status == 200 {
+                        return Some(id.clone());
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// The index of the active controller, if one says so.
+    pub async fn active_controller(&self) -> Option<usize> {
+        for (i, c) in self.controllers.iter().enumerate() {
+            if let Ok(r) = self
+                .client
+                .call(
+                    "GET",
+                    &format!("{}/v1/cluster", c.url),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+            {
+                if r.json()["active"] == true {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every process's log tail, for a failing test's output.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        let tail = |name: &str, log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            format!(
+                "=== {name} ===\n{}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            )
+        };
+        for c in &self.controllers {
+            out.push_str(&tail(&c.id, c.daemon.log()));
+        }
+        for (id, r) in &self.replicas {
+            out.push_str(&tail(id, r.log()));
+        }
+        out
+    }
+}
