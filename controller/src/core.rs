@@ -121,8 +121,11 @@ pub struct ClusterCore {
     inflight: bool,
     /// The most members any standby reports hearing.
     pub standby_hears: usize,
-    /// Last lease grant sent to the leader of this epoch.
+    /// Last lease grant sent to a leader: (its epoch, controller time).
     last_grant: Option<(Epoch, u64)>,
+    /// The last grant sent to a leader of an epoch below `last_grant`'s: once the new leader
+    /// has been granted its own lease, its `start_after_ms` still counts from this one.
+    grant_before: Option<(Epoch, u64)>,
     promoting_since_ms: Option<u64>,
     /// Revision at which `adding` was first seen (the add protocol's R).
     adding_rev: Option<u64>,
@@ -146,6 +149,7 @@ impl ClusterCore {
             inflight: false,
             standby_hears: 0,
             last_grant: None,
+            grant_before: None,
             promoting_since_ms: None,
             adding_rev: None,
             adding_since_ms: None,
@@ -186,6 +190,9 @@ impl ClusterCore {
                     .max(now.ms.saturating_sub(self.cfg.failure_timeout_ms / 2));
             }
             self.last_grant = None;
+            self.grant_before = None;
+            // Only a switchover this controller wrote in this term lets a leader start at once.
+            self.no_wait_epoch = None;
             self.promoting_since_ms = None;
             self.adding_rev = None;
             self.last_refusal = None;
@@ -239,7 +246,14 @@ impl ClusterCore {
                 }
             }
             // Re-read before deciding anything: the runtime refreshes `observed`.
-            WriteOutcome::Rejected | WriteOutcome::Unknown => self.observed = Observed::Unknown,
+            WriteOutcome::Rejected => {
+                // A switchover epoch write that did not happen lets nobody skip the wait.
+                if w.state.as_ref().map(|s| s.epoch) == self.no_wait_epoch {
+                    self.no_wait_epoch = None;
+                }
+                self.observed = Observed::Unknown;
+            }
+            WriteOutcome::Unknown => self.observed = Observed::Unknown,
         }
     }
 
@@ -404,7 +418,7 @@ impl ClusterCore {
                 d.lease_ms = 0;
             } else {
                 d.lease_ms = self.cfg.lease_ms;
-                self.last_grant = Some((state.epoch, now.ms));
+                self.note_grant(state.epoch, now.ms);
             }
             d.start_after_ms = self.start_after(now, &state);
         } else if leader.id == id {
@@ -414,6 +428,13 @@ impl ClusterCore {
             d.role = Some(Role::Follower);
         }
         d
+    }
+
+    fn note_grant(&mut self, epoch: Epoch, at_ms: u64) {
+        if let Some(g) = self.last_grant.filter(|(e, _)| *e < epoch) {
+            self.grant_before = Some(g);
+        }
+        self.last_grant = Some((epoch, at_ms));
     }
 
     /// How long a new leader waits before starting its epoch (DESIGN.md §5).
@@ -433,12 +454,17 @@ impl ClusterCore {
             return 0;
         }
         let rho = self.cfg.drift;
-        let wait = (self.cfg.lease_ms as f64 * (1.0 + rho) / (1.0 - rho)) as u64
+        let wait = (self.cfg.lease_ms as f64 * (1.0 + rho) / (1.0 - rho)).ceil() as u64
             + self.cfg.heartbeat_interval_ms;
-        let since = match self.last_grant {
-            Some((e, t)) if e < state.epoch => t,
-            _ => self.active_since_ms,
-        };
+        // The last grant to an older epoch (not the new leader's own, which the directive that
+        // carries this value has just recorded); after a takeover, the takeover.
+        let since = [self.last_grant, self.grant_before]
+            .into_iter()
+            .flatten()
+            .filter(|(e, _)| *e < state.epoch)
+            .map(|(_, t)| t)
+            .max()
+            .unwrap_or(self.active_since_ms);
         (since + wait).saturating_sub(now.ms)
     }
 
@@ -467,6 +493,18 @@ impl ClusterCore {
                 s.phase = Phase::Steady;
                 s.op = None;
                 let msg = format!("switchover {} aborted: the target did not catch up before the deadline; the leader keeps leading", op.id);
+                return self.write(now, Some(s), "abort", msg, self.inputs(now));
+            }
+            if now.unix_ms > op.deadline_ms && state.phase == Phase::Promoting {
+                // A forced failover whose target could not be promoted in time releases the
+                // promotion: it goes on under the automatic rules, and the operator may issue
+                // another `failover --to` (otherwise the op would hold the cluster leaderless).
+                let mut s = state.clone();
+                s.op = None;
+                let msg = format!(
+                    "operation {} ({}) expired before its target was promoted; the promotion at epoch {} continues under the automatic rules",
+                    op.id, op.kind, state.epoch
+                );
                 return self.write(now, Some(s), "abort", msg, self.inputs(now));
             }
         }
@@ -528,7 +566,9 @@ impl ClusterCore {
                     return Some(w);
                 }
             }
-            LeaderHealth::Healthy | LeaderHealth::NoLeader | LeaderHealth::Observing => {}
+            // The refusal (if any) no longer holds: journal it again when it comes back.
+            LeaderHealth::Healthy => self.last_refusal = None,
+            LeaderHealth::NoLeader | LeaderHealth::Observing => {}
         }
         if state.mode == Mode::SemiSync
             && now.ms.saturating_sub(self.active_since_ms) >= self.cfg.failure_timeout_ms
@@ -800,9 +840,33 @@ impl ClusterCore {
             .max()
             .unwrap_or_default();
         let behind = (f.hb.log_end_epoch, f.hb.log_end_lsn) < best;
-        if behind && !force {
+        // In semi-sync mode a recorded sync member, or the replaced leader with the same data
+        // directory, holds every acknowledged write (I2), whatever unacknowledged tail another
+        // member holds; anyone else may lack some even when no reporting member is ahead (the
+        // sync members that hold them may be the ones not reporting). In async mode only a
+        // target at the best reported end is known to lose nothing. (Unclean is judged above,
+        // by allow_data_loss.)
+        let holds_acked = match state.mode {
+            Mode::SemiSync => {
+                state
+                    .sync_set
+                    .iter()
+                    .any(|m| m.id == f.id && m.data_id == f.hb.data_id)
+                    || state
+                        .prev_leader
+                        .as_ref()
+                        .is_some_and(|p| p.id == f.id && p.data_id == f.hb.data_id)
+            }
+            Mode::Async => !behind,
+        };
+        if !holds_acked && !force {
             return Choice::Blocked(format!(
-                "{to} lacks records another member holds; force to accept the loss"
+                "{to} may lack acknowledged writes{}; force to accept the loss",
+                if behind {
+                    " (another member holds records it lacks)"
+                } else {
+                    ""
+                }
             ));
         }
         let mut s = state.clone();
@@ -811,7 +875,7 @@ impl ClusterCore {
             id: f.id.clone(),
             log_end: (f.hb.log_end_epoch, f.hb.log_end_lsn),
             sync_set: s.sync_set,
-            lossy: true,
+            lossy: !holds_acked || f.hb.unclean,
         }
     }
 
@@ -1040,30 +1104,6 @@ impl ClusterCore {
             kind,
             deadline_ms: now.unix_ms + 60_000,
         };
-        if state.phase == Phase::Promoting {
-            // Continue a blocked promotion at the same epoch with the operator's choice.
-            if let Some(o) = &state.op {
-                return Err(op_err(
-                    409,
-                    "operation_running",
-                    format!("operation {} ({}) is running", o.id, o.kind),
-                ));
-            }
-            let mut s = state.clone();
-            s.op = Some(op);
-            return self
-                .write(
-                    now,
-                    Some(s),
-                    "failover",
-                    format!(
-                        "failover {op_id} to {to} requested (continuing the promotion at epoch {})",
-                        state.epoch
-                    ),
-                    self.inputs(now),
-                )
-                .ok_or_else(|| op_err(503, "busy", "retry"));
-        }
         if let Some(o) = &state.op {
             return Err(op_err(
                 409,
@@ -1071,9 +1111,16 @@ impl ClusterCore {
                 format!("operation {} ({}) is running", o.id, o.kind),
             ));
         }
+        // The same rule whether the promotion starts now or a blocked one is continued: only a
+        // recorded sync member or the leader being replaced surely holds every acknowledged write.
+        let replaced = if state.phase == Phase::Promoting {
+            state.prev_leader.as_ref()
+        } else {
+            state.leader.as_ref()
+        };
         if state.mode == Mode::SemiSync && !force {
             let in_set = state.sync_set.iter().any(|m| m.id == to);
-            let prev = state.leader.as_ref().is_some_and(|l| l.id == to);
+            let prev = replaced.is_some_and(|l| l.id == to);
             if !in_set && !prev {
                 let best = self
                     .heard
@@ -1093,10 +1140,28 @@ impl ClusterCore {
                     "{to} is not in the sync set and may lack acknowledged writes: {loss}; pass force to accept")));
             }
         }
+        if state.phase == Phase::Promoting {
+            // Continue a blocked promotion at the same epoch with the operator's choice.
+            let mut s = state.clone();
+            s.op = Some(op);
+            return self
+                .write(
+                    now,
+                    Some(s),
+                    "manual_failover",
+                    format!(
+                        "failover {op_id} to {to} requested (continuing the promotion at epoch {})",
+                        state.epoch
+                    ),
+                    self.inputs(now),
+                )
+                .ok_or_else(|| op_err(503, "busy", "retry"));
+        }
+        // Journaled as `manual_failover`: the anti-flapping budget counts automatic ones only.
         self.start_promotion(
             now,
             &state,
-            "failover",
+            "manual_failover",
             format!("manual failover {op_id} to {to}"),
             Some(op),
         )

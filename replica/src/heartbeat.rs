@@ -144,7 +144,13 @@ pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
     let mut g = node.lock();
     // Re-check under the lock: the verdict must still hold when the directive is applied.
     if let Verdict::Accept { .. } = g.core().check_directive(&d) {
+        let before = (g.core().epoch(), g.core().role());
         let fx = g.core_mut().apply_directive(now, sent_at, &d);
+        let changed = before != (g.core().epoch(), g.core().role());
         node.after_step(g, fx);
+        if changed {
+            // Report the new epoch and role at once: a promotion waits for these reports.
+            node.heartbeat_now.notify_one();
+        }
     }
 }

@@ -74,6 +74,8 @@ pub struct Opts {
     pub replica_toml: String,
     /// Extra keys for the controller's `[timing]` table.
     pub controller_timing: String,
+    /// Extra keys for the controller's `[[clusters]]` table (e.g. `max_failovers_per_hour`).
+    pub cluster_toml: String,
     pub release: bool,
 }
 
@@ -85,6 +87,7 @@ impl Default for Opts {
             mode: "semi-sync".into(),
             replica_toml: String::new(),
             controller_timing: String::new(),
+            cluster_toml: String::new(),
             release: false,
         }
     }
@@ -134,8 +137,8 @@ impl Cluster {
             let cdir = dir.join(&id);
             std::fs::create_dir_all(&cdir)?;
             let text = format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{members}",
-                etcd.url, opts.controller_timing, opts.mode
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{}\n{members}",
+                etcd.url, opts.controller_timing, opts.mode, opts.cluster_toml
             );
             let cfg = cdir.join("controller.toml");
             std::fs::write(&cfg, text)?;
@@ -273,6 +276,107 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// The cluster view from a controller that says it is active, with that controller's index.
+    pub async fn active_view(&self) -> Option<(usize, serde_json::Value)> {
+        for (i, c) in self.controllers.iter().enumerate() {
+            if let Ok(r) = self
+                .client
+                .call(
+                    "GET",
+                    &format!("{}/v1/cluster", c.url),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+            {
+                let v = r.json();
+                if r.status == 200 && v["active"] == true {
+                    return Some((i, v));
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for an active controller's view; returns it with its index.
+    pub async fn wait_active_view(
+        &self,
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, serde_json::Value)> {
+        wait_for(timeout, "an active controller", || self.active_view()).await
+    }
+
+    /// The decision journal (`GET …/history`, oldest first) from the first controller that
+    /// answers; every controller reads it from etcd.
+    pub async fn history(&self) -> Vec<serde_json::Value> {
+        for c in &self.controllers {
+            if let Ok(r) = self
+                .client
+                .call(
+                    "GET",
+                    &format!("{}/v1/clusters/main/history?limit=500", c.url),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+            {
+                if r.status == 200 {
+                    if let serde_json::Value::Array(a) = r.json() {
+                        return a;
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// `POST /v1/clusters/main/{op}` with a JSON `body` on the active controller, retrying for
+    /// up to `timeout` while no controller is active or the active one answers 503 (busy, not
+    /// active). Any other answer is returned as it is.
+    pub async fn op(
+        &self,
+        op: &str,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<crate::client::Reply> {
+        let body = bytes::Bytes::from(serde_json::to_vec(&body)?);
+        let last = std::sync::Mutex::new(String::from("no controller is active"));
+        let res = wait_for(
+            timeout,
+            &format!("the active controller to take {op}"),
+            || async {
+                let (i, _) = self.active_view().await?;
+                let url = format!("{}/v1/clusters/main/{op}", self.controllers[i].url);
+                let hdr = [("content-type", "application/json")];
+                match self.client.call("POST", &url, &hdr, body.clone()).await {
+                    Ok(r) if r.status != 503 => Some(r),
+                    Ok(r) => {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = r.text();
+                        None
+                    }
+                    Err(e) => {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = format!("{e:?}");
+                        None
+                    }
+                }
+            },
+        )
+        .await;
+        res.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: last answer {}",
+                last.lock().unwrap_or_else(|p| p.into_inner())
+            )
+        })
+    }
+
+    /// Sets every link from `replica` to the controllers to `mode`.
+    pub fn set_controller_links(&self, replica: &str, mode: crate::relay::Mode) {
+        for r in &self.relays[replica] {
+            r.set(mode);
+        }
     }
 
     /// Every process's log tail, for a failing test's output.
