@@ -185,12 +185,18 @@ struct SwitchoverReq {
     timeout_ms: Option<u64>,
 }
 
-async fn run_write(api: &Api, rt: &ClusterRt, w: crate::core::Write) -> Response {
+async fn run_write(
+    api: &Api,
+    rt: &ClusterRt,
+    w: crate::core::Write,
+    op: Option<String>,
+) -> Response {
     let why = w.why.clone();
     let mut etcd = api.etcd.clone();
     match rt.execute(&mut etcd, w).await {
         crate::core::WriteOutcome::Committed { rev } => {
-            Json(serde_json::json!({ "ok": true, "message": why, "rev": rev })).into_response()
+            Json(serde_json::json!({ "ok": true, "message": why, "rev": rev, "op": op }))
+                .into_response()
         }
         crate::core::WriteOutcome::Rejected => err(
             409,
@@ -216,11 +222,12 @@ async fn switchover(
     };
     let req = body.map(|b| b.0).unwrap_or_default();
     let to = req.to.map(NodeId);
+    let id = op_id();
     let w = rt
         .lock()
-        .switchover(now(), to, req.timeout_ms.unwrap_or(10_000), op_id());
+        .switchover(now(), to, req.timeout_ms.unwrap_or(10_000), id.clone());
     match w {
-        Ok(w) => run_write(&api, &rt, w).await,
+        Ok(w) => run_write(&api, &rt, w, Some(id)).await,
         Err(e) => op_error(e),
     }
 }
@@ -239,15 +246,16 @@ async fn failover(State(api): S, Path(c): Path<String>, Json(req): Json<Failover
         Ok(r) => r,
         Err(r) => return *r,
     };
+    let id = op_id();
     let w = rt.lock().failover(
         now(),
         NodeId(req.to),
         req.force,
         req.allow_data_loss,
-        op_id(),
+        id.clone(),
     );
     match w {
-        Ok(w) => run_write(&api, &rt, w).await,
+        Ok(w) => run_write(&api, &rt, w, Some(id)).await,
         Err(e) => op_error(e),
     }
 }
@@ -259,7 +267,7 @@ async fn set_control(api: Arc<Api>, c: String, control: Control) -> Response {
     };
     let w = rt.lock().set_control(now(), control);
     match w {
-        Ok(w) => run_write(&api, &rt, w).await,
+        Ok(w) => run_write(&api, &rt, w, None).await,
         Err(e) => op_error(e),
     }
 }
@@ -279,7 +287,7 @@ async fn init(State(api): S, Path(c): Path<String>) -> Response {
     };
     let w = rt.lock().init(now());
     match w {
-        Ok(w) => run_write(&api, &rt, w).await,
+        Ok(w) => run_write(&api, &rt, w, None).await,
         Err(e) => op_error(e),
     }
 }

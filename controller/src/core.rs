@@ -869,12 +869,15 @@ impl ClusterCore {
                 }
             ));
         }
-        let mut s = state.clone();
-        s.sync_set.retain(|m| m.id != f.id);
+        let sync_set = if state.mode == Mode::SemiSync {
+            decide::promotion_sync_set(state, fenced, f, self.cfg.sync_size)
+        } else {
+            Vec::new()
+        };
         Choice::Promote {
             id: f.id.clone(),
             log_end: (f.hb.log_end_epoch, f.hb.log_end_lsn),
-            sync_set: s.sync_set,
+            sync_set,
             lossy: !holds_acked || f.hb.unclean,
         }
     }
@@ -888,8 +891,12 @@ impl ClusterCore {
                 .to_string(),
         );
         let leader = state.leader.as_ref()?;
-        let lh = self.heard.get(&leader.id)?;
-        let th = self.heard.get(&to)?;
+        // Only fresh reports count: a target that just stopped must not be handed leadership
+        // on the strength of an old "caught up".
+        let fresh =
+            |h: &&Heard| now.ms.saturating_sub(h.at_ms) < 2 * self.cfg.heartbeat_interval_ms + 50;
+        let lh = self.heard.get(&leader.id).filter(fresh)?;
+        let th = self.heard.get(&to).filter(fresh)?;
         // The leader gave up its lease (a directive with lease 0) and reports its final log end;
         // the target flushed all of it.
         let revoked = lh.hb.lease_left_ms == Some(0)
@@ -1025,7 +1032,8 @@ impl ClusterCore {
                     .any(|s| s.id == *id && s.data_id == h.hb.data_id)
             {
                 return Err(format!(
-                    "{id} is not in the sync set, so it may lack acknowledged writes"
+                    "{id} is not in the sync set, so it may lack acknowledged writes; switch over to a \
+                     sync member, or use `failover --to {id} --force` and accept the possible loss"
                 ));
             }
             Ok(())

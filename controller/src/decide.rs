@@ -231,17 +231,36 @@ pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag
     });
     let w = cands[0];
     let end = (w.hb.log_end_epoch, w.hb.log_end_lsn);
-    let mut sync_set: Vec<MemberRef> = Vec::new();
     if state.mode == Mode::Async {
         // Nothing waits in async mode; the sync set stays empty.
         return Choice::Promote {
             id: w.id.clone(),
             log_end: end,
-            sync_set,
+            sync_set: Vec::new(),
             lossy: true,
         };
     }
-    let old: Vec<&MemberRef> = state.sync_set.iter().collect();
+    let sync_set = promotion_sync_set(state, fenced, w, sync_size);
+    Choice::Promote {
+        id: w.id.clone(),
+        log_end: end,
+        sync_set,
+        lossy: false,
+    }
+}
+
+/// The sync set recorded with a new leader `w` (DESIGN.md §4): reachable members of the old
+/// set, then followers whose log end has the new leader's last epoch and an LSN ≥ its end
+/// (they hold all of its log), up to `sync_size`; never `no_failover` members or `w` itself.
+pub fn promotion_sync_set(
+    state: &ClusterState,
+    fenced: &[Fenced],
+    w: &Fenced,
+    sync_size: usize,
+) -> Vec<MemberRef> {
+    let end = (w.hb.log_end_epoch, w.hb.log_end_lsn);
+    let mut sync_set: Vec<MemberRef> = Vec::new();
+    let promotable = |f: &Fenced| state.member(&f.id).is_some_and(|m| !m.no_failover);
     let mut add = |f: &Fenced| {
         let r = MemberRef {
             id: f.id.clone(),
@@ -252,9 +271,9 @@ pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag
         }
     };
     for f in fenced {
-        let promotable = state.member(&f.id).is_some_and(|m| !m.no_failover);
-        if promotable
-            && old
+        if promotable(f)
+            && state
+                .sync_set
                 .iter()
                 .any(|o| o.id == f.id && o.data_id == f.hb.data_id)
         {
@@ -262,17 +281,11 @@ pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag
         }
     }
     for f in fenced {
-        let promotable = state.member(&f.id).is_some_and(|m| !m.no_failover);
-        if promotable && f.hb.log_end_epoch == end.0 && f.hb.log_end_lsn >= end.1 {
+        if promotable(f) && f.hb.log_end_epoch == end.0 && f.hb.log_end_lsn >= end.1 {
             add(f);
         }
     }
-    Choice::Promote {
-        id: w.id.clone(),
-        log_end: end,
-        sync_set,
-        lossy: false,
-    }
+    sync_set
 }
 
 #[cfg(test)]

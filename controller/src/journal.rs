@@ -15,8 +15,9 @@ pub struct Entry {
     /// Of the last occurrence, when coalesced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_unix_ms: Option<u64>,
-    /// `failover`, `promoted`, `restart`, `switchover`, `sync_add`, `sync_drop`, `refusal`,
-    /// `blocked`, `pause`, `resume`, `init`, `abort`, `unknown_member`.
+    /// `failover` (automatic; counted by the anti-flapping budget), `manual_failover`,
+    /// `promoted`, `restart`, `switchover`, `sync_add`, `sync_drop`, `refusal`, `blocked`,
+    /// `pause`, `resume`, `init`, `abort`.
     pub kind: String,
     pub message: String,
     /// The epoch the entry concerns.

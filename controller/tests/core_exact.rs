@@ -1242,7 +1242,8 @@ fn switchover_refusals() {
         Err(op_error(
             400,
             "ineligible",
-            "r3 is not in the sync set, so it may lack acknowledged writes"
+            "r3 is not in the sync set, so it may lack acknowledged writes; switch over to a \
+             sync member, or use `failover --to r3 --force` and accept the possible loss"
         ))
     );
     assert_eq!(
@@ -1652,12 +1653,23 @@ fn failover_to_a_sync_member_behind_the_old_leaders_unacknowledged_tail() {
     s.hb(10_150, fenced("r3", 6, (5, 100)));
     let w = s.tick(10_150).expect("promotion");
     let st = w.state.clone().expect("state");
-    assert_eq!((st.leader, st.sync_set), (Some(record("r2")), vec![]));
+    // The old leader holds all of r2's log (same last epoch, longer): it joins the sync set
+    // (DESIGN.md §4's post-promotion rule) and will cut its unacknowledged tail when following.
+    assert_eq!(
+        (
+            st.leader,
+            st.sync_set
+                .iter()
+                .map(|m| m.id.0.as_str())
+                .collect::<Vec<_>>()
+        ),
+        (Some(record("r2")), vec!["r1"])
+    );
     assert_eq!(
         last(&w),
         (
             "promoted",
-            "promoted r2 at epoch 6 (log end 5/100); sync set []",
+            "promoted r2 at epoch 6 (log end 5/100); sync set [r1]",
             6,
             1
         )
