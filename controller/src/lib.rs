@@ -10,5 +10,6 @@ pub mod config;
 pub mod core;
 pub mod decide;
 pub mod journal;
+pub mod local;
 pub mod runtime;
 pub mod state;

@@ -105,8 +105,12 @@ enum Cmd {
     },
     /// The current leader and its address.
     Leader,
-    // `local up|stop|start|down` (DESIGN.md §8) goes here; it talks to no controller until it
-    // has started them, so `main` dispatches it before building a `Ctl`.
+    /// A whole deployment on this machine: `local up|stop|start|down --dir DIR` (DESIGN.md §8).
+    /// It talks to no controller until it has started them, so `main` dispatches it first.
+    Local {
+        #[command(subcommand)]
+        cmd: baton_controller::local::LocalCmd,
+    },
 }
 
 /// A failure to report: the message is printed as is, and the process exits 1.
@@ -122,6 +126,9 @@ impl<T: Into<String>> From<T> for Fail {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Local { cmd } = cli.cmd {
+        return run_local(cmd, cli.cluster).await;
+    }
     let env = std::env::var("BATON_CONTROLLER").ok();
     let controllers = match controller_list(&cli.controller, env.as_deref()) {
         Ok(c) => c,
@@ -140,8 +147,67 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `local …`: after `up`, print the status table; without `--detach` stay in the foreground
+/// and stop everything on Ctrl-C or SIGTERM.
+async fn run_local(cmd: baton_controller::local::LocalCmd, cluster: String) -> ExitCode {
+    let up = match baton_controller::local::run(cmd).await {
+        Ok(up) => up,
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some((controllers, dir, detach)) = up else {
+        return ExitCode::SUCCESS;
+    };
+    let ctl = Ctl::new(controllers, cluster);
+    // Let a few heartbeats reach the controllers so the table shows current positions.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    println!();
+    if let Err(Fail(m)) = run(&ctl, Cmd::Status { json: false }).await {
+        eprintln!("batonctl: status: {m}");
+    }
+    if detach {
+        println!(
+            "\nStop it with: batonctl local down --dir {}",
+            dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\nRunning in the foreground; Ctrl-C stops everything (the data stays).");
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut t) => {
+                t.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    match tokio::task::spawn_blocking(move || baton_controller::local::down(&dir)).await {
+        Ok(Ok(())) => {
+            println!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("batonctl: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
+        Cmd::Local { .. } => Err(Fail(
+            "`local` is handled before any controller is contacted".into(),
+        )),
         Cmd::Status { json } => {
             let (url, v) = ctl.read(&ctl.path(""), None, whose_view).await?;
             if json {

@@ -1,0 +1,508 @@
+//! `batonctl local up|stop|start|down` (DESIGN.md §8): a whole Baton deployment on loopback
+//! ports for a newcomer, scripts and tests — a private single-node etcd (unless `--etcd` is
+//! given), controllers, replicas and the proxy as processes, their configs, logs and data under
+//! DIR, and `DIR/cluster.json` describing it. Binaries are found next to `batonctl`.
+
+use serde::{Deserialize, Serialize};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `local` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum LocalCmd {
+    /// Start etcd (unless --etcd), controllers, replicas and a proxy; init; wait for a leader.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long, default_value_t = 2)]
+        controllers: usize,
+        /// `semi-sync` or `async`.
+        #[arg(long, default_value = "semi-sync")]
+        mode: String,
+        /// Use these etcd endpoints instead of a private etcd (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Return once the cluster is up instead of staying in the foreground.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Signal one node (`r2`, `c1`, `proxy`, `etcd`).
+    Stop {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+        /// KILL, TERM, STOP or CONT.
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
+    /// Start a stopped node again with the same config and data.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+    /// Stop everything; the data stays in DIR.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// One process of the deployment, as `cluster.json` records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// The command line that starts it (for `local start`).
+    pub cmd: Vec<String>,
+    pub log: String,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Layout {
+    pub etcd: Vec<String>,
+    /// The private etcd, when `local up` started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_node: Option<Node>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Node>,
+    pub controllers: Vec<Node>,
+    pub replicas: Vec<Node>,
+}
+
+impl Layout {
+    fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.etcd_node
+            .iter_mut()
+            .chain(self.controllers.iter_mut())
+            .chain(self.replicas.iter_mut())
+            .chain(self.proxy.iter_mut())
+    }
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.etcd_node
+            .iter()
+            .chain(self.controllers.iter())
+            .chain(self.replicas.iter())
+            .chain(self.proxy.iter())
+    }
+    fn find_mut(&mut self, id: &str) -> Option<&mut Node> {
+        self.nodes_mut().find(|n| n.id == id)
+    }
+}
+
+fn layout_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+pub fn read_layout(dir: &Path) -> Result<Layout, String> {
+    let p = layout_path(dir);
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        format!(
+            "{}: {e} (was `batonctl local up --dir {}` run?)",
+            p.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a cluster description: {e}", p.display()))
+}
+
+fn write_layout(dir: &Path, l: &Layout) -> Result<(), String> {
+    let p = layout_path(dir);
+    let tmp = dir.join("cluster.json.tmp");
+    let body = serde_json::to_vec_pretty(l).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Whether `pid` is a live process running one of our binaries (not a reused pid).
+fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&cmdline);
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
+    exists && (text.contains("baton") || text.contains("etcd")) && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+}
+
+fn bin(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{} not found next to batonctl ({}); build the workspace: cargo build --release --workspace --bins", name, p.display()))
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Starts a node detached from batonctl's terminal (its own process group).
+fn spawn(cmd: &[String], log: &Path) -> Result<u32, String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
+    Ok(child.id())
+}
+
+fn last_line(log: &str) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|t| t.lines().last().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let s = match sig.to_ascii_uppercase().as_str() {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => {
+            return Err(format!(
+                "unknown signal {other:?}: use KILL, TERM, STOP or CONT"
+            ))
+        }
+    };
+    // SAFETY: kill(2) on a pid read from cluster.json and checked to be one of ours.
+    if unsafe { libc::kill(pid as i32, s) } != 0 {
+        return Err(format!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+async fn http(method: &str, url: &str, body: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let b = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Runs a `local` subcommand. `up` returns the controller URLs for the caller's status table.
+pub async fn run(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, String> {
+    match cmd {
+        LocalCmd::Up {
+            dir,
+            replicas,
+            controllers,
+            mode,
+            etcd,
+            detach,
+        } => {
+            let urls = up(&dir, replicas, controllers, &mode, etcd).await?;
+            Ok(Some((urls, dir, detach)))
+        }
+        LocalCmd::Stop {
+            dir,
+            node,
+            signal: sig,
+        } => {
+            let l = read_layout(&dir)?;
+            let n = l
+                .nodes()
+                .find(|n| n.id == node)
+                .ok_or_else(|| format!("no node {node:?} in {}", layout_path(&dir).display()))?;
+            if !alive(n.pid) {
+                return Err(format!("{node} is not running"));
+            }
+            signal(n.pid, &sig)?;
+            println!(
+                "sent SIG{} to {node} (pid {})",
+                sig.to_ascii_uppercase(),
+                n.pid
+            );
+            Ok(None)
+        }
+        LocalCmd::Start { dir, node } => {
+            let mut l = read_layout(&dir)?;
+            let n = l
+                .find_mut(&node)
+                .ok_or_else(|| format!("no node {node:?} in {}", layout_path(&dir).display()))?;
+            if alive(n.pid) {
+                return Err(format!("{node} is already running (pid {})", n.pid));
+            }
+            n.pid = spawn(&n.cmd, Path::new(&n.log))?;
+            println!("started {node} (pid {})", n.pid);
+            write_layout(&dir, &l)?;
+            Ok(None)
+        }
+        LocalCmd::Down { dir } => {
+            down(&dir)?;
+            println!("stopped everything; the data stays in {}", dir.display());
+            Ok(None)
+        }
+    }
+}
+
+/// Stops every node of DIR: proxy, replicas, controllers, etcd; TERM, then KILL after 10 s.
+pub fn down(dir: &Path) -> Result<(), String> {
+    let mut l = read_layout(dir)?;
+    let order: Vec<u32> = l
+        .proxy
+        .iter()
+        .chain(l.replicas.iter())
+        .chain(l.controllers.iter())
+        .chain(l.etcd_node.iter())
+        .map(|n| n.pid)
+        .collect();
+    for pid in order {
+        if alive(pid) {
+            let _ = signal(pid, "CONT");
+            let _ = signal(pid, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                let _ = signal(pid, "KILL");
+            }
+        }
+    }
+    for n in l.nodes_mut() {
+        n.pid = 0;
+    }
+    write_layout(dir, &l)
+}
+
+async fn up(
+    dir: &Path,
+    replicas: usize,
+    controllers: usize,
+    mode: &str,
+    etcd: Vec<String>,
+) -> Result<Vec<String>, String> {
+    if !(1..=9).contains(&replicas) || !(1..=9).contains(&controllers) {
+        return Err("--replicas and --controllers must be between 1 and 9".into());
+    }
+    if mode != "semi-sync" && mode != "async" {
+        return Err(format!("--mode {mode:?}: use semi-sync or async"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Ok(l) = read_layout(&dir) {
+        let running: Vec<String> = l
+            .nodes()
+            .filter(|n| alive(n.pid))
+            .map(|n| format!("{} (pid {})", n.id, n.pid))
+            .collect();
+        if !running.is_empty() {
+            return Err(format!(
+                "{} is already running: {}; run `batonctl local down --dir {}` first",
+                dir.display(),
+                running.join(", "),
+                dir.display()
+            ));
+        }
+    }
+    let (rbin, cbin) = (bin("baton-replica")?, bin("baton-controller")?);
+    let pbin = bin("baton-proxy").ok();
+    let s = |p: &Path| p.display().to_string();
+    let mut layout = Layout {
+        etcd: etcd.clone(),
+        etcd_node: None,
+        proxy: None,
+        controllers: Vec::new(),
+        replicas: Vec::new(),
+    };
+    let result = async {
+        if etcd.is_empty() {
+            let e = which("etcd").ok_or("etcd is not installed: `sudo apt install etcd-server` (or ./scripts/install-prereqs.sh), or pass --etcd URL")?;
+            let (c, p) = (free_port()?, free_port()?);
+            let url = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let edir = dir.join("etcd");
+            std::fs::create_dir_all(&edir).map_err(|e| e.to_string())?;
+            let cmd = vec![
+                s(&e), "--name".into(), "baton-local".into(), "--data-dir".into(), s(&edir.join("data")),
+                "--listen-client-urls".into(), url.clone(), "--advertise-client-urls".into(), url.clone(),
+                "--listen-peer-urls".into(), peer.clone(), "--initial-advertise-peer-urls".into(), peer.clone(),
+                "--initial-cluster".into(), format!("baton-local={peer}"),
+            ];
+            let log = s(&edir.join("etcd.log"));
+            let pid = spawn(&cmd, Path::new(&log))?;
+            layout.etcd = vec![url.clone()];
+            layout.etcd_node = Some(Node { id: "etcd".into(), url, pid, data_dir: Some(s(&edir.join("data"))), cmd, log });
+        }
+        let rports: Vec<u16> = (0..replicas).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let cports: Vec<u16> = (0..controllers).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let curls: Vec<String> = cports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let members: String = rports.iter().enumerate().map(|(i, p)| format!("[[clusters.members]]\nid = \"r{}\"\naddr = \"127.0.0.1:{p}\"\n\n", i + 1)).collect();
+        let etcd_list = layout.etcd.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+        for (i, port) in cports.iter().enumerate() {
+            let id = format!("c{}", i + 1);
+            let d = dir.join(&id);
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            let cfg = d.join("controller.toml");
+            let text = format!("id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{etcd_list}]\n\n[[clusters]]\nname = \"main\"\nmode = \"{mode}\"\n\n{members}");
+            std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            let cmd = vec![s(&cbin), "--config".into(), s(&cfg)];
+            let log = s(&d.join("controller.log"));
+            let pid = spawn(&cmd, Path::new(&log))?;
+            layout.controllers.push(Node { id, url: curls[i].clone(), pid, data_dir: None, cmd, log });
+        }
+        let ctl_list = curls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+        for (i, port) in rports.iter().enumerate() {
+            let id = format!("r{}", i + 1);
+            let d = dir.join(&id);
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            let cfg = d.join("replica.toml");
+            let data = d.join("data");
+            let text = format!("id = \"{id}\"\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n", s(&data));
+            std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
+            let cmd = vec![s(&rbin), "--config".into(), s(&cfg)];
+            let log = s(&d.join("replica.log"));
+            let pid = spawn(&cmd, Path::new(&log))?;
+            layout.replicas.push(Node { id, url: format!("http://127.0.0.1:{port}"), pid, data_dir: Some(s(&data)), cmd, log });
+        }
+        if let Some(pbin) = &pbin {
+            let port = free_port()?;
+            let d = dir.join("proxy");
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            let cfg = d.join("proxy.toml");
+            std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n")).map_err(|e| e.to_string())?;
+            let cmd = vec![s(pbin), "--config".into(), s(&cfg)];
+            let log = s(&d.join("proxy.log"));
+            let pid = spawn(&cmd, Path::new(&log))?;
+            layout.proxy = Some(Node { id: "proxy".into(), url: format!("http://127.0.0.1:{port}"), pid, data_dir: None, cmd, log });
+        }
+        write_layout(&dir, &layout)?;
+        // A node that exits at once (port taken, bad config) is reported with its last log line.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for n in layout.nodes() {
+            if !alive(n.pid) {
+                return Err(format!("{} exited at start: {} (log: {})", n.id, last_line(&n.log), n.log));
+            }
+        }
+        // init, through whichever controller is active.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        'init: loop {
+            for u in &curls {
+                match http("POST", &format!("{u}/v1/clusters/main/init"), "").await {
+                    Ok((200, _)) => break 'init,
+                    Ok((409, b)) if b.contains("initialized") => break 'init,
+                    Ok((_, b)) => last = b,
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the cluster did not initialize within 30 s: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Wait until a leader accepts writes (through the proxy when there is one).
+        let targets: Vec<String> = match &layout.proxy {
+            Some(p) => vec![p.url.clone()],
+            None => layout.replicas.iter().map(|r| r.url.clone()).collect(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'ready: loop {
+            for t in &targets {
+                if let Ok((200, _)) = http("PUT", &format!("{t}/v1/kv/__baton_local_up"), "ok").await {
+                    break 'ready;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("no leader accepted a write within 30 s; see the logs under DIR".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok::<_, String>(curls)
+    }
+    .await;
+    match result {
+        Ok(curls) => {
+            println!("Baton is up in {}", dir.display());
+            println!("  etcd:        {}", layout.etcd.join(", "));
+            for c in &layout.controllers {
+                println!("  controller:  {} {}", c.id, c.url);
+            }
+            for r in &layout.replicas {
+                println!("  replica:     {} {}", r.id, r.url);
+            }
+            match &layout.proxy {
+                Some(p) => println!("  proxy:       {}   (clients connect here)", p.url),
+                None => println!(
+                    "  proxy:       (baton-proxy not built; clients talk to the leader directly)"
+                ),
+            }
+            println!("  description: {}", layout_path(&dir).display());
+            Ok(curls)
+        }
+        Err(e) => {
+            let _ = write_layout(&dir, &layout);
+            let _ = down(&dir);
+            Err(e)
+        }
+    }
+}
