@@ -497,6 +497,11 @@ async fn up(
                 ),
             }
             println!("  description: {}", layout_path(&dir).display());
+            println!(
+                "  operate:     batonctl --local-dir {} status   (or export BATON_LOCAL_DIR={})",
+                dir.display(),
+                dir.display()
+            );
             Ok(curls)
         }
         Err(e) => {

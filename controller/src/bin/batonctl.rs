@@ -45,6 +45,14 @@ struct Cli {
     /// The cluster to act on.
     #[arg(long, value_name = "NAME", default_value = "main", global = true)]
     cluster: String,
+    /// A `batonctl local up` directory: its controllers are used unless --controller is given.
+    #[arg(
+        long = "local-dir",
+        value_name = "DIR",
+        global = true,
+        env = "BATON_LOCAL_DIR"
+    )]
+    local_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -129,7 +137,24 @@ async fn main() -> ExitCode {
     if let Cmd::Local { cmd } = cli.cmd {
         return run_local(cmd, cli.cluster).await;
     }
-    let env = std::env::var("BATON_CONTROLLER").ok();
+    let mut env = std::env::var("BATON_CONTROLLER").ok();
+    if let (true, Some(dir)) = (cli.controller.is_empty(), &cli.local_dir) {
+        match baton_controller::local::read_layout(dir) {
+            Ok(l) => {
+                env = Some(
+                    l.controllers
+                        .iter()
+                        .map(|c| c.url.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            }
+            Err(e) => {
+                eprintln!("batonctl: --local-dir: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let controllers = match controller_list(&cli.controller, env.as_deref()) {
         Ok(c) => c,
         Err(e) => {
