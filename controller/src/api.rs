@@ -187,13 +187,19 @@ struct SwitchoverReq {
 
 async fn run_write(
     api: &Api,
-    rt: &ClusterRt,
+    rt: &Arc<ClusterRt>,
     w: crate::core::Write,
     op: Option<String>,
 ) -> Response {
     let why = w.why.clone();
     let mut etcd = api.etcd.clone();
-    match rt.execute(&mut etcd, w).await {
+    // Executed in its own task: a client that disconnects must not drop the write halfway
+    // (the core would wait for its outcome for ever).
+    let rt2 = rt.clone();
+    let outcome = tokio::spawn(async move { rt2.execute(&mut etcd, w).await })
+        .await
+        .unwrap_or(crate::core::WriteOutcome::Unknown);
+    match outcome {
         crate::core::WriteOutcome::Committed { rev } => {
             Json(serde_json::json!({ "ok": true, "message": why, "rev": rev, "op": op }))
                 .into_response()

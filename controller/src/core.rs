@@ -112,6 +112,9 @@ pub struct ClusterCore {
     pub cfg: ClusterCfg,
     /// `Some(term)` while this controller is active (term: its election key's create revision).
     term: Option<u64>,
+    /// CLOCK_BOOTTIME ms until which this controller's etcd lease is certainly alive; past it
+    /// the controller acts as a standby (no role, no lease granted), whatever `term` says.
+    valid_until_ms: u64,
     active_since_ms: u64,
     /// The active controller's address, as far as known.
     pub active_addr: Option<String>,
@@ -132,6 +135,10 @@ pub struct ClusterCore {
     adding_since_ms: Option<u64>,
     /// A new leader whose predecessor gave up its lease (switchover): no wait to start.
     no_wait_epoch: Option<Epoch>,
+    /// Set at takeover; a `switching` phase found then is aborted.
+    switch_takeover: bool,
+    /// Members whose add was abandoned (too far behind), and until when not to retry them.
+    add_backoff: BTreeMap<NodeId, u64>,
     /// The last refusal journaled, to journal only changes.
     last_refusal: Option<String>,
 }
@@ -141,6 +148,7 @@ impl ClusterCore {
         ClusterCore {
             cfg,
             term: None,
+            valid_until_ms: u64::MAX,
             active_since_ms: 0,
             active_addr: None,
             observed: Observed::Unknown,
@@ -154,12 +162,25 @@ impl ClusterCore {
             adding_rev: None,
             adding_since_ms: None,
             no_wait_epoch: None,
+            add_backoff: BTreeMap::new(),
+            switch_takeover: false,
             last_refusal: None,
         }
     }
 
+    /// Active per the election (for display); decisions use [`Self::active_at`].
     pub fn is_active(&self) -> bool {
         self.term.is_some()
+    }
+
+    /// Active and still within the trusted window of its etcd lease.
+    pub fn active_at(&self, now: Now) -> bool {
+        self.term.is_some() && now.ms < self.valid_until_ms
+    }
+
+    /// The runtime's session: the lease may be trusted until `ms` (CLOCK_BOOTTIME).
+    pub fn set_valid_until(&mut self, ms: u64) {
+        self.valid_until_ms = ms
     }
 
     pub fn term(&self) -> Option<u64> {
@@ -181,14 +202,11 @@ impl ClusterCore {
     /// The election changed: active with `term`, or standby (`None`).
     pub fn on_election(&mut self, now: Now, term: Option<u64>, active_addr: Option<String>) {
         if term.is_some() && self.term != term {
-            // A freshly active controller treats every member as heard at its own start and
-            // decides nothing automatically before observing for a failure timeout.
+            // A freshly active controller decides nothing automatically before observing for a
+            // failure timeout (assess_leader's Observing), and takes a restart only from a
+            // heartbeat received while active (an old entry may show an old boot).
             self.active_since_ms = now.ms;
-            for h in self.heard.values_mut() {
-                h.at_ms = h
-                    .at_ms
-                    .max(now.ms.saturating_sub(self.cfg.failure_timeout_ms / 2));
-            }
+            self.switch_takeover = true;
             self.last_grant = None;
             self.grant_before = None;
             // Only a switchover this controller wrote in this term lets a leader start at once.
@@ -223,6 +241,9 @@ impl ClusterCore {
             if state.phase != Phase::Promoting {
                 self.promoting_since_ms = None;
             }
+            if state.phase != Phase::Switching {
+                self.switch_takeover = false;
+            }
         }
         self.observed = observed;
         self.journal = journal;
@@ -246,14 +267,14 @@ impl ClusterCore {
                 }
             }
             // Re-read before deciding anything: the runtime refreshes `observed`.
-            WriteOutcome::Rejected => {
-                // A switchover epoch write that did not happen lets nobody skip the wait.
+            WriteOutcome::Rejected | WriteOutcome::Unknown => {
+                // A switchover epoch write that is not known to have happened lets nobody skip
+                // the wait (if it did happen, the new leader merely waits out the old lease).
                 if w.state.as_ref().map(|s| s.epoch) == self.no_wait_epoch {
                     self.no_wait_epoch = None;
                 }
                 self.observed = Observed::Unknown;
             }
-            WriteOutcome::Unknown => self.observed = Observed::Unknown,
         }
     }
 
@@ -360,7 +381,7 @@ impl ClusterCore {
             seq,
             rev: 0,
             controller_term: self.term.unwrap_or(0),
-            active: self.term.is_some(),
+            active: self.active_at(now),
             active_controller: self.active_addr.clone(),
             epoch: Epoch(0),
             role: None,
@@ -385,7 +406,7 @@ impl ClusterCore {
         d.rev = rev;
         d.members = state.members.clone();
         d.mode = state.mode;
-        if self.term.is_none() {
+        if !self.active_at(now) {
             return d;
         }
         if !declared {
@@ -472,7 +493,7 @@ impl ClusterCore {
 
     /// Time passes; returns at most one write to execute.
     pub fn tick(&mut self, now: Now) -> Option<Write> {
-        if self.term.is_none() || self.inflight {
+        if !self.active_at(now) || self.inflight {
             return None;
         }
         let (state, rev) = self.state().map(|(s, r)| (s.clone(), r))?;
@@ -507,6 +528,10 @@ impl ClusterCore {
                 );
                 return self.write(now, Some(s), "abort", msg, self.inputs(now));
             }
+        }
+        if state.phase != Phase::Switching {
+            // Only a switchover found at takeover is aborted; later ones run normally.
+            self.switch_takeover = false;
         }
         match state.phase {
             Phase::Promoting => self.step_promotion(now, &state),
@@ -654,6 +679,22 @@ impl ClusterCore {
                     self.inputs(now),
                 );
             }
+            if self
+                .adding_since_ms
+                .is_some_and(|t| now.ms.saturating_sub(t) >= self.cfg.sync_wait_ms)
+            {
+                // The leader waits for the member being added: one that cannot catch up within
+                // sync_wait_ms would stall writes, so the add is abandoned and retried later.
+                let mut s = state.clone();
+                s.adding = None;
+                self.add_backoff
+                    .insert(a.id.clone(), now.ms + 10 * self.cfg.sync_wait_ms);
+                let msg = format!(
+                    "{} did not catch up within sync_wait_ms; adding it is retried later",
+                    a.id
+                );
+                return self.write(now, Some(s), "sync_drop", msg, self.inputs(now));
+            }
             return None;
         }
         let want = self
@@ -671,6 +712,16 @@ impl ClusterCore {
                 .filter_map(|m| self.heard.get(&m.id).map(|h| (m, h)))
                 .filter(|(_, h)| {
                     now.ms.saturating_sub(h.at_ms) < ft && h.hb.role == ReportedRole::Follower
+                })
+                // Only a follower close behind: the leader waits for it as soon as it is added.
+                .filter(|(_, h)| {
+                    lh.log_end_lsn.0.saturating_sub(h.hb.flushed_lsn.0)
+                        <= self.cfg.max_lag_on_failover
+                })
+                .filter(|(m, _)| {
+                    self.add_backoff
+                        .get(&m.id)
+                        .is_none_or(|until| now.ms >= *until)
                 })
                 .max_by_key(|(m, h)| {
                     (
@@ -884,6 +935,45 @@ impl ClusterCore {
 
     fn step_switchover(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
         let op = state.op.as_ref()?;
+        // A controller that takes over in `switching` aborts it (DESIGN.md §5), and so does
+        // a leader that fails or restarts meanwhile: normal detection takes over from there.
+        let heard: Vec<(NodeId, Option<Heard>)> = state
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), self.heard.get(&m.id).cloned()))
+            .collect();
+        let t = decide::Timing {
+            failure_timeout_ms: self.cfg.failure_timeout_ms,
+        };
+        let health = decide::assess_leader(
+            now.ms,
+            self.active_since_ms,
+            state,
+            &heard,
+            self.standby_hears,
+            t,
+        );
+        let why = if self.switch_takeover {
+            Some("the active controller changed during the switchover".to_string())
+        } else {
+            match health {
+                LeaderHealth::Failed(w) => {
+                    Some(format!("the leader failed during the switchover ({w})"))
+                }
+                LeaderHealth::Restarted => {
+                    Some("the leader restarted during the switchover".to_string())
+                }
+                _ => None,
+            }
+        };
+        if let Some(why) = why {
+            self.switch_takeover = false;
+            let mut s = state.clone();
+            s.phase = Phase::Steady;
+            s.op = None;
+            let msg = format!("switchover {} aborted: {why}", op.id);
+            return self.write(now, Some(s), "abort", msg, self.inputs(now));
+        }
         let to = NodeId(
             op.kind
                 .strip_prefix("switchover:")
@@ -938,8 +1028,8 @@ impl ClusterCore {
 
     // ----- operator requests ---------------------------------------------------------------
 
-    fn ready_for_op(&self) -> Result<(ClusterState, u64), OpError> {
-        if self.term.is_none() {
+    fn ready_for_op(&self, now: Now) -> Result<(ClusterState, u64), OpError> {
+        if !self.active_at(now) {
             return Err(op_err(
                 503,
                 "not_active",
@@ -981,7 +1071,7 @@ impl ClusterCore {
         timeout_ms: u64,
         op_id: String,
     ) -> Result<Write, OpError> {
-        let (state, _) = self.ready_for_op()?;
+        let (state, _) = self.ready_for_op(now)?;
         if state.phase != Phase::Steady {
             return Err(op_err(
                 409,
@@ -1063,12 +1153,14 @@ impl ClusterCore {
                     )
                 })?,
         };
+        // A switchover this controller starts is not one found at takeover.
+        self.switch_takeover = false;
         let mut s = state.clone();
         s.phase = Phase::Switching;
         s.op = Some(OpRecord {
             id: op_id.clone(),
             kind: format!("switchover:{target}"),
-            deadline_ms: now.unix_ms + timeout_ms,
+            deadline_ms: now.unix_ms.saturating_add(timeout_ms.clamp(100, 60_000)),
         });
         let msg = format!("switchover {op_id} to {target} requested: {} stops writes until {target} holds its final LSN", leader.id);
         self.write(now, Some(s), "switchover", msg, self.inputs(now))
@@ -1084,8 +1176,8 @@ impl ClusterCore {
         allow_data_loss: bool,
         op_id: String,
     ) -> Result<Write, OpError> {
-        if self.term.is_none() || self.inflight {
-            return self.ready_for_op().map(|_| unreachable!());
+        if !self.active_at(now) || self.inflight {
+            return self.ready_for_op(now).map(|_| unreachable!());
         }
         let (state, _) = self.state().map(|(s, r)| (s.clone(), r)).ok_or_else(|| {
             op_err(
@@ -1178,7 +1270,7 @@ impl ClusterCore {
 
     /// `pause` / `resume` automatic failover.
     pub fn set_control(&mut self, now: Now, control: Control) -> Result<Write, OpError> {
-        let (state, _) = self.ready_for_op().or_else(|e| {
+        let (state, _) = self.ready_for_op(now).or_else(|e| {
             if e.error == "operation_running" {
                 self.state().map(|(s, r)| (s.clone(), r)).ok_or(e)
             } else {
@@ -1200,8 +1292,8 @@ impl ClusterCore {
 
     /// `init`: the first state, only when none exists and every member reported an empty log.
     pub fn init(&mut self, now: Now) -> Result<Write, OpError> {
-        if self.term.is_none() {
-            return self.ready_for_op().map(|_| unreachable!());
+        if !self.active_at(now) {
+            return self.ready_for_op(now).map(|_| unreachable!());
         }
         if self.inflight {
             return Err(op_err(503, "busy", "retry"));
@@ -1310,7 +1402,7 @@ impl ClusterCore {
                 ],
             };
         };
-        if self.term.is_none() {
+        if !self.active_at(now) {
             blocking.push("this controller is not active".into());
         }
         let heard: Vec<(NodeId, Option<Heard>)> = state

@@ -68,10 +68,13 @@ pub fn assess_leader(
             .and_then(|(_, h)| h.as_ref())
     };
     if let Some(h) = get(&leader.id) {
-        if h.hb.boot_id != leader.boot_id || h.hb.data_id != leader.data_id {
+        let same_run = h.hb.boot_id == leader.boot_id && h.hb.data_id == leader.data_id;
+        // A restart is taken only from a heartbeat received while this controller is active:
+        // an entry from before the takeover may show a boot that has long been replaced.
+        if !same_run && h.at_ms >= active_since_ms {
             return LeaderHealth::Restarted;
         }
-        if heard_within(h, now, t.failure_timeout_ms) {
+        if same_run && heard_within(h, now, t.failure_timeout_ms) {
             return LeaderHealth::Healthy;
         }
     }
@@ -281,7 +284,8 @@ pub fn promotion_sync_set(
         }
     }
     for f in fenced {
-        if promotable(f) && f.hb.log_end_epoch == end.0 && f.hb.log_end_lsn >= end.1 {
+        // Flushed, not merely appended: a member joins on what survives its own crash.
+        if promotable(f) && f.hb.log_end_epoch == end.0 && f.hb.flushed_lsn >= end.1 {
             add(f);
         }
     }

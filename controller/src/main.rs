@@ -115,6 +115,7 @@ async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         )));
         clusters.push(rt);
     }
+    let api_clusters = clusters.clone();
     let api = Arc::new(Api {
         clusters,
         etcd: etcd.clone(),
@@ -129,6 +130,10 @@ async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
     });
     shutdown_signal().await;
     tracing::info!("stopping: resigning");
+    // Stop granting at once, before the lease is revoked and a standby may take over.
+    for rt in &api_clusters {
+        rt.lock().on_election(runtime::now(), None, None);
+    }
     cancel.cancel();
     for t in tasks {
         let _ = t.await;

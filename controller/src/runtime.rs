@@ -179,6 +179,8 @@ pub async fn run_session(
         if cancel.is_cancelled() {
             break;
         }
+        // Trust counts from before the request: the lease may have started any time after.
+        let asked = clock::now_ms();
         let granted =
             tokio::time::timeout(Duration::from_secs(2), etcd.lease_grant(ttl_s as i64, None))
                 .await;
@@ -191,10 +193,9 @@ pub async fn run_session(
             }
         };
         let trust = (ttl_s as f64 * 1000.0 * (1.0 - drift)) as u64;
-        let sent = clock::now_ms();
         *session.lock().unwrap_or_else(|p| p.into_inner()) = Session {
             lease: Some(id),
-            valid_until_ms: sent + trust,
+            valid_until_ms: asked + trust,
         };
         let Ok((mut keeper, mut stream)) = etcd.lease_keep_alive(id).await else {
             continue;
@@ -260,6 +261,13 @@ pub async fn run_cluster(
         }
         let s = *session.lock().unwrap_or_else(|p| p.into_inner());
         let n = now();
+        // The core acts (grants leases, decides) only within the session's trusted window,
+        // however long this loop's etcd calls take.
+        rt.lock().set_valid_until(if s.lease.is_some() {
+            s.valid_until_ms
+        } else {
+            0
+        });
         // The election: trusted only within the session's window.
         let lease_ok = s.lease.is_some() && n.ms < s.valid_until_ms;
         let term = if lease_ok {
