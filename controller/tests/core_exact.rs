@@ -857,7 +857,7 @@ fn fresh_controller_decides_nothing_before_a_failure_timeout() {
         s.hb(t, lost("r3", t - 1_000));
         assert_eq!(s.tick(t), None, "observing at {t}");
     }
-    // The leader counts as heard half a failure timeout before the takeover; past that, the
+    // The leader is treated as unheard until it reports after the takeover (decisions wait a failure timeout); past that, the
     // controller is still observing.
     assert_eq!(
         s.core.dry_run(at(20_999)).leader_health,
@@ -2141,4 +2141,590 @@ fn sync_set_below_its_size_gets_a_member_and_a_silent_one_being_added_is_dropped
         last(&w),
         ("sync_drop", "r2 stopped reporting while being added", 5, 1)
     );
+}
+
+// ----- regressions of the review fixes ---------------------------------------------------------
+
+/// A member's report with an empty log (before `init`).
+fn empty_log(who: &str) -> Heartbeat {
+    Heartbeat {
+        epoch: Epoch(0),
+        role: ReportedRole::None,
+        log_end_epoch: Epoch(0),
+        log_end_lsn: Lsn(0),
+        flushed_lsn: Lsn(0),
+        applied_lsn: Lsn(0),
+        commit_lsn: Lsn(0),
+        applied_rev: 0,
+        since_leader_ms: None,
+        ..follower(who)
+    }
+}
+
+fn not_active_here() -> OpError {
+    op_error(
+        503,
+        "not_active",
+        "this controller is not active; the active one is c1.local:7100",
+    )
+}
+
+/// Regression: a controller whose etcd lease may have expired (past `valid_until`) still
+/// granted leases and decided, although another controller may already be active.
+#[test]
+fn past_valid_until_the_controller_answers_as_a_standby() {
+    let mut s = steady_sim();
+    s.core.set_valid_until(11_000);
+    // Before it: unchanged.
+    assert_eq!(
+        s.hb(10_999, leader_hb()),
+        Directive {
+            role: Some(Role::Leader),
+            leader: Some(lref("r1", boot("r1"))),
+            lease_ms: LEASE,
+            ..base(5, REV0, &steady())
+        }
+    );
+    assert_eq!(s.hb(10_999, follower("r2")).role, Some(Role::Follower));
+    // From it on: no role and no lease, though the term is still set.
+    assert!(s.core.is_active());
+    assert!(!s.core.active_at(at(11_000)));
+    let inactive = Directive {
+        active: false,
+        waited: vec![],
+        ..base(5, REV0, &steady())
+    };
+    assert_eq!(s.hb(11_000, leader_hb()), inactive);
+    assert_eq!(s.hb(11_000, follower("r2")), inactive);
+    assert_eq!(s.hb(12_000, follower("r3")), inactive);
+    assert_eq!(s.tick(11_000), None);
+    assert_eq!(s.tick(12_000), None);
+}
+
+#[test]
+fn past_valid_until_nothing_is_decided_and_operations_are_refused() {
+    let mut s = steady_sim();
+    s.core.set_valid_until(11_000);
+    s.hb(11_000, lost("r2", 1000));
+    s.hb(11_000, lost("r3", 1000));
+    let n = at(11_000);
+    assert_eq!(s.core.tick(n), None, "no failover past valid_until");
+    assert_eq!(
+        s.core.switchover(n, Some(id("r2")), 5000, "op-1".into()),
+        Err(not_active_here())
+    );
+    assert_eq!(
+        s.core.set_control(n, Control::Manual),
+        Err(not_active_here())
+    );
+    assert_eq!(
+        s.core.failover(n, id("r2"), false, false, "op-1".into()),
+        Err(not_active_here())
+    );
+    let dry = s.core.dry_run(n);
+    assert!(!dry.would_fail_over);
+    assert!(dry
+        .blocking
+        .contains(&"this controller is not active".to_string()));
+    assert!(s.core.journal.is_empty());
+    // The lease is renewed: the same inputs decide the failover.
+    s.core.set_valid_until(11_001);
+    let w = s.tick(11_000).expect("failover");
+    assert_eq!(
+        last(&w),
+        (
+            "failover",
+            format!("{FAILED}; promoting at epoch 6").as_str(),
+            6,
+            1
+        )
+    );
+
+    // `init` on an uninitialized cluster, likewise.
+    let mut s = Sim::absent(cfg(), 0);
+    s.core.set_valid_until(1_000);
+    for who in ["r1", "r2", "r3"] {
+        let d = s.hb(999, empty_log(who));
+        assert!(d.active, "active before valid_until");
+    }
+    for who in ["r1", "r2", "r3"] {
+        let d = s.hb(1_000, empty_log(who));
+        assert_eq!((d.active, d.controller_term), (false, TERM));
+    }
+    assert_eq!(s.core.init(at(1_000)), Err(not_active_here()));
+    s.core.set_valid_until(2_000);
+    let w = s
+        .core
+        .init(at(1_000))
+        .expect("init once the lease is valid");
+    assert_eq!(last(&w).0, "init");
+}
+
+/// Regression: an entry heard before the takeover (as a standby) showing another boot of the
+/// recorded leader was taken as a restart at once.
+#[test]
+fn restart_is_taken_only_from_a_heartbeat_received_while_active() {
+    let mut core = ClusterCore::new(cfg());
+    core.on_election(at(0), None, Some("c2.local:7100".into()));
+    let mut s = Sim::wrap(core);
+    let r1b = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        ..follower("r1")
+    };
+    s.hb(5_000, r1b.clone());
+    s.core
+        .on_election(at(10_000), Some(TERM), Some(ADDR.into()));
+    s.core.on_observed(
+        at(10_000),
+        Observed::Present {
+            state: steady(),
+            rev: REV0,
+        },
+        vec![],
+    );
+    s.hb(10_000, follower("r2"));
+    s.hb(10_000, follower("r3"));
+    assert_eq!(s.tick(10_000), None, "the old entry is no restart");
+    assert_eq!(
+        s.core.dry_run(at(10_000)).leader_health,
+        "observing (controller recently became active)"
+    );
+    // Past the observation period it still is not: the leader is merely not heard.
+    s.hb(11_000, follower("r2"));
+    s.hb(11_000, follower("r3"));
+    let w = s.tick(11_000).expect("refusal");
+    assert_eq!(
+        last(&w),
+        (
+            "refusal",
+            "leader unreachable from controller: followers r2, r3 still receive from it",
+            5,
+            1
+        )
+    );
+    s.commit(11_000, &w);
+    // The new boot heard while active is.
+    assert_eq!(s.hb(11_100, r1b).role, Some(Role::Fenced));
+    let w = s.tick(11_100).expect("restart");
+    assert_eq!(
+        w.state,
+        Some(ClusterState {
+            epoch: Epoch(6),
+            leader: None,
+            prev_leader: Some(record("r1")),
+            phase: Phase::Promoting,
+            ..steady()
+        })
+    );
+    assert_eq!(
+        last(&w),
+        (
+            "restart",
+            "leader r1 restarted (new boot or data directory): a new epoch is needed; promoting at epoch 6",
+            6,
+            1
+        )
+    );
+}
+
+/// Regression: a takeover moved every old heartbeat's time forward, so members last heard
+/// long before it counted as heard (and `init` went ahead on their stale reports).
+#[test]
+fn takeover_does_not_refresh_old_heartbeats() {
+    let mut core = ClusterCore::new(cfg());
+    core.on_election(at(0), None, Some("c2.local:7100".into()));
+    let mut s = Sim::wrap(core);
+    for who in ["r1", "r2", "r3"] {
+        s.hb(1_000, empty_log(who));
+    }
+    assert_eq!(s.core.hears(at(1_000)), 3);
+    s.core
+        .on_election(at(20_000), Some(TERM), Some(ADDR.into()));
+    s.core.on_observed(at(20_000), Observed::Absent, vec![]);
+    assert_eq!(s.core.hears(at(20_000)), 0);
+    assert_eq!(s.core.heard()[&id("r1")].at_ms, 1_000);
+    assert_eq!(
+        s.core.init(at(20_000)),
+        Err(op_error(
+            409,
+            "members_missing",
+            "waiting for members to report: r1, r2, r3"
+        ))
+    );
+}
+
+/// Regression: with no dead sync member, a member being added that could not catch up stayed
+/// `adding` forever, the leader waiting for it.
+#[test]
+fn add_that_does_not_catch_up_within_sync_wait_is_abandoned_and_retried_after_a_backoff() {
+    let mut c = cfg();
+    c.sync_size = 2;
+    let mut s = Sim::active(c, steady(), vec![], 0);
+    let r3 = |flushed: u64| Heartbeat {
+        log_end_lsn: Lsn(flushed),
+        flushed_lsn: Lsn(flushed),
+        ..follower("r3")
+    };
+    let l = |rev: u64, r3_flushed: u64| Heartbeat {
+        applied_rev: rev,
+        log_end_lsn: Lsn(131),
+        flushed_lsn: Lsn(131),
+        waiting: vec![
+            wait_info("r2", 90, 131, 5),
+            wait_info("r3", 130, r3_flushed, 3),
+        ],
+        ..leader_hb()
+    };
+    s.hb(10_000, l(REV0, 120));
+    s.hb(10_000, follower("r2"));
+    s.hb(10_000, r3(120));
+    let w = s.tick(10_000).expect("add");
+    let adding = ClusterState {
+        adding: Some(mref("r3")),
+        ..steady()
+    };
+    assert_eq!(w.state, Some(adding));
+    assert_eq!(last(&w), ("sync_add", "adding r3 to the sync set", 5, 1));
+    assert_eq!(s.commit(10_000, &w), 11);
+    let t = 10_000 + SYNC_WAIT;
+    for now in [11_000, t - 1] {
+        s.hb(now, l(11, 125));
+        s.hb(now, follower("r2"));
+        s.hb(now, r3(125));
+        assert_eq!(s.tick(now), None, "within sync_wait_ms ({now})");
+    }
+    s.hb(t, l(11, 129));
+    s.hb(t, follower("r2"));
+    s.hb(t, r3(129));
+    let w = s.tick(t).expect("abandon");
+    assert_eq!(w.state, Some(steady()), "the healthy sync set is kept");
+    assert_eq!(
+        last(&w),
+        (
+            "sync_drop",
+            "r3 did not catch up within sync_wait_ms; adding it is retried later",
+            5,
+            1
+        )
+    );
+    assert_eq!(s.commit(t, &w), 12);
+    // Not re-added before 10 × sync_wait_ms.
+    let retry = t + 10 * SYNC_WAIT;
+    for now in [t, t + SYNC_WAIT, retry - 1] {
+        s.hb(now, l(12, 129));
+        s.hb(now, follower("r2"));
+        s.hb(now, r3(129));
+        assert_eq!(s.tick(now), None, "backing off ({now})");
+    }
+    s.hb(retry, l(12, 129));
+    s.hb(retry, follower("r2"));
+    s.hb(retry, r3(129));
+    let w = s.tick(retry).expect("retry");
+    assert_eq!(last(&w), ("sync_add", "adding r3 to the sync set", 5, 1));
+}
+
+/// Regression: a follower far behind was added, and the leader stalled waiting for it.
+#[test]
+fn follower_further_behind_than_max_lag_is_not_added() {
+    let st = ClusterState {
+        sync_set: vec![],
+        ..steady()
+    };
+    let mut s = Sim::active(cfg(), st.clone(), vec![], 0);
+    let f = |who: &str, flushed: u64| Heartbeat {
+        log_end_lsn: Lsn(flushed),
+        flushed_lsn: Lsn(flushed),
+        ..follower(who)
+    };
+    let l = Heartbeat {
+        log_end_lsn: Lsn(300),
+        flushed_lsn: Lsn(300),
+        waiting: vec![],
+        ..leader_hb()
+    };
+    s.hb(10_000, l.clone());
+    s.hb(10_000, f("r2", 199)); // 101 behind, max_lag_on_failover = 100
+    s.hb(10_000, f("r3", 150));
+    assert_eq!(s.tick(10_000), None, "nobody close enough to add");
+    s.hb(10_100, l);
+    s.hb(10_100, f("r2", 200));
+    let w = s.tick(10_100).expect("add");
+    assert_eq!(
+        w.state,
+        Some(ClusterState {
+            adding: Some(mref("r2")),
+            ..st
+        })
+    );
+    assert_eq!(last(&w), ("sync_add", "adding r2 to the sync set", 5, 1));
+}
+
+/// A switchover recorded in the state with its op, running until well after the tests end.
+fn switching(to: &str, op_id: &str) -> ClusterState {
+    ClusterState {
+        phase: Phase::Switching,
+        op: Some(OpRecord {
+            id: op_id.into(),
+            kind: format!("switchover:{to}"),
+            deadline_ms: UNIX0 + 100_000,
+        }),
+        ..steady()
+    }
+}
+
+/// Regression: a controller that took over in `switching` carried the switchover on (it
+/// cannot know whether the old leader gave its lease up); one it starts itself runs normally.
+#[test]
+fn takeover_in_switching_aborts_it_and_a_later_switchover_runs() {
+    let mut s = Sim::active(cfg(), switching("r2", "op-1"), vec![], 10_000);
+    s.hb(10_000, leader_hb());
+    s.hb(10_000, follower("r2"));
+    s.hb(10_000, follower("r3"));
+    let w = s.tick(10_000).expect("abort");
+    assert_eq!(w.state, Some(steady()));
+    assert_eq!(
+        last(&w),
+        (
+            "abort",
+            "switchover op-1 aborted: the active controller changed during the switchover",
+            5,
+            1
+        )
+    );
+    assert_eq!(s.commit(10_000, &w), 11);
+    assert_eq!(s.tick(10_050), None);
+
+    // A switchover this controller starts in the same term is carried out.
+    let w = s
+        .core
+        .switchover(at(10_100), Some(id("r2")), 5000, "op-2".into())
+        .expect("switchover");
+    s.check_write(&w);
+    assert_eq!(s.commit(10_100, &w), 12);
+    s.hb(10_150, leader_hb());
+    s.hb(10_150, follower("r2"));
+    assert_eq!(s.tick(10_150), None, "not aborted: waiting for the leader");
+    s.hb(
+        10_200,
+        Heartbeat {
+            applied_rev: 12,
+            lease_left_ms: Some(0),
+            ..leader_hb()
+        },
+    );
+    s.hb(10_200, follower("r2"));
+    let w = s.tick(10_200).expect("epoch write");
+    assert_eq!(
+        last(&w),
+        (
+            "switchover",
+            "switchover op-2: r2 leads epoch 6 (it holds the old leader's final LSN 100)",
+            6,
+            1
+        )
+    );
+}
+
+/// A re-election with a new term while in `switching` (this controller's own switchover
+/// included) aborts it too.
+#[test]
+fn new_term_during_own_switchover_aborts_it() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    s.hb(10_100, leader_hb());
+    s.hb(10_100, follower("r2"));
+    assert_eq!(s.tick(10_100), None);
+    // Lost and won the election again: a new term, the state re-read.
+    let st = s.state();
+    s.core
+        .on_election(at(10_200), Some(TERM + 1), Some(ADDR.into()));
+    assert_eq!(s.core.observed, Observed::Unknown);
+    let j = s.core.journal.clone();
+    s.core
+        .on_observed(at(10_200), Observed::Present { state: st, rev: 11 }, j);
+    let w = s.core.tick(at(10_200)).expect("abort");
+    assert_eq!(
+        w.journal
+            .last()
+            .map(|e| (e.kind.as_str(), e.message.as_str())),
+        Some((
+            "abort",
+            "switchover op-1 aborted: the active controller changed during the switchover"
+        ))
+    );
+}
+
+#[test]
+fn leader_failing_during_a_switchover_aborts_it() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    // r1 (last heard at 10 000) falls silent.
+    s.hb(10_999, lost("r2", 999));
+    s.hb(10_999, lost("r3", 999));
+    assert_eq!(s.tick(10_999), None, "not failed yet");
+    s.hb(11_000, lost("r2", 1000));
+    s.hb(11_000, lost("r3", 1000));
+    let w = s.tick(11_000).expect("abort");
+    assert_eq!(w.state, Some(steady()));
+    let msg =
+        format!("switchover op-1 aborted: the leader failed during the switchover ({FAILED})");
+    assert_eq!(last(&w), ("abort", msg.as_str(), 5, 1));
+    s.commit(11_000, &w);
+    // Normal detection takes over.
+    let w = s.tick(11_000).expect("failover");
+    assert_eq!(last(&w).0, "failover");
+}
+
+#[test]
+fn leader_restarting_during_a_switchover_aborts_it() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    let r1b = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        ..follower("r1")
+    };
+    assert_eq!(s.hb(10_100, r1b).role, Some(Role::Fenced));
+    s.hb(10_100, follower("r2"));
+    let w = s.tick(10_100).expect("abort");
+    assert_eq!(w.state, Some(steady()));
+    assert_eq!(
+        last(&w),
+        (
+            "abort",
+            "switchover op-1 aborted: the leader restarted during the switchover",
+            5,
+            1
+        )
+    );
+    s.commit(10_100, &w);
+    let w = s.tick(10_100).expect("restart");
+    assert_eq!(last(&w).0, "restart");
+}
+
+/// Regression: an epoch write of unknown outcome kept the no-wait flag, so if it had in fact
+/// committed the new leader started at once, though nothing showed its predecessor gave up.
+#[test]
+fn unknown_switchover_write_lets_nobody_skip_the_wait() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    s.hb(
+        10_100,
+        Heartbeat {
+            applied_rev: 11,
+            lease_left_ms: Some(0),
+            ..leader_hb()
+        },
+    );
+    s.hb(10_100, follower("r2"));
+    let w = s.tick(10_100).expect("epoch write");
+    s.core.on_write(at(10_100), &w, WriteOutcome::Unknown);
+    assert_eq!(s.core.observed, Observed::Unknown);
+    // The re-read shows it committed.
+    let switched = w.state.clone().expect("state");
+    assert_eq!(
+        (switched.epoch, switched.leader.clone()),
+        (Epoch(6), Some(record("r2")))
+    );
+    s.core.on_observed(
+        at(10_150),
+        Observed::Present {
+            state: switched.clone(),
+            rev: 12,
+        },
+        w.journal.clone(),
+    );
+    s.etcd_rev = 12;
+    // The last grant with a lease to epoch 5 was at 10 000.
+    assert_eq!(
+        s.hb(10_200, follower("r2")),
+        Directive {
+            role: Some(Role::Leader),
+            leader: Some(lref("r2", boot("r2"))),
+            lease_ms: LEASE,
+            start_after_ms: 10_000 + WAIT - 10_200,
+            ..base(6, 12, &switched)
+        }
+    );
+}
+
+/// Regression: a follower joined the new leader's sync set on its appended log end, though
+/// part of it was not flushed (and would not survive its own crash).
+#[test]
+fn promotion_sync_set_needs_the_new_leaders_end_flushed() {
+    let mut s = steady_sim();
+    s.hb(11_000, lost("r2", 1000));
+    s.hb(11_000, lost("r3", 1000));
+    s.tick_commit(11_000);
+    s.hb(11_100, fenced("r2", 6, (5, 100)));
+    s.hb(
+        11_100,
+        Heartbeat {
+            log_end_lsn: Lsn(105),
+            flushed_lsn: Lsn(99),
+            ..fenced("r3", 6, (5, 105))
+        },
+    );
+    let w = s.tick(11_100).expect("promotion");
+    let st = w.state.clone().expect("state");
+    assert_eq!((st.leader, st.sync_set), (Some(record("r2")), vec![]));
+    assert_eq!(
+        last(&w),
+        (
+            "promoted",
+            "promoted r2 at epoch 6 (log end 5/100); sync set []",
+            6,
+            1
+        )
+    );
+}
+
+/// Regression: `now + timeout_ms` overflowed for a huge timeout.
+#[test]
+fn switchover_deadline_is_capped_at_a_minute() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), u64::MAX, "op-1".into())
+        .expect("switchover");
+    s.check_write(&w);
+    let deadline = w
+        .state
+        .as_ref()
+        .and_then(|s| s.op.as_ref())
+        .map(|o| o.deadline_ms);
+    assert_eq!(deadline, Some(UNIX0 + 10_050 + 60_000));
+    s.commit(10_050, &w);
+    let end = 10_050 + 60_000;
+    s.hb(
+        end,
+        Heartbeat {
+            applied_rev: 11,
+            lease_left_ms: Some(0),
+            log_end_lsn: Lsn(130),
+            ..leader_hb()
+        },
+    );
+    s.hb(end, follower("r2")); // stuck at 100
+    assert_eq!(s.tick(end), None);
+    let w = s.tick(end + 1).expect("abort");
+    assert_eq!(last(&w).0, "abort");
+    assert_eq!(w.state, Some(steady()));
 }
