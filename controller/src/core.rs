@@ -223,6 +223,15 @@ impl ClusterCore {
 
     /// The runtime read the state key and the journal.
     pub fn on_observed(&mut self, now: Now, observed: Observed, journal: Vec<Entry>) {
+        // A read that started before this controller's own write committed may arrive after it:
+        // revisions only grow, so an older one is ignored.
+        if let (Observed::Present { rev: new, .. }, Observed::Present { rev: cur, .. }) =
+            (&observed, &self.observed)
+        {
+            if new < cur {
+                return;
+            }
+        }
         if let Observed::Present { state, rev } = &observed {
             match (&state.adding, self.adding_rev) {
                 (Some(_), None) => {

@@ -25,7 +25,23 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/replicate", axum::routing::post(replicate))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::map_response_with_state(
+            node.clone(),
+            close_when_stopping,
+        ))
         .with_state(node)
+}
+
+/// While the replica stops, every reply asks the client to close its connection, so that no
+/// request is sent on a connection the replica is about to close.
+async fn close_when_stopping(State(node): State<Arc<Node>>, mut resp: Response) -> Response {
+    if node.lock().core().is_shutting_down() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// A JSON error reply.

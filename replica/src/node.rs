@@ -600,6 +600,7 @@ impl Node {
     /// as outcome unknown, then stop the log thread after its last fsync.
     pub async fn shutdown(self: &Arc<Self>) {
         self.lock().core.begin_shutdown();
+        let started = Instant::now();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timing.shutdown_drain_ms);
         while Instant::now() < deadline && !self.lock().waiters.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -617,6 +618,13 @@ impl Node {
                     vec![Effect::FailPending("the replica is shutting down".into())],
                 );
             }
+        }
+        // A short wind-down: requests that arrive now are answered (503, `Connection: close`)
+        // instead of meeting a closed keep-alive connection, which a client cannot tell from a
+        // crash; proxies and clients learn the new leader meanwhile.
+        let wind_down = Duration::from_millis((3 * self.cfg.timing.heartbeat_interval_ms).max(300));
+        if let Some(rest) = wind_down.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
         }
         self.stop_log_thread();
     }

@@ -1,7 +1,8 @@
 //! A whole Baton deployment for tests and benchmarks: a private etcd (from the distribution's
-//! `etcd`), controllers and replicas as real processes on loopback ports picked at run time.
-//! Each replica reaches each controller through its own [`Relay`], so a test can cut one
-//! replica off from the controllers while the data path stays up.
+//! `etcd`), controllers, replicas and (optionally) a `baton-proxy` as real processes on loopback
+//! ports picked at run time. Each replica reaches each controller through its own [`Relay`], so
+//! a test can cut one replica off from the controllers while the data path stays up; the proxy
+//! talks to the controllers and replicas directly.
 
 use crate::client::Client;
 use crate::procs::{bin_path, free_port, release_bin, wait_for, Daemon, ReplicaProc, ReplicaSpec};
@@ -77,6 +78,10 @@ pub struct Opts {
     /// Extra keys for the controller's `[[clusters]]` table (e.g. `max_failovers_per_hour`).
     pub cluster_toml: String,
     pub release: bool,
+    /// Start a `baton-proxy` in front of the cluster ([`Cluster::proxy`]).
+    pub proxy: bool,
+    /// Extra TOML for the proxy's config (tables like `[timing]`).
+    pub proxy_toml: String,
 }
 
 impl Default for Opts {
@@ -89,6 +94,8 @@ impl Default for Opts {
             controller_timing: String::new(),
             cluster_toml: String::new(),
             release: false,
+            proxy: false,
+            proxy_toml: String::new(),
         }
     }
 }
@@ -100,6 +107,49 @@ pub struct ControllerProc {
     pub daemon: Daemon,
 }
 
+/// The proxy process.
+pub struct ProxyProc {
+    /// Base URL of its client API, `http://127.0.0.1:…`.
+    pub url: String,
+    pub daemon: Daemon,
+}
+
+impl ProxyProc {
+    /// Writes `dir/proxy.toml` (listen on a free port, every controller, `extra` appended) and
+    /// starts the proxy.
+    pub fn start(
+        dir: &Path,
+        controllers: &[String],
+        extra: &str,
+        release: bool,
+    ) -> anyhow::Result<ProxyProc> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let ctl: Vec<String> = controllers.iter().map(|c| format!("{c:?}")).collect();
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\ncontrollers = [{}]\ncluster = \"main\"\n{extra}\n",
+            ctl.join(", ")
+        );
+        let cfg = dir.join("proxy.toml");
+        std::fs::write(&cfg, text)?;
+        let bin = if release {
+            release_bin("baton-proxy")?
+        } else {
+            bin_path("baton-proxy")?
+        };
+        let daemon = Daemon::start(
+            "proxy",
+            bin,
+            vec!["--config".into(), cfg.into()],
+            dir.join("proxy.log"),
+        )?;
+        Ok(ProxyProc {
+            url: format!("http://127.0.0.1:{port}"),
+            daemon,
+        })
+    }
+}
+
 /// A running deployment.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -108,6 +158,8 @@ pub struct Cluster {
     pub replicas: BTreeMap<String, ReplicaProc>,
     /// `relays[replica][controller index]`: that replica's link to that controller.
     pub relays: BTreeMap<String, Vec<Relay>>,
+    /// The proxy, when [`Opts::proxy`] asked for one.
+    pub proxy: Option<ProxyProc>,
     pub client: Client,
 }
 
@@ -169,24 +221,64 @@ impl Cluster {
             replicas.insert(id.clone(), ReplicaProc::start(spec)?);
             relays.insert(id.clone(), rl);
         }
-        let cl = Cluster {
+        let mut cl = Cluster {
             dir: dir.to_path_buf(),
             etcd,
             controllers,
             replicas,
             relays,
+            proxy: None,
             client: Client::new(Duration::from_secs(5)),
         };
-        cl.init().await?;
-        cl.wait_writable(Duration::from_secs(30)).await?;
+        if opts.proxy {
+            let urls: Vec<String> = cl.controllers.iter().map(|c| c.url.clone()).collect();
+            cl.proxy = Some(ProxyProc::start(
+                &dir.join("proxy"),
+                &urls,
+                &opts.proxy_toml,
+                opts.release,
+            )?);
+        }
+        let ready = async {
+            cl.init().await?;
+            cl.wait_writable(Duration::from_secs(30)).await?;
+            if cl.proxy.is_some() {
+                cl.wait_proxy_writable(Duration::from_secs(30)).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = ready.await {
+            eprintln!("the cluster did not start: {e:#}\n{}", cl.dump());
+            return Err(e);
+        }
         Ok(cl)
     }
 
+    /// The proxy's base URL; panics if the cluster was started without one.
+    pub fn proxy_url(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map(|p| p.url.clone())
+            .expect("the cluster was started with Opts { proxy: true, .. }")
+    }
+
+    /// Waits until a write through the proxy is acknowledged.
+    pub async fn wait_proxy_writable(&self, timeout: Duration) -> anyhow::Result<()> {
+        let url = self.proxy_url();
+        let c = Client::new(Duration::from_secs(5));
+        wait_for(timeout, "the proxy to accept writes", || async {
+            matches!(c.put(&url, "__proxy_probe", "x").await, Ok(r) if r.status == 200)
+                .then_some(())
+        })
+        .await
+    }
+
     /// `POST init` on whichever controller is active, retrying while members are missing.
+    /// On timeout the error names every controller's last answer.
     pub async fn init(&self) -> anyhow::Result<()> {
-        let last = std::sync::Mutex::new(String::new());
+        let last = std::sync::Mutex::new(vec![String::new(); self.controllers.len()]);
         let res = wait_for(Duration::from_secs(30), "init to succeed", || async {
-            for c in &self.controllers {
+            for (i, c) in self.controllers.iter().enumerate() {
                 let url = format!("{}/v1/clusters/main/init", c.url);
                 let answer = match self
                     .client
@@ -197,16 +289,20 @@ impl Cluster {
                     Ok(r) => r.text(),
                     Err(e) => format!("{e:?}"),
                 };
-                *last.lock().unwrap_or_else(|p| p.into_inner()) = answer;
+                last.lock().unwrap_or_else(|p| p.into_inner())[i] = answer;
             }
             None
         })
         .await;
         res.map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: last answer {}",
-                last.lock().unwrap_or_else(|p| p.into_inner())
-            )
+            let answers = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let answers: Vec<String> = self
+                .controllers
+                .iter()
+                .zip(answers)
+                .map(|(c, a)| format!("{} ({}): {a}", c.id, c.url))
+                .collect();
+            anyhow::anyhow!("{e}: last answers {}", answers.join("; "))
         })
     }
 
@@ -394,6 +490,9 @@ impl Cluster {
         }
         for (id, r) in &self.replicas {
             out.push_str(&tail(id, r.log()));
+        }
+        if let Some(p) = &self.proxy {
+            out.push_str(&tail("proxy", p.daemon.log()));
         }
         out
     }

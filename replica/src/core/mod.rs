@@ -522,6 +522,11 @@ impl Core {
         vec![Effect::FailPending(reason)]
     }
 
+    /// Whether SIGTERM was received (replies then carry `Connection: close`).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     /// SIGTERM: new writes get 503 from now on; pending ones may still commit.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;

@@ -1,0 +1,199 @@
+//! The proxy's HTTP API on axum/hyper: `/v1/kv/{key}` (checked against the limits, then handed
+//! to `forward.rs`), the proxy's own `GET /v1/status` and `GET /metrics`. Every error is a JSON
+//! [`ErrorBody`](baton_common::api::ErrorBody), as the replicas answer.
+
+use crate::forward::{self, Outgoing, MIN_EPOCH};
+use crate::shared::Shared;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use baton_common::api::ErrorCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+type S = State<Arc<Shared>>;
+
+/// The router of one proxy.
+pub fn router(sh: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/kv/{*key}", any(kv))
+        .route("/v1/kv/", any(empty_key))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(sh)
+}
+
+async fn not_found(State(sh): S, uri: Uri) -> Response {
+    forward::reject(
+        &sh,
+        ErrorCode::NotFound,
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+async fn empty_key(State(sh): S) -> Response {
+    forward::reject(
+        &sh,
+        ErrorCode::BadRequest,
+        "the key is empty: use /v1/kv/{key}",
+    )
+}
+
+fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn kv(State(sh): S, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let limits = &sh.cfg.limits;
+    let raw = parts.uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
+    let key_len = percent_encoding::percent_decode_str(raw).count();
+    if key_len == 0 {
+        return forward::reject(&sh, ErrorCode::BadRequest, "the key is empty");
+    }
+    if key_len > limits.key_bytes_max {
+        return forward::reject(
+            &sh,
+            ErrorCode::TooLarge,
+            format!(
+                "the key is {key_len} bytes; the limit is {} (limits.key_bytes_max)",
+                limits.key_bytes_max
+            ),
+        );
+    }
+    if !matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    ) {
+        let mut r = forward::reject(
+            &sh,
+            ErrorCode::BadRequest,
+            format!(
+                "method {} is not supported on /v1/kv; use GET, PUT or DELETE",
+                parts.method
+            ),
+        );
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return r;
+    }
+    let client_min_epoch = match parts.headers.get(MIN_EPOCH) {
+        None => 0,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(e) => e,
+            None => {
+                return forward::reject(
+                    &sh,
+                    ErrorCode::BadRequest,
+                    "Baton-Min-Epoch must be an unsigned integer",
+                )
+            }
+        },
+    };
+    let max = limits.body_bytes_max;
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return forward::reject(
+                &sh,
+                ErrorCode::TooLarge,
+                format!("the body is {len} bytes; the limit is {max} (limits.body_bytes_max)"),
+            );
+        }
+    }
+    let body = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = e.to_string();
+            // Without a Content-Length only a chunked body can exceed the limit.
+            if msg.to_ascii_lowercase().contains("length limit") {
+                return forward::reject(
+                    &sh,
+                    ErrorCode::TooLarge,
+                    format!("the body exceeds {max} bytes (limits.body_bytes_max)"),
+                );
+            }
+            return forward::reject(
+                &sh,
+                ErrorCode::BadRequest,
+                format!("cannot read the request body: {msg}"),
+            );
+        }
+    };
+    let any_read = matches!(parts.method, Method::GET | Method::HEAD)
+        && query_param(&parts.uri, "consistency") == Some("any");
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+    let out = Outgoing {
+        method: parts.method,
+        path_and_query,
+        headers: forward::end_to_end(&parts.headers, &[MIN_EPOCH]),
+        body,
+        any_read,
+        client_min_epoch,
+    };
+    forward::forward(&sh, out).await
+}
+
+async fn status(State(sh): S) -> Response {
+    let v = sh.view.borrow().clone();
+    let now = Instant::now();
+    let controllers: Vec<serde_json::Value> = sh
+        .controllers
+        .iter()
+        .map(|c| {
+            let h = c.health().clone();
+            serde_json::json!({
+                "url": c.url,
+                "reachable": h.reachable,
+                "active": h.active,
+                "rev": h.rev,
+                "last_answer_ms_ago": h.last_answer.map(|t| now.duration_since(t).as_millis() as u64),
+                "last_error": h.last_error,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "cluster": sh.cfg.cluster,
+        "leader": v.leader.as_ref().map(|l| serde_json::json!({ "id": l.id, "url": l.url })),
+        "epoch": v.epoch,
+        "rev": v.rev,
+        "from_active": v.from_active,
+        "members": v.members,
+        "leader_changes": v.leader_changes,
+        "controllers": controllers,
+        "controllers_reachable": sh.controllers_reachable(),
+        "buffered": sh.buffered(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(sh): S) -> Response {
+    {
+        let v = sh.view.borrow();
+        sh.metrics.epoch.set(v.epoch as i64);
+        sh.metrics.rev.set(v.rev as i64);
+    }
+    sh.metrics
+        .controllers_reachable
+        .set(sh.controllers_reachable() as i64);
+    let mut r = sh.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}

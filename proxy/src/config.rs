@@ -1,0 +1,301 @@
+//! `baton-proxy`'s config: where it listens, which controllers it asks, the timing of holding
+//! and forwarding requests, and the request limits. Validated once at start; a bad config is
+//! reported as `file: key: problem`. It holds no durable state, so there is no data directory.
+
+use baton_common::config::{self, ConfigError};
+use baton_common::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address the client API listens on. No default.
+    pub listen: SocketAddr,
+    /// Base URLs of every controller (`http://host:port`); the proxy long-polls all of them for
+    /// the leader. No default.
+    pub controllers: Vec<String>,
+    /// The cluster whose leader the proxy routes to.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_cluster() -> String {
+    "main".into()
+}
+
+/// Timing tunables.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// How long a request may be held, from its arrival, while there is no leader or the leader
+    /// refuses it (503) or cannot be connected to; it is re-sent when a new leader is known.
+    /// 0 answers at once.
+    pub failover_buffer_ms: u64,
+    /// One forwarded attempt (connect, send, whole reply) gets this long; past it the outcome
+    /// is unknown (504). Longer than the replicas' `timing.write_timeout_ms`, so that a slow
+    /// commit is answered by the replica, not cut by the proxy.
+    pub request_timeout_ms: u64,
+    /// Connecting to a replica gets this long; a connection not made sent nothing, so the
+    /// request may be re-sent. Shorter than `request_timeout_ms`.
+    pub connect_timeout_ms: u64,
+    /// `wait_ms` of the long-poll on each controller's `GET /v1/clusters/{c}/leader`.
+    pub long_poll_ms: u64,
+    /// Extra time a controller gets to answer beyond `long_poll_ms`, and the whole time of a
+    /// non-waiting controller request (the cluster view for the member list).
+    pub controller_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, open requests get this long to finish before the proxy exits.
+    pub shutdown_drain_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            failover_buffer_ms: 3000,
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 500,
+            long_poll_ms: 5000,
+            controller_timeout_ms: 1000,
+            shutdown_drain_ms: 5000,
+        }
+    }
+}
+
+/// Request limits; violations get a 4xx JSON error naming the limit.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest key (after percent-decoding), as the replicas' `limits.key_bytes_max`.
+    pub key_bytes_max: usize,
+    /// Largest request body, as the replicas' `limits.value_bytes_max`.
+    pub body_bytes_max: usize,
+    /// Open client connections; one more is answered 503 `overloaded` and closed.
+    pub connections_max: usize,
+    /// Requests held at once during a failover; one more is answered 503 `overloaded`.
+    pub buffered_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key_bytes_max: 1024,
+            body_bytes_max: 1 << 20,
+            connections_max: 1024,
+            buffered_max: 10_000,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Loads and validates `path`.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let c: ProxyConfig = config::load(path)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ProxyConfig, ConfigError> {
+        let c: ProxyConfig = config::parse(path, text)?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// The controllers' base URLs without a trailing slash.
+    pub fn controller_urls(&self) -> Vec<String> {
+        self.controllers
+            .iter()
+            .map(|c| c.trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    fn validate(&self, f: &Path) -> Result<(), ConfigError> {
+        let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err(r) = NodeId::validate(&self.cluster) {
+            return bad("cluster", r);
+        }
+        if self.controllers.is_empty() {
+            return bad(
+                "controllers",
+                "at least one controller URL is required: the proxy learns the leader from them"
+                    .into(),
+            );
+        }
+        for (i, c) in self.controllers.iter().enumerate() {
+            let ok = c
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/'))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return bad(
+                    &format!("controllers[{i}]"),
+                    format!("{c:?} is not a base URL like http://127.0.0.1:7001"),
+                );
+            }
+        }
+        let t = &self.timing;
+        if t.failover_buffer_ms > 600_000 {
+            return bad(
+                "timing.failover_buffer_ms",
+                format!("{} is above the maximum of 600000", t.failover_buffer_ms),
+            );
+        }
+        if t.connect_timeout_ms == 0 {
+            return bad("timing.connect_timeout_ms", "must be positive".into());
+        }
+        if t.request_timeout_ms <= t.connect_timeout_ms {
+            return bad(
+                "timing.request_timeout_ms",
+                format!(
+                    "{} is not longer than timing.connect_timeout_ms ({})",
+                    t.request_timeout_ms, t.connect_timeout_ms
+                ),
+            );
+        }
+        if !(100..=60_000).contains(&t.long_poll_ms) {
+            return bad(
+                "timing.long_poll_ms",
+                format!(
+                    "{} is outside 100..=60000 (the controllers cap a wait at 60 s)",
+                    t.long_poll_ms
+                ),
+            );
+        }
+        if t.controller_timeout_ms == 0 {
+            return bad("timing.controller_timeout_ms", "must be positive".into());
+        }
+        let l = &self.limits;
+        if !(1..=65_535).contains(&l.key_bytes_max) {
+            return bad(
+                "limits.key_bytes_max",
+                format!("{} is outside 1..=65535", l.key_bytes_max),
+            );
+        }
+        if !(1..=(32 << 20)).contains(&l.body_bytes_max) {
+            return bad(
+                "limits.body_bytes_max",
+                format!("{} is outside 1..=33554432", l.body_bytes_max),
+            );
+        }
+        if l.connections_max == 0 {
+            return bad("limits.connections_max", "must be positive".into());
+        }
+        if l.buffered_max == 0 {
+            return bad("limits.buffered_max", "must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7200"
+controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
+"#;
+
+    fn err(text: &str) -> String {
+        ProxyConfig::parse(Path::new("p.toml"), text)
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_parses_and_matches_the_defaults() {
+        let text = include_str!("../../deploy/proxy.toml");
+        let c = ProxyConfig::parse(Path::new("deploy/proxy.toml"), text).expect("example parses");
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.timing, Timing::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.controllers.len(), 2);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = ProxyConfig::parse(Path::new("p.toml"), GOOD).expect("parse");
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.timing.failover_buffer_ms, 3000);
+        assert_eq!(c.limits.body_bytes_max, 1 << 20);
+        assert_eq!(c.limits.key_bytes_max, 1024);
+        assert_eq!(
+            c.controller_urls(),
+            vec!["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
+        );
+    }
+
+    #[test]
+    fn missing_identity_and_addresses_are_errors() {
+        let e = err("controllers = [\"http://127.0.0.1:7001\"]\n");
+        assert!(e.starts_with("p.toml: ") && e.contains("listen"), "{e}");
+        let e = err("listen = \"127.0.0.1:7200\"\n");
+        assert!(
+            e.starts_with("p.toml: ") && e.contains("controllers"),
+            "{e}"
+        );
+        let e = err("listen = \"127.0.0.1:7200\"\ncontrollers = []\n");
+        assert!(e.starts_with("p.toml: controllers: "), "{e}");
+    }
+
+    /// One row a case: extra TOML after [`GOOD`] and the key the error must name.
+    #[test]
+    fn bad_values_name_the_key() {
+        let rows: &[(&str, &str)] = &[
+            ("cluster = \"a b\"\n", "cluster"),
+            (
+                "[timing]\nfailover_buffer_ms = 700000\n",
+                "timing.failover_buffer_ms",
+            ),
+            (
+                "[timing]\nconnect_timeout_ms = 0\n",
+                "timing.connect_timeout_ms",
+            ),
+            (
+                "[timing]\nrequest_timeout_ms = 500\nconnect_timeout_ms = 500\n",
+                "timing.request_timeout_ms",
+            ),
+            ("[timing]\nlong_poll_ms = 99\n", "timing.long_poll_ms"),
+            ("[timing]\nlong_poll_ms = 60001\n", "timing.long_poll_ms"),
+            (
+                "[timing]\ncontroller_timeout_ms = 0\n",
+                "timing.controller_timeout_ms",
+            ),
+            (
+                "[timing]\nfailover_buffer_ms = -1\n",
+                "timing.failover_buffer_ms",
+            ),
+            ("[limits]\nkey_bytes_max = 0\n", "limits.key_bytes_max"),
+            (
+                "[limits]\nbody_bytes_max = 40000000\n",
+                "limits.body_bytes_max",
+            ),
+            ("[limits]\nconnections_max = 0\n", "limits.connections_max"),
+            ("[limits]\nbuffered_max = 0\n", "limits.buffered_max"),
+        ];
+        for (extra, key) in rows {
+            let e = err(&format!("{GOOD}{extra}"));
+            assert!(e.starts_with(&format!("p.toml: {key}: ")), "{extra:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = err(&GOOD.replace("http://127.0.0.1:7001", "127.0.0.1:7001"));
+        assert!(e.starts_with("p.toml: controllers[0]: "), "{e}");
+        let e = err(&GOOD.replace("http://127.0.0.1:7001", "http://127.0.0.1:7001/x"));
+        assert!(e.starts_with("p.toml: controllers[0]: "), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:7200", "nowhere"));
+        assert!(e.starts_with("p.toml: listen: "), "{e}");
+        let e = err(&format!("{GOOD}[timing]\nfailover_bufer_ms = 1\n"));
+        assert!(
+            e.contains("timing") && e.contains("failover_bufer_ms"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}bogus = 1\n"));
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,471 @@
+//! Forwarding one client request: pick the target from the view (the leader, or a member in
+//! turn for `consistency=any` reads), send it over the pooled client with
+//! `Baton-Min-Epoch: <highest epoch seen>`, learn epochs from the reply, and act on
+//! [`retry::classify`]: pass the reply through, answer `504 outcome_unknown`, or hold the
+//! request and re-send it — waking when the controllers name a new leader, or after a short
+//! delay — until `timing.failover_buffer_ms` from its arrival has passed.
+//!
+//! The request body is read whole before the first attempt, so a re-send sends the same bytes.
+//! Nothing here decides *whether* a failure may be re-sent; that is `retry.rs`.
+
+use crate::retry::{self, Attempt, Disposition};
+use crate::shared::Shared;
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use baton_common::api::{ErrorBody, ErrorCode, LeaderHint};
+use baton_common::{Epoch, NodeId};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::time::{Duration, Instant};
+
+/// The header carrying the epoch precondition (DESIGN.md §7).
+pub const MIN_EPOCH: &str = "baton-min-epoch";
+
+/// A client request, ready to be sent (and re-sent).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub method: Method,
+    /// Path and query exactly as the client sent them (`/v1/kv/…?…`).
+    pub path_and_query: String,
+    /// End-to-end headers of the client (no hop-by-hop ones, no Host, no Baton-Min-Epoch).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// A `consistency=any` read: any member may answer.
+    pub any_read: bool,
+    /// The client's own `Baton-Min-Epoch` (0: none); the proxy sends the higher of it and its
+    /// own epoch.
+    pub client_min_epoch: u64,
+}
+
+/// A whole reply from a replica.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Headers that describe one connection, not the message; never forwarded either way.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The end-to-end headers of `h`: without hop-by-hop headers (and those `Connection` names),
+/// `Host`, `Content-Length` (recomputed from the whole body) and the names in `drop`.
+pub fn end_to_end(h: &HeaderMap, drop: &[&str]) -> HeaderMap {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::new();
+    for (k, v) in h {
+        let n = k.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || n == "host"
+            || n == "content-length"
+            || drop.contains(&n)
+            || named.iter().any(|x| x == n)
+        {
+            continue;
+        }
+        out.append(k.clone(), v.clone());
+    }
+    out
+}
+
+/// A proxy-made JSON error reply.
+pub fn error_reply(
+    code: ErrorCode,
+    message: impl Into<String>,
+    leader: Option<LeaderHint>,
+) -> Reply {
+    let body = ErrorBody {
+        error: code,
+        message: message.into(),
+        leader,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Reply {
+        status: StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY),
+        headers,
+        body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    }
+}
+
+impl Reply {
+    /// The `error` code of a JSON error body.
+    pub fn error_code(&self) -> Option<String> {
+        if self.status.is_success() || !self.is_json() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        v.get("error")?.as_str().map(str::to_string)
+    }
+
+    /// The label this reply is counted under in `baton_proxy_requests_total`.
+    pub fn result_label(&self) -> String {
+        if self.status.is_success() {
+            return "ok".into();
+        }
+        match self.error_code() {
+            // Codes come from a closed set; anything else is counted by status.
+            Some(c) if serde_json::from_value::<ErrorCode>(c.clone().into()).is_ok() => c,
+            _ => format!("http_{}", self.status.as_u16()),
+        }
+    }
+
+    fn is_json(&self) -> bool {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"))
+    }
+
+    /// Epochs this reply reveals: the `Baton-Epoch` header, and in a JSON body the write
+    /// reply's `epoch` or an error's `leader.epoch`.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        if let Some(e) = self
+            .headers
+            .get("baton-epoch")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            out.push(e);
+        }
+        if self.is_json() && self.body.len() <= 64 << 10 {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.body) {
+                out.extend(v.get("epoch").and_then(serde_json::Value::as_u64));
+                out.extend(
+                    v.get("leader")
+                        .and_then(|l| l.get("epoch"))
+                        .and_then(serde_json::Value::as_u64),
+                );
+            }
+        }
+        out
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut r = Response::new(Body::from(self.body));
+        *r.status_mut() = self.status;
+        *r.headers_mut() = end_to_end(&self.headers, &[]);
+        r
+    }
+}
+
+/// One attempt: what it came to, the reply if there was one, and a detail for messages.
+struct Tried {
+    attempt: Attempt,
+    reply: Option<Reply>,
+    detail: String,
+}
+
+/// Sends `req` once to `base` with `min_epoch`.
+async fn attempt(sh: &Shared, base: &str, req: &Outgoing, min_epoch: u64) -> Tried {
+    let mut b = hyper::Request::builder()
+        .method(req.method.clone())
+        .uri(format!("{base}{}", req.path_and_query));
+    if let Some(h) = b.headers_mut() {
+        *h = req.headers.clone();
+        h.insert(MIN_EPOCH, HeaderValue::from(min_epoch));
+    }
+    let out = match b.body(Full::new(req.body.clone())) {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was sent; the only way here is a target URL that is not a URL.
+            return Tried {
+                attempt: Attempt::ConnectFailed,
+                reply: None,
+                detail: format!("cannot build a request to {base}: {e}"),
+            };
+        }
+    };
+    let client = sh.client_for(base, Instant::now());
+    let send = async {
+        let resp = client.request(out).await.map_err(|e| {
+            let what = if e.is_connect() {
+                Attempt::ConnectFailed
+            } else {
+                Attempt::Broken
+            };
+            (what, error_chain(&e))
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| (Attempt::Broken, format!("reply body cut: {e}")))?
+            .to_bytes();
+        Ok::<_, (Attempt, String)>(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    let budget = Duration::from_millis(sh.cfg.timing.request_timeout_ms);
+    let res = tokio::time::timeout(budget, send).await;
+    if let Ok(Err((Attempt::ConnectFailed | Attempt::Broken, _))) = &res {
+        // Its other pooled connections are likely dead too (see `shared.rs`).
+        sh.suspect(base, Instant::now());
+    }
+    match res {
+        Err(_) => Tried {
+            attempt: Attempt::TimedOut,
+            reply: None,
+            detail: format!(
+                "no reply within timing.request_timeout_ms ({} ms)",
+                budget.as_millis()
+            ),
+        },
+        Ok(Err((attempt, detail))) => Tried {
+            attempt,
+            reply: None,
+            detail,
+        },
+        Ok(Ok(reply)) => Tried {
+            attempt: Attempt::Replied {
+                status: reply.status.as_u16(),
+                code: reply.error_code(),
+            },
+            detail: format!("{} answered {}", base, reply.status),
+            reply: Some(reply),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Forwards `req` and answers the client (see the file comment).
+pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
+    let arrived = Instant::now();
+    let buffer = Duration::from_millis(sh.cfg.timing.failover_buffer_ms);
+    let deadline = arrived + buffer;
+    let mut rx = sh.view.subscribe();
+    let mut hold = None;
+    // Re-sends since the view last changed (sets the delay), and `any` targets tried in a row.
+    let mut resends = 0u32;
+    let mut any_in_row = 0usize;
+    let reply = loop {
+        let (target, epoch, members, hint) = {
+            let v = rx.borrow_and_update();
+            let target = if req.any_read {
+                v.any_target(sh.next_any_turn()).map(str::to_string)
+            } else {
+                v.leader_url().map(str::to_string)
+            };
+            let hint = v.leader.as_ref().map(|l| LeaderHint {
+                id: NodeId(l.id.clone()),
+                addr: l.url.trim_start_matches("http://").to_string(),
+                epoch: Epoch(v.epoch),
+            });
+            (target, v.epoch, v.members.len(), hint)
+        };
+        let tried = match &target {
+            None => Tried {
+                attempt: Attempt::NoTarget,
+                reply: None,
+                detail: "no leader is known".into(),
+            },
+            Some(base) => attempt(sh, base, &req, epoch.max(req.client_min_epoch)).await,
+        };
+        if let Some(r) = &tried.reply {
+            for e in r.epochs() {
+                sh.raise_epoch(e);
+            }
+        }
+        match retry::classify(&tried.attempt) {
+            Disposition::PassThrough => {
+                break tried.reply.unwrap_or_else(|| {
+                    error_reply(
+                        ErrorCode::Fatal,
+                        "internal: a pass-through without a reply",
+                        None,
+                    )
+                })
+            }
+            Disposition::OutcomeUnknown => {
+                tracing::debug!(target = ?target, detail = %tried.detail, "outcome unknown");
+                break error_reply(
+                    ErrorCode::OutcomeUnknown,
+                    format!(
+                        "the request may have reached {} but no whole reply came back ({}); \
+                         it was not re-sent",
+                        target.as_deref().unwrap_or("the leader"),
+                        tried.detail
+                    ),
+                    None,
+                );
+            }
+            Disposition::Resend => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break match tried.reply {
+                // The replica's own refusal says best why (not_leader, stale_epoch, ...).
+                Some(r) => r,
+                None => error_reply(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "no leader took the request within timing.failover_buffer_ms \
+                         ({} ms): {}; it was not applied",
+                        buffer.as_millis(),
+                        tried.detail
+                    ),
+                    hint,
+                ),
+            };
+        }
+        if hold.is_none() {
+            match sh.try_hold() {
+                Some(g) => hold = Some(g),
+                None => {
+                    break error_reply(
+                        ErrorCode::Overloaded,
+                        format!(
+                            "{} requests are already held waiting for a leader \
+                             (limits.buffered_max); this one was not applied",
+                            sh.cfg.limits.buffered_max
+                        ),
+                        None,
+                    )
+                }
+            }
+        }
+        sh.metrics
+            .retries
+            .with_label_values(&[retry::resend_reason(&tried.attempt)])
+            .inc();
+        tracing::debug!(target = ?target, detail = %tried.detail, "holding to re-send");
+        if req.any_read && target.is_some() && any_in_row + 1 < members {
+            // Another member may answer at once.
+            any_in_row += 1;
+            continue;
+        }
+        any_in_row = 0;
+        let remaining = deadline - now;
+        let delay = match tried.attempt {
+            // Nothing to try until the controllers name a leader.
+            Attempt::NoTarget => remaining,
+            _ => retry::resend_delay(resends).min(remaining),
+        };
+        resends += 1;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_ok() {
+                    resends = 0;
+                } else {
+                    // The view's sender lives as long as the proxy; wait out the delay anyway.
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+    };
+    drop(hold);
+    sh.metrics
+        .requests
+        .with_label_values(&[&reply.result_label()])
+        .inc();
+    sh.metrics
+        .request_seconds
+        .observe(arrived.elapsed().as_secs_f64());
+    reply.into_response()
+}
+
+/// A proxy-made error answered before forwarding (a bad request, a limit), counted like any.
+pub fn reject(sh: &Shared, code: ErrorCode, message: impl Into<String>) -> Response {
+    let reply = error_reply(code, message, None);
+    sh.metrics
+        .requests
+        .with_label_values(&[&reply.result_label()])
+        .inc();
+    reply.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderName;
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("host", HeaderValue::from_static("proxy:1"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("if-match", HeaderValue::from_static("3.7"));
+        h.insert(MIN_EPOCH, HeaderValue::from_static("2"));
+        h.insert("baton-version", HeaderValue::from_static("3.7"));
+        let out = end_to_end(&h, &[MIN_EPOCH]);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["if-match", "baton-version"]);
+    }
+
+    #[test]
+    fn replies_reveal_epochs_and_results() {
+        let mut r = error_reply(
+            ErrorCode::NotLeader,
+            "x",
+            Some(LeaderHint {
+                id: NodeId("r2".into()),
+                addr: "h:1".into(),
+                epoch: Epoch(7),
+            }),
+        );
+        r.headers
+            .insert("baton-epoch", HeaderValue::from_static("6"));
+        assert_eq!(r.epochs(), vec![6, 7]);
+        assert_eq!(r.result_label(), "not_leader");
+        assert_eq!(r.error_code().as_deref(), Some("not_leader"));
+        let mut ok = Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(br#"{"version":"9.12","lsn":12,"epoch":9}"#),
+        };
+        ok.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert_eq!(ok.epochs(), vec![9]);
+        assert_eq!(ok.result_label(), "ok");
+        let odd = Reply {
+            status: StatusCode::BAD_GATEWAY,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"nope"),
+        };
+        assert_eq!(odd.result_label(), "http_502");
+        assert!(odd.epochs().is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics of the proxy: requests by result, held (buffered) requests, re-sends by
+//! reason, leader changes, and what the proxy knows (epoch, rev, reachable controllers).
+//! Counters are updated where things happen; gauges of the view are set when `/metrics` is
+//! scraped. Nothing here decides anything.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by how they were answered: `ok`, the error code of the answer
+    /// (`not_found`, `not_leader`, `outcome_unknown`, …) or `http_<status>`.
+    pub requests: IntCounterVec,
+    pub request_seconds: Histogram,
+    /// Requests held right now, waiting for a leader.
+    pub buffered: IntGauge,
+    /// Requests that were held at least once.
+    pub buffered_total: IntCounter,
+    /// Re-sends by reason (`no_leader`, `connect_failed`, `not_leader`, `stale_epoch`, …).
+    pub retries: IntCounterVec,
+    pub leader_changes: IntCounter,
+    pub epoch: IntGauge,
+    pub rev: IntGauge,
+    pub controllers_reachable: IntGauge,
+    pub connections: IntGauge,
+    pub connections_rejected: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registers once");
+                m
+            }};
+        }
+        let g = |n: &str, h: &str| IntGauge::new(n, h).expect("valid gauge");
+        let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid counter");
+        Metrics {
+            requests: reg!(IntCounterVec::new(
+                Opts::new("baton_proxy_requests_total", "Client requests by result"),
+                &["result"]
+            )
+            .expect("valid")),
+            request_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baton_proxy_request_seconds",
+                    "Time from a request's arrival to its answer, holding included"
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid"))
+            )
+            .expect("valid")),
+            buffered: reg!(g(
+                "baton_proxy_buffered_requests",
+                "Requests held right now, waiting for a leader"
+            )),
+            buffered_total: reg!(c(
+                "baton_proxy_buffered_requests_total",
+                "Requests that were held at least once"
+            )),
+            retries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baton_proxy_retries_total",
+                    "Re-sends of requests that were not applied, by reason"
+                ),
+                &["reason"]
+            )
+            .expect("valid")),
+            leader_changes: reg!(c(
+                "baton_proxy_leader_changes_total",
+                "Leader changes seen from the controllers"
+            )),
+            epoch: reg!(g(
+                "baton_proxy_epoch",
+                "Highest epoch seen (sent as Baton-Min-Epoch)"
+            )),
+            rev: reg!(g(
+                "baton_proxy_rev",
+                "Rev of the newest controller answer applied"
+            )),
+            controllers_reachable: reg!(g(
+                "baton_proxy_controllers_reachable",
+                "Controllers whose last long-poll answered"
+            )),
+            connections: reg!(g("baton_proxy_connections", "Open client connections")),
+            connections_rejected: reg!(c(
+                "baton_proxy_connections_rejected_total",
+                "Client connections refused over limits.connections_max"
+            )),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(%e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
