@@ -444,7 +444,21 @@ async fn killed_leader_behind_the_proxy_leaks_no_503_and_loses_no_acknowledged_w
     assert_eq!(st["leader"]["id"], v["leader"]["id"], "{st}");
     assert!(st["leader_changes"].as_u64() >= Some(1), "{st}");
     assert!(st["epoch"].as_u64() > Some(epoch), "{st}");
+    // The old leader comes back and rejoins as a follower of the new one, caught up.
     guard.passed = true;
+    drop(guard);
+    cl.replicas.get_mut(&first).expect("old leader").restart()?;
+    let old = cl.url(&first);
+    wait_for(
+        Duration::from_secs(30),
+        "the old leader to rejoin as a follower",
+        || async {
+            let st = cl.client.status(&old).await.ok()?;
+            (st["role"] == "follower" && st["upstream"]["records_behind"].as_u64() == Some(0))
+                .then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
 
