@@ -292,8 +292,17 @@ pub async fn run(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, 
                 return Err(format!("{node} is already running (pid {})", n.pid));
             }
             n.pid = spawn(&n.cmd, Path::new(&n.log))?;
-            println!("started {node} (pid {})", n.pid);
+            let (pid, log) = (n.pid, n.log.clone());
             write_layout(&dir, &l)?;
+            // A node that exits at once (its port taken meanwhile, say) is reported, with why.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !alive(pid) {
+                return Err(format!(
+                    "{node} exited at start: {} (log: {log})",
+                    last_line(&log)
+                ));
+            }
+            println!("started {node} (pid {pid})");
             Ok(None)
         }
         LocalCmd::Down { dir } => {

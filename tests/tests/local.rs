@@ -127,6 +127,39 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // A port taken while a node was down: `start` says so instead of reporting success.
+    let out = batonctl(&["local", "stop", "--dir", &d, "r3"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r3 = layout(&dir)?["replicas"][2]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("http://")
+        .to_string();
+    let r3_pid = layout(&dir)?["replicas"][2]["pid"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(15), "r3 to exit", || async {
+        (!alive(r3_pid)).then_some(())
+    })
+    .await?;
+    let squatter = std::net::TcpListener::bind(&r3)?;
+    let out = batonctl(&["local", "start", "--dir", &d, "r3"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("r3 exited at start")
+            && err.contains("cannot listen"),
+        "{err}"
+    );
+    drop(squatter);
+    let out = batonctl(&["local", "start", "--dir", &d, "r3"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let st = batonctl(&["--controller", &ctl, "status"])?;
     assert!(
         st.status.success(),
