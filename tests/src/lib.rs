@@ -4,6 +4,7 @@
 //!
 //! Nothing here is part of the product; the real controller is `baton-controller`.
 
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod procs;
