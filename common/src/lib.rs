@@ -10,5 +10,6 @@ pub mod clock;
 pub mod config;
 pub mod directive;
 pub mod ids;
+pub mod logging;
 
 pub use ids::{BootId, DataId, Epoch, Lsn, NodeId, Version};
