@@ -44,6 +44,9 @@ struct Waiter {
 pub struct Inner {
     core: Core,
     waiters: BTreeMap<Lsn, Waiter>,
+    /// Refusals waiting for the pending record they were judged on to commit (true) or to
+    /// be given up (false).
+    barriers: Vec<(Lsn, oneshot::Sender<bool>)>,
     tail: Tail,
 }
 
@@ -233,6 +236,7 @@ impl Node {
             inner: Mutex::new(Inner {
                 core,
                 waiters: BTreeMap::new(),
+                barriers: Vec::new(),
                 tail: Tail::default(),
             }),
             log_tx: Mutex::new(Some(tx)),
@@ -285,24 +289,58 @@ impl Node {
     /// Proposes a write and waits until it is committed (or fails).
     pub async fn write(self: &Arc<Self>, req: WriteReq) -> Result<WriteReply, WriteError> {
         let t0 = Instant::now();
-        let (rx, lsn) = {
+        let key = req.key.clone();
+        // Propose and hand the record to the log thread in one critical section (LSN order).
+        // A refusal judged on a pending record is answered only once that record is committed,
+        // so that it never reveals a write a leader read cannot see yet (G2).
+        let proposed = {
             let mut g = self.lock();
-            let now = clock::now_ms();
-            let rec = g.core.propose(now, req).map_err(WriteError::Rejected)?;
-            let lsn = rec.lsn;
-            let version = Version {
-                epoch: rec.epoch,
-                lsn,
-            };
-            let (tx, rx) = oneshot::channel();
-            g.waiters.insert(lsn, Waiter { tx, version });
-            if !self.append_record(&mut g, rec) {
-                g.waiters.remove(&lsn);
-                return Err(WriteError::OutcomeUnknown(
-                    "the log writer has stopped".into(),
-                ));
+            match g.core.propose(clock::now_ms(), req) {
+                Ok(rec) => {
+                    let lsn = rec.lsn;
+                    let version = Version {
+                        epoch: rec.epoch,
+                        lsn,
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    g.waiters.insert(lsn, Waiter { tx, version });
+                    if !self.append_record(&mut g, rec) {
+                        g.waiters.remove(&lsn);
+                        return Err(WriteError::OutcomeUnknown(
+                            "the log writer has stopped".into(),
+                        ));
+                    }
+                    Ok((rx, lsn))
+                }
+                Err(reject @ (WriteReject::PreconditionFailed { .. } | WriteReject::NotFound)) => {
+                    match g.core.pending_lsn_of(&key) {
+                        Some(pending) => {
+                            let (tx, brx) = oneshot::channel();
+                            g.barriers.push((pending, tx));
+                            Err((reject, Some((pending, brx))))
+                        }
+                        None => Err((reject, None)),
+                    }
+                }
+                Err(reject) => Err((reject, None)),
             }
-            (rx, lsn)
+        };
+        let (rx, lsn) = match proposed {
+            Ok(x) => x,
+            Err((reject, None)) => return Err(WriteError::Rejected(reject)),
+            Err((reject, Some((pending, brx)))) => {
+                let timeout = Duration::from_millis(self.cfg.timing.write_timeout_ms);
+                return match tokio::time::timeout(timeout, brx).await {
+                    Ok(Ok(true)) => Err(WriteError::Rejected(reject)),
+                    // Nothing was appended for this request, so "not applied" is certain.
+                    _ => Err(WriteError::Rejected(WriteReject::NotLeader {
+                        reason: format!(
+                            "the condition was checked against LSN {pending}, which did not commit; retry"
+                        ),
+                        leader: None,
+                    })),
+                };
+            }
         };
         let timeout = Duration::from_millis(self.cfg.timing.write_timeout_ms);
         let res = match tokio::time::timeout(timeout, rx).await {
@@ -350,6 +388,9 @@ impl Node {
                 Effect::FailPending(reason) => {
                     for (_, w) in std::mem::take(&mut g.waiters) {
                         let _ = w.tx.send(Err(reason.clone()));
+                    }
+                    for (_, b) in std::mem::take(&mut g.barriers) {
+                        let _ = b.send(false);
                     }
                 }
                 Effect::PersistMeta => {
@@ -420,6 +461,15 @@ impl Node {
                         "the lease expired before the write could be acknowledged".into(),
                     ));
                 }
+            }
+        }
+        if g.barriers.iter().any(|(l, _)| *l <= commit) {
+            let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut g.barriers)
+                .into_iter()
+                .partition(|(l, _)| *l <= commit);
+            g.barriers = keep;
+            for (_, b) in done {
+                let _ = b.send(true);
             }
         }
         self.run_effects(&mut g, fx);

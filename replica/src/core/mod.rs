@@ -407,6 +407,13 @@ impl Core {
         Ok(rec)
     }
 
+    /// The LSN of the pending (appended, not yet applied) record that decides `key`'s current
+    /// version, if any. A refusal judged on it (412, 404) must wait until it commits: answering
+    /// earlier would reveal a write that a leader read cannot see yet (and might never).
+    pub fn pending_lsn_of(&self, key: &[u8]) -> Option<Lsn> {
+        self.overlay.get(key).map(|(_, lsn)| *lsn)
+    }
+
     fn current_version(&self, key: &[u8]) -> Option<Version> {
         match self.overlay.get(key) {
             Some((v, _)) => *v,
