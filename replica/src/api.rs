@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv/", any(empty_key))
         .route("/v1/status", get(status))
         .route("/v1/replicate", axum::routing::post(replicate))
+        .route("/v1/rollbacks", get(rollbacks))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
@@ -111,6 +112,31 @@ async fn replicate(State(node): State<Arc<Node>>, mut req: axum::http::Request<B
         HeaderValue::from_static(crate::repl::wire::PROTOCOL),
     );
     r
+}
+
+/// The rollback files of this replica (records cut from its log because they diverged from
+/// the leader's, DESIGN.md G3): `[{file, epoch, from_lsn, to_lsn, bytes}]`, oldest first.
+async fn rollbacks(State(node): State<Arc<Node>>) -> Response {
+    let dir = node.data_dir().join("rollback");
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".rollback") else {
+                continue;
+            };
+            // epoch-{E}-lsn-{FROM}-{TO}.{stamp}
+            let parts: Vec<&str> = stem.split(['-', '.']).collect();
+            let num = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok());
+            let bytes = ent.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(serde_json::json!({
+                "file": ent.path().display().to_string(),
+                "epoch": num(1), "from_lsn": num(3), "to_lsn": num(4), "at_unix_ms": num(5), "bytes": bytes,
+            }));
+        }
+    }
+    out.sort_by_key(|v| v["at_unix_ms"].as_u64());
+    axum::Json(out).into_response()
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {

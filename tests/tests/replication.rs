@@ -293,6 +293,25 @@ async fn old_leader_is_truncated_and_its_unreplicated_records_archived() -> anyh
         "the rollback file holds exactly the unreplicated writes"
     );
     assert_eq!(archived.first().map(|r| r.lsn.0), cut["from"].as_u64());
+    // The replica lists its rollback files (what `batonctl rollbacks` shows).
+    let r =
+        cl.c.call(
+            "GET",
+            &format!("{}/v1/rollbacks", cl.url("r1")),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let files = r.json();
+    let last = files
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["from_lsn"].as_u64(), cut["from"].as_u64(), "{files}");
+    assert_eq!(last["to_lsn"].as_u64(), cut["to"].as_u64(), "{files}");
+    assert_eq!(last["epoch"].as_u64(), cut["epoch"].as_u64(), "{files}");
     for k in &lost {
         let r =
             cl.c.get(&cl.url("r2"), k)

@@ -113,6 +113,13 @@ enum Cmd {
     },
     /// The current leader and its address.
     Leader,
+    /// Rollback files on every member: records cut from a replica's log because they diverged
+    /// from the leader's (an old leader's unreplicated writes), never silently erased.
+    Rollbacks {
+        /// Print the answers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A whole deployment on this machine: `local up|stop|start|down --dir DIR` (DESIGN.md §8).
     /// It talks to no controller until it has started them, so `main` dispatches it first.
     Local {
@@ -245,6 +252,51 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
         Cmd::Leader => {
             let (_, v) = ctl.read(&ctl.path("/leader"), None, whose_leader).await?;
             print_lines(&[leader_line(&v)]);
+            Ok(())
+        }
+        Cmd::Rollbacks { json } => {
+            let (_, view) = ctl.read(&ctl.path(""), None, whose_view).await?;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            let mut all = Vec::new();
+            let mut lines = Vec::new();
+            for m in &members {
+                let (Some(id), Some(addr)) = (m["id"].as_str(), m["addr"].as_str()) else {
+                    continue;
+                };
+                match ctl
+                    .call(
+                        &format!("http://{addr}"),
+                        Method::GET,
+                        "/v1/rollbacks",
+                        None,
+                    )
+                    .await
+                {
+                    Ok(a) if a.ok() => {
+                        for f in a.body.as_array().into_iter().flatten() {
+                            lines.push(format!(
+                                "{id:<8} epoch {:<4} LSN {}..={}  {} bytes  {}",
+                                f["epoch"],
+                                f["from_lsn"],
+                                f["to_lsn"],
+                                f["bytes"],
+                                f["file"].as_str().unwrap_or("?")
+                            ));
+                        }
+                        all.push(serde_json::json!({ "member": id, "rollbacks": a.body }));
+                    }
+                    Ok(a) => lines.push(format!("{id:<8} (answered HTTP {})", a.status)),
+                    Err(_) => lines.push(format!("{id:<8} (unreachable at {addr})")),
+                }
+            }
+            if json {
+                print_json(&Value::Array(all));
+            } else {
+                if lines.is_empty() {
+                    lines.push("(no member has rollback files)".into());
+                }
+                print_lines(&lines);
+            }
             Ok(())
         }
         Cmd::History { limit, json } => {
