@@ -281,6 +281,10 @@ impl Core {
     pub fn history(&self) -> &[(Epoch, Lsn)] {
         &self.history
     }
+    /// This replica's data directory id.
+    pub fn data_id(&self) -> DataId {
+        self.cfg.data_id
+    }
     /// First LSN the log still holds.
     pub fn log_start(&self) -> Lsn {
         self.log_start

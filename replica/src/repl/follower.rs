@@ -136,7 +136,7 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
     let mut framed = connect(&leader.addr).await?;
     let (data_id, epoch) = {
         let g = node.lock();
-        (g.core().status(0).data_id, g.core().epoch())
+        (g.core().data_id(), g.core().epoch())
     };
     send(
         &mut framed,
