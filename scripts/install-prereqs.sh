@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, testing and benchmarking Baton need beyond a Rust toolchain:
-# etcd (the controller's store and the benchmark's peer), protoc (etcd-client's build),
+# etcd (the controller's store and the benchmark's peer), protoc and its well-known types
+# (etcd-client's build),
 # iptables and iproute2 (partition tests). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto) are only a Recommends of protobuf-compiler.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
