@@ -9,4 +9,5 @@ pub mod client;
 pub mod cluster;
 pub mod procs;
 pub mod relay;
+pub mod sim;
 pub mod standin;

@@ -1,0 +1,84 @@
+//! `baton-sim`: runs the tier-1 seeded simulation (`baton_tests::sim`) over a range of seeds,
+//! prints one summary line, and for a failing seed the violations, the last events before
+//! the first one, and the command that replays it.
+
+use baton_tests::sim::{self, Faults, SimConfig};
+use clap::Parser;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Seeded simulation of Baton's controller and replica cores under faults")]
+struct Args {
+    /// Run only this seed (replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// First seed of the range.
+    #[arg(long, default_value_t = 1)]
+    start: u64,
+    /// Number of seeds.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// Simulated milliseconds of faults per seed (healing and checks follow).
+    #[arg(long, default_value_t = 10_000)]
+    duration_ms: u64,
+    /// Faults: all, none, or a list of crash,pause,partition,loss,controller,etcd,wipe,operator.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Print the event trace of a failing seed.
+    #[arg(long)]
+    trace: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let faults = match Faults::parse(&args.faults) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("baton-sim: --faults: {e}");
+            std::process::exit(2);
+        }
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.start..args.start + args.seeds).collect(),
+    };
+    let t0 = Instant::now();
+    let (mut steps, mut nfaults, mut ops, mut violations, mut failing) = (0, 0, 0, 0, Vec::new());
+    for seed in &seeds {
+        let mut cfg = SimConfig::new(*seed);
+        cfg.duration_ms = args.duration_ms;
+        cfg.faults = faults.clone();
+        let rep = sim::run(cfg.clone());
+        steps += rep.steps;
+        nfaults += rep.faults;
+        ops += rep.ops;
+        if !rep.violations.is_empty() {
+            violations += rep.violations.len();
+            eprintln!("seed {seed}: {} violation(s):", rep.violations.len());
+            for v in &rep.violations {
+                eprintln!("  {v}");
+            }
+            if args.trace || args.seed.is_some() {
+                eprintln!("  last events before the first violation:");
+                for t in &rep.trace {
+                    eprintln!("    {t}");
+                }
+            }
+            eprintln!("  replay: {}", cfg.replay_command());
+            failing.push(*seed);
+        }
+    }
+    println!(
+        "simulation: {} seeds, {} steps, {} faults, {} ops, violations {}, {:.1} s",
+        seeds.len(),
+        steps,
+        nfaults,
+        ops,
+        violations,
+        t0.elapsed().as_secs_f64()
+    );
+    if !failing.is_empty() {
+        eprintln!("failing seeds: {failing:?}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,2324 @@
+//! Tier-1 seeded simulation (TESTING.md): the real replica [`Core`]s and controller
+//! [`ClusterCore`]s run together in one process, driven by thin simulated runtimes over an
+//! in-memory network (`net.rs`), disk (a durable log prefix plus an unsynced tail that a crash
+//! loses, the meta facts, rollback archives) and coordination store (an etcd stand-in with
+//! leases that expire, an election key, guarded transactions and request timeouts).
+//! A seeded nemesis crashes, restarts, pauses, partitions (one- and two-way), drops and delays
+//! messages, kills controllers, takes etcd away, wipes replicas and asks for switchovers,
+//! while clients run compare-and-set registers and blind writes throughout.
+//! Invariants are checked after every event; at the end the run heals, waits for
+//! convergence and checks the history (linearizability, lost writes, one writer per epoch).
+//! The same seed always replays the same run.
+
+mod net;
+
+use crate::checker::{self, Op as HOp, OpKind, OpResult, Outcome};
+use baton_common::directive::{Directive, Heartbeat, Member, Mode, ReportedRole};
+use baton_common::ids::Expect as VExpect;
+use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
+use baton_controller::core::{ClusterCfg, ClusterCore, Now, Observed, Write, WriteOutcome};
+use baton_controller::journal::Entry;
+use baton_controller::state::ClusterState;
+use baton_replica::core::{
+    AppendHeader, Consistency, Core, CoreConfig, Effect, Exchange, FetchStart, FollowerNext,
+    Recovered, Verdict, WriteReject, WriteReq,
+};
+use baton_replica::wal::{Op as WOp, Record};
+use bytes::Bytes;
+use net::{Clock, Net, Proc, Queue};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+const HEARTBEAT_MS: u64 = 100;
+const FAILURE_TIMEOUT_MS: u64 = 800;
+const LEASE_MS: u64 = 600;
+const ELECTION_TTL_MS: u64 = 2000;
+const DRIFT: f64 = 0.01;
+const WRITE_TIMEOUT_MS: u64 = 5000;
+const CLIENT_TIMEOUT_US: u64 = 6_000_000;
+const TICK_MS: u64 = 20;
+const STREAM_SILENCE_MS: u64 = 1000;
+const BATCH: u64 = 64;
+
+/// Which faults the nemesis may inject.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub crash: bool,
+    pub pause: bool,
+    pub partition: bool,
+    pub loss: bool,
+    pub controller: bool,
+    pub etcd: bool,
+    pub wipe: bool,
+    pub operator: bool,
+}
+
+impl Faults {
+    pub fn all() -> Faults {
+        Faults {
+            crash: true,
+            pause: true,
+            partition: true,
+            loss: true,
+            controller: true,
+            etcd: true,
+            wipe: true,
+            operator: true,
+        }
+    }
+    pub fn none() -> Faults {
+        Faults {
+            crash: false,
+            pause: false,
+            partition: false,
+            loss: false,
+            controller: false,
+            etcd: false,
+            wipe: false,
+            operator: false,
+        }
+    }
+    /// Parses `crash,pause,…` (or `all`, `none`).
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        if s == "all" {
+            return Ok(Faults::all());
+        }
+        let mut f = Faults::none();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "none" => {}
+                "crash" => f.crash = true,
+                "pause" => f.pause = true,
+                "partition" => f.partition = true,
+                "loss" => f.loss = true,
+                "controller" => f.controller = true,
+                "etcd" => f.etcd = true,
+                "wipe" => f.wipe = true,
+                "operator" => f.operator = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}; known: crash, pause, partition, loss, controller, etcd, wipe, operator, all, none"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+    pub fn names(&self) -> String {
+        let mut v = Vec::new();
+        for (on, n) in [
+            (self.crash, "crash"),
+            (self.pause, "pause"),
+            (self.partition, "partition"),
+            (self.loss, "loss"),
+            (self.controller, "controller"),
+            (self.etcd, "etcd"),
+            (self.wipe, "wipe"),
+            (self.operator, "operator"),
+        ] {
+            if on {
+                v.push(n);
+            }
+        }
+        if v.len() == 8 {
+            "all".into()
+        } else if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(",")
+        }
+    }
+}
+
+/// One simulation run's parameters.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Simulated time with faults, in milliseconds (healing and checks come after).
+    pub duration_ms: u64,
+    pub faults: Faults,
+    pub replicas: usize,
+    pub controllers: usize,
+    pub clients: usize,
+    pub keys: usize,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            duration_ms: 10_000,
+            faults: Faults::all(),
+            replicas: 3,
+            controllers: 2,
+            clients: 3,
+            keys: 3,
+        }
+    }
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run -p baton-tests --bin baton-sim -- --seed {} --duration-ms {} --faults {}",
+            self.seed,
+            self.duration_ms,
+            self.faults.names()
+        )
+    }
+}
+
+/// What a run did and found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub steps: u64,
+    pub faults: u64,
+    pub ops: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    pub epochs: u64,
+    pub violations: Vec<String>,
+    /// The last events before the first violation (for diagnosis).
+    pub trace: Vec<String>,
+}
+
+// ----- messages and events -----------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Repl {
+    Hello {
+        id: NodeId,
+        data_id: DataId,
+        epoch: Epoch,
+    },
+    Welcome {
+        epoch: Epoch,
+    },
+    Refused(String),
+    EpochQuery(Epoch),
+    EpochEnd {
+        epoch: Epoch,
+        end: Lsn,
+        lossy: bool,
+    },
+    Fetch {
+        from: Lsn,
+        prev_epoch: Epoch,
+    },
+    Append {
+        h: AppendHeader,
+        records: Vec<Record>,
+    },
+    Keepalive {
+        epoch: Epoch,
+        commit: Lsn,
+        end: Lsn,
+    },
+    Ack {
+        epoch: Epoch,
+        flushed: Lsn,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Req {
+    Read(String),
+    Put {
+        key: String,
+        value: String,
+        expect: Option<VExpect>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Res {
+    Read(Option<(String, Version)>),
+    Written(Version),
+    Precondition,
+    NotApplied(String),
+    Unknown(String),
+}
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Heartbeat(Box<Heartbeat>),
+    Directive(Box<Directive>),
+    Repl { conn: u64, m: Box<Repl> },
+    Request { op: usize, req: Req },
+    Reply { op: usize, res: Res },
+}
+
+#[derive(Clone, Debug)]
+enum Heal {
+    Uncut(Vec<(Proc, Proc)>),
+    Loss,
+    EtcdUp,
+    EtcdTimeouts,
+    Restart(Proc),
+    Resume(Proc),
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver {
+        to: Proc,
+        from: Proc,
+        to_inc: Option<u64>,
+        msg: Msg,
+    },
+    /// The peer's kernel closed a stream (its process died).
+    Closed {
+        r: usize,
+        conn: u64,
+    },
+    Tick {
+        r: usize,
+        inc: u64,
+    },
+    HeartbeatTimer {
+        r: usize,
+        inc: u64,
+    },
+    Flush {
+        r: usize,
+        inc: u64,
+    },
+    CtlTimer {
+        c: usize,
+        inc: u64,
+    },
+    ClientNext(usize),
+    ClientTimeout {
+        op: usize,
+    },
+    Nemesis,
+    Heal(Heal),
+    EndFaults,
+    Probe,
+}
+
+// ----- simulated processes ------------------------------------------------------------------
+
+struct FollowerStream {
+    conn: u64,
+    leader: usize,
+    directed: Epoch,
+    sid: Option<u64>,
+    last_msg_ms: u64,
+}
+
+struct Serving {
+    follower: usize,
+    id: NodeId,
+    sid: u64,
+    epoch: Epoch,
+    /// `None` during the exchange.
+    next: Option<Lsn>,
+    commit_sent: Lsn,
+    last_send_ms: u64,
+}
+
+struct Replica {
+    id: NodeId,
+    clock: Clock,
+    up: bool,
+    inc: u64,
+    paused_until: u64,
+    // The disk.
+    data_id: DataId,
+    meta_epoch: Epoch,
+    meta_rev: u64,
+    meta_unclean: bool,
+    /// Every record written, LSN `i + 1` at index `i`; the first `durable` survive a crash.
+    log: Vec<Record>,
+    durable: usize,
+    rollbacks: Vec<Record>,
+    // The process.
+    core: Option<Core>,
+    flush_scheduled: bool,
+    waiters: BTreeMap<Lsn, (usize, Version, u64)>,
+    barriers: Vec<(Lsn, usize, u64)>,
+    hb_seq: u64,
+    hb_sent_at: u64,
+    stream: Option<FollowerStream>,
+    retry_at_ms: u64,
+    serving: BTreeMap<u64, Serving>,
+    /// Highest epoch this data directory ever reported (epochs never go back).
+    max_epoch: Epoch,
+}
+
+struct Ctl {
+    clock: Clock,
+    up: bool,
+    inc: u64,
+    paused_until: u64,
+    core: ClusterCore,
+    lease: Option<i64>,
+    valid_until: u64,
+    next_keepalive: u64,
+}
+
+#[derive(Default)]
+struct Etcd {
+    up: bool,
+    timeout_p: f64,
+    rev: u64,
+    state: Option<(ClusterState, u64)>,
+    journal: Vec<Entry>,
+    election: Option<(usize, i64, u64)>,
+    leases: HashMap<i64, u64>,
+    next_lease: i64,
+    hears: HashMap<usize, (usize, i64)>,
+}
+
+impl Etcd {
+    fn expire(&mut self, now_us: u64) {
+        self.leases.retain(|_, exp| *exp > now_us);
+        if let Some((_, l, _)) = self.election {
+            if !self.leases.contains_key(&l) {
+                self.election = None;
+            }
+        }
+        let leases = &self.leases;
+        self.hears.retain(|_, (_, l)| leases.contains_key(l));
+    }
+}
+
+struct Client {
+    busy: Option<usize>,
+    last_read: HashMap<String, Option<(String, Version)>>,
+    n: u64,
+}
+
+struct OpRec {
+    h: HOp,
+    client: usize,
+    done: bool,
+}
+
+// ----- the world ---------------------------------------------------------------------------
+
+struct World {
+    cfg: SimConfig,
+    rng: StdRng,
+    now: u64,
+    q: Queue<Ev>,
+    net: Net,
+    replicas: Vec<Replica>,
+    ctls: Vec<Ctl>,
+    etcd: Etcd,
+    clients: Vec<Client>,
+    ops: Vec<OpRec>,
+    next_conn: u64,
+    conns: HashMap<u64, (usize, usize)>,
+    members: Vec<Member>,
+    /// Every record ever appended anywhere: (epoch, LSN) → its content.
+    written: HashMap<(u64, u64), String>,
+    /// Acknowledged writes: (epoch, LSN) → (key, value).
+    acked: HashMap<(u64, u64), (String, String)>,
+    faults_on: bool,
+    clients_on: bool,
+    /// Writes acknowledged by a leader that waited for no follower (degraded).
+    degraded_acks: HashSet<usize>,
+    /// When the faults ended and everything was healed (µs).
+    healed_at: u64,
+    /// The operator forced a failover to a member outside the sync set (DESIGN §5 `failover
+    /// --to … force`): writes acknowledged while degraded may be gone.
+    forced: bool,
+    report: Report,
+    trace: std::collections::VecDeque<String>,
+}
+
+fn key_of(i: usize) -> String {
+    format!("k{i}")
+}
+
+fn rec_content(r: &Record) -> String {
+    match &r.op {
+        WOp::Put { key, value } => format!(
+            "put {}={}",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(value)
+        ),
+        WOp::Delete { key } => format!("del {}", String::from_utf8_lossy(key)),
+        WOp::LeaderStart { leader, lossy } => format!("start {leader} lossy={lossy}"),
+    }
+}
+
+impl World {
+    fn new(cfg: SimConfig) -> World {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let members: Vec<Member> = (0..cfg.replicas)
+            .map(|i| Member {
+                id: NodeId(format!("r{}", i + 1)),
+                addr: format!("r{}:7000", i + 1),
+                priority: 0,
+                no_failover: false,
+            })
+            .collect();
+        let clock = |rng: &mut StdRng| Clock {
+            offset_ms: rng.random_range(1_000..1_000_000),
+            // Rates differ by less than the drift bound ρ between any two machines.
+            rate: 1.0 + rng.random_range(-0.45 * DRIFT..0.45 * DRIFT),
+        };
+        let replicas = (0..cfg.replicas)
+            .map(|i| Replica {
+                id: members[i].id.clone(),
+                clock: clock(&mut rng),
+                up: false,
+                inc: 0,
+                paused_until: 0,
+                data_id: DataId(rng.random()),
+                meta_epoch: Epoch(0),
+                meta_rev: 0,
+                meta_unclean: true,
+                log: Vec::new(),
+                durable: 0,
+                rollbacks: Vec::new(),
+                core: None,
+                flush_scheduled: false,
+                waiters: BTreeMap::new(),
+                barriers: Vec::new(),
+                hb_seq: 0,
+                hb_sent_at: 0,
+                stream: None,
+                retry_at_ms: 0,
+                serving: BTreeMap::new(),
+                max_epoch: Epoch(0),
+            })
+            .collect();
+        let ccfg = ClusterCfg {
+            name: "main".into(),
+            members: members.clone(),
+            mode: Mode::SemiSync,
+            sync_size: 1,
+            strict: false,
+            heartbeat_interval_ms: HEARTBEAT_MS,
+            failure_timeout_ms: FAILURE_TIMEOUT_MS,
+            lease_ms: LEASE_MS,
+            sync_wait_ms: 1000,
+            drift: DRIFT,
+            max_lag_on_failover: 1000,
+            max_failovers_per_hour: 1000,
+        };
+        let ctls = (0..cfg.controllers)
+            .map(|_| Ctl {
+                clock: clock(&mut rng),
+                up: true,
+                inc: 0,
+                paused_until: 0,
+                core: ClusterCore::new(ccfg.clone()),
+                lease: None,
+                valid_until: 0,
+                next_keepalive: 0,
+            })
+            .collect();
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                busy: None,
+                last_read: HashMap::new(),
+                n: 0,
+            })
+            .collect();
+        World {
+            rng,
+            now: 0,
+            q: Queue::new(),
+            net: Net::default(),
+            replicas,
+            ctls,
+            etcd: Etcd {
+                up: true,
+                next_lease: 1,
+                ..Default::default()
+            },
+            clients,
+            ops: Vec::new(),
+            next_conn: 0,
+            conns: HashMap::new(),
+            members,
+            written: HashMap::new(),
+            acked: HashMap::new(),
+            faults_on: true,
+            clients_on: true,
+            degraded_acks: HashSet::new(),
+            healed_at: 0,
+            forced: false,
+            report: Report {
+                seed: cfg.seed,
+                ..Default::default()
+            },
+            trace: Default::default(),
+            cfg,
+        }
+    }
+
+    fn violation(&mut self, v: String) {
+        if self.report.violations.is_empty() {
+            self.report.trace = self.trace.iter().cloned().collect();
+        }
+        if self.report.violations.len() < 20 {
+            self.report.violations.push(format!("t={} ms: {v}", self.now / 1000));
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        if self.trace.len() >= 60 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>8} ms {s}", self.now / 1000));
+    }
+
+    fn after_us(&mut self, us: u64, e: Ev) {
+        self.q.push(self.now + us, e);
+    }
+
+    fn rms(&self, r: usize) -> u64 {
+        self.replicas[r].clock.ms(self.now)
+    }
+
+    fn cnow(&self, c: usize) -> Now {
+        Now {
+            ms: self.ctls[c].clock.ms(self.now),
+            unix_ms: 1_800_000_000_000 + self.now / 1000,
+        }
+    }
+
+    // ----- network ---------------------------------------------------------------------------
+
+    fn delay(&mut self) -> u64 {
+        let base = self.rng.random_range(50..1500);
+        let extra = if self.net.extra_delay_us > 0 {
+            self.rng.random_range(0..self.net.extra_delay_us)
+        } else {
+            0
+        };
+        base + extra
+    }
+
+    fn send(&mut self, from: Proc, to: Proc, to_inc: Option<u64>, msg: Msg) {
+        if self.net.is_cut(from, to) || (self.net.loss > 0.0 && self.rng.random_bool(self.net.loss))
+        {
+            if let Msg::Repl { conn, .. } = &msg {
+                self.net.broken.insert(*conn);
+            }
+            return;
+        }
+        let mut at = self.now + self.delay();
+        if let Msg::Repl { conn, .. } = &msg {
+            if self.net.broken.contains(conn) {
+                return;
+            }
+            let last = self.net.last_delivery.entry(*conn).or_insert(0);
+            at = at.max(*last);
+            *last = at;
+        }
+        self.q.push(
+            at,
+            Ev::Deliver {
+                to,
+                from,
+                to_inc,
+                msg,
+            },
+        );
+    }
+
+    // ----- main loop -------------------------------------------------------------------------
+
+    fn run(mut self) -> Report {
+        for r in 0..self.replicas.len() {
+            self.start_replica(r);
+        }
+        for c in 0..self.ctls.len() {
+            let j = self.rng.random_range(0..50_000);
+            self.after_us(j, Ev::CtlTimer { c, inc: 0 });
+        }
+        for c in 0..self.clients.len() {
+            self.after_us(1_000_000 + c as u64 * 1000, Ev::ClientNext(c));
+        }
+        self.after_us(2_000_000, Ev::Nemesis);
+        let end_faults = self.cfg.duration_ms * 1000;
+        self.q.push(end_faults, Ev::EndFaults);
+        let hard_end = end_faults + 40_000_000;
+        while let Some((t, ev)) = self.q.pop() {
+            if t > hard_end {
+                self.violation("the run did not converge within 40 s after healing".into());
+                break;
+            }
+            self.now = t;
+            self.report.steps += 1;
+            if let Some(done) = self.step(ev) {
+                if done {
+                    break;
+                }
+            }
+            self.check_step();
+            if self.report.violations.len() >= 5 {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Handles one event; `Some(true)` ends the run.
+    fn step(&mut self, ev: Ev) -> Option<bool> {
+        // A paused process handles nothing until it resumes (its events wait, in order).
+        let paused_until = match &ev {
+            Ev::Deliver {
+                to: Proc::Replica(r),
+                ..
+            }
+            | Ev::Tick { r, .. }
+            | Ev::HeartbeatTimer { r, .. }
+            | Ev::Flush { r, .. }
+            | Ev::Closed { r, .. } => self.replicas[*r].paused_until,
+            Ev::Deliver {
+                to: Proc::Controller(c),
+                ..
+            }
+            | Ev::CtlTimer { c, .. } => self.ctls[*c].paused_until,
+            _ => 0,
+        };
+        if paused_until > self.now {
+            self.q.push(paused_until, ev);
+            return None;
+        }
+        match ev {
+            Ev::Deliver {
+                to,
+                from,
+                to_inc,
+                msg,
+            } => self.deliver(to, from, to_inc, msg),
+            Ev::Closed { r, conn } => {
+                if self.replicas[r].up {
+                    self.stream_closed(r, conn);
+                }
+            }
+            Ev::Tick { r, inc } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.replica_tick(r);
+                    self.after_us(TICK_MS * 1000, Ev::Tick { r, inc });
+                }
+            }
+            Ev::HeartbeatTimer { r, inc } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.send_heartbeats(r);
+                    self.after_us(HEARTBEAT_MS * 1000, Ev::HeartbeatTimer { r, inc });
+                }
+            }
+            Ev::Flush { r, inc } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.flush(r);
+                }
+            }
+            Ev::CtlTimer { c, inc } => {
+                if self.ctls[c].up && self.ctls[c].inc == inc {
+                    self.ctl_loop(c);
+                    self.after_us(HEARTBEAT_MS * 500, Ev::CtlTimer { c, inc });
+                }
+            }
+            Ev::ClientNext(c) => self.client_next(c),
+            Ev::ClientTimeout { op } => self.client_timeout(op),
+            Ev::Nemesis => {
+                if self.faults_on {
+                    self.nemesis();
+                    let next = self.rng.random_range(200_000..1_500_000);
+                    self.after_us(next, Ev::Nemesis);
+                }
+            }
+            Ev::Heal(h) => self.heal(h),
+            Ev::EndFaults => {
+                self.faults_on = false;
+                self.note("end of faults: healing everything".into());
+                self.heal_all();
+                self.healed_at = self.now;
+                self.after_us(8_000_000, Ev::Probe);
+            }
+            Ev::Probe => {
+                self.clients_on = false;
+                if self.clients.iter().all(|c| c.busy.is_none()) && self.converged().is_ok() {
+                    return Some(true);
+                }
+                if self.now >= self.healed_at + 12_000_000 && !self.forced {
+                    self.operator_unblock();
+                }
+                self.after_us(100_000, Ev::Probe);
+            }
+        }
+        None
+    }
+
+    // ----- replicas: lifecycle ---------------------------------------------------------------
+
+    fn start_replica(&mut self, r: usize) {
+        let boot = BootId(self.rng.random());
+        let rep = &mut self.replicas[r];
+        rep.log.truncate(rep.durable);
+        let cfg = CoreConfig {
+            id: rep.id.clone(),
+            cluster: "main".into(),
+            addr: self.members[r].addr.clone(),
+            data_id: rep.data_id,
+            boot_id: boot,
+            drift: DRIFT,
+            snapshot_log_bytes: u64::MAX,
+        };
+        let rec = Recovered {
+            epoch: rep.meta_epoch,
+            applied_rev: rep.meta_rev,
+            unclean: rep.meta_unclean,
+            snapshot: None,
+            records: rep.log.clone(),
+            log_start: Lsn(1),
+        };
+        rep.core = Some(Core::new(cfg, rec));
+        rep.up = true;
+        rep.inc += 1;
+        rep.flush_scheduled = false;
+        rep.waiters.clear();
+        rep.barriers.clear();
+        rep.hb_seq = 0;
+        rep.stream = None;
+        rep.serving.clear();
+        let inc = rep.inc;
+        self.note(format!("r{} starts (inc {inc})", r + 1));
+        let j1 = self.rng.random_range(0..TICK_MS * 1000);
+        let j2 = self.rng.random_range(0..HEARTBEAT_MS * 1000);
+        self.after_us(j1, Ev::Tick { r, inc });
+        self.after_us(j2, Ev::HeartbeatTimer { r, inc });
+    }
+
+    fn crash_replica(&mut self, r: usize) {
+        if !self.replicas[r].up {
+            return;
+        }
+        self.note(format!("r{} crashes", r + 1));
+        let rep = &mut self.replicas[r];
+        rep.up = false;
+        rep.inc += 1;
+        rep.core = None;
+        rep.paused_until = 0;
+        rep.log.truncate(rep.durable);
+        rep.waiters.clear();
+        rep.barriers.clear();
+        rep.stream = None;
+        rep.serving.clear();
+        // Its streams die; the peer's kernel learns it (a reset) soon after.
+        let conns: Vec<(u64, (usize, usize))> = self
+            .conns
+            .iter()
+            .filter(|(_, (f, l))| *f == r || *l == r)
+            .map(|(c, p)| (*c, *p))
+            .collect();
+        for (conn, (f, l)) in conns {
+            self.net.broken.insert(conn);
+            self.conns.remove(&conn);
+            let other = if f == r { l } else { f };
+            self.after_us(1000, Ev::Closed { r: other, conn });
+        }
+    }
+
+    fn wipe_replica(&mut self, r: usize) {
+        self.crash_replica(r);
+        self.note(format!("r{} disk wiped", r + 1));
+        let id = DataId(self.rng.random());
+        let rep = &mut self.replicas[r];
+        rep.data_id = id;
+        rep.meta_epoch = Epoch(0);
+        rep.meta_rev = 0;
+        rep.meta_unclean = true;
+        rep.log.clear();
+        rep.durable = 0;
+        rep.max_epoch = Epoch(0);
+    }
+
+    fn core(&mut self, r: usize) -> &mut Core {
+        self.replicas[r].core.as_mut().expect("replica up")
+    }
+
+    // ----- replicas: effects, flushing, acknowledgements ---------------------------------------
+
+    fn append_local(&mut self, r: usize, rec: Record) {
+        let k = (rec.epoch.0, rec.lsn.0);
+        let content = rec_content(&rec);
+        match self.written.get(&k) {
+            Some(c) if *c != content => {
+                let c = c.clone();
+                self.violation(format!(
+                    "one writer per epoch broken: ({}, {}) holds {c:?} elsewhere and {content:?} on r{}",
+                    k.0, k.1, r + 1
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.written.insert(k, content);
+            }
+        }
+        let rep = &mut self.replicas[r];
+        if rec.lsn.0 != rep.log.len() as u64 + 1 {
+            let n = rep.log.len();
+            self.violation(format!(
+                "r{} appends LSN {} after a log of {n} records",
+                r + 1,
+                rec.lsn
+            ));
+            return;
+        }
+        rep.log.push(rec);
+        if !rep.flush_scheduled {
+            rep.flush_scheduled = true;
+            let inc = rep.inc;
+            let d = self.rng.random_range(200..3000);
+            self.after_us(d, Ev::Flush { r, inc });
+        }
+    }
+
+    fn run_effects(&mut self, r: usize, fx: Vec<Effect>) {
+        for e in fx {
+            match e {
+                Effect::Append(rec) => self.append_local(r, rec),
+                Effect::FailPending(reason) => {
+                    let rep = &mut self.replicas[r];
+                    let waiters = std::mem::take(&mut rep.waiters);
+                    let barriers = std::mem::take(&mut rep.barriers);
+                    for (_, (op, _, _)) in waiters {
+                        self.reply(r, op, Res::Unknown(reason.clone()));
+                    }
+                    for (_, op, _) in barriers {
+                        self.reply(r, op, Res::NotApplied(reason.clone()));
+                    }
+                }
+                Effect::PersistMeta => {
+                    let u = self.core(r).unclean();
+                    self.replicas[r].meta_unclean = u;
+                }
+            }
+        }
+    }
+
+    /// After any core step: acknowledge what committed, run the effects, feed the streams.
+    fn after_step(&mut self, r: usize, fx: Vec<Effect>) {
+        let now = self.rms(r);
+        let commit = self.core(r).commit();
+        let ack = self.core(r).may_acknowledge(now);
+        let mut degraded = None;
+        loop {
+            let rep = &mut self.replicas[r];
+            let Some(entry) = rep.waiters.first_entry() else {
+                break;
+            };
+            if *entry.key() > commit {
+                break;
+            }
+            let (op, version, _) = entry.remove();
+            if ack {
+                // A leader that waits for nobody (degraded semi-sync) acknowledges on its own
+                // fsync: only its disk holds the write until a follower catches up.
+                let d = *degraded.get_or_insert_with(|| {
+                    let c = self.replicas[r].core.as_ref().expect("up");
+                    c.heartbeat(now, 0).waiting.is_empty()
+                });
+                if d {
+                    self.degraded_acks.insert(op);
+                }
+                self.reply(r, op, Res::Written(version));
+            } else {
+                self.reply(
+                    r,
+                    op,
+                    Res::Unknown("the lease expired before the write could be acknowledged".into()),
+                );
+            }
+        }
+        let rep = &mut self.replicas[r];
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut rep.barriers)
+            .into_iter()
+            .partition(|(l, _, _)| *l <= commit);
+        rep.barriers = keep;
+        for (_, op, _) in done {
+            self.reply(r, op, Res::Precondition);
+        }
+        self.run_effects(r, fx);
+        self.push_streams(r);
+    }
+
+    fn flush(&mut self, r: usize) {
+        let rep = &mut self.replicas[r];
+        rep.flush_scheduled = false;
+        rep.durable = rep.log.len();
+        let lsn = Lsn(rep.durable as u64);
+        let now = self.rms(r);
+        let fx = self.core(r).on_flushed(now, lsn);
+        self.after_step(r, fx);
+        // A follower acknowledges its flush on its stream.
+        if let Some(s) = &self.replicas[r].stream {
+            if let Some(sid) = s.sid {
+                let (conn, leader) = (s.conn, s.leader);
+                let core = self.replicas[r].core.as_ref().expect("up");
+                if core.follower_stream_current(sid) {
+                    let m = Repl::Ack {
+                        epoch: core.epoch(),
+                        flushed: core.flushed(),
+                    };
+                    self.send_repl(r, leader, conn, m);
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, r: usize, op: usize, res: Res) {
+        let client = self.ops[op].client;
+        self.send(
+            Proc::Replica(r),
+            Proc::Client(client),
+            None,
+            Msg::Reply { op, res },
+        );
+    }
+
+    // ----- replicas: timers and heartbeats ------------------------------------------------------
+
+    fn replica_tick(&mut self, r: usize) {
+        let now = self.rms(r);
+        let fx = self.core(r).tick(now);
+        self.after_step(r, fx);
+        // Writes and refusals that waited too long.
+        let rep = &mut self.replicas[r];
+        let expired: Vec<Lsn> = rep
+            .waiters
+            .iter()
+            .filter(|(_, (_, _, dl))| now >= *dl)
+            .map(|(l, _)| *l)
+            .collect();
+        let mut late = Vec::new();
+        for l in expired {
+            if let Some((op, _, _)) = rep.waiters.remove(&l) {
+                late.push((op, true));
+            }
+        }
+        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut rep.barriers)
+            .into_iter()
+            .partition(|(_, _, dl)| now >= *dl);
+        rep.barriers = keep;
+        late.extend(old.into_iter().map(|(_, op, _)| (op, false)));
+        for (op, unknown) in late {
+            let res = if unknown {
+                Res::Unknown("write timeout".into())
+            } else {
+                Res::NotApplied("the pending record did not commit in time".into())
+            };
+            self.reply(r, op, res);
+        }
+        // The follower's stream: silence, a new leader, reconnecting.
+        let target = self.core(r).follower_target();
+        let rep = &mut self.replicas[r];
+        if let Some(s) = &rep.stream {
+            let stale = match &target {
+                None => true,
+                Some((l, e)) => self.members[s.leader].id != l.id || s.directed != *e,
+            };
+            if stale || now.saturating_sub(s.last_msg_ms) >= STREAM_SILENCE_MS {
+                let conn = s.conn;
+                self.drop_stream(r, conn, 50);
+            }
+        }
+        let rep = &self.replicas[r];
+        if rep.stream.is_none() && now >= rep.retry_at_ms {
+            if let Some((l, e)) = target {
+                if let Some(li) = self.members.iter().position(|m| m.id == l.id) {
+                    self.open_stream(r, li, e);
+                }
+            }
+        }
+    }
+
+    fn send_heartbeats(&mut self, r: usize) {
+        let now = self.rms(r);
+        let rep = &mut self.replicas[r];
+        rep.hb_seq += 1;
+        rep.hb_sent_at = now;
+        let (seq, inc) = (rep.hb_seq, rep.inc);
+        let hb = self.core(r).heartbeat(now, seq);
+        let _ = inc;
+        for c in 0..self.ctls.len() {
+            self.send(
+                Proc::Replica(r),
+                Proc::Controller(c),
+                None,
+                Msg::Heartbeat(Box::new(hb.clone())),
+            );
+        }
+    }
+
+    fn on_directive(&mut self, r: usize, d: Directive) {
+        if d.seq != self.replicas[r].hb_seq {
+            return;
+        }
+        let sent_at = self.replicas[r].hb_sent_at;
+        let verdict = self.core(r).check_directive(&d);
+        let Verdict::Accept { persist } = verdict else {
+            return;
+        };
+        if let Some((e, rev)) = persist {
+            let rep = &mut self.replicas[r];
+            rep.meta_epoch = rep.meta_epoch.max(e);
+            rep.meta_rev = rev;
+        }
+        let now = self.rms(r);
+        let before = (self.core(r).epoch(), self.core(r).role());
+        let fx = self.core(r).apply_directive(now, sent_at, &d);
+        let after = (self.core(r).epoch(), self.core(r).role());
+        if before != after {
+            self.note(format!(
+                "r{} directive: epoch {} role {:?} -> epoch {} role {:?} (rev {}, term {})",
+                r + 1,
+                before.0,
+                before.1,
+                after.0,
+                after.1,
+                d.rev,
+                d.controller_term
+            ));
+        }
+        self.after_step(r, fx);
+    }
+
+    // ----- replication: follower side -----------------------------------------------------------
+
+    fn send_repl(&mut self, from: usize, to: usize, conn: u64, m: Repl) {
+        self.send(
+            Proc::Replica(from),
+            Proc::Replica(to),
+            None,
+            Msg::Repl {
+                conn,
+                m: Box::new(m),
+            },
+        );
+    }
+
+    fn open_stream(&mut self, r: usize, leader: usize, directed: Epoch) {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        self.conns.insert(conn, (r, leader));
+        let now = self.rms(r);
+        let core = self.replicas[r].core.as_ref().expect("up");
+        let hello = Repl::Hello {
+            id: self.replicas[r].id.clone(),
+            data_id: core.data_id(),
+            epoch: core.epoch(),
+        };
+        self.replicas[r].stream = Some(FollowerStream {
+            conn,
+            leader,
+            directed,
+            sid: None,
+            last_msg_ms: now,
+        });
+        self.send_repl(r, leader, conn, hello);
+    }
+
+    fn drop_stream(&mut self, r: usize, conn: u64, retry_ms: u64) {
+        let rep = &mut self.replicas[r];
+        if rep.stream.as_ref().is_some_and(|s| s.conn == conn) {
+            rep.stream = None;
+            rep.retry_at_ms = rep.clock.ms(self.now) + retry_ms;
+        }
+        self.net.broken.insert(conn);
+        if let Some((_, l)) = self.conns.remove(&conn) {
+            // The leader's side sees the close after a network delay.
+            if !self.net.is_cut(Proc::Replica(r), Proc::Replica(l)) {
+                let d = self.delay();
+                self.after_us(d, Ev::Closed { r: l, conn });
+            }
+        }
+    }
+
+    fn stream_closed(&mut self, r: usize, conn: u64) {
+        if let Some(s) = self.replicas[r].serving.remove(&conn) {
+            self.core(r).leader_detach(&s.id, s.sid);
+        }
+        if self.replicas[r].stream.as_ref().is_some_and(|s| s.conn == conn) {
+            let rep = &mut self.replicas[r];
+            rep.stream = None;
+            rep.retry_at_ms = rep.clock.ms(self.now) + 50;
+        }
+    }
+
+    fn follower_next(&mut self, r: usize, conn: u64, sid: u64, next: FollowerNext) {
+        let leader = self.replicas[r].stream.as_ref().expect("stream").leader;
+        match next {
+            FollowerNext::Query(e) => self.send_repl(r, leader, conn, Repl::EpochQuery(e)),
+            FollowerNext::Fetch { from, prev_epoch } => {
+                self.send_repl(r, leader, conn, Repl::Fetch { from, prev_epoch });
+                if let Err(e) = self.core(r).follower_begin_streaming(sid) {
+                    self.note(format!("r{} stream: {e}", r + 1));
+                    self.drop_stream(r, conn, 50);
+                }
+            }
+        }
+    }
+
+    fn truncate_disk(&mut self, r: usize, from: Lsn) {
+        let rep = &mut self.replicas[r];
+        let keep = (from.0 - 1) as usize;
+        if keep < rep.log.len() {
+            let cut: Vec<Record> = rep.log.drain(keep..).collect();
+            rep.rollbacks.extend(cut);
+        }
+        rep.durable = rep.durable.min(keep);
+    }
+
+    fn on_follower_msg(&mut self, r: usize, conn: u64, m: Repl) {
+        let Some(s) = &self.replicas[r].stream else {
+            return;
+        };
+        if s.conn != conn {
+            return;
+        }
+        let now = self.rms(r);
+        let leader = s.leader;
+        let sid = s.sid;
+        if let Some(s) = self.replicas[r].stream.as_mut() {
+            s.last_msg_ms = now;
+        }
+        let res: Result<(), String> = (|| {
+            match m {
+                Repl::Welcome { epoch } => {
+                    let directed = self.replicas[r].stream.as_ref().expect("s").directed;
+                    if epoch < directed {
+                        return Err(format!("leader epoch {epoch} below {directed}"));
+                    }
+                    if epoch > self.core(r).epoch() {
+                        let rep = &mut self.replicas[r];
+                        rep.meta_epoch = rep.meta_epoch.max(epoch);
+                        self.core(r).adopt_epoch(epoch);
+                    }
+                    let lid = self.members[leader].id.clone();
+                    let (sid, next) = self.core(r).follower_start(now, &lid, epoch)?;
+                    self.replicas[r].stream.as_mut().expect("s").sid = Some(sid);
+                    self.follower_next(r, conn, sid, next);
+                }
+                Repl::Refused(reason) => return Err(reason),
+                Repl::EpochEnd { epoch, end, lossy } => {
+                    let sid = sid.ok_or("no stream id")?;
+                    match self
+                        .core(r)
+                        .follower_on_epoch_end(now, sid, epoch, end, lossy)?
+                    {
+                        Exchange::Next { next, truncation } => {
+                            if let Some(t) = truncation {
+                                self.note(format!(
+                                    "r{} truncates from LSN {} ({} records archived, below_commit {})",
+                                    r + 1,
+                                    t.from,
+                                    t.records.len(),
+                                    t.below_commit
+                                ));
+                                self.truncate_disk(r, t.from);
+                            }
+                            self.follower_next(r, conn, sid, next);
+                        }
+                        Exchange::Resync { from } => {
+                            self.note(format!("r{} resyncs from LSN {from}", r + 1));
+                            self.core(r).mark_unclean();
+                            self.core(r).follower_reset(sid)?;
+                            self.truncate_disk(r, from);
+                            let rep = &mut self.replicas[r];
+                            let rest: Vec<Record> = rep.log.drain(..).collect();
+                            rep.rollbacks.extend(rest);
+                            rep.durable = 0;
+                            rep.meta_unclean = true;
+                            self.follower_next(
+                                r,
+                                conn,
+                                sid,
+                                FollowerNext::Fetch {
+                                    from: Lsn(1),
+                                    prev_epoch: Epoch(0),
+                                },
+                            );
+                        }
+                    }
+                }
+                Repl::Append { h, records } => {
+                    let sid = sid.ok_or("no stream id")?;
+                    let fx = self.core(r).follower_on_append(now, sid, h, records)?;
+                    self.after_step(r, fx);
+                }
+                Repl::Keepalive {
+                    epoch,
+                    commit,
+                    end,
+                } => {
+                    let sid = sid.ok_or("no stream id")?;
+                    let fx = self
+                        .core(r)
+                        .follower_on_keepalive(now, sid, epoch, commit, end)?;
+                    self.after_step(r, fx);
+                }
+                other => return Err(format!("unexpected message to a follower: {other:?}")),
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.note(format!("r{} stream from r{} ends: {e}", r + 1, leader + 1));
+            self.drop_stream(r, conn, 50);
+        }
+    }
+
+    // ----- replication: leader side -------------------------------------------------------------
+
+    fn on_leader_msg(&mut self, r: usize, from: usize, conn: u64, m: Repl) {
+        let now = self.rms(r);
+        match m {
+            Repl::Hello { id, data_id, epoch } => {
+                let (res, fx) = self.core(r).leader_accept(now, &id, data_id, epoch);
+                let my_epoch = self.core(r).epoch();
+                self.after_step(r, fx);
+                match res {
+                    Ok(sid) => {
+                        self.replicas[r].serving.insert(
+                            conn,
+                            Serving {
+                                follower: from,
+                                id,
+                                sid,
+                                epoch: my_epoch,
+                                next: None,
+                                commit_sent: Lsn(0),
+                                last_send_ms: now,
+                            },
+                        );
+                        self.send_repl(r, from, conn, Repl::Welcome { epoch: my_epoch });
+                    }
+                    Err(reason) => self.send_repl(r, from, conn, Repl::Refused(reason)),
+                }
+            }
+            Repl::EpochQuery(q) => {
+                if !self.replicas[r].serving.contains_key(&conn) {
+                    return;
+                }
+                let (epoch, end, lossy) = self.core(r).epoch_end(q);
+                self.send_repl(r, from, conn, Repl::EpochEnd { epoch, end, lossy });
+            }
+            Repl::Fetch { from: f, prev_epoch } => {
+                let Some(s) = self.replicas[r].serving.get(&conn) else {
+                    return;
+                };
+                let (id, sid) = (s.id.clone(), s.sid);
+                match self.core(r).leader_fetch(&id, sid, f, prev_epoch) {
+                    Ok(FetchStart::Log(l)) => {
+                        self.replicas[r].serving.get_mut(&conn).expect("s").next = Some(l);
+                        self.push_streams(r);
+                    }
+                    Ok(FetchStart::Snapshot) => {
+                        self.violation("a snapshot was asked for, but the simulation never compacts".into());
+                    }
+                    Err(reason) => {
+                        self.replicas[r].serving.remove(&conn);
+                        self.send_repl(r, from, conn, Repl::Refused(reason));
+                    }
+                }
+            }
+            Repl::Ack { epoch, flushed } => {
+                let Some(s) = self.replicas[r].serving.get(&conn) else {
+                    return;
+                };
+                let (id, sid) = (s.id.clone(), s.sid);
+                let fx = self.core(r).leader_on_ack(now, &id, sid, epoch, flushed);
+                self.after_step(r, fx);
+            }
+            other => {
+                self.violation(format!("unexpected message to a leader: {other:?}"));
+            }
+        }
+    }
+
+    /// Sends every streaming follower what it lacks, or a keepalive.
+    fn push_streams(&mut self, r: usize) {
+        if self.replicas[r].serving.is_empty() {
+            return;
+        }
+        let now = self.rms(r);
+        let conns: Vec<u64> = self.replicas[r].serving.keys().copied().collect();
+        for conn in conns {
+            let s = &self.replicas[r].serving[&conn];
+            let (id, sid, epoch, next, follower) = (s.id.clone(), s.sid, s.epoch, s.next, s.follower);
+            let core = self.replicas[r].core.as_ref().expect("up");
+            if !core.leader_stream_alive(&id, sid, epoch) {
+                if next.is_some() || core.epoch() != epoch {
+                    self.replicas[r].serving.remove(&conn);
+                    self.send_repl(r, follower, conn, Repl::Refused("stream no longer current".into()));
+                }
+                continue;
+            }
+            let Some(next) = next else { continue };
+            let (commit, end) = (core.commit(), core.log_end().1);
+            if next <= end {
+                let last = end.0.min(next.0 + BATCH - 1);
+                let recs: Vec<Record> =
+                    self.replicas[r].log[(next.0 - 1) as usize..last as usize].to_vec();
+                let prev_lsn = Lsn(next.0 - 1);
+                let prev_epoch = core.epoch_of(prev_lsn).unwrap_or(Epoch(0));
+                let h = AppendHeader {
+                    leader_epoch: epoch,
+                    prev: (prev_epoch, prev_lsn),
+                    commit,
+                    end,
+                };
+                let s = self.replicas[r].serving.get_mut(&conn).expect("s");
+                s.next = Some(Lsn(last + 1));
+                s.commit_sent = commit;
+                s.last_send_ms = now;
+                self.send_repl(r, follower, conn, Repl::Append { h, records: recs });
+            } else {
+                let s = self.replicas[r].serving.get_mut(&conn).expect("s");
+                if commit > s.commit_sent || now.saturating_sub(s.last_send_ms) >= HEARTBEAT_MS / 2
+                {
+                    s.commit_sent = commit;
+                    s.last_send_ms = now;
+                    self.send_repl(r, follower, conn, Repl::Keepalive { epoch, commit, end });
+                }
+            }
+        }
+    }
+
+    // ----- message dispatch ----------------------------------------------------------------------
+
+    fn deliver(&mut self, to: Proc, from: Proc, to_inc: Option<u64>, msg: Msg) {
+        match to {
+            Proc::Replica(r) => {
+                if !self.replicas[r].up || to_inc.is_some_and(|i| i != self.replicas[r].inc) {
+                    return;
+                }
+                match msg {
+                    Msg::Directive(d) => self.on_directive(r, *d),
+                    Msg::Repl { conn, m } => {
+                        if self.net.broken.contains(&conn) {
+                            return;
+                        }
+                        let Proc::Replica(f) = from else { return };
+                        match self.conns.get(&conn) {
+                            Some((fo, _)) if *fo == r => self.on_follower_msg(r, conn, *m),
+                            Some(_) => self.on_leader_msg(r, f, conn, *m),
+                            None => {}
+                        }
+                    }
+                    Msg::Request { op, req } => self.on_request(r, op, req),
+                    _ => {}
+                }
+            }
+            Proc::Controller(c) => {
+                if !self.ctls[c].up {
+                    return;
+                }
+                if let (Msg::Heartbeat(hb), Proc::Replica(r)) = (msg, from) {
+                    let n = self.cnow(c);
+                    let d = self.ctls[c].core.on_heartbeat(n, *hb);
+                    let inc = self.replicas[r].inc;
+                    self.send(
+                        Proc::Controller(c),
+                        Proc::Replica(r),
+                        Some(inc),
+                        Msg::Directive(Box::new(d)),
+                    );
+                }
+            }
+            Proc::Client(_) => {
+                if let Msg::Reply { op, res } = msg {
+                    self.on_reply(op, res);
+                }
+            }
+            Proc::Etcd => {}
+        }
+    }
+
+    // ----- client requests at a replica ---------------------------------------------------------
+
+    fn on_request(&mut self, r: usize, op: usize, req: Req) {
+        let now = self.rms(r);
+        match req {
+            Req::Read(key) => {
+                let res = match self.core(r).read(now, key.as_bytes(), Consistency::Leader) {
+                    Ok(ok) => Res::Read(ok.entry.map(|e| {
+                        (String::from_utf8_lossy(&e.value).into_owned(), e.version)
+                    })),
+                    Err(e) => Res::NotApplied(format!("{e:?}")),
+                };
+                self.reply(r, op, res);
+            }
+            Req::Put { key, value, expect } => {
+                let kb = Bytes::from(key.clone());
+                let w = WriteReq {
+                    key: kb.clone(),
+                    value: Some(Bytes::from(value)),
+                    expect,
+                };
+                match self.core(r).propose(now, w) {
+                    Ok(rec) => {
+                        let version = Version {
+                            epoch: rec.epoch,
+                            lsn: rec.lsn,
+                        };
+                        self.replicas[r]
+                            .waiters
+                            .insert(rec.lsn, (op, version, now + WRITE_TIMEOUT_MS));
+                        self.append_local(r, rec);
+                        self.after_step(r, Vec::new());
+                    }
+                    Err(WriteReject::PreconditionFailed { .. }) | Err(WriteReject::NotFound) => {
+                        match self.core(r).pending_lsn_of(&kb) {
+                            Some(l) => {
+                                self.replicas[r]
+                                    .barriers
+                                    .push((l, op, now + WRITE_TIMEOUT_MS))
+                            }
+                            None => self.reply(r, op, Res::Precondition),
+                        }
+                    }
+                    Err(e) => self.reply(r, op, Res::NotApplied(format!("{e:?}"))),
+                }
+            }
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------------------------------
+
+    /// Where a client sends: the replica that looks like the newest leader (what the proxy
+    /// learns from the controllers), else any.
+    fn pick_target(&mut self) -> usize {
+        let mut best: Option<(Epoch, usize)> = None;
+        for (i, rep) in self.replicas.iter().enumerate() {
+            if let Some(c) = &rep.core {
+                if c.role() == ReportedRole::Leader && best.is_none_or(|(e, _)| c.epoch() > e) {
+                    best = Some((c.epoch(), i));
+                }
+            }
+        }
+        match best {
+            Some((_, i)) => i,
+            None => self.rng.random_range(0..self.replicas.len()),
+        }
+    }
+
+    fn client_next(&mut self, c: usize) {
+        if !self.clients_on || self.clients[c].busy.is_some() {
+            return;
+        }
+        let key = key_of(self.rng.random_range(0..self.cfg.keys));
+        self.clients[c].n += 1;
+        let value = format!("c{c}-{}", self.clients[c].n);
+        let p: f64 = self.rng.random();
+        let (kind, req) = if p < 0.4 {
+            (OpKind::Read, Req::Read(key.clone()))
+        } else if p < 0.7 {
+            let last = self.clients[c].last_read.get(&key).cloned().flatten();
+            let (hx, vx) = match last {
+                Some((v, ver)) => (checker::Expect::Value(v), VExpect::Version(ver)),
+                None => (checker::Expect::Absent, VExpect::Absent),
+            };
+            (
+                OpKind::Cas {
+                    expect: hx,
+                    value: value.clone(),
+                },
+                Req::Put {
+                    key: key.clone(),
+                    value,
+                    expect: Some(vx),
+                },
+            )
+        } else {
+            (
+                OpKind::Write {
+                    value: value.clone(),
+                },
+                Req::Put {
+                    key: key.clone(),
+                    value,
+                    expect: None,
+                },
+            )
+        };
+        let op = self.ops.len();
+        self.ops.push(OpRec {
+            h: HOp {
+                id: op as u64,
+                key,
+                invoke: self.now,
+                complete: None,
+                kind,
+                outcome: Outcome::Unknown,
+            },
+            client: c,
+            done: false,
+        });
+        self.clients[c].busy = Some(op);
+        let target = self.pick_target();
+        self.send(
+            Proc::Client(c),
+            Proc::Replica(target),
+            None,
+            Msg::Request { op, req },
+        );
+        self.after_us(CLIENT_TIMEOUT_US, Ev::ClientTimeout { op });
+    }
+
+    fn finish_op(&mut self, op: usize, outcome: Outcome, backoff: bool) {
+        let rec = &mut self.ops[op];
+        if rec.done {
+            return;
+        }
+        rec.done = true;
+        rec.h.complete = Some(self.now);
+        rec.h.outcome = outcome;
+        let c = rec.client;
+        self.clients[c].busy = None;
+        let think = if backoff {
+            self.rng.random_range(20_000..60_000)
+        } else {
+            self.rng.random_range(500..5_000)
+        };
+        self.after_us(think, Ev::ClientNext(c));
+    }
+
+    fn client_timeout(&mut self, op: usize) {
+        if self.ops[op].done {
+            return;
+        }
+        let outcome = match self.ops[op].h.kind {
+            OpKind::Read => Outcome::Failed,
+            _ => Outcome::Unknown,
+        };
+        self.finish_op(op, outcome, true);
+    }
+
+    fn on_reply(&mut self, op: usize, res: Res) {
+        if self.ops[op].done {
+            return;
+        }
+        let key = self.ops[op].h.key.clone();
+        let c = self.ops[op].client;
+        let is_read = matches!(self.ops[op].h.kind, OpKind::Read);
+        match res {
+            Res::Read(v) => {
+                self.clients[c].last_read.insert(key, v.clone());
+                self.finish_op(op, Outcome::Ok(OpResult::Read(v.map(|(s, _)| s))), false);
+            }
+            Res::Written(ver) => {
+                let value = match &self.ops[op].h.kind {
+                    OpKind::Write { value } | OpKind::Cas { value, .. } => value.clone(),
+                    _ => String::new(),
+                };
+                let k = (ver.epoch.0, ver.lsn.0);
+                if let Some((k2, v2)) = self.acked.get(&k) {
+                    if (k2, v2) != (&key, &value) {
+                        let msg = format!(
+                            "two acknowledged writes at ({}, {}): {k2}={v2} and {key}={value}",
+                            k.0, k.1
+                        );
+                        self.violation(msg);
+                    }
+                }
+                self.acked.insert(k, (key.clone(), value.clone()));
+                self.clients[c].last_read.insert(key, Some((value, ver)));
+                self.finish_op(op, Outcome::Ok(OpResult::Applied(true)), false);
+            }
+            Res::Precondition => {
+                self.clients[c].last_read.remove(&key);
+                self.finish_op(op, Outcome::Ok(OpResult::Applied(false)), false)
+            }
+            Res::NotApplied(why) => {
+                self.note(format!("op {op} not applied: {why}"));
+                self.finish_op(op, Outcome::Failed, true)
+            }
+            Res::Unknown(why) => {
+                self.note(format!("op {op} outcome unknown: {why}"));
+                let o = if is_read {
+                    Outcome::Failed
+                } else {
+                    Outcome::Unknown
+                };
+                self.finish_op(op, o, true)
+            }
+        }
+    }
+
+    // ----- controllers and the etcd stand-in ------------------------------------------------------
+
+    fn etcd_reachable(&self, c: usize) -> bool {
+        self.etcd.up
+            && !self.net.is_cut(Proc::Controller(c), Proc::Etcd)
+            && !self.net.is_cut(Proc::Etcd, Proc::Controller(c))
+    }
+
+    /// Whether an etcd request times out (and so may or may not have happened).
+    fn etcd_timeout(&mut self) -> bool {
+        self.etcd.timeout_p > 0.0 && self.rng.random_bool(self.etcd.timeout_p)
+    }
+
+    fn ctl_loop(&mut self, c: usize) {
+        self.etcd.expire(self.now);
+        let n = self.cnow(c);
+        let ttl_us = ELECTION_TTL_MS * 1000;
+        let trust = (ELECTION_TTL_MS as f64 * (1.0 - DRIFT)) as u64;
+        let reach = self.etcd_reachable(c);
+        // The session: an etcd lease kept alive, trusted until keepalive-sent + TTL·(1−ρ).
+        if reach && !self.etcd_timeout() {
+            match self.ctls[c].lease {
+                None => {
+                    let id = self.etcd.next_lease;
+                    self.etcd.next_lease += 1;
+                    self.etcd.leases.insert(id, self.now + ttl_us);
+                    let ctl = &mut self.ctls[c];
+                    ctl.lease = Some(id);
+                    ctl.valid_until = n.ms + trust;
+                    ctl.next_keepalive = n.ms + ELECTION_TTL_MS / 4;
+                }
+                Some(id) if n.ms >= self.ctls[c].next_keepalive => {
+                    if let Some(exp) = self.etcd.leases.get_mut(&id) {
+                        *exp = self.now + ttl_us;
+                        let ctl = &mut self.ctls[c];
+                        ctl.valid_until = n.ms + trust;
+                        ctl.next_keepalive = n.ms + ELECTION_TTL_MS / 4;
+                    } else if n.ms >= self.ctls[c].valid_until {
+                        self.ctls[c].lease = None;
+                    }
+                }
+                _ => {}
+            }
+        } else if self.ctls[c].lease.is_some() && n.ms >= self.ctls[c].valid_until {
+            self.ctls[c].lease = None;
+        }
+        let ctl = &mut self.ctls[c];
+        ctl.core.set_valid_until(if ctl.lease.is_some() {
+            ctl.valid_until
+        } else {
+            0
+        });
+        let lease_ok = ctl.lease.is_some() && n.ms < ctl.valid_until;
+        let my_addr = format!("c{}:8000", c + 1);
+        if !lease_ok {
+            if self.ctls[c].core.is_active() {
+                self.note(format!("c{} standby (no trusted etcd lease)", c + 1));
+            }
+            self.ctls[c].core.on_election(n, None, None);
+        } else if reach && !self.etcd_timeout() {
+            let lease = self.ctls[c].lease.expect("lease");
+            if self.etcd.election.is_none() {
+                self.etcd.rev += 1;
+                self.etcd.election = Some((c, lease, self.etcd.rev));
+            }
+            let (owner, olease, cr) = self.etcd.election.expect("set");
+            let term = (owner == c && olease == lease).then_some(cr);
+            if term.is_some() && !self.ctls[c].core.is_active() {
+                self.note(format!("c{} active, term {cr}", c + 1));
+            }
+            let active = format!("c{}:8000", owner + 1);
+            self.ctls[c]
+                .core
+                .on_election(n, term, Some(if term.is_some() { my_addr } else { active }));
+            self.etcd.hears.insert(c, (self.ctls[c].core.hears(n), lease));
+            self.ctls[c].core.standby_hears = self
+                .etcd
+                .hears
+                .iter()
+                .filter(|(k, _)| **k != c)
+                .map(|(_, (h, _))| *h)
+                .max()
+                .unwrap_or(0);
+        } else if self.ctls[c].core.is_active() && n.ms >= self.ctls[c].valid_until {
+            self.ctls[c].core.on_election(n, None, None);
+        }
+        if self.etcd_reachable(c) && !self.etcd_timeout() {
+            let observed = match &self.etcd.state {
+                None => Observed::Absent,
+                Some((s, rev)) => Observed::Present {
+                    state: s.clone(),
+                    rev: *rev,
+                },
+            };
+            let j = self.etcd.journal.clone();
+            self.ctls[c].core.on_observed(n, observed, j);
+        }
+        let n = self.cnow(c);
+        let core = &mut self.ctls[c].core;
+        let w = if core.is_active() && core.observed == Observed::Absent {
+            core.init(n).ok()
+        } else {
+            core.tick(n)
+        };
+        if let Some(w) = w {
+            self.execute(c, w);
+        }
+    }
+
+    fn execute(&mut self, c: usize, w: Write) {
+        let reach = self.etcd_reachable(c);
+        let timeout = self.etcd_timeout();
+        let outcome = if !reach {
+            WriteOutcome::Unknown
+        } else {
+            let term = self.ctls[c].core.term();
+            let election_ok = matches!(
+                (self.etcd.election, term),
+                (Some((_, _, cr)), Some(t)) if cr == t
+            );
+            let state_ok = match (&self.etcd.state, w.expect_rev) {
+                (None, 0) => true,
+                (Some((_, rev)), e) => *rev == e && e != 0,
+                _ => false,
+            };
+            let applied = !timeout || self.rng.random_bool(0.5);
+            if election_ok && state_ok && applied {
+                let rev = if let Some(s) = &w.state {
+                    self.etcd.rev += 1;
+                    self.etcd.state = Some((s.clone(), self.etcd.rev));
+                    self.etcd.rev
+                } else {
+                    w.expect_rev
+                };
+                self.etcd.journal = w.journal.clone();
+                if let Some(s) = &w.state {
+                    self.note(format!(
+                        "c{} wrote state rev {rev}: epoch {} leader {:?} phase {:?} sync {:?} ({})",
+                        c + 1,
+                        s.epoch,
+                        s.leader.as_ref().map(|l| l.id.0.clone()),
+                        s.phase,
+                        s.sync_set.iter().map(|m| m.id.0.clone()).collect::<Vec<_>>(),
+                        w.why
+                    ));
+                }
+                if timeout {
+                    WriteOutcome::Unknown
+                } else {
+                    WriteOutcome::Committed { rev }
+                }
+            } else if timeout {
+                WriteOutcome::Unknown
+            } else {
+                WriteOutcome::Rejected
+            }
+        };
+        let n = self.cnow(c);
+        self.ctls[c].core.on_write(n, &w, outcome);
+    }
+
+    fn crash_controller(&mut self, c: usize) {
+        self.note(format!("c{} crashes", c + 1));
+        let cfg = self.ctls[c].core.cfg.clone();
+        let ctl = &mut self.ctls[c];
+        ctl.up = false;
+        ctl.inc += 1;
+        ctl.core = ClusterCore::new(cfg);
+        ctl.lease = None;
+        ctl.valid_until = 0;
+        ctl.paused_until = 0;
+    }
+
+    fn start_controller(&mut self, c: usize) {
+        self.note(format!("c{} starts", c + 1));
+        let ctl = &mut self.ctls[c];
+        ctl.up = true;
+        let inc = ctl.inc;
+        self.after_us(1000, Ev::CtlTimer { c, inc });
+    }
+
+    fn active_controller(&self) -> Option<usize> {
+        let now = self.now;
+        self.ctls
+            .iter()
+            .position(|c| c.up && c.core.active_at(Now {
+                ms: c.clock.ms(now),
+                unix_ms: 0,
+            }))
+    }
+
+    fn leader_replica(&self) -> Option<usize> {
+        let mut best: Option<(Epoch, usize)> = None;
+        for (i, rep) in self.replicas.iter().enumerate() {
+            if let Some(c) = &rep.core {
+                if c.role() == ReportedRole::Leader && best.is_none_or(|(e, _)| c.epoch() > e) {
+                    best = Some((c.epoch(), i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    // ----- the nemesis -------------------------------------------------------------------------
+
+    fn nemesis(&mut self) {
+        let f = self.cfg.faults.clone();
+        let mut kinds: Vec<&str> = Vec::new();
+        if f.crash {
+            kinds.extend(["crash", "crash"]);
+        }
+        if f.pause {
+            kinds.push("pause");
+        }
+        if f.partition {
+            kinds.extend(["isolate", "ctl-only", "followers-only", "one-way", "ctl-cut"]);
+        }
+        if f.loss {
+            kinds.push("loss");
+        }
+        if f.controller {
+            kinds.extend(["ctl-crash", "ctl-etcd"]);
+        }
+        if f.etcd {
+            kinds.extend(["etcd-down", "etcd-timeouts"]);
+        }
+        if f.wipe {
+            kinds.push("wipe");
+        }
+        if f.operator {
+            kinds.push("switchover");
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        let nr = self.replicas.len();
+        let leader = self.leader_replica();
+        let victim = match leader {
+            Some(l) if self.rng.random_bool(0.6) => l,
+            _ => self.rng.random_range(0..nr),
+        };
+        let hold = self.rng.random_range(300_000..3_500_000);
+        let all_but = |p: Proc, w: &World| -> Vec<Proc> {
+            let mut v: Vec<Proc> = (0..w.replicas.len()).map(Proc::Replica).collect();
+            v.extend((0..w.ctls.len()).map(Proc::Controller));
+            v.extend((0..w.clients.len()).map(Proc::Client));
+            v.retain(|x| *x != p);
+            v
+        };
+        self.report.faults += 1;
+        match kind {
+            "crash" => {
+                if !self.replicas[victim].up {
+                    return;
+                }
+                self.crash_replica(victim);
+                self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Replica(victim))));
+            }
+            "wipe" => {
+                self.wipe_replica(victim);
+                self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Replica(victim))));
+            }
+            "pause" => {
+                if !self.replicas[victim].up {
+                    return;
+                }
+                let until = self.now + hold;
+                self.note(format!("r{} paused for {} ms", victim + 1, hold / 1000));
+                self.replicas[victim].paused_until = until;
+                self.q.push(until, Ev::Heal(Heal::Resume(Proc::Replica(victim))));
+            }
+            "isolate" | "ctl-only" | "followers-only" | "ctl-cut" => {
+                let p = Proc::Replica(victim);
+                let others: Vec<Proc> = match kind {
+                    "isolate" => all_but(p, self),
+                    "ctl-only" => (0..self.ctls.len()).map(Proc::Controller).collect(),
+                    "followers-only" => (0..nr).map(Proc::Replica).collect(),
+                    _ => {
+                        // One controller cut from every replica.
+                        let c = self.rng.random_range(0..self.ctls.len());
+                        let pc = Proc::Controller(c);
+                        let pairs: Vec<(Proc, Proc)> = (0..nr)
+                            .flat_map(|r| [(pc, Proc::Replica(r)), (Proc::Replica(r), pc)])
+                            .collect();
+                        self.note(format!("partition: c{} cut from the replicas", c + 1));
+                        self.net.cut.extend(pairs.iter().copied());
+                        self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
+                        return;
+                    }
+                };
+                let mut pairs = Vec::new();
+                for o in others.into_iter().filter(|o| *o != p) {
+                    pairs.push((p, o));
+                    pairs.push((o, p));
+                }
+                self.note(format!("partition: r{} {kind} for {} ms", victim + 1, hold / 1000));
+                self.net.cut.extend(pairs.iter().copied());
+                self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
+            }
+            "one-way" => {
+                let mut procs: Vec<Proc> = (0..nr).map(Proc::Replica).collect();
+                procs.extend((0..self.ctls.len()).map(Proc::Controller));
+                let a = procs[self.rng.random_range(0..procs.len())];
+                let b = procs[self.rng.random_range(0..procs.len())];
+                if a == b {
+                    return;
+                }
+                self.note(format!("one-way drop {a:?} -> {b:?} for {} ms", hold / 1000));
+                self.net.cut.insert((a, b));
+                self.after_us(hold, Ev::Heal(Heal::Uncut(vec![(a, b)])));
+            }
+            "loss" => {
+                self.net.loss = self.rng.random_range(0.02..0.3);
+                self.net.extra_delay_us = self.rng.random_range(0..20_000);
+                self.note(format!("message loss {:.2}", self.net.loss));
+                self.after_us(hold, Ev::Heal(Heal::Loss));
+            }
+            "ctl-crash" => {
+                let c = self
+                    .active_controller()
+                    .filter(|_| self.rng.random_bool(0.7))
+                    .unwrap_or_else(|| self.rng.random_range(0..self.ctls.len()));
+                if !self.ctls[c].up {
+                    return;
+                }
+                self.crash_controller(c);
+                self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Controller(c))));
+            }
+            "ctl-etcd" => {
+                let c = self.rng.random_range(0..self.ctls.len());
+                let pairs = vec![
+                    (Proc::Controller(c), Proc::Etcd),
+                    (Proc::Etcd, Proc::Controller(c)),
+                ];
+                self.note(format!("c{} cut from etcd for {} ms", c + 1, hold / 1000));
+                self.net.cut.extend(pairs.iter().copied());
+                self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
+            }
+            "etcd-down" => {
+                self.note(format!("etcd down for {} ms", hold / 1000));
+                self.etcd.up = false;
+                self.after_us(hold, Ev::Heal(Heal::EtcdUp));
+            }
+            "etcd-timeouts" => {
+                self.etcd.timeout_p = self.rng.random_range(0.1..0.5);
+                self.note(format!("etcd request timeouts p={:.2}", self.etcd.timeout_p));
+                self.after_us(hold, Ev::Heal(Heal::EtcdTimeouts));
+            }
+            "switchover" => {
+                if let Some(c) = self.active_controller() {
+                    let n = self.cnow(c);
+                    let to = if self.rng.random_bool(0.5) {
+                        Some(self.members[self.rng.random_range(0..nr)].id.clone())
+                    } else {
+                        None
+                    };
+                    let op = format!("sw-{}", self.report.faults);
+                    match self.ctls[c].core.switchover(n, to, 5000, op) {
+                        Ok(w) => {
+                            self.note(format!("switchover asked of c{}", c + 1));
+                            self.execute(c, w)
+                        }
+                        Err(e) => self.note(format!("switchover refused: {}", e.message)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After healing, a promotion that stays blocked (no sync member nor the old leader holds
+    /// the data: a degraded leader lost its disk) needs the operator: `failover --to <most
+    /// caught-up clean member> --force`, accepting the loss of writes acknowledged while
+    /// degraded (DESIGN §5).
+    fn operator_unblock(&mut self) {
+        let Some(c) = self.active_controller() else {
+            return;
+        };
+        if !matches!(&self.etcd.state, Some((s, _)) if s.phase == baton_controller::state::Phase::Promoting)
+        {
+            return;
+        }
+        let best = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.core.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| !c.unclean())
+            .max_by_key(|(i, c)| (c.log_end(), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        let Some(to) = best else { return };
+        let n = self.cnow(c);
+        let id = self.members[to].id.clone();
+        match self.ctls[c]
+            .core
+            .failover(n, id, true, false, "operator-force".into())
+        {
+            Ok(w) => {
+                self.note(format!("operator: forced failover to r{}", to + 1));
+                self.forced = true;
+                self.execute(c, w);
+            }
+            Err(e) => self.note(format!("operator: failover refused: {}", e.message)),
+        }
+    }
+
+    fn heal(&mut self, h: Heal) {
+        match h {
+            Heal::Uncut(pairs) => {
+                for p in pairs {
+                    self.net.cut.remove(&p);
+                }
+            }
+            Heal::Loss => {
+                self.net.loss = 0.0;
+                self.net.extra_delay_us = 0;
+            }
+            Heal::EtcdUp => self.etcd.up = true,
+            Heal::EtcdTimeouts => self.etcd.timeout_p = 0.0,
+            Heal::Restart(Proc::Replica(r)) => {
+                if !self.replicas[r].up {
+                    self.start_replica(r);
+                }
+            }
+            Heal::Restart(Proc::Controller(c)) => {
+                if !self.ctls[c].up {
+                    self.start_controller(c);
+                }
+            }
+            Heal::Resume(Proc::Replica(r)) => {
+                if self.replicas[r].paused_until <= self.now {
+                    self.note(format!("r{} resumes", r + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn heal_all(&mut self) {
+        self.net.heal();
+        self.etcd.up = true;
+        self.etcd.timeout_p = 0.0;
+        for r in 0..self.replicas.len() {
+            if self.replicas[r].paused_until > self.now {
+                self.replicas[r].paused_until = self.now;
+            }
+            if !self.replicas[r].up {
+                self.start_replica(r);
+            }
+        }
+        for c in 0..self.ctls.len() {
+            if !self.ctls[c].up {
+                self.start_controller(c);
+            }
+        }
+    }
+
+    // ----- checks --------------------------------------------------------------------------------
+
+    fn check_step(&mut self) {
+        let mut serving = Vec::new();
+        let mut errs = Vec::new();
+        for (i, rep) in self.replicas.iter_mut().enumerate() {
+            let Some(core) = &rep.core else { continue };
+            if let Err(e) = core.check_invariants() {
+                errs.push(format!("r{}: invariant: {e}", i + 1));
+            }
+            if core.epoch() < rep.max_epoch {
+                errs.push(format!(
+                    "r{}: epoch went back from {} to {}",
+                    i + 1,
+                    rep.max_epoch,
+                    core.epoch()
+                ));
+            }
+            rep.max_epoch = rep.max_epoch.max(core.epoch());
+            let now = rep.clock.ms(self.now);
+            if rep.paused_until <= self.now
+                && core.role() == ReportedRole::Leader
+                && core.read(now, b"", Consistency::Leader).is_ok()
+            {
+                serving.push((i, core.epoch()));
+            }
+        }
+        if serving.len() > 1 {
+            errs.push(format!(
+                "two replicas serve as leader at once: {}",
+                serving
+                    .iter()
+                    .map(|(i, e)| format!("r{} (epoch {e})", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for e in errs {
+            self.violation(e);
+        }
+    }
+
+    fn converged(&self) -> Result<(), String> {
+        let mut seen: Option<((Epoch, Lsn), u128)> = None;
+        for (i, rep) in self.replicas.iter().enumerate() {
+            let Some(c) = &rep.core else {
+                return Err(format!("r{} is down", i + 1));
+            };
+            if c.applied() != c.log_end().1 {
+                return Err(format!(
+                    "r{} applied {} of {}",
+                    i + 1,
+                    c.applied(),
+                    c.log_end().1
+                ));
+            }
+            let me = (c.log_end(), c.state().digest());
+            match seen {
+                None => seen = Some(me),
+                Some(s) if s != me => {
+                    return Err(format!(
+                        "r{} ends at {:?} with digest {:x}, another at {:?} with {:x}",
+                        i + 1,
+                        me.0,
+                        me.1,
+                        s.0,
+                        s.1
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.leader_replica().is_none() {
+            return Err("no leader".into());
+        }
+        Ok(())
+    }
+
+    /// Every process's state, for a failing run's report.
+    fn describe(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (i, rep) in self.replicas.iter().enumerate() {
+            match &rep.core {
+                None => v.push(format!("r{}: down", i + 1)),
+                Some(c) => {
+                    let hb = c.heartbeat(rep.clock.ms(self.now), 0);
+                    v.push(format!(
+                        "r{}: role {:?} epoch {} log_end {:?} flushed {} commit {} applied {} unclean {} rev {} stream {:?} serving {} rollbacks {}",
+                        i + 1,
+                        c.role(),
+                        c.epoch(),
+                        c.log_end(),
+                        c.flushed(),
+                        c.commit(),
+                        c.applied(),
+                        c.unclean(),
+                        c.applied_rev(),
+                        rep.stream.as_ref().map(|s| (s.leader + 1, s.sid)),
+                        rep.serving.len(),
+                        rep.rollbacks.len(),
+                    ));
+                    v.push(format!("    heartbeat: {}", serde_json::to_string(&hb).unwrap_or_default()));
+                }
+            }
+        }
+        for (i, c) in self.ctls.iter().enumerate() {
+            v.push(format!(
+                "c{}: up {} active {} term {:?}",
+                i + 1,
+                c.up,
+                c.core.is_active(),
+                c.core.term()
+            ));
+        }
+        if let Some((s, rev)) = &self.etcd.state {
+            v.push(format!("etcd state rev {rev}: {}", serde_json::to_string(s).unwrap_or_default()));
+        }
+        for e in self.etcd.journal.iter().rev().take(12).rev() {
+            v.push(format!("journal: {} {} (x{})", e.kind, e.message, e.count));
+        }
+        v
+    }
+
+    fn finish(mut self) -> Report {
+        if let Err(e) = self.converged() {
+            self.violation(format!("not converged after healing: {e}"));
+            self.report.trace = self.trace.iter().cloned().collect();
+        }
+        if !self.report.violations.is_empty() {
+            self.report.trace.extend(self.describe());
+        }
+        // Final reads of every key from the leader, after every client operation ended.
+        let mut history: Vec<HOp> = self.ops.iter().map(|o| o.h.clone()).collect();
+        if self.forced {
+            // A forced failover may drop what a degraded leader alone acknowledged.
+            for op in &self.degraded_acks {
+                history[*op].outcome = Outcome::Unknown;
+            }
+            let dropped: HashSet<(String, String)> = self
+                .degraded_acks
+                .iter()
+                .filter_map(|op| match &self.ops[*op].h.kind {
+                    OpKind::Write { value } | OpKind::Cas { value, .. } => {
+                        Some((self.ops[*op].h.key.clone(), value.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.acked.retain(|_, kv| !dropped.contains(kv));
+        }
+        if let Some(l) = self.leader_replica() {
+            let now = self.rms(l);
+            for k in 0..self.cfg.keys {
+                let key = key_of(k);
+                let core = self.replicas[l].core.as_ref().expect("up");
+                match core.read(now, key.as_bytes(), Consistency::Leader) {
+                    Ok(ok) => history.push(HOp {
+                        id: history.len() as u64 + 1_000_000,
+                        key: key.clone(),
+                        invoke: self.now + 1,
+                        complete: Some(self.now + 2),
+                        kind: OpKind::Read,
+                        outcome: Outcome::Ok(OpResult::Read(
+                            ok.entry
+                                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+                        )),
+                    }),
+                    Err(e) => self.violation(format!("final read of {key} refused: {e:?}")),
+                }
+            }
+            // Every acknowledged write is in the leader's log, at its (epoch, LSN).
+            let log = &self.replicas[l].log;
+            let mut lost = Vec::new();
+            for ((e, lsn), (k, v)) in &self.acked {
+                let ok = log.get((*lsn - 1) as usize).is_some_and(|r| {
+                    r.epoch.0 == *e && rec_content(r) == format!("put {k}={v}")
+                });
+                if !ok {
+                    lost.push(format!("{k}={v} at ({e}, {lsn})"));
+                }
+            }
+            if !lost.is_empty() {
+                lost.sort();
+                self.violation(format!(
+                    "acknowledged writes missing from the final log: {}",
+                    lost.join(", ")
+                ));
+            }
+        }
+        match checker::check_history(&history) {
+            Ok(()) => {}
+            Err(v) if v.is_inconclusive() => {}
+            Err(v) => self.violation(format!("not linearizable: {v}")),
+        }
+        for o in &self.ops {
+            self.report.ops += 1;
+            match o.h.outcome {
+                Outcome::Ok(_) => self.report.ok += 1,
+                Outcome::Failed => self.report.failed += 1,
+                Outcome::Unknown => self.report.unknown += 1,
+            }
+        }
+        self.report.epochs = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.core.as_ref().map(|c| c.epoch().0))
+            .max()
+            .unwrap_or(0);
+        self.report
+    }
+}
+
+/// Runs one seeded simulation.
+pub fn run(cfg: SimConfig) -> Report {
+    World::new(cfg).run()
+}
