@@ -1,8 +1,12 @@
-//! A whole Baton deployment for tests and benchmarks: a private etcd (from the distribution's
-//! `etcd`), controllers, replicas and (optionally) a `baton-proxy` as real processes on loopback
-//! ports picked at run time. Each replica reaches each controller through its own [`Relay`], so
-//! a test can cut one replica off from the controllers while the data path stays up; the proxy
-//! talks to the controllers and replicas directly.
+//! A whole Baton deployment for tests, benchmarks and the chaos runner: a private etcd (from
+//! the distribution's `etcd`; one member or a cluster of three), controllers, replicas and
+//! (optionally) a `baton-proxy` as real processes on loopback ports picked at run time. Each
+//! replica reaches each controller through its own [`Relay`], so a test can cut one replica off
+//! from the controllers while the data path stays up. With [`Opts::inbound_relays`] every
+//! replica also sits behind an inbound relay that is its declared member address and its
+//! `advertise`: followers, the proxy and anyone using the member address reach it only through
+//! that relay, and per-source rules on it cut one follower's link to it ([`Cluster::isolate`],
+//! [`Cluster::cut_data_link`]). The harness itself reaches replicas directly ([`Cluster::url`]).
 
 use crate::client::Client;
 use crate::procs::{bin_path, free_port, release_bin, wait_for, Daemon, ReplicaProc, ReplicaSpec};
@@ -19,41 +23,97 @@ pub struct EtcdProc {
 
 impl EtcdProc {
     pub async fn start(dir: &Path) -> anyhow::Result<EtcdProc> {
-        let bin = which("etcd").ok_or_else(|| {
-            anyhow::anyhow!(
-                "etcd is not installed: run scripts/install-prereqs.sh (apt install etcd-server)"
-            )
-        })?;
+        let bin = etcd_bin()?;
         std::fs::create_dir_all(dir)?;
         let (c, p) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{c}");
         let peer = format!("http://127.0.0.1:{p}");
-        let args: Vec<std::ffi::OsString> = vec![
-            "--name".into(),
-            "baton-test".into(),
-            "--data-dir".into(),
-            dir.join("data").into(),
-            "--listen-client-urls".into(),
-            url.clone().into(),
-            "--advertise-client-urls".into(),
-            url.clone().into(),
-            "--listen-peer-urls".into(),
-            peer.clone().into(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone().into(),
-            "--initial-cluster".into(),
-            format!("baton-test={peer}").into(),
-        ];
+        let args = etcd_args(
+            "baton-test",
+            dir,
+            &url,
+            &peer,
+            &format!("baton-test={peer}"),
+        );
         let daemon = Daemon::start("etcd", bin, args, dir.join("etcd.log"))?;
         let e = EtcdProc { url, daemon };
-        let c = Client::new(Duration::from_millis(500));
-        let health = format!("{}/health", e.url);
-        wait_for(Duration::from_secs(20), "etcd to be healthy", || async {
-            matches!(c.call("GET", &health, &[], bytes::Bytes::new()).await, Ok(r) if r.status == 200).then_some(())
-        })
-        .await?;
+        e.wait_healthy(Duration::from_secs(20)).await?;
         Ok(e)
     }
+
+    /// An etcd cluster of `n` members (`n == 1` is [`EtcdProc::start`]), member `i` in
+    /// `dir/m{i}`; returns once every member reports healthy.
+    pub async fn start_cluster(dir: &Path, n: usize) -> anyhow::Result<Vec<EtcdProc>> {
+        if n <= 1 {
+            return Ok(vec![EtcdProc::start(dir).await?]);
+        }
+        let bin = etcd_bin()?;
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("etcd{}=http://127.0.0.1:{p}", i + 1))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let name = format!("etcd{}", i + 1);
+            let mdir = dir.join(format!("m{}", i + 1));
+            std::fs::create_dir_all(&mdir)?;
+            let url = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let args = etcd_args(&name, &mdir, &url, &peer, &initial);
+            let daemon = Daemon::start(&name, bin.clone(), args, mdir.join("etcd.log"))?;
+            members.push(EtcdProc { url, daemon });
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30)).await?;
+        }
+        Ok(members)
+    }
+
+    /// Waits until this member's `/health` answers 200 (it sees a quorum).
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let c = Client::new(Duration::from_millis(500));
+        let health = format!("{}/health", self.url);
+        wait_for(timeout, &format!("etcd {} to be healthy", self.url), || async {
+            matches!(c.call("GET", &health, &[], bytes::Bytes::new()).await, Ok(r) if r.status == 200).then_some(())
+        })
+        .await
+    }
+}
+
+fn etcd_bin() -> anyhow::Result<PathBuf> {
+    which("etcd").ok_or_else(|| {
+        anyhow::anyhow!(
+            "etcd is not installed: run scripts/install-prereqs.sh (apt install etcd-server)"
+        )
+    })
+}
+
+fn etcd_args(
+    name: &str,
+    dir: &Path,
+    url: &str,
+    peer: &str,
+    initial: &str,
+) -> Vec<std::ffi::OsString> {
+    vec![
+        "--name".into(),
+        name.into(),
+        "--data-dir".into(),
+        dir.join("data").into(),
+        "--listen-client-urls".into(),
+        url.into(),
+        "--advertise-client-urls".into(),
+        url.into(),
+        "--listen-peer-urls".into(),
+        peer.into(),
+        "--initial-advertise-peer-urls".into(),
+        peer.into(),
+        "--initial-cluster".into(),
+        initial.into(),
+    ]
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -82,6 +142,11 @@ pub struct Opts {
     pub proxy: bool,
     /// Extra TOML for the proxy's config (tables like `[timing]`).
     pub proxy_toml: String,
+    /// Put an inbound [`Relay`] in front of every replica and declare it as the member address
+    /// (and the replica's `advertise`), so that every link to a replica can be cut.
+    pub inbound_relays: bool,
+    /// Members of the private etcd cluster (1 or 3).
+    pub etcd_members: usize,
 }
 
 impl Default for Opts {
@@ -96,6 +161,8 @@ impl Default for Opts {
             release: false,
             proxy: false,
             proxy_toml: String::new(),
+            inbound_relays: false,
+            etcd_members: 1,
         }
     }
 }
@@ -153,11 +220,17 @@ impl ProxyProc {
 /// A running deployment.
 pub struct Cluster {
     pub dir: PathBuf,
+    /// The first (or only) etcd member.
     pub etcd: EtcdProc,
+    /// The other etcd members when [`Opts::etcd_members`] > 1.
+    pub etcd_peers: Vec<EtcdProc>,
     pub controllers: Vec<ControllerProc>,
     pub replicas: BTreeMap<String, ReplicaProc>,
     /// `relays[replica][controller index]`: that replica's link to that controller.
     pub relays: BTreeMap<String, Vec<Relay>>,
+    /// `inbound[replica]`: the relay in front of it (its member address), when
+    /// [`Opts::inbound_relays`] asked for them.
+    pub inbound: BTreeMap<String, Relay>,
     /// The proxy, when [`Opts::proxy`] asked for one.
     pub proxy: Option<ProxyProc>,
     pub client: Client,
@@ -167,15 +240,35 @@ impl Cluster {
     /// Starts etcd, the controllers and the replicas in `dir`, runs `init` and waits until the
     /// leader accepts writes.
     pub async fn start(dir: &Path, opts: Opts) -> anyhow::Result<Cluster> {
-        let etcd = EtcdProc::start(&dir.join("etcd")).await?;
+        let mut etcds = EtcdProc::start_cluster(&dir.join("etcd"), opts.etcd_members).await?;
+        let etcd = etcds.remove(0);
+        let etcd_peers = etcds;
+        let etcd_list: Vec<String> = std::iter::once(&etcd)
+            .chain(&etcd_peers)
+            .map(|e| format!("{:?}", e.url))
+            .collect();
         let ids: Vec<String> = (1..=opts.replicas).map(|i| format!("r{i}")).collect();
         let rports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
         let cports: Vec<u16> = (0..opts.controllers).map(|_| free_port()).collect();
+        let mut inbound = BTreeMap::new();
+        if opts.inbound_relays {
+            for (id, p) in ids.iter().zip(&rports) {
+                let relay = Relay::start(format!("127.0.0.1:{p}").parse()?).await?;
+                inbound.insert(id.clone(), relay);
+            }
+        }
+        let member_addr = |id: &String, p: &u16| match inbound.get(id) {
+            Some(r) => r.addr.to_string(),
+            None => format!("127.0.0.1:{p}"),
+        };
         let members: String = ids
             .iter()
             .zip(&rports)
             .map(|(id, p)| {
-                format!("[[clusters.members]]\nid = \"{id}\"\naddr = \"127.0.0.1:{p}\"\n")
+                format!(
+                    "[[clusters.members]]\nid = \"{id}\"\naddr = \"{}\"\n",
+                    member_addr(id, p)
+                )
             })
             .collect();
         let cbin = if opts.release {
@@ -189,8 +282,8 @@ impl Cluster {
             let cdir = dir.join(&id);
             std::fs::create_dir_all(&cdir)?;
             let text = format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{}\n{members}",
-                etcd.url, opts.controller_timing, opts.mode, opts.cluster_toml
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{}]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{}\n{members}",
+                etcd_list.join(", "), opts.controller_timing, opts.mode, opts.cluster_toml
             );
             let cfg = cdir.join("controller.toml");
             std::fs::write(&cfg, text)?;
@@ -216,6 +309,7 @@ impl Cluster {
             let urls: Vec<String> = rl.iter().map(Relay::url).collect();
             let mut spec = ReplicaSpec::new(id, dir, &urls);
             spec.port = *port;
+            spec.advertise = inbound.get(id).map(|r| r.addr.to_string());
             spec.extra_toml = opts.replica_toml.clone();
             spec.release = opts.release;
             replicas.insert(id.clone(), ReplicaProc::start(spec)?);
@@ -224,9 +318,11 @@ impl Cluster {
         let mut cl = Cluster {
             dir: dir.to_path_buf(),
             etcd,
+            etcd_peers,
             controllers,
             replicas,
             relays,
+            inbound,
             proxy: None,
             client: Client::new(Duration::from_secs(5)),
         };
@@ -472,6 +568,73 @@ impl Cluster {
     pub fn set_controller_links(&self, replica: &str, mode: crate::relay::Mode) {
         for r in &self.relays[replica] {
             r.set(mode);
+        }
+    }
+
+    /// Every etcd member, the first one first.
+    pub fn etcd_members_mut(&mut self) -> Vec<&mut EtcdProc> {
+        std::iter::once(&mut self.etcd)
+            .chain(self.etcd_peers.iter_mut())
+            .collect()
+    }
+
+    /// The pid of a replica's current process.
+    pub fn replica_pid(&self, id: &str) -> Option<u32> {
+        self.replicas.get(id).and_then(ReplicaProc::pid)
+    }
+
+    /// Cuts `id` off from everyone with `mode` (needs [`Opts::inbound_relays`]): its inbound
+    /// relay (followers, the proxy), its links to the controllers, and its own connections to
+    /// the other replicas' inbound relays (its follower stream). [`Cluster::heal_links`] undoes
+    /// it.
+    pub fn isolate(&self, id: &str, mode: crate::relay::Mode) -> anyhow::Result<()> {
+        let relay = self.inbound.get(id).ok_or_else(|| {
+            anyhow::anyhow!("isolating a replica needs Opts {{ inbound_relays: true, .. }}")
+        })?;
+        relay.set(mode);
+        self.set_controller_links(id, mode);
+        if let Some(pid) = self.replica_pid(id) {
+            for (other, r) in &self.inbound {
+                if other != id {
+                    r.cut_from(pid, mode);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the data link between replicas `a` and `b` both ways (needs
+    /// [`Opts::inbound_relays`]): connections `b`'s process opens to `a`'s inbound relay, and
+    /// `a`'s to `b`'s. Links to the controllers and the proxy stay up. The rule follows the
+    /// current processes: heal before restarting either.
+    pub fn cut_data_link(&self, a: &str, b: &str, mode: crate::relay::Mode) -> anyhow::Result<()> {
+        for (to, from) in [(a, b), (b, a)] {
+            let relay = self.inbound.get(to).ok_or_else(|| {
+                anyhow::anyhow!("cutting a data link needs Opts {{ inbound_relays: true, .. }}")
+            })?;
+            if let Some(pid) = self.replica_pid(from) {
+                relay.cut_from(pid, mode);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every relay back to `Pass`, every per-source rule dropped.
+    pub fn heal_links(&self) {
+        for rl in self.relays.values() {
+            for r in rl {
+                if r.mode() != crate::relay::Mode::Pass {
+                    r.set(crate::relay::Mode::Pass);
+                }
+            }
+        }
+        for r in self.inbound.values() {
+            if r.mode() != crate::relay::Mode::Pass {
+                r.set(crate::relay::Mode::Pass);
+            }
+            if r.has_rules() {
+                r.clear_rules();
+            }
         }
     }
 

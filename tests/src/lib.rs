@@ -4,9 +4,11 @@
 //!
 //! Nothing here is part of the product; the real controller is `baton-controller`.
 
+pub mod chaos;
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod history;
 pub mod procs;
 pub mod relay;
 pub mod sim;

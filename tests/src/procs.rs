@@ -1,6 +1,7 @@
 //! Process control for tests and tools: locate the built binaries, write a replica's config,
 //! start it with its log captured to a file, signal it (TERM, KILL, STOP, CONT), restart it on
-//! the same data, and kill it when the handle is dropped so no test leaves a process behind.
+//! the same data or on a wiped one, and kill it when the handle is dropped so no test leaves a
+//! process behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -43,6 +44,9 @@ pub struct ReplicaSpec {
     pub dir: PathBuf,
     pub port: u16,
     pub controllers: Vec<String>,
+    /// `advertise` in the config: the address others reach it at (e.g. a relay in front of
+    /// it); `None` = its listen address.
+    pub advertise: Option<String>,
     /// Extra TOML appended to the generated config (tables like `[storage]`).
     pub extra_toml: String,
     /// Use the release build (benchmarks).
@@ -56,6 +60,7 @@ impl ReplicaSpec {
             dir: dir.join(id),
             port: free_port(),
             controllers: controllers.to_vec(),
+            advertise: None,
             extra_toml: String::new(),
             release: false,
         }
@@ -63,8 +68,13 @@ impl ReplicaSpec {
 
     pub fn config_text(&self) -> String {
         let ctl: Vec<String> = self.controllers.iter().map(|c| format!("{c:?}")).collect();
+        let advertise = self
+            .advertise
+            .as_ref()
+            .map(|a| format!("advertise = {a:?}\n"))
+            .unwrap_or_default();
         format!(
-            "id = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{}\"\ncontrollers = [{}]\n{}\n",
+            "id = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{}\"\n{advertise}controllers = [{}]\n{}\n",
             self.id,
             self.dir.join("data").display().to_string(),
             self.port,
@@ -152,10 +162,26 @@ impl Daemon {
         }
     }
 
+    /// SIGSTOP: the process freezes with its sockets open.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Daemon::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
         if let Some(mut c) = self.child.take() {
+            // Never signal a pid that was already reaped (it may belong to someone else now).
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: plain kill(2) on a child we started and have not reaped.
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGKILL);
+                }
+            }
             let _ = c.wait();
         }
     }
@@ -257,6 +283,24 @@ impl ReplicaProc {
     }
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.daemon.restart()
+    }
+    pub fn pause(&self) {
+        self.daemon.pause()
+    }
+    pub fn resume(&self) {
+        self.daemon.resume()
+    }
+    pub fn is_running(&mut self) -> bool {
+        self.daemon.is_running()
+    }
+    /// SIGKILL, delete the data directory (a lost disk), and start again on an empty one.
+    pub fn wipe_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        let data = self.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        self.restart()
     }
     pub fn log(&self) -> String {
         self.daemon.log()
