@@ -837,7 +837,21 @@ impl ClusterCore {
         }
         let forced = state.op.as_ref().filter(|o| o.kind.starts_with("failover"));
         let choice = match forced {
-            Some(op) => self.forced_choice(state, &fenced, op),
+            Some(op) => match self.forced_choice(state, &fenced, op) {
+                Ok(c) => c,
+                Err(why) => {
+                    // Waiting cannot make this target eligible (it reported, and it is unclean
+                    // or not a holder of every acknowledged write without `force`): holding the
+                    // promotion for it until the deadline would only keep the cluster leaderless.
+                    let mut s = state.clone();
+                    s.op = None;
+                    let msg = format!(
+                        "operation {} ({}) released: {why}; the promotion at epoch {} continues under the automatic rules",
+                        op.id, op.kind, state.epoch
+                    );
+                    return self.write(now, Some(s), "abort", msg, self.inputs(now));
+                }
+            },
             None => decide::choose(
                 state,
                 &fenced,
@@ -883,16 +897,22 @@ impl ClusterCore {
         }
     }
 
-    /// `failover --to M`: the operator's choice, within the rules it may not break.
-    fn forced_choice(&self, state: &ClusterState, fenced: &[Fenced], op: &OpRecord) -> Choice {
+    /// `failover --to M`: the operator's choice, within the rules it may not break. `Err` when
+    /// the target reported and can never qualify under this request (waiting will not help).
+    fn forced_choice(
+        &self,
+        state: &ClusterState,
+        fenced: &[Fenced],
+        op: &OpRecord,
+    ) -> Result<Choice, String> {
         let (to, force, allow) = parse_failover_kind(&op.kind);
         let Some(f) = fenced.iter().find(|f| f.id.0 == to) else {
-            return Choice::Blocked(format!(
+            return Ok(Choice::Blocked(format!(
                 "failover target {to} has not reported at the new epoch"
-            ));
+            )));
         };
         if f.hb.unclean && !allow {
-            return Choice::Blocked(format!("{to} is unclean; only allow_data_loss promotes it"));
+            return Err(format!("{to} is unclean; only allow_data_loss promotes it"));
         }
         let best = fenced
             .iter()
@@ -920,7 +940,7 @@ impl ClusterCore {
             Mode::Async => !behind,
         };
         if !holds_acked && !force {
-            return Choice::Blocked(format!(
+            return Err(format!(
                 "{to} may lack acknowledged writes{}; force to accept the loss",
                 if behind {
                     " (another member holds records it lacks)"
@@ -934,12 +954,12 @@ impl ClusterCore {
         } else {
             Vec::new()
         };
-        Choice::Promote {
+        Ok(Choice::Promote {
             id: f.id.clone(),
             log_end: (f.hb.log_end_epoch, f.hb.log_end_lsn),
             sync_set,
             lossy: !holds_acked || f.hb.unclean,
-        }
+        })
     }
 
     fn step_switchover(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
@@ -1228,8 +1248,12 @@ impl ClusterCore {
             state.leader.as_ref()
         };
         if state.mode == Mode::SemiSync && !force {
-            let in_set = state.sync_set.iter().any(|m| m.id == to);
-            let prev = replaced.is_some_and(|l| l.id == to);
+            // Membership is by data directory: the same id on a replaced (wiped) disk holds
+            // nothing. A target not heard from is judged by its id until it reports.
+            let data_id = self.heard.get(&to).map(|h| h.hb.data_id);
+            let same = |d: baton_common::DataId| data_id.is_none_or(|x| x == d);
+            let in_set = state.sync_set.iter().any(|m| m.id == to && same(m.data_id));
+            let prev = replaced.is_some_and(|l| l.id == to && same(l.data_id));
             if !in_set && !prev {
                 let best = self
                     .heard

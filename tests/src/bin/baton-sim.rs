@@ -27,6 +27,9 @@ struct Args {
     /// Print the event trace of a failing seed.
     #[arg(long)]
     trace: bool,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 fn main() {
@@ -43,15 +46,44 @@ fn main() {
         None => (args.start..args.start + args.seeds).collect(),
     };
     let t0 = Instant::now();
-    let (mut steps, mut nfaults, mut ops, mut violations, mut failing) = (0, 0, 0, 0, Vec::new());
-    for seed in &seeds {
-        let mut cfg = SimConfig::new(*seed);
-        cfg.duration_ms = args.duration_ms;
-        cfg.faults = faults.clone();
-        let rep = sim::run(cfg.clone());
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // Seeds are dealt round-robin to the workers; reports come back in seed order.
+    let mut reports: Vec<(SimConfig, sim::Report)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                let mine: Vec<u64> = seeds.iter().copied().skip(j).step_by(jobs).collect();
+                let faults = faults.clone();
+                let duration_ms = args.duration_ms;
+                sc.spawn(move || {
+                    mine.into_iter()
+                        .map(|seed| {
+                            let mut cfg = SimConfig::new(seed);
+                            cfg.duration_ms = duration_ms;
+                            cfg.faults = faults.clone();
+                            let rep = sim::run(cfg.clone());
+                            (cfg, rep)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation worker panicked"))
+            .collect()
+    });
+    reports.sort_by_key(|(c, _)| c.seed);
+    let (mut steps, mut nfaults, mut ops, mut violations, mut blocked, mut failing) =
+        (0, 0, 0, 0, 0, Vec::new());
+    for (cfg, rep) in &reports {
+        let seed = cfg.seed;
         steps += rep.steps;
         nfaults += rep.faults;
         ops += rep.ops;
+        blocked += u64::from(rep.blocked);
         if !rep.violations.is_empty() {
             violations += rep.violations.len();
             eprintln!("seed {seed}: {} violation(s):", rep.violations.len());
@@ -65,16 +97,17 @@ fn main() {
                 }
             }
             eprintln!("  replay: {}", cfg.replay_command());
-            failing.push(*seed);
+            failing.push(seed);
         }
     }
     println!(
-        "simulation: {} seeds, {} steps, {} faults, {} ops, violations {}, {:.1} s",
+        "simulation: {} seeds, {} steps, {} faults, {} ops, violations {}, blocked by design {}, {:.1} s",
         seeds.len(),
         steps,
         nfaults,
         ops,
         violations,
+        blocked,
         t0.elapsed().as_secs_f64()
     );
     if !failing.is_empty() {

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use net::{Clock, Net, Proc, Queue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 const HEARTBEAT_MS: u64 = 100;
 const FAILURE_TIMEOUT_MS: u64 = 800;
@@ -142,6 +142,9 @@ pub struct SimConfig {
     pub controllers: usize,
     pub clients: usize,
     pub keys: usize,
+    /// Test of the checks themselves: the simulated runtime acknowledges a write on the
+    /// leader's own fsync instead of the commit rule. Every seed should then fail.
+    pub broken_ack_on_flush: bool,
 }
 
 impl SimConfig {
@@ -154,6 +157,7 @@ impl SimConfig {
             controllers: 2,
             clients: 3,
             keys: 3,
+            broken_ack_on_flush: false,
         }
     }
     /// The command that replays this run.
@@ -178,6 +182,8 @@ pub struct Report {
     pub failed: u64,
     pub unknown: u64,
     pub epochs: u64,
+    /// The run ended with a promotion blocked by design (it needs an operator).
+    pub blocked: bool,
     pub violations: Vec<String>,
     /// The last events before the first violation (for diagnosis).
     pub trace: Vec<String>,
@@ -293,6 +299,8 @@ enum Ev {
         op: usize,
     },
     Nemesis,
+    /// An operator's `failover --to` a sync member (or any member: it may be refused).
+    ManualFailover,
     Heal(Heal),
     EndFaults,
     Probe,
@@ -419,13 +427,12 @@ struct World {
     acked: HashMap<(u64, u64), (String, String)>,
     faults_on: bool,
     clients_on: bool,
-    /// Writes acknowledged by a leader that waited for no follower (degraded).
-    degraded_acks: HashSet<usize>,
+    /// The last refusal a client saw (traced once per change).
+    last_refusal: String,
     /// When the faults ended and everything was healed (µs).
     healed_at: u64,
-    /// The operator forced a failover to a member outside the sync set (DESIGN §5 `failover
-    /// --to … force`): writes acknowledged while degraded may be gone.
-    forced: bool,
+    /// The run ended blocked by design (see [`World::blocked_by_design`]).
+    blocked: bool,
     report: Report,
     trace: std::collections::VecDeque<String>,
 }
@@ -542,9 +549,9 @@ impl World {
             acked: HashMap::new(),
             faults_on: true,
             clients_on: true,
-            degraded_acks: HashSet::new(),
             healed_at: 0,
-            forced: false,
+            blocked: false,
+            last_refusal: String::new(),
             report: Report {
                 seed: cfg.seed,
                 ..Default::default()
@@ -559,7 +566,9 @@ impl World {
             self.report.trace = self.trace.iter().cloned().collect();
         }
         if self.report.violations.len() < 20 {
-            self.report.violations.push(format!("t={} ms: {v}", self.now / 1000));
+            self.report
+                .violations
+                .push(format!("t={} ms: {v}", self.now / 1000));
         }
     }
 
@@ -567,7 +576,8 @@ impl World {
         if self.trace.len() >= 60 {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("{:>8} ms {s}", self.now / 1000));
+        self.trace
+            .push_back(format!("{:>8} ms {s}", self.now / 1000));
     }
 
     fn after_us(&mut self, us: u64, e: Ev) {
@@ -730,6 +740,7 @@ impl World {
                 }
             }
             Ev::Heal(h) => self.heal(h),
+            Ev::ManualFailover => self.manual_failover(),
             Ev::EndFaults => {
                 self.faults_on = false;
                 self.note("end of faults: healing everything".into());
@@ -742,8 +753,9 @@ impl World {
                 if self.clients.iter().all(|c| c.busy.is_none()) && self.converged().is_ok() {
                     return Some(true);
                 }
-                if self.now >= self.healed_at + 12_000_000 && !self.forced {
-                    self.operator_unblock();
+                if self.now >= self.healed_at + 12_000_000 && self.blocked_by_design() {
+                    self.blocked = true;
+                    return Some(true);
                 }
                 self.after_us(100_000, Ev::Probe);
             }
@@ -902,9 +914,12 @@ impl World {
     /// After any core step: acknowledge what committed, run the effects, feed the streams.
     fn after_step(&mut self, r: usize, fx: Vec<Effect>) {
         let now = self.rms(r);
-        let commit = self.core(r).commit();
+        let commit = if self.cfg.broken_ack_on_flush {
+            self.core(r).flushed()
+        } else {
+            self.core(r).commit()
+        };
         let ack = self.core(r).may_acknowledge(now);
-        let mut degraded = None;
         loop {
             let rep = &mut self.replicas[r];
             let Some(entry) = rep.waiters.first_entry() else {
@@ -915,15 +930,6 @@ impl World {
             }
             let (op, version, _) = entry.remove();
             if ack {
-                // A leader that waits for nobody (degraded semi-sync) acknowledges on its own
-                // fsync: only its disk holds the write until a follower catches up.
-                let d = *degraded.get_or_insert_with(|| {
-                    let c = self.replicas[r].core.as_ref().expect("up");
-                    c.heartbeat(now, 0).waiting.is_empty()
-                });
-                if d {
-                    self.degraded_acks.insert(op);
-                }
                 self.reply(r, op, Res::Written(version));
             } else {
                 self.reply(
@@ -1141,7 +1147,11 @@ impl World {
         if let Some(s) = self.replicas[r].serving.remove(&conn) {
             self.core(r).leader_detach(&s.id, s.sid);
         }
-        if self.replicas[r].stream.as_ref().is_some_and(|s| s.conn == conn) {
+        if self.replicas[r]
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.conn == conn)
+        {
             let rep = &mut self.replicas[r];
             rep.stream = None;
             rep.retry_at_ms = rep.clock.ms(self.now) + 50;
@@ -1249,11 +1259,7 @@ impl World {
                     let fx = self.core(r).follower_on_append(now, sid, h, records)?;
                     self.after_step(r, fx);
                 }
-                Repl::Keepalive {
-                    epoch,
-                    commit,
-                    end,
-                } => {
+                Repl::Keepalive { epoch, commit, end } => {
                     let sid = sid.ok_or("no stream id")?;
                     let fx = self
                         .core(r)
@@ -1305,7 +1311,10 @@ impl World {
                 let (epoch, end, lossy) = self.core(r).epoch_end(q);
                 self.send_repl(r, from, conn, Repl::EpochEnd { epoch, end, lossy });
             }
-            Repl::Fetch { from: f, prev_epoch } => {
+            Repl::Fetch {
+                from: f,
+                prev_epoch,
+            } => {
                 let Some(s) = self.replicas[r].serving.get(&conn) else {
                     return;
                 };
@@ -1316,7 +1325,9 @@ impl World {
                         self.push_streams(r);
                     }
                     Ok(FetchStart::Snapshot) => {
-                        self.violation("a snapshot was asked for, but the simulation never compacts".into());
+                        self.violation(
+                            "a snapshot was asked for, but the simulation never compacts".into(),
+                        );
                     }
                     Err(reason) => {
                         self.replicas[r].serving.remove(&conn);
@@ -1347,12 +1358,18 @@ impl World {
         let conns: Vec<u64> = self.replicas[r].serving.keys().copied().collect();
         for conn in conns {
             let s = &self.replicas[r].serving[&conn];
-            let (id, sid, epoch, next, follower) = (s.id.clone(), s.sid, s.epoch, s.next, s.follower);
+            let (id, sid, epoch, next, follower) =
+                (s.id.clone(), s.sid, s.epoch, s.next, s.follower);
             let core = self.replicas[r].core.as_ref().expect("up");
             if !core.leader_stream_alive(&id, sid, epoch) {
                 if next.is_some() || core.epoch() != epoch {
                     self.replicas[r].serving.remove(&conn);
-                    self.send_repl(r, follower, conn, Repl::Refused("stream no longer current".into()));
+                    self.send_repl(
+                        r,
+                        follower,
+                        conn,
+                        Repl::Refused("stream no longer current".into()),
+                    );
                 }
                 continue;
             }
@@ -1444,9 +1461,10 @@ impl World {
         match req {
             Req::Read(key) => {
                 let res = match self.core(r).read(now, key.as_bytes(), Consistency::Leader) {
-                    Ok(ok) => Res::Read(ok.entry.map(|e| {
-                        (String::from_utf8_lossy(&e.value).into_owned(), e.version)
-                    })),
+                    Ok(ok) => Res::Read(
+                        ok.entry
+                            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.version)),
+                    ),
                     Err(e) => Res::NotApplied(format!("{e:?}")),
                 };
                 self.reply(r, op, res);
@@ -1633,7 +1651,10 @@ impl World {
                 self.finish_op(op, Outcome::Ok(OpResult::Applied(false)), false)
             }
             Res::NotApplied(why) => {
-                self.note(format!("op {op} not applied: {why}"));
+                if self.last_refusal != why {
+                    self.note(format!("op {op} not applied: {why}"));
+                    self.last_refusal = why;
+                }
                 self.finish_op(op, Outcome::Failed, true)
             }
             Res::Unknown(why) => {
@@ -1719,10 +1740,14 @@ impl World {
                 self.note(format!("c{} active, term {cr}", c + 1));
             }
             let active = format!("c{}:8000", owner + 1);
-            self.ctls[c]
-                .core
-                .on_election(n, term, Some(if term.is_some() { my_addr } else { active }));
-            self.etcd.hears.insert(c, (self.ctls[c].core.hears(n), lease));
+            self.ctls[c].core.on_election(
+                n,
+                term,
+                Some(if term.is_some() { my_addr } else { active }),
+            );
+            self.etcd
+                .hears
+                .insert(c, (self.ctls[c].core.hears(n), lease));
             self.ctls[c].core.standby_hears = self
                 .etcd
                 .hears
@@ -1760,31 +1785,32 @@ impl World {
     fn execute(&mut self, c: usize, w: Write) {
         let reach = self.etcd_reachable(c);
         let timeout = self.etcd_timeout();
-        let outcome = if !reach {
-            WriteOutcome::Unknown
-        } else {
-            let term = self.ctls[c].core.term();
-            let election_ok = matches!(
-                (self.etcd.election, term),
-                (Some((_, _, cr)), Some(t)) if cr == t
-            );
-            let state_ok = match (&self.etcd.state, w.expect_rev) {
-                (None, 0) => true,
-                (Some((_, rev)), e) => *rev == e && e != 0,
-                _ => false,
-            };
-            let applied = !timeout || self.rng.random_bool(0.5);
-            if election_ok && state_ok && applied {
-                let rev = if let Some(s) = &w.state {
-                    self.etcd.rev += 1;
-                    self.etcd.state = Some((s.clone(), self.etcd.rev));
-                    self.etcd.rev
-                } else {
-                    w.expect_rev
+        let outcome =
+            if !reach {
+                WriteOutcome::Unknown
+            } else {
+                let term = self.ctls[c].core.term();
+                let election_ok = matches!(
+                    (self.etcd.election, term),
+                    (Some((_, _, cr)), Some(t)) if cr == t
+                );
+                let state_ok = match (&self.etcd.state, w.expect_rev) {
+                    (None, 0) => true,
+                    (Some((_, rev)), e) => *rev == e && e != 0,
+                    _ => false,
                 };
-                self.etcd.journal = w.journal.clone();
-                if let Some(s) = &w.state {
-                    self.note(format!(
+                let applied = !timeout || self.rng.random_bool(0.5);
+                if election_ok && state_ok && applied {
+                    let rev = if let Some(s) = &w.state {
+                        self.etcd.rev += 1;
+                        self.etcd.state = Some((s.clone(), self.etcd.rev));
+                        self.etcd.rev
+                    } else {
+                        w.expect_rev
+                    };
+                    self.etcd.journal = w.journal.clone();
+                    if let Some(s) = &w.state {
+                        self.note(format!(
                         "c{} wrote state rev {rev}: epoch {} leader {:?} phase {:?} sync {:?} ({})",
                         c + 1,
                         s.epoch,
@@ -1793,18 +1819,18 @@ impl World {
                         s.sync_set.iter().map(|m| m.id.0.clone()).collect::<Vec<_>>(),
                         w.why
                     ));
-                }
-                if timeout {
+                    }
+                    if timeout {
+                        WriteOutcome::Unknown
+                    } else {
+                        WriteOutcome::Committed { rev }
+                    }
+                } else if timeout {
                     WriteOutcome::Unknown
                 } else {
-                    WriteOutcome::Committed { rev }
+                    WriteOutcome::Rejected
                 }
-            } else if timeout {
-                WriteOutcome::Unknown
-            } else {
-                WriteOutcome::Rejected
-            }
-        };
+            };
         let n = self.cnow(c);
         self.ctls[c].core.on_write(n, &w, outcome);
     }
@@ -1831,12 +1857,12 @@ impl World {
 
     fn active_controller(&self) -> Option<usize> {
         let now = self.now;
-        self.ctls
-            .iter()
-            .position(|c| c.up && c.core.active_at(Now {
+        self.ctls.iter().position(|c| {
+            c.up && c.core.active_at(Now {
                 ms: c.clock.ms(now),
                 unix_ms: 0,
-            }))
+            })
+        })
     }
 
     fn leader_replica(&self) -> Option<usize> {
@@ -1863,7 +1889,13 @@ impl World {
             kinds.push("pause");
         }
         if f.partition {
-            kinds.extend(["isolate", "ctl-only", "followers-only", "one-way", "ctl-cut"]);
+            kinds.extend([
+                "isolate",
+                "ctl-only",
+                "followers-only",
+                "one-way",
+                "ctl-cut",
+            ]);
         }
         if f.loss {
             kinds.push("loss");
@@ -1878,7 +1910,10 @@ impl World {
             kinds.push("wipe");
         }
         if f.operator {
-            kinds.push("switchover");
+            kinds.extend(["switchover", "failover"]);
+        }
+        if f.operator && f.partition {
+            kinds.push("cut-and-failover");
         }
         if kinds.is_empty() {
             return;
@@ -1918,7 +1953,8 @@ impl World {
                 let until = self.now + hold;
                 self.note(format!("r{} paused for {} ms", victim + 1, hold / 1000));
                 self.replicas[victim].paused_until = until;
-                self.q.push(until, Ev::Heal(Heal::Resume(Proc::Replica(victim))));
+                self.q
+                    .push(until, Ev::Heal(Heal::Resume(Proc::Replica(victim))));
             }
             "isolate" | "ctl-only" | "followers-only" | "ctl-cut" => {
                 let p = Proc::Replica(victim);
@@ -1944,7 +1980,11 @@ impl World {
                     pairs.push((p, o));
                     pairs.push((o, p));
                 }
-                self.note(format!("partition: r{} {kind} for {} ms", victim + 1, hold / 1000));
+                self.note(format!(
+                    "partition: r{} {kind} for {} ms",
+                    victim + 1,
+                    hold / 1000
+                ));
                 self.net.cut.extend(pairs.iter().copied());
                 self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
             }
@@ -1956,7 +1996,10 @@ impl World {
                 if a == b {
                     return;
                 }
-                self.note(format!("one-way drop {a:?} -> {b:?} for {} ms", hold / 1000));
+                self.note(format!(
+                    "one-way drop {a:?} -> {b:?} for {} ms",
+                    hold / 1000
+                ));
                 self.net.cut.insert((a, b));
                 self.after_us(hold, Ev::Heal(Heal::Uncut(vec![(a, b)])));
             }
@@ -1994,7 +2037,10 @@ impl World {
             }
             "etcd-timeouts" => {
                 self.etcd.timeout_p = self.rng.random_range(0.1..0.5);
-                self.note(format!("etcd request timeouts p={:.2}", self.etcd.timeout_p));
+                self.note(format!(
+                    "etcd request timeouts p={:.2}",
+                    self.etcd.timeout_p
+                ));
                 self.after_us(hold, Ev::Heal(Heal::EtcdTimeouts));
             }
             "switchover" => {
@@ -2015,44 +2061,88 @@ impl World {
                     }
                 }
             }
+            "cut-and-failover" => {
+                // The leader loses the controllers but keeps its followers and clients, and an
+                // operator moves leadership at once: the old leader still holds a lease, so the
+                // new one must wait it out before serving (G2).
+                let Some(l) = leader else { return };
+                let p = Proc::Replica(l);
+                let mut pairs = Vec::new();
+                for c in 0..self.ctls.len() {
+                    pairs.push((p, Proc::Controller(c)));
+                    pairs.push((Proc::Controller(c), p));
+                }
+                self.note(format!(
+                    "partition: r{} from the controllers, then a manual failover",
+                    l + 1
+                ));
+                self.net.cut.extend(pairs.iter().copied());
+                self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
+                let d = self.rng.random_range(0..200_000);
+                self.after_us(d, Ev::ManualFailover);
+            }
+            // A manual failover while the leader may still be healthy: the new leader must wait
+            // out the old one's lease (`start_after_ms`).
+            "failover" => self.manual_failover(),
             _ => {}
         }
     }
 
-    /// After healing, a promotion that stays blocked (no sync member nor the old leader holds
-    /// the data: a degraded leader lost its disk) needs the operator: `failover --to <most
-    /// caught-up clean member> --force`, accepting the loss of writes acknowledged while
-    /// degraded (DESIGN §5).
-    fn operator_unblock(&mut self) {
+    fn manual_failover(&mut self) {
         let Some(c) = self.active_controller() else {
             return;
         };
-        if !matches!(&self.etcd.state, Some((s, _)) if s.phase == baton_controller::state::Phase::Promoting)
-        {
-            return;
-        }
-        let best = self
-            .replicas
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.core.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| !c.unclean())
-            .max_by_key(|(i, c)| (c.log_end(), std::cmp::Reverse(*i)))
-            .map(|(i, _)| i);
-        let Some(to) = best else { return };
         let n = self.cnow(c);
-        let id = self.members[to].id.clone();
-        match self.ctls[c]
-            .core
-            .failover(n, id, true, false, "operator-force".into())
-        {
+        // Usually a sync member (accepted), sometimes anyone (may be refused: may_lose_writes).
+        let sync: Vec<NodeId> = match &self.etcd.state {
+            Some((s, _)) => s.sync_set.iter().map(|m| m.id.clone()).collect(),
+            None => Vec::new(),
+        };
+        let to = if !sync.is_empty() && self.rng.random_bool(0.8) {
+            sync[self.rng.random_range(0..sync.len())].clone()
+        } else {
+            self.members[self.rng.random_range(0..self.members.len())]
+                .id
+                .clone()
+        };
+        let op = format!("fo-{}", self.report.steps);
+        match self.ctls[c].core.failover(n, to.clone(), false, false, op) {
             Ok(w) => {
-                self.note(format!("operator: forced failover to r{}", to + 1));
-                self.forced = true;
-                self.execute(c, w);
+                self.note(format!("manual failover to {to} asked of c{}", c + 1));
+                self.execute(c, w)
             }
-            Err(e) => self.note(format!("operator: failover refused: {}", e.message)),
+            Err(e) => self.note(format!("failover to {to} refused: {}", e.message)),
         }
+    }
+
+    /// A promotion may wait for ever, by design (DESIGN §5 step 3): no recorded sync member
+    /// nor the replaced leader reports its data any more (a leader that ran degraded, with an
+    /// empty sync set, lost its disk). Only an operator's `failover --to … force` moves on,
+    /// accepting the loss; the simulation stops there instead and keeps every check that
+    /// still applies.
+    fn blocked_by_design(&self) -> bool {
+        let Some((s, _)) = &self.etcd.state else {
+            return false;
+        };
+        if s.phase != baton_controller::state::Phase::Promoting {
+            return false;
+        }
+        let mut holders: Vec<(NodeId, DataId)> = s
+            .sync_set
+            .iter()
+            .map(|m| (m.id.clone(), m.data_id))
+            .collect();
+        if let Some(p) = &s.prev_leader {
+            holders.push((p.id.clone(), p.data_id));
+        }
+        !self.replicas.iter().any(|r| {
+            r.core.as_ref().is_some_and(|c| {
+                !c.unclean()
+                    && holders
+                        .iter()
+                        .any(|(id, d)| *id == r.id && *d == c.data_id())
+            })
+        })
     }
 
     fn heal(&mut self, h: Heal) {
@@ -2068,20 +2158,10 @@ impl World {
             }
             Heal::EtcdUp => self.etcd.up = true,
             Heal::EtcdTimeouts => self.etcd.timeout_p = 0.0,
-            Heal::Restart(Proc::Replica(r)) => {
-                if !self.replicas[r].up {
-                    self.start_replica(r);
-                }
-            }
-            Heal::Restart(Proc::Controller(c)) => {
-                if !self.ctls[c].up {
-                    self.start_controller(c);
-                }
-            }
-            Heal::Resume(Proc::Replica(r)) => {
-                if self.replicas[r].paused_until <= self.now {
-                    self.note(format!("r{} resumes", r + 1));
-                }
+            Heal::Restart(Proc::Replica(r)) if !self.replicas[r].up => self.start_replica(r),
+            Heal::Restart(Proc::Controller(c)) if !self.ctls[c].up => self.start_controller(c),
+            Heal::Resume(Proc::Replica(r)) if self.replicas[r].paused_until <= self.now => {
+                self.note(format!("r{} resumes", r + 1))
             }
             _ => {}
         }
@@ -2207,7 +2287,10 @@ impl World {
                         rep.serving.len(),
                         rep.rollbacks.len(),
                     ));
-                    v.push(format!("    heartbeat: {}", serde_json::to_string(&hb).unwrap_or_default()));
+                    v.push(format!(
+                        "    heartbeat: {}",
+                        serde_json::to_string(&hb).unwrap_or_default()
+                    ));
                 }
             }
         }
@@ -2221,7 +2304,10 @@ impl World {
             ));
         }
         if let Some((s, rev)) = &self.etcd.state {
-            v.push(format!("etcd state rev {rev}: {}", serde_json::to_string(s).unwrap_or_default()));
+            v.push(format!(
+                "etcd state rev {rev}: {}",
+                serde_json::to_string(s).unwrap_or_default()
+            ));
         }
         for e in self.etcd.journal.iter().rev().take(12).rev() {
             v.push(format!("journal: {} {} (x{})", e.kind, e.message, e.count));
@@ -2230,33 +2316,18 @@ impl World {
     }
 
     fn finish(mut self) -> Report {
-        if let Err(e) = self.converged() {
+        self.report.blocked = self.blocked;
+        if self.blocked {
+            self.note("blocked by design: no sync member nor the old leader holds the data".into());
+        } else if let Err(e) = self.converged() {
             self.violation(format!("not converged after healing: {e}"));
             self.report.trace = self.trace.iter().cloned().collect();
         }
-        if !self.report.violations.is_empty() {
-            self.report.trace.extend(self.describe());
-        }
+
         // Final reads of every key from the leader, after every client operation ended.
         let mut history: Vec<HOp> = self.ops.iter().map(|o| o.h.clone()).collect();
-        if self.forced {
-            // A forced failover may drop what a degraded leader alone acknowledged.
-            for op in &self.degraded_acks {
-                history[*op].outcome = Outcome::Unknown;
-            }
-            let dropped: HashSet<(String, String)> = self
-                .degraded_acks
-                .iter()
-                .filter_map(|op| match &self.ops[*op].h.kind {
-                    OpKind::Write { value } | OpKind::Cas { value, .. } => {
-                        Some((self.ops[*op].h.key.clone(), value.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            self.acked.retain(|_, kv| !dropped.contains(kv));
-        }
-        if let Some(l) = self.leader_replica() {
+
+        if let Some(l) = self.leader_replica().filter(|_| !self.blocked) {
             let now = self.rms(l);
             for k in 0..self.cfg.keys {
                 let key = key_of(k);
@@ -2280,9 +2351,9 @@ impl World {
             let log = &self.replicas[l].log;
             let mut lost = Vec::new();
             for ((e, lsn), (k, v)) in &self.acked {
-                let ok = log.get((*lsn - 1) as usize).is_some_and(|r| {
-                    r.epoch.0 == *e && rec_content(r) == format!("put {k}={v}")
-                });
+                let ok = log
+                    .get((*lsn - 1) as usize)
+                    .is_some_and(|r| r.epoch.0 == *e && rec_content(r) == format!("put {k}={v}"));
                 if !ok {
                     lost.push(format!("{k}={v} at ({e}, {lsn})"));
                 }
@@ -2307,6 +2378,10 @@ impl World {
                 Outcome::Failed => self.report.failed += 1,
                 Outcome::Unknown => self.report.unknown += 1,
             }
+        }
+        if !self.report.violations.is_empty() {
+            let d = self.describe();
+            self.report.trace.extend(d);
         }
         self.report.epochs = self
             .replicas
