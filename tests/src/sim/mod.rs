@@ -13,6 +13,7 @@
 mod net;
 
 use crate::checker::{self, Op as HOp, OpKind, OpResult, Outcome};
+use crate::history::{self, AckedWrite, Stored};
 use baton_common::directive::{Directive, Heartbeat, Member, Mode, ReportedRole};
 use baton_common::ids::Expect as VExpect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
@@ -2347,23 +2348,74 @@ impl World {
                     Err(e) => self.violation(format!("final read of {key} refused: {e:?}")),
                 }
             }
-            // Every acknowledged write is in the leader's log, at its (epoch, LSN).
-            let log = &self.replicas[l].log;
-            let mut lost = Vec::new();
-            for ((e, lsn), (k, v)) in &self.acked {
-                let ok = log
-                    .get((*lsn - 1) as usize)
-                    .is_some_and(|r| r.epoch.0 == *e && rec_content(r) == format!("put {k}={v}"));
-                if !ok {
-                    lost.push(format!("{k}={v} at ({e}, {lsn})"));
-                }
-            }
-            if !lost.is_empty() {
-                lost.sort();
-                self.violation(format!(
-                    "acknowledged writes missing from the final log: {}",
-                    lost.join(", ")
-                ));
+            // The shared history checkers (tiers 1 and 3): nothing acknowledged is lost from
+            // the final state, one writer per (epoch, LSN), every acknowledged write at its
+            // place in the leader's log, and the replicas' logs agree record by record.
+            let acked: Vec<AckedWrite> = self
+                .acked
+                .iter()
+                .map(|((e, l), (k, v))| AckedWrite {
+                    key: k.clone(),
+                    value: v.clone(),
+                    epoch: *e,
+                    lsn: *l,
+                })
+                .collect();
+            let core = self.replicas[l].core.as_ref().expect("up");
+            let final_state: BTreeMap<String, Stored> = core
+                .state()
+                .iter()
+                .map(|(k, e)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        Stored {
+                            value: String::from_utf8_lossy(&e.value).into_owned(),
+                            epoch: e.version.epoch.0,
+                            lsn: e.version.lsn.0,
+                        },
+                    )
+                })
+                .collect();
+            let puts: BTreeMap<(u64, u64), (String, String)> = self.replicas[l]
+                .log
+                .iter()
+                .filter_map(|r| match &r.op {
+                    WOp::Put { key, value } => Some((
+                        (r.epoch.0, r.lsn.0),
+                        (
+                            String::from_utf8_lossy(key).into_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        ),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let logs: Vec<(String, Vec<history::LogEntry>)> = self
+                .replicas
+                .iter()
+                .map(|r| {
+                    let entries = r
+                        .log
+                        .iter()
+                        .map(|rec| {
+                            let h = xxhash_rust::xxh3::xxh3_64(rec_content(rec).as_bytes());
+                            (rec.epoch.0, rec.lsn.0, h)
+                        })
+                        .collect();
+                    (r.id.0.clone(), entries)
+                })
+                .collect();
+            let mut found = history::check_lost(&acked, &final_state);
+            found.extend(history::check_one_writer_per_epoch(&acked));
+            found.extend(history::check_acked_in_log(
+                &acked,
+                &self.replicas[l].id.0,
+                &puts,
+                1,
+            ));
+            found.extend(history::check_logs_agree(&logs));
+            for f in found.into_iter().take(10) {
+                self.violation(f);
             }
         }
         match checker::check_history(&history) {
