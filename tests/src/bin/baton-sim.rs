@@ -110,6 +110,14 @@ fn main() {
         blocked,
         t0.elapsed().as_secs_f64()
     );
+    let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, rep) in &reports {
+        for (k, n) in &rep.fault_kinds {
+            *kinds.entry(k.clone()).or_insert(0) += n;
+        }
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("faults by kind: {}", kinds.join(", "));
     if !failing.is_empty() {
         eprintln!("failing seeds: {failing:?}");
         std::process::exit(1);

@@ -185,6 +185,8 @@ pub struct Report {
     pub epochs: u64,
     /// The run ended with a promotion blocked by design (it needs an operator).
     pub blocked: bool,
+    /// How often each fault kind was injected (and took effect).
+    pub fault_kinds: BTreeMap<String, u64>,
     pub violations: Vec<String>,
     /// The last events before the first violation (for diagnosis).
     pub trace: Vec<String>,
@@ -428,6 +430,8 @@ struct World {
     acked: HashMap<(u64, u64), (String, String)>,
     faults_on: bool,
     clients_on: bool,
+    /// The active controller crashes right after its next promotion step.
+    crash_mid_promotion: bool,
     /// The last refusal a client saw (traced once per change).
     last_refusal: String,
     /// When the faults ended and everything was healed (µs).
@@ -553,6 +557,7 @@ impl World {
             healed_at: 0,
             blocked: false,
             last_refusal: String::new(),
+            crash_mid_promotion: false,
             report: Report {
                 seed: cfg.seed,
                 ..Default::default()
@@ -615,6 +620,22 @@ impl World {
                 self.net.broken.insert(*conn);
             }
             return;
+        }
+        if self.net.dup > 0.0
+            && matches!(msg, Msg::Heartbeat(_) | Msg::Directive(_))
+            && self.rng.random_bool(self.net.dup)
+        {
+            // A duplicate, delivered in any order relative to the original.
+            let at = self.now + self.delay() + self.delay();
+            self.q.push(
+                at,
+                Ev::Deliver {
+                    to,
+                    from,
+                    to_inc,
+                    msg: msg.clone(),
+                },
+            );
         }
         let mut at = self.now + self.delay();
         if let Msg::Repl { conn, .. } = &msg {
@@ -744,6 +765,7 @@ impl World {
             Ev::ManualFailover => self.manual_failover(),
             Ev::EndFaults => {
                 self.faults_on = false;
+                self.crash_mid_promotion = false;
                 self.note("end of faults: healing everything".into());
                 self.heal_all();
                 self.healed_at = self.now;
@@ -1784,6 +1806,11 @@ impl World {
     }
 
     fn execute(&mut self, c: usize, w: Write) {
+        let prior_prev = self
+            .etcd
+            .state
+            .as_ref()
+            .and_then(|(s, _)| s.prev_leader.clone());
         let reach = self.etcd_reachable(c);
         let timeout = self.etcd_timeout();
         let outcome =
@@ -1832,6 +1859,24 @@ impl World {
                     WriteOutcome::Rejected
                 }
             };
+        let promoting = w.state.as_ref().is_some_and(|s| {
+            s.phase == baton_controller::state::Phase::Promoting || s.prev_leader != prior_prev
+        });
+        if promoting && self.crash_mid_promotion {
+            // The active controller dies right after this step of a promotion reached etcd
+            // (or not): whoever is active next must carry it on at the same epoch.
+            self.crash_mid_promotion = false;
+            *self
+                .report
+                .fault_kinds
+                .entry("ctl-crashed-mid-promotion".into())
+                .or_insert(0) += 1;
+            self.note(format!("c{} crashes mid-promotion ({})", c + 1, w.why));
+            self.crash_controller(c);
+            let hold = self.rng.random_range(300_000..3_000_000);
+            self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Controller(c))));
+            return;
+        }
         let n = self.cnow(c);
         self.ctls[c].core.on_write(n, &w, outcome);
     }
@@ -1904,6 +1949,9 @@ impl World {
         if f.controller {
             kinds.extend(["ctl-crash", "ctl-etcd"]);
         }
+        if f.controller && f.crash {
+            kinds.push("ctl-crash-mid-promotion");
+        }
         if f.etcd {
             kinds.extend(["etcd-down", "etcd-timeouts"]);
         }
@@ -1920,6 +1968,7 @@ impl World {
             return;
         }
         let kind = kinds[self.rng.random_range(0..kinds.len())];
+        *self.report.fault_kinds.entry(kind.to_string()).or_insert(0) += 1;
         let nr = self.replicas.len();
         let leader = self.leader_replica();
         let victim = match leader {
@@ -2006,6 +2055,7 @@ impl World {
             }
             "loss" => {
                 self.net.loss = self.rng.random_range(0.02..0.3);
+                self.net.dup = self.rng.random_range(0.0..0.3);
                 self.net.extra_delay_us = self.rng.random_range(0..20_000);
                 self.note(format!("message loss {:.2}", self.net.loss));
                 self.after_us(hold, Ev::Heal(Heal::Loss));
@@ -2020,6 +2070,14 @@ impl World {
                 }
                 self.crash_controller(c);
                 self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Controller(c))));
+            }
+            "ctl-crash-mid-promotion" => {
+                // Kill the leader, and the active controller at the next step of the
+                // promotion that follows (TESTING row 17).
+                let Some(l) = leader else { return };
+                self.crash_mid_promotion = true;
+                self.crash_replica(l);
+                self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Replica(l))));
             }
             "ctl-etcd" => {
                 let c = self.rng.random_range(0..self.ctls.len());
@@ -2155,6 +2213,7 @@ impl World {
             }
             Heal::Loss => {
                 self.net.loss = 0.0;
+                self.net.dup = 0.0;
                 self.net.extra_delay_us = 0;
             }
             Heal::EtcdUp => self.etcd.up = true,

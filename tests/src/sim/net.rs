@@ -63,6 +63,8 @@ pub struct Net {
     /// Probability that a datagram-like message (heartbeat, directive, client request or
     /// reply) is lost; on a stream the loss breaks the connection.
     pub loss: f64,
+    /// Probability that a heartbeat or a directive is delivered twice.
+    pub dup: f64,
     /// Extra delay range (µs) added to every message while set.
     pub extra_delay_us: u64,
     /// Streams that broke (a lost message or a cut): nothing more is delivered on them.
@@ -78,6 +80,7 @@ impl Net {
     pub fn heal(&mut self) {
         self.cut.clear();
         self.loss = 0.0;
+        self.dup = 0.0;
         self.extra_delay_us = 0;
     }
 }
