@@ -422,6 +422,10 @@ impl ClusterCore {
             d.role = Some(Role::Fenced);
             return d;
         }
+        if self.state_behind(&state, rev).is_some() {
+            // No role and no lease from a state the replicas have moved past.
+            return d;
+        }
         d.waited = state.waited();
         let leader_ref = state.leader.as_ref().map(|l| LeaderRef {
             id: l.id.clone(),
@@ -458,6 +462,49 @@ impl ClusterCore {
             d.role = Some(Role::Follower);
         }
         d
+    }
+
+    /// Why the state read from etcd is older than what the replicas already acted on (etcd
+    /// restored from an old backup, or emptied and re-created), if it is. Acting on it could
+    /// move epochs back or pick a second leader for the same epoch (I1), so the controller
+    /// then neither decides nor grants a role or a lease.
+    fn state_behind(&self, state: &ClusterState, rev: u64) -> Option<String> {
+        const FIX: &str = "refusing to act (restore the state or run recovery)";
+        let top = self.heard.values().max_by_key(|h| h.hb.epoch)?;
+        if top.hb.epoch > state.epoch {
+            return Some(format!(
+                "etcd state behind replicas: the state says epoch {} but {} persisted epoch {}; {FIX}",
+                state.epoch, top.hb.id, top.hb.epoch
+            ));
+        }
+        // Still the current epoch, but a replica applied a later rev of it: the decisions of
+        // those revs were made already.
+        if let Some(h) = self
+            .heard
+            .values()
+            .filter(|h| h.hb.epoch == state.epoch && h.hb.applied_rev > rev)
+            .max_by_key(|h| h.hb.applied_rev)
+        {
+            return Some(format!(
+                "etcd state behind replicas: the state is at rev {rev} of epoch {} but {} applied rev {} of it; {FIX}",
+                state.epoch, h.hb.id, h.hb.applied_rev
+            ));
+        }
+        // A leader is directed only once the promotion is recorded as done: records of an epoch
+        // still being promoted show it was done.
+        if state.phase == Phase::Promoting {
+            if let Some(h) = self
+                .heard
+                .values()
+                .find(|h| h.hb.log_end_epoch >= state.epoch)
+            {
+                return Some(format!(
+                    "etcd state behind replicas: the state says epoch {} is still being promoted but {} holds records of epoch {}; {FIX}",
+                    state.epoch, h.hb.id, h.hb.log_end_epoch
+                ));
+            }
+        }
+        None
     }
 
     fn note_grant(&mut self, epoch: Epoch, at_ms: u64) {
@@ -506,16 +553,8 @@ impl ClusterCore {
             return None;
         }
         let (state, rev) = self.state().map(|(s, r)| (s.clone(), r))?;
-        let max_reported = self
-            .heard
-            .values()
-            .map(|h| h.hb.epoch)
-            .max()
-            .unwrap_or(Epoch(0));
-        if max_reported > state.epoch {
-            return self.refuse(now, "refusal", format!(
-                "etcd state behind replicas: the state says epoch {} but a replica persisted epoch {max_reported}; \
-                 refusing to act (restore the state or run recovery)", state.epoch));
+        if let Some(why) = self.state_behind(&state, rev) {
+            return self.refuse(now, "refusal", why);
         }
         if let Some(op) = &state.op {
             if now.unix_ms > op.deadline_ms && state.phase == Phase::Switching {

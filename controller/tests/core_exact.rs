@@ -1085,7 +1085,7 @@ fn etcd_state_behind_replicas_refuses_to_act() {
         last(&w),
         (
             "refusal",
-            "etcd state behind replicas: the state says epoch 5 but a replica persisted epoch 7; \
+            "etcd state behind replicas: the state says epoch 5 but r3 persisted epoch 7; \
              refusing to act (restore the state or run recovery)",
             5,
             1
@@ -1105,6 +1105,37 @@ fn etcd_state_behind_replicas_refuses_to_act() {
         assert_eq!(s.tick(t), None, "journaled once, no failover ({t})");
     }
     assert_eq!(s.core.journal.len(), 1);
+}
+
+/// Found by the simulation (etcd restored from a backup taken during a promotion): the state
+/// still showed epoch 2 being promoted while a leader of epoch 2 had been chosen and had
+/// written; the controller finished the promotion again and started a second leader of the
+/// same epoch. A replica that applied a later rev of the epoch, or holds records of an epoch
+/// still "being promoted", now shows the state is behind: no decision, no role, no lease.
+#[test]
+fn etcd_state_behind_at_the_same_epoch_grants_nothing() {
+    let mut s = steady_sim();
+    // r2 applied a rev of epoch 5 that the (restored) state does not have yet.
+    let d = s.hb(
+        10_500,
+        Heartbeat {
+            applied_rev: REV0 + 3,
+            ..follower("r2")
+        },
+    );
+    assert_eq!(d.role, None, "no role from a state the replicas moved past");
+    let d = s.hb(10_500, leader_hb());
+    assert_eq!((d.role, d.lease_ms), (None, 0), "no lease for the leader either");
+    let w = s.tick(10_500).expect("refusal");
+    assert_eq!(w.state, None);
+    assert_eq!(
+        last(&w).1,
+        format!(
+            "etcd state behind replicas: the state is at rev {REV0} of epoch 5 but r2 applied rev {} of it; \
+             refusing to act (restore the state or run recovery)",
+            REV0 + 3
+        )
+    );
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn main() {
         None => (args.start..args.start + args.seeds).collect(),
     };
     let t0 = Instant::now();
+    let single = args.seed.is_some();
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -63,6 +64,9 @@ fn main() {
                             let mut cfg = SimConfig::new(seed);
                             cfg.duration_ms = duration_ms;
                             cfg.faults = faults.clone();
+                            if single {
+                                cfg.trace_len = 100_000;
+                            }
                             let rep = sim::run(cfg.clone());
                             (cfg, rep)
                         })

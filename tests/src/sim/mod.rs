@@ -53,6 +53,9 @@ pub struct Faults {
     pub etcd: bool,
     pub wipe: bool,
     pub operator: bool,
+    /// etcd restored from an old snapshot, or emptied (TESTING row 18). Not part of `all`:
+    /// the cluster then stops deciding by design, so it gets runs of its own.
+    pub restore: bool,
 }
 
 impl Faults {
@@ -66,6 +69,7 @@ impl Faults {
             etcd: true,
             wipe: true,
             operator: true,
+            restore: false,
         }
     }
     pub fn none() -> Faults {
@@ -78,6 +82,7 @@ impl Faults {
             etcd: false,
             wipe: false,
             operator: false,
+            restore: false,
         }
     }
     /// Parses `crash,pause,…` (or `all`, `none`).
@@ -97,9 +102,10 @@ impl Faults {
                 "etcd" => f.etcd = true,
                 "wipe" => f.wipe = true,
                 "operator" => f.operator = true,
+                "restore" => f.restore = true,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?}; known: crash, pause, partition, loss, controller, etcd, wipe, operator, all, none"
+                        "unknown fault {other:?}; known: crash, pause, partition, loss, controller, etcd, wipe, operator, restore, all, none"
                     ))
                 }
             }
@@ -117,12 +123,13 @@ impl Faults {
             (self.etcd, "etcd"),
             (self.wipe, "wipe"),
             (self.operator, "operator"),
+            (self.restore, "restore"),
         ] {
             if on {
                 v.push(n);
             }
         }
-        if v.len() == 8 {
+        if v.len() == 8 && !self.restore {
             "all".into()
         } else if v.is_empty() {
             "none".into()
@@ -146,6 +153,8 @@ pub struct SimConfig {
     /// Test of the checks themselves: the simulated runtime acknowledges a write on the
     /// leader's own fsync instead of the commit rule. Every seed should then fail.
     pub broken_ack_on_flush: bool,
+    /// How many of the last events a failing run reports.
+    pub trace_len: usize,
 }
 
 impl SimConfig {
@@ -159,6 +168,7 @@ impl SimConfig {
             clients: 3,
             keys: 3,
             broken_ack_on_flush: false,
+            trace_len: 60,
         }
     }
     /// The command that replays this run.
@@ -396,6 +406,16 @@ impl Etcd {
     }
 }
 
+/// What an etcd backup holds: the keys and the revision counter at that time.
+#[derive(Clone)]
+struct EtcdBackup {
+    at: u64,
+    state: Option<(ClusterState, u64)>,
+    journal: Vec<Entry>,
+    rev: u64,
+    election: Option<(usize, i64, u64)>,
+}
+
 struct Client {
     busy: Option<usize>,
     last_read: HashMap<String, Option<(String, Version)>>,
@@ -426,10 +446,16 @@ struct World {
     members: Vec<Member>,
     /// Every record ever appended anywhere: (epoch, LSN) → its content.
     written: HashMap<(u64, u64), String>,
+    /// The leader-start of each epoch: epoch → (leader, LSN).
+    epoch_starts: HashMap<u64, (String, u64)>,
     /// Acknowledged writes: (epoch, LSN) → (key, value).
     acked: HashMap<(u64, u64), (String, String)>,
     faults_on: bool,
     clients_on: bool,
+    /// Copies of etcd's state and journal, taken every second (for `etcd-restore`).
+    etcd_backups: Vec<EtcdBackup>,
+    /// etcd went back to an old backup (or was emptied) during the run.
+    etcd_restored: bool,
     /// The active controller crashes right after its next promotion step.
     crash_mid_promotion: bool,
     /// The last refusal a client saw (traced once per change).
@@ -552,12 +578,15 @@ impl World {
             members,
             written: HashMap::new(),
             acked: HashMap::new(),
+            epoch_starts: HashMap::new(),
             faults_on: true,
             clients_on: true,
             healed_at: 0,
             blocked: false,
             last_refusal: String::new(),
             crash_mid_promotion: false,
+            etcd_backups: Vec::new(),
+            etcd_restored: false,
             report: Report {
                 seed: cfg.seed,
                 ..Default::default()
@@ -579,7 +608,7 @@ impl World {
     }
 
     fn note(&mut self, s: String) {
-        if self.trace.len() >= 60 {
+        if self.trace.len() >= self.cfg.trace_len {
             self.trace.pop_front();
         }
         self.trace
@@ -755,6 +784,20 @@ impl World {
             Ev::ClientNext(c) => self.client_next(c),
             Ev::ClientTimeout { op } => self.client_timeout(op),
             Ev::Nemesis => {
+                if self
+                    .etcd_backups
+                    .last()
+                    .is_none_or(|b| self.now >= b.at + 1_000_000)
+                {
+                    let b = EtcdBackup {
+                        at: self.now,
+                        state: self.etcd.state.clone(),
+                        journal: self.etcd.journal.clone(),
+                        rev: self.etcd.rev,
+                        election: self.etcd.election,
+                    };
+                    self.etcd_backups.push(b);
+                }
                 if self.faults_on {
                     self.nemesis();
                     let next = self.rng.random_range(200_000..1_500_000);
@@ -773,7 +816,10 @@ impl World {
             }
             Ev::Probe => {
                 self.clients_on = false;
-                if self.clients.iter().all(|c| c.busy.is_none()) && self.converged().is_ok() {
+                if self.clients.iter().all(|c| c.busy.is_none())
+                    && self.converged().is_ok()
+                    && self.someone_serves()
+                {
                     return Some(true);
                 }
                 if self.now >= self.healed_at + 12_000_000 && self.blocked_by_design() {
@@ -890,6 +936,28 @@ impl World {
             Some(_) => {}
             None => {
                 self.written.insert(k, content);
+            }
+        }
+        if let WOp::LeaderStart { leader, .. } = &rec.op {
+            // One leader per epoch (I1): every copy of an epoch's leader-start is the same one.
+            let me = (leader.0.clone(), rec.lsn.0);
+            match self.epoch_starts.get(&rec.epoch.0) {
+                Some(first) if *first != me => {
+                    let first = first.clone();
+                    self.violation(format!(
+                        "two leaders started epoch {}: {} at LSN {} and {} at LSN {} (seen on r{})",
+                        rec.epoch,
+                        first.0,
+                        first.1,
+                        me.0,
+                        me.1,
+                        r + 1
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.epoch_starts.insert(rec.epoch.0, me);
+                }
             }
         }
         let rep = &mut self.replicas[r];
@@ -1911,6 +1979,16 @@ impl World {
         })
     }
 
+    /// Whether some replica can serve leader reads now.
+    fn someone_serves(&self) -> bool {
+        self.replicas.iter().any(|r| {
+            r.core.as_ref().is_some_and(|c| {
+                c.read(r.clock.ms(self.now), b"", Consistency::Leader)
+                    .is_ok()
+            })
+        })
+    }
+
     fn leader_replica(&self) -> Option<usize> {
         let mut best: Option<(Epoch, usize)> = None;
         for (i, rep) in self.replicas.iter().enumerate() {
@@ -1960,6 +2038,9 @@ impl World {
         }
         if f.operator {
             kinds.extend(["switchover", "failover"]);
+        }
+        if f.restore {
+            kinds.push("etcd-restore");
         }
         if f.operator && f.partition {
             kinds.push("cut-and-failover");
@@ -2079,6 +2160,35 @@ impl World {
                 self.crash_replica(l);
                 self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Replica(l))));
             }
+            "etcd-restore" => {
+                // etcd comes back from an old backup (or empty): its revisions go back, and
+                // the election key is the one of the backup (its lease may be gone).
+                let pick = self
+                    .etcd_backups
+                    .iter()
+                    .filter(|b| b.at + 1_000_000 <= self.now)
+                    .count();
+                if self.rng.random_bool(0.3) || pick == 0 {
+                    self.note("etcd emptied".into());
+                    self.etcd.state = None;
+                    self.etcd.journal.clear();
+                    self.etcd.election = None;
+                } else {
+                    let b = self.etcd_backups[self.rng.random_range(0..pick)].clone();
+                    self.note(format!(
+                        "etcd restored from the backup of t={} ms (rev {}, epoch {:?})",
+                        b.at / 1000,
+                        b.rev,
+                        b.state.as_ref().map(|(s, _)| s.epoch.0)
+                    ));
+                    self.etcd.state = b.state;
+                    self.etcd.journal = b.journal;
+                    self.etcd.rev = b.rev;
+                    self.etcd.election = b.election;
+                    self.etcd.expire(self.now);
+                }
+                self.etcd_restored = true;
+            }
             "ctl-etcd" => {
                 let c = self.rng.random_range(0..self.ctls.len());
                 let pairs = vec![
@@ -2180,6 +2290,11 @@ impl World {
     /// accepting the loss; the simulation stops there instead and keeps every check that
     /// still applies.
     fn blocked_by_design(&self) -> bool {
+        if self.etcd_restored && !self.someone_serves() {
+            // An etcd that went back in time is refused (epochs never go back) until an
+            // operator restores it or runs recovery.
+            return true;
+        }
         let Some((s, _)) = &self.etcd.state else {
             return false;
         };
