@@ -2027,6 +2027,9 @@ impl World {
         if f.controller {
             kinds.extend(["ctl-crash", "ctl-etcd"]);
         }
+        if f.controller && f.pause {
+            kinds.push("ctl-pause");
+        }
         if f.controller && f.crash {
             kinds.push("ctl-crash-mid-promotion");
         }
@@ -2188,6 +2191,18 @@ impl World {
                     self.etcd.expire(self.now);
                 }
                 self.etcd_restored = true;
+            }
+            "ctl-pause" => {
+                // SIGSTOP the active controller (often longer than its etcd lease): on resume
+                // it must not act on the trust it had (a zombie controller).
+                let c = self
+                    .active_controller()
+                    .unwrap_or_else(|| self.rng.random_range(0..self.ctls.len()));
+                if !self.ctls[c].up {
+                    return;
+                }
+                self.note(format!("c{} paused for {} ms", c + 1, hold / 1000));
+                self.ctls[c].paused_until = self.now + hold;
             }
             "ctl-etcd" => {
                 let c = self.rng.random_range(0..self.ctls.len());
@@ -2355,6 +2370,7 @@ impl World {
             }
         }
         for c in 0..self.ctls.len() {
+            self.ctls[c].paused_until = self.ctls[c].paused_until.min(self.now);
             if !self.ctls[c].up {
                 self.start_controller(c);
             }
