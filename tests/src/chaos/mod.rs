@@ -483,11 +483,17 @@ async fn run_in(dir: &std::path::Path, opts: &ChaosOpts) -> anyhow::Result<Chaos
     ));
     let one_writer = history::check_one_writer_per_epoch(&acked);
     let real_time = history::check_real_time_order(&timed);
-    let mut split_brain = one_writer.len() + real_time.len();
+    let two_writers = rec.epochs_with_two_writers();
+    let mut split_brain = one_writer.len() + real_time.len() + two_writers.len();
+    listed(&mut violations, "two writers in one epoch", two_writers);
     listed(&mut violations, "one writer per epoch", one_writer);
     listed(&mut violations, "versions against real time", real_time);
 
-    // Stop the proxy and the replicas cleanly and read their logs from disk.
+    // Stop the controllers (so that stopping a leader starts no failover), the proxy and the
+    // replicas cleanly, and read the replicas' logs from disk.
+    for c in cl.controllers.iter_mut() {
+        c.daemon.term(Duration::from_secs(10));
+    }
     if let Some(p) = cl.proxy.as_mut() {
         p.daemon.term(Duration::from_secs(10));
     }

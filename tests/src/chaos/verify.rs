@@ -23,7 +23,9 @@ pub async fn wait_available(rec: &Recorder, proxy: &str, timeout: Duration) -> O
     let mut i = 0;
     while start.elapsed() < timeout {
         let key = format!("final-probe-{i}");
-        let (o, _) = rec.write(&c, proxy, &key, &format!("p{i}"), None).await;
+        let (o, _) = rec
+            .write(&c, proxy, None, &key, &format!("p{i}"), None)
+            .await;
         if o == crate::checker::Outcome::Ok(crate::checker::OpResult::Applied(true)) {
             return Some(start.elapsed());
         }

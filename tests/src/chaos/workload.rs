@@ -14,7 +14,7 @@ use crate::client::{CallError, Client, Reply};
 use crate::history::{AckedWrite, TimedWrite};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ pub struct Recorder {
     written: Mutex<BTreeSet<String>>,
     /// Complete times of acknowledged writes (applied CAS included).
     ack_times: Mutex<Vec<u64>>,
+    /// Epoch → the replicas that acknowledged a direct client's write in it.
+    acked_by: Mutex<BTreeMap<u64, BTreeSet<String>>>,
     /// Replies the workload did not expect (a 200 without a version, a 4xx), for the report.
     odd: Mutex<Vec<String>>,
 }
@@ -60,6 +62,7 @@ impl Recorder {
             acked: Mutex::new(Vec::new()),
             written: Mutex::new(BTreeSet::new()),
             ack_times: Mutex::new(Vec::new()),
+            acked_by: Mutex::new(BTreeMap::new()),
             odd: Mutex::new(Vec::new()),
         }
     }
@@ -100,6 +103,21 @@ impl Recorder {
         v
     }
 
+    /// Epochs in which more than one replica acknowledged a direct client's write (G2: at most
+    /// one replica acknowledges writes for a given epoch), with those replicas.
+    pub fn epochs_with_two_writers(&self) -> Vec<String> {
+        lock(&self.acked_by)
+            .iter()
+            .filter(|(_, r)| r.len() > 1)
+            .map(|(e, r)| {
+                format!(
+                    "epoch {e}: writes acknowledged by {}",
+                    r.iter().cloned().collect::<Vec<_>>().join(" and ")
+                )
+            })
+            .collect()
+    }
+
     pub fn odd(&self) -> Vec<String> {
         lock(&self.odd).clone()
     }
@@ -132,12 +150,14 @@ impl Recorder {
         });
     }
 
-    /// Sends one write (blind, or with `If-Match`) to `base`, records it, and returns its
-    /// outcome and the leader a `503` named, if any.
+    /// Sends one write (blind, or with `If-Match`) to `base` (replica `replica`'s own port,
+    /// for a direct client), records it, and returns its outcome and the leader a `503` named,
+    /// if any.
     pub async fn write(
         &self,
         c: &Client,
         base: &str,
+        replica: Option<&str>,
         key: &str,
         value: &str,
         if_match: Option<(Expect, String)>,
@@ -173,6 +193,12 @@ impl Recorder {
                         complete,
                     });
                     lock(&self.ack_times).push(complete);
+                    if let Some(r) = replica {
+                        lock(&self.acked_by)
+                            .entry(epoch)
+                            .or_default()
+                            .insert(r.to_string());
+                    }
                 }
                 _ => {
                     self.note_odd(format!(
@@ -293,9 +319,12 @@ pub async fn client(rec: Arc<Recorder>, n: usize, seed: u64, until: Instant, tar
         if rec.stopped() || Instant::now() >= until {
             break;
         }
-        let base = match &target {
-            Target::Proxy(p) => p.clone(),
-            Target::Direct(urls) => urls[at % urls.len()].1.clone(),
+        let (base, replica) = match &target {
+            Target::Proxy(p) => (p.clone(), None),
+            Target::Direct(urls) => {
+                let (id, url) = &urls[at % urls.len()];
+                (url.clone(), Some(id.as_str()))
+            }
         };
         let value = format!("c{n}-{i}");
         let dice = rng.random_range(0..10u32);
@@ -308,7 +337,9 @@ pub async fn client(rec: Arc<Recorder>, n: usize, seed: u64, until: Instant, tar
                         (Some(ver), Some(v)) => (Expect::Value(v), ver),
                         _ => (Expect::Absent, "0".to_string()),
                     };
-                    let (o, hint) = rec.write(&c, &base, &key, &value, Some(cond)).await;
+                    let (o, hint) = rec
+                        .write(&c, &base, replica, &key, &value, Some(cond))
+                        .await;
                     (matches!(o, Outcome::Ok(_)), hint)
                 }
                 (None, hint) => (false, hint),
@@ -319,7 +350,7 @@ pub async fn client(rec: Arc<Recorder>, n: usize, seed: u64, until: Instant, tar
             (seen.is_some(), hint)
         } else {
             let key = format!("u-{n}-{i}");
-            let (o, hint) = rec.write(&c, &base, &key, &value, None).await;
+            let (o, hint) = rec.write(&c, &base, replica, &key, &value, None).await;
             (matches!(o, Outcome::Ok(_)), hint)
         };
         if !definite {
