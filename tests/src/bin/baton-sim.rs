@@ -27,6 +27,9 @@ struct Args {
     /// Print the event trace of a failing seed.
     #[arg(long)]
     trace: bool,
+    /// Async replication (acknowledged writes may be lost on failover; counted, not failed).
+    #[arg(long = "async")]
+    async_mode: bool,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -47,6 +50,7 @@ fn main() {
     };
     let t0 = Instant::now();
     let single = args.seed.is_some();
+    let async_mode = args.async_mode;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -64,6 +68,9 @@ fn main() {
                             let mut cfg = SimConfig::new(seed);
                             cfg.duration_ms = duration_ms;
                             cfg.faults = faults.clone();
+                            if async_mode {
+                                cfg.mode = baton_common::directive::Mode::Async;
+                            }
                             if single {
                                 cfg.trace_len = 100_000;
                             }
@@ -114,6 +121,12 @@ fn main() {
         blocked,
         t0.elapsed().as_secs_f64()
     );
+    if async_mode {
+        let lost: u64 = reports.iter().map(|(_, r)| r.lost_async).sum();
+        println!(
+            "async: acknowledged writes lost by failovers (allowed in async mode, G3): {lost}"
+        );
+    }
     let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
     for (_, rep) in &reports {
         for (k, n) in &rep.fault_kinds {
