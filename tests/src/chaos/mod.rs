@@ -48,10 +48,14 @@ pub enum Fault {
     Wipe,
     /// A switchover through the controller API.
     Switchover,
+    /// Two faults in quick succession: the leader killed and then its successor as soon as it
+    /// is recorded (two failovers, KIP-279 class); or the sync standby wiped and the leader
+    /// killed right after (the wiped member must not be promoted).
+    Double,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
@@ -61,6 +65,7 @@ impl Fault {
         Fault::Etcd,
         Fault::Wipe,
         Fault::Switchover,
+        Fault::Double,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +79,7 @@ impl Fault {
             Fault::Etcd => "etcd",
             Fault::Wipe => "wipe",
             Fault::Switchover => "switchover",
+            Fault::Double => "double",
         }
     }
 

@@ -324,6 +324,69 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 secs(hold)
             )
         }
+        Fault::Double => {
+            let (leader, known) = leader_or_any(cl, rng).await;
+            let role = if known { "leader" } else { "no leader known" };
+            let hold = ms(rng, 500, 2500);
+            if rng.random_bool(0.5) {
+                // Two failovers in quick succession.
+                let (_, epoch) = leader_epoch(cl).await;
+                cl.replicas.get_mut(&leader).expect("replica").kill9();
+                let next =
+                    crate::procs::wait_for(Duration::from_secs(5), "a successor", || async {
+                        match leader_epoch(cl).await {
+                            (Some(l), e) if l != leader && e > epoch => Some(l),
+                            _ => None,
+                        }
+                    })
+                    .await
+                    .ok();
+                let second = match &next {
+                    Some(n) => {
+                        cl.replicas.get_mut(n).expect("replica").kill9();
+                        format!("then its successor {n} as soon as it was recorded")
+                    }
+                    None => "no successor within 5 s".to_string(),
+                };
+                tokio::time::sleep(hold).await;
+                cl.replicas.get_mut(&leader).expect("replica").restart()?;
+                if let Some(n) = &next {
+                    cl.replicas.get_mut(n).expect("replica").restart()?;
+                }
+                format!(
+                    "kill -9 {leader} ({role}), {second}; both restarted after {}",
+                    secs(hold)
+                )
+            } else {
+                // The sync standby loses its disk, then the leader dies.
+                let sync = match cl.active_view().await {
+                    Some((_, v)) => v["sync_set"]
+                        .as_array()
+                        .and_then(|a| a.first())
+                        .and_then(|m| m["id"].as_str())
+                        .map(str::to_string),
+                    None => None,
+                };
+                let sync = sync
+                    .filter(|s| *s != leader && cl.replicas.contains_key(s))
+                    .unwrap_or_else(|| {
+                        let others: Vec<&String> =
+                            cl.replicas.keys().filter(|id| **id != leader).collect();
+                        (*others.choose(rng).expect("followers")).clone()
+                    });
+                cl.replicas
+                    .get_mut(&sync)
+                    .expect("replica")
+                    .wipe_and_restart()?;
+                cl.replicas.get_mut(&leader).expect("replica").kill9();
+                tokio::time::sleep(hold).await;
+                cl.replicas.get_mut(&leader).expect("replica").restart()?;
+                format!(
+                    "wipe sync standby {sync}, then kill -9 {leader} ({role}); restart it after {}",
+                    secs(hold)
+                )
+            }
+        }
         Fault::Switchover => {
             let r = cl
                 .op("switchover", serde_json::json!({}), Duration::from_secs(10))
