@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --workspace --bins --locked
+# The fault-point tests (tests/tests/fault_points.rs) run the replica and controller with their
+# named fault points compiled in: separate binaries (`*-failpoints`) built with the
+# `failpoints` feature; the normal and release binaries have none. Unoptimized and without
+# debug info, to build fast; the test harness runs this same command (keep them equal).
+FAULTS=(--features baton-replica/failpoints,baton-controller/failpoints)
+cargo build --workspace --locked --bin baton-replica-failpoints --bin baton-controller-failpoints "${FAULTS[@]}" \
+  --config profile.dev.package.baton-replica.opt-level=0 --config profile.dev.package.baton-replica.debug=0 \
+  --config profile.dev.package.baton-controller.opt-level=0 --config profile.dev.package.baton-controller.debug=0
+cargo clippy -p baton-replica -p baton-controller --lib --bins --locked "${FAULTS[@]}" -- -D warnings
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

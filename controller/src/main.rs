@@ -22,7 +22,10 @@ struct Args {
     config: PathBuf,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
+    // Fault points (only in builds with the `failpoints` feature) armed by `FAILPOINTS`.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let args = Args::parse();
     let cfg = match ControllerConfig::load(&args.config) {
         Ok(c) => c,
@@ -116,8 +119,11 @@ async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         addr: cfg.advertised(),
     });
     let server_cancel = cancel.clone();
+    let router = api::router(api);
+    #[cfg(feature = "failpoints")]
+    let router = router.merge(runtime::faults::router());
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, api::router(api))
+        let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { server_cancel.cancelled().await })
             .await;
     });

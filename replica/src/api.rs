@@ -16,8 +16,15 @@ use baton_common::ids::Expect;
 use bytes::Bytes;
 use std::sync::Arc;
 
-/// The router for one replica.
+/// The router for one replica (with `/v1/failpoints` in builds with fault points).
 pub fn router(node: Arc<Node>) -> Router {
+    let r = routes(node);
+    #[cfg(feature = "failpoints")]
+    let r = r.merge(crate::faults::router());
+    r
+}
+
+fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod faults;
 pub mod heartbeat;
 pub mod logthread;
 pub mod meta;

@@ -6,6 +6,7 @@
 //!
 //! A failed write or sync is fatal: the thread reports it and stops; nothing is retried.
 
+use crate::faults::fault;
 use crate::node::Node;
 use crate::snapshot;
 use crate::wal::disk::sync_dir;
@@ -137,7 +138,7 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
     const MAX_BATCH: usize = 4096;
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
     let mut gen: u64 = 0;
-    let fail = |e: LogError| node.set_fatal(format!("{e}"));
+    let fail = |e: LogError| node.set_fatal(describe(&e));
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut compact: Option<Lsn> = None;
@@ -200,7 +201,7 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
             }
         }
         if let Some(c) = compact {
-            match log.compact_through(c) {
+            match compact_through(log.as_mut(), c) {
                 Ok(()) => node.lock().core_mut().set_log_start(log.first_lsn()),
                 Err(e) => {
                     tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
@@ -218,8 +219,13 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 gen += 1;
                 node.log_thread_gen
                     .store(gen, std::sync::atomic::Ordering::SeqCst);
-                let res = archive(&dirs.rollback, &records)
-                    .and_then(|a| log.truncate_from(from).map(|_| a));
+                let res = archive(&dirs.rollback, &records).and_then(|a| {
+                    fault!("truncate.after_archive", |e| LogError::io(
+                        format!("truncate the log from LSN {from}"),
+                        e
+                    ));
+                    log.truncate_from(from).map(|_| a)
+                });
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
                 if let Some(e) = failed {
@@ -293,8 +299,30 @@ pub fn finish_interrupted_resync(log: &mut dyn LogStore, dirs: &Dirs) -> Result<
     Ok(true)
 }
 
+fn compact_through(log: &mut dyn LogStore, through: Lsn) -> Result<(), LogError> {
+    fault!("compact.before", |e| LogError::io("compaction", e));
+    log.compact_through(through)
+}
+
+/// The fatal message for a log error; a full disk is named as such.
+fn describe(e: &LogError) -> String {
+    match e {
+        LogError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC)
+                || source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            format!("disk full: {e}")
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn install(log: &mut dyn LogStore, dirs: &Dirs, tmp: &Path, lsn: Lsn) -> Result<(), LogError> {
     let target = dirs.snap.join(format!("{:020}.snap", lsn.0));
+    fault!("install.before_rename", |e| LogError::io(
+        format!("rename {} to {}", tmp.display(), target.display()),
+        e
+    ));
     std::fs::rename(tmp, &target).map_err(|e| {
         LogError::io(
             format!("rename {} to {}", tmp.display(), target.display()),

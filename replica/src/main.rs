@@ -15,7 +15,10 @@ struct Args {
     config: PathBuf,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
+    // Fault points (only in builds with the `failpoints` feature) armed by `FAILPOINTS`.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let args = Args::parse();
     let cfg = match ReplicaConfig::load(&args.config) {
         Ok(c) => c,

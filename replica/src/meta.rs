@@ -89,6 +89,7 @@ impl Meta {
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&body).map_err(io)?;
         f.sync_all().map_err(io)?;
+        crate::faults::fault!("meta.before_rename", io);
         std::fs::rename(&tmp, &path).map_err(io)?;
         sync_dir(dir).map_err(|e| MetaError::Bad {
             path: path.clone(),

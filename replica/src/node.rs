@@ -8,6 +8,7 @@
 
 use crate::config::ReplicaConfig;
 use crate::core::{Core, CoreConfig, Effect, Recovered, WriteReject, WriteReq};
+use crate::faults::fault;
 use crate::logthread::{self, Archived, Dirs, LogCmd};
 use crate::meta::{DirLock, Meta};
 use crate::metrics::Metrics;
@@ -410,7 +411,20 @@ impl Node {
             next.epoch = m.epoch;
         }
         if next != *m {
+            let epoch_write = next.epoch > m.epoch;
+            if epoch_write {
+                fault!("meta.before_epoch_write", |e| anyhow::anyhow!(
+                    "{}: {e}",
+                    Meta::path(&self.data_dir).display()
+                ));
+            }
             next.store(&self.data_dir)?;
+            if epoch_write {
+                fault!("meta.after_epoch_write", |e| anyhow::anyhow!(
+                    "{}: {e}",
+                    Meta::path(&self.data_dir).display()
+                ));
+            }
             *m = next;
         }
         Ok(())
@@ -419,6 +433,7 @@ impl Node {
     /// Called by the log thread once everything up to `lsn` is durable, `gen` being the number
     /// of truncations and resets it had executed.
     pub(crate) fn on_flushed(self: &Arc<Self>, lsn: Lsn, gen: u64) {
+        self.before_apply();
         let now = clock::now_ms();
         let mut g = self.lock();
         if gen != g.core.log_gen() {
@@ -428,6 +443,25 @@ impl Node {
         }
         let fx = g.core.on_flushed(now, lsn);
         self.after_step(g, fx);
+    }
+
+    /// The `apply.before` fault point: called before a core step that may commit and apply
+    /// records (a local flush, a follower's acknowledgement, a leader's commit LSN).
+    #[inline]
+    pub(crate) fn before_apply(&self) {
+        fault!("apply.before");
+    }
+
+    /// [`before_apply`](Self::before_apply) when a leader's `commit` would apply records here.
+    #[inline]
+    pub(crate) fn before_apply_up_to(&self, commit: Lsn) {
+        #[cfg(feature = "failpoints")]
+        {
+            if commit > self.lock().core().applied() {
+                self.before_apply();
+            }
+        }
+        let _ = commit;
     }
 
     /// After any core step that may have moved commit: acknowledge committed writes, run the
@@ -446,6 +480,7 @@ impl Node {
                 }
                 let w = entry.remove();
                 if ack {
+                    fault!("client.before_ack");
                     self.metrics.writes.with_label_values(&["ok"]).inc();
                     let _ = w.tx.send(Ok(WriteReply {
                         version: w.version,
@@ -590,6 +625,12 @@ impl Node {
                     let _ = std::fs::remove_file(&tmp);
                     return Ok(None);
                 }
+                fault!("snapshot.before_rename", |source| {
+                    snapshot::SnapshotError::Io {
+                        path: tmp.clone(),
+                        source,
+                    }
+                });
                 snapshot::commit(&dir, &tmp, lsn).map(Some)
             });
             match res {

@@ -6,6 +6,7 @@
 
 use super::wire::{self, Msg, PROTOCOL};
 use crate::core::{AppendHeader, Exchange, FollowerNext};
+use crate::faults::fault;
 use crate::logthread::Archived;
 use crate::node::Node;
 use crate::snapshot;
@@ -259,6 +260,7 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                     }
                     g.core().flushed()
                 };
+                fault!("repl.before_ack");
                 if sink
                     .send(wire::encode(
                         &Msg::Ack {
@@ -338,6 +340,10 @@ async fn stream_loop(
                 node.metrics
                     .repl_records_received
                     .inc_by(records.len() as u64);
+                fault!("follower.before_append", |e| format!(
+                    "cannot take the records received: {e}"
+                ));
+                node.before_apply_up_to(commit);
                 let mut g = node.lock();
                 let header = AppendHeader {
                     leader_epoch: epoch,
@@ -351,6 +357,7 @@ async fn stream_loop(
                 node.after_step(g, fx);
             }
             Msg::Keepalive { epoch, commit, end } => {
+                node.before_apply_up_to(commit);
                 let mut g = node.lock();
                 let fx = g
                     .core_mut()

@@ -8,6 +8,7 @@
 
 use super::wire::{self, Msg};
 use crate::core::FetchStart;
+use crate::faults::fault;
 use crate::node::Node;
 use crate::snapshot;
 use baton_common::{clock, Epoch, Lsn, NodeId};
@@ -144,6 +145,7 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
             while let Some(Ok(frame)) = source.next().await {
                 match wire::decode(frame.freeze()) {
                     Ok((Msg::Ack { epoch, flushed }, _)) => {
+                        node.before_apply();
                         let mut g = node.lock();
                         let fx = g.core_mut().leader_on_ack(
                             clock::now_ms(),
@@ -232,6 +234,7 @@ where
                 Lsn(next.0 - 1),
             );
             let last_lsn = last.lsn;
+            fault!("repl.before_send", |e| format!("send failed: {e}"));
             sink.send(wire::encode_append(epoch, prev, commit, end, &recs))
                 .await
                 .map_err(|e| format!("send failed: {e}"))?;

@@ -10,6 +10,7 @@
 
 use super::record::{DecodeError, FRAME_HEADER};
 use super::{LogError, LogStore, Record, Recovery};
+use crate::faults::fault;
 use baton_common::{Epoch, Lsn};
 use bytes::BytesMut;
 use std::fs::{File, OpenOptions};
@@ -404,6 +405,10 @@ impl LogStore for DiskLog {
             }
             next = next.next();
         }
+        fault!("wal.before_append", |e| LogError::io(
+            format!("write {}", self.active().path.display()),
+            e
+        ));
         for r in records {
             let seg = self.active();
             let pending = seg.len + self.buf.len() as u64;
@@ -426,16 +431,22 @@ impl LogStore for DiskLog {
                 seg.offsets.pop();
             }
             self.buf.clear();
+            return res;
         }
+        fault!("wal.after_append", |e| LogError::io(
+            format!("write {}", self.active().path.display()),
+            e
+        ));
         res
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
         if self.dirty {
             let seg = self.active();
-            seg.file
-                .sync_data()
-                .map_err(|e| LogError::io(format!("fdatasync {}", seg.path.display()), e))?;
+            let fsync_error = |e| LogError::io(format!("fdatasync {}", seg.path.display()), e);
+            fault!("wal.before_fsync", fsync_error);
+            seg.file.sync_data().map_err(fsync_error)?;
+            fault!("wal.after_fsync", fsync_error);
             self.dirty = false;
         }
         Ok(())

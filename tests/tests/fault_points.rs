@@ -1,0 +1,1214 @@
+//! Tier 2 of TESTING.md: named fault points in the real binaries, and a full disk.
+//!
+//! The points (`replica/src/faults.rs`, `controller/src/runtime.rs`) exist only in the
+//! `baton-replica-failpoints` and `baton-controller-failpoints` binaries, built here on first
+//! use (`cargo build --features …/failpoints`, the same step `scripts/test.sh` runs); the
+//! normal binaries have none. Each point is armed at run time (`PUT /v1/failpoints/{name}`) or
+//! at start (`FAILPOINTS`), fires under a write load, and the recovered state is checked:
+//! - one replica (stand-in controller): a crash at every persistence point, in a loop, loses
+//!   no acknowledged write, and the restarted replica leads at a higher epoch; an injected
+//!   write, fsync or epoch-write error stops it with a one-line fatal reason naming the point
+//!   and it restarts cleanly; a snapshot or compaction error is survived and retried;
+//! - a leader and its sync follower: a crash at each replication point on either side, then
+//!   the loss of the other node, loses no acknowledged write on the survivor, the old leader's
+//!   unreplicated suffix is archived (also across a crash between archive and cut), and both
+//!   converge to the same state digest; injected stream errors only reconnect;
+//! - real etcd and two controllers: the active controller crashing at each promotion step is
+//!   finished by the standby at the same epoch (no double promotion); a failed etcd keepalive
+//!   pauses writes at most the election TTL plus the lease and changes no epoch;
+//! - ENOSPC on a small tmpfs: the replica stops naming the full disk, nothing acknowledged is
+//!   lost, and it serves everything after space is freed (skipped when mounting is refused).
+
+use baton_replica::faults::CRASH_EXIT_CODE;
+use baton_replica::wal::{Op, Record};
+use baton_tests::client::Client;
+use baton_tests::cluster::EtcdProc;
+use baton_tests::procs::{bin_path, free_port, wait_for, ReplicaSpec};
+use baton_tests::standin::Standin;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type Acked = BTreeMap<String, String>;
+
+// ----- the fault-enabled binaries --------------------------------------------------------------
+
+/// Builds (once per test process; a no-op when fresh) and locates the fault-enabled binaries.
+/// With `BATON_BIN_DIR` set, they are taken from there as they are.
+async fn fault_bins() -> anyhow::Result<(PathBuf, PathBuf)> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = tokio::task::spawn_blocking(|| BUILT.get_or_init(build_fault_bins).clone()).await?;
+    built.map_err(anyhow::Error::msg)?;
+    Ok((
+        bin_path("baton-replica-failpoints")?,
+        bin_path("baton-controller-failpoints")?,
+    ))
+}
+
+fn build_fault_bins() -> Result<(), String> {
+    if std::env::var_os("BATON_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // The same command as in scripts/test.sh (keep them equal, or each one rebuilds): the two
+    // crates unoptimized and without debug info, which builds in a fraction of the time.
+    cmd.current_dir(root).args([
+        "build",
+        "--workspace",
+        "--locked",
+        "--bin",
+        "baton-replica-failpoints",
+        "--bin",
+        "baton-controller-failpoints",
+        "--features",
+        "baton-replica/failpoints,baton-controller/failpoints",
+        "--config",
+        "profile.dev.package.baton-replica.opt-level=0",
+        "--config",
+        "profile.dev.package.baton-replica.debug=0",
+        "--config",
+        "profile.dev.package.baton-controller.opt-level=0",
+        "--config",
+        "profile.dev.package.baton-controller.debug=0",
+    ]);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    if exe.components().any(|c| c.as_os_str() == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the fault-enabled binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+// ----- processes -------------------------------------------------------------------------------
+
+/// A process started by these tests: its output appended to a log file, an optional
+/// `FAILPOINTS` for each start, SIGKILL on drop.
+struct Proc {
+    bin: PathBuf,
+    args: Vec<OsString>,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(
+        bin: PathBuf,
+        args: Vec<OsString>,
+        log_path: PathBuf,
+        failpoints: Option<&str>,
+    ) -> anyhow::Result<Proc> {
+        let mut p = Proc {
+            bin,
+            args,
+            log_path,
+            child: None,
+        };
+        p.spawn(failpoints)?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "{} is running", self.bin.display());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("FAILPOINTS");
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?,
+        );
+        Ok(())
+    }
+
+    fn restart(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
+        self.spawn(failpoints)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A replica process.
+struct Replica {
+    url: String,
+    data: PathBuf,
+    proc: Proc,
+}
+
+impl Replica {
+    fn start(bin: &Path, spec: &ReplicaSpec, failpoints: Option<&str>) -> anyhow::Result<Replica> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let cfg = spec.dir.join("replica.toml");
+        std::fs::write(&cfg, spec.config_text())?;
+        let proc = Proc::start(
+            bin.to_path_buf(),
+            vec!["--config".into(), cfg.into()],
+            spec.dir.join("replica.log"),
+            failpoints,
+        )?;
+        Ok(Replica {
+            url: format!("http://127.0.0.1:{}", spec.port),
+            data: spec.dir.join("data"),
+            proc,
+        })
+    }
+}
+
+/// Arms a fault point of a running process (`PUT /v1/failpoints/{point}`).
+async fn arm(c: &Client, base: &str, point: &str, actions: &str) -> anyhow::Result<()> {
+    let url = format!("{base}/v1/failpoints/{point}");
+    let body = bytes::Bytes::from(actions.to_string());
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{point} armed at {base}"),
+        || async {
+            match c.call("PUT", &url, &[], body.clone()).await {
+                Ok(r) if r.status == 200 => Some(()),
+                Ok(r) => panic!("arming {point}={actions}: {} {}", r.status, r.text()),
+                Err(_) => None,
+            }
+        },
+    )
+    .await
+}
+
+/// `N*off->return(ACTION)`: the point passes `after` times, then fires once.
+fn nth(after: u32, action: &str) -> String {
+    if after == 0 {
+        format!("1*return({action})")
+    } else {
+        format!("{after}*off->1*return({action})")
+    }
+}
+
+/// Asserts that `p` exited by the crash action at `point`.
+async fn expect_crash(p: &mut Proc, point: &str, what: &str) -> anyhow::Result<()> {
+    let Some(st) = p.wait_exit(Duration::from_secs(30)).await else {
+        anyhow::bail!(
+            "{what}: {point} never fired within 30 s; log tail:\n{}",
+            p.log_tail(30)
+        );
+    };
+    anyhow::ensure!(
+        st.code() == Some(CRASH_EXIT_CODE)
+            && p.log().contains(&format!("failpoint {point}: crash")),
+        "{what}: expected the crash at {point}, got {st:?}; log tail:\n{}",
+        p.log_tail(30)
+    );
+    Ok(())
+}
+
+// ----- load and checks -------------------------------------------------------------------------
+
+/// Writers putting unique keys to one replica, recording each acknowledged write (and when).
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+    times: Arc<Mutex<Vec<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: &str, prefix: &str, writers: usize, value_len: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Acked>> = Default::default();
+        let times: Arc<Mutex<Vec<Instant>>> = Default::default();
+        let tasks = (0..writers)
+            .map(|t| {
+                let (stop, acked, times) = (stop.clone(), acked.clone(), times.clone());
+                let (url, prefix) = (url.to_string(), prefix.to_string());
+                tokio::spawn(async move {
+                    let c = Client::new(Duration::from_secs(3));
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}-{t}-{i}");
+                        let mut value = format!("{key}={}", rand::random::<u32>());
+                        while value.len() < value_len {
+                            value.push('.');
+                        }
+                        i += 1;
+                        match c.put(&url, &key, value.clone()).await {
+                            Ok(r) if r.status == 200 => {
+                                acked.lock().expect("lock").insert(key, value);
+                                times.lock().expect("lock").push(Instant::now());
+                            }
+                            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            times,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    async fn wait_acked(&self, n: usize, what: &str) -> anyhow::Result<()> {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{n} acknowledged writes ({what})"),
+            || async { (self.acked() >= n).then_some(()) },
+        )
+        .await
+    }
+
+    /// Stops the writers (in-flight writes finish or time out) and returns what was
+    /// acknowledged, with the acknowledgement times sorted.
+    async fn stop(self) -> (Acked, Vec<Instant>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acked = self.acked.lock().expect("lock").clone();
+        let mut times = self.times.lock().expect("lock").clone();
+        times.sort();
+        (acked, times)
+    }
+}
+
+async fn wait_writable(c: &Client, url: &str, what: &str) -> anyhow::Result<()> {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{what} to accept writes"),
+        || async {
+            matches!(c.put(url, "probe", "x").await, Ok(r) if r.status == 200).then_some(())
+        },
+    )
+    .await
+}
+
+async fn status(c: &Client, url: &str) -> serde_json::Value {
+    c.status(url).await.unwrap_or(serde_json::Value::Null)
+}
+
+/// Reads every acknowledged write back from `url` (leader reads, 8 at a time); fails naming
+/// the first few that are missing or wrong.
+async fn check_acked(url: &str, acked: &Acked, what: &str) -> anyhow::Result<()> {
+    let items: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let chunk = items.len().div_ceil(8).max(1);
+    let mut tasks = Vec::new();
+    for part in items.chunks(chunk) {
+        let (part, url) = (part.to_vec(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let c = Client::new(Duration::from_secs(5));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut bad = Vec::new();
+            for (k, v) in part {
+                loop {
+                    match c.get(&url, &k).await {
+                        Ok(r) if r.status == 200 && r.text() == v => {}
+                        Ok(r) if r.status == 503 && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Ok(r) => bad.push(format!("{k}: {} {:?}", r.status, r.text())),
+                        Err(e) => bad.push(format!("{k}: {e:?}")),
+                    }
+                    break;
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await?);
+    }
+    anyhow::ensure!(
+        bad.is_empty(),
+        "{what}: {} of {} acknowledged writes lost or wrong, e.g. {:?}",
+        bad.len(),
+        acked.len(),
+        &bad[..bad.len().min(5)]
+    );
+    Ok(())
+}
+
+/// Waits until the replicas report the same applied LSN and state digest (G4).
+async fn wait_converged(c: &Client, urls: &[&str]) -> anyhow::Result<(u64, String)> {
+    wait_for(
+        Duration::from_secs(30),
+        "the replicas to converge",
+        || async {
+            let mut seen = BTreeSet::new();
+            for url in urls {
+                let st = c.status(url).await.ok()?;
+                seen.insert((
+                    st["applied_lsn"].as_u64()?,
+                    st["state_digest"].as_str()?.to_string(),
+                ));
+            }
+            (seen.len() == 1).then(|| seen.into_iter().next().expect("one"))
+        },
+    )
+    .await
+}
+
+/// Keys of the puts archived in a replica's rollback files.
+fn archived_keys(data: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(data.join("rollback")) else {
+        return Ok(out);
+    };
+    for f in rd.flatten().map(|e| e.path()) {
+        if f.extension().is_none_or(|x| x != "rollback") {
+            continue;
+        }
+        let bytes = std::fs::read(&f)?;
+        let mut off = 0;
+        while off < bytes.len() {
+            let (r, n): (Record, usize) = Record::decode(&bytes[off..])
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            if let Op::Put { key, .. } = r.op {
+                out.insert(String::from_utf8_lossy(&key).into_owned());
+            }
+            off += n;
+        }
+    }
+    Ok(out)
+}
+
+/// The records in a replica's log segments by LSN (read while nothing writes; a torn frame at
+/// the very end of a segment ends that segment).
+fn log_records(data: &Path) -> anyhow::Result<BTreeMap<u64, Record>> {
+    let mut out = BTreeMap::new();
+    for f in std::fs::read_dir(data.join("wal"))?
+        .flatten()
+        .map(|e| e.path())
+    {
+        if f.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&f)?;
+        let mut off = 0;
+        while let Ok((r, n)) = Record::decode(&bytes[off..]) {
+            out.insert(r.lsn.0, r);
+            off += n;
+        }
+    }
+    Ok(out)
+}
+
+/// I1 on the logs themselves: every LSN two replicas both hold is the same record.
+fn assert_same_records(a: &Path, b: &Path) -> anyhow::Result<usize> {
+    let (ra, rb) = (log_records(a)?, log_records(b)?);
+    let mut common = 0;
+    for (lsn, x) in &ra {
+        if let Some(y) = rb.get(lsn) {
+            anyhow::ensure!(x == y, "LSN {lsn} differs between the logs: {x:?} vs {y:?}");
+            common += 1;
+        }
+    }
+    Ok(common)
+}
+
+fn no_panics(p: &Proc, who: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !p.log().contains("panicked"),
+        "{who} panicked:\n{}",
+        p.log_tail(40)
+    );
+    Ok(())
+}
+
+// ----- one replica -----------------------------------------------------------------------------
+
+/// Small segments and snapshots so that rolls, snapshots and compaction happen under load.
+const ONE_TOML: &str = "[timing]\nwrite_timeout_ms = 2000\n[storage]\nsegment_bytes_max = 32768\nsnapshot_log_bytes = 65536\n";
+
+/// One replica led by the stand-in controller.
+async fn one_replica(bin: &Path, dir: &Path) -> anyhow::Result<(Standin, Replica, Client, u64)> {
+    let standin = Standin::start("r1").await?;
+    let mut spec = ReplicaSpec::new("r1", dir, std::slice::from_ref(&standin.url));
+    spec.extra_toml = ONE_TOML.into();
+    let r = Replica::start(bin, &spec, None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r.url, "r1").await?;
+    let epoch = status(&c, &r.url).await["epoch"].as_u64().unwrap_or(0);
+    Ok((standin, r, c, epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_at_each_persistence_point_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (standin, mut r, c, mut epoch) = one_replica(&bin, tmp.path()).await?;
+    // (point, hits that pass before it fires, reached through a new epoch)
+    // (point, hits that pass before it fires in rounds 1 and 2, reached through a new epoch)
+    let plan: &[(&str, [u32; 2], bool)] = &[
+        ("wal.before_append", [20, 3], false),
+        ("wal.after_append", [20, 3], false),
+        ("wal.before_fsync", [20, 3], false),
+        ("wal.after_fsync", [20, 3], false),
+        ("apply.before", [30, 5], false),
+        ("client.before_ack", [100, 25], false),
+        ("snapshot.before_rename", [0, 1], false),
+        ("compact.before", [0, 1], false),
+        ("meta.before_epoch_write", [0, 0], true),
+        ("meta.after_epoch_write", [0, 0], true),
+        ("meta.before_rename", [0, 0], true),
+    ];
+    let mut all = Acked::new();
+    for round in 0..2 {
+        for (i, &(point, after, new_epoch)) in plan.iter().enumerate() {
+            let after = after[round];
+            arm(&c, &r.url, point, &nth(after, "crash")).await?;
+            let load = Load::start(&r.url, &format!("c{round}-{i}"), 8, 120);
+            if new_epoch {
+                load.wait_acked(50, point).await?;
+                // A new epoch for the same leader: the directive's epoch is persisted first.
+                standin.set_leader("r1");
+            }
+            expect_crash(&mut r.proc, point, "r1").await?;
+            let (acked, _) = load.stop().await;
+            r.proc.restart(None)?;
+            wait_writable(&c, &r.url, "r1 restarted").await?;
+            let now = status(&c, &r.url).await["epoch"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                now > epoch,
+                "after the crash at {point} r1 leads epoch {now}, not above {epoch}"
+            );
+            epoch = now;
+            check_acked(&r.url, &acked, &format!("after a crash at {point}")).await?;
+            println!(
+                "{point} (after {after}): crashed, restarted at epoch {now}, {} acknowledged writes intact",
+                acked.len()
+            );
+            all.extend(acked);
+        }
+    }
+    check_acked(&r.url, &all, "at the end").await?;
+    let log = r.proc.log();
+    assert!(log.contains("snapshot written"), "snapshots ran");
+    no_panics(&r.proc, "r1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_injected_io_error_stops_the_replica_which_restarts_with_everything_acknowledged(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (standin, mut r, c, _) = one_replica(&bin, tmp.path()).await?;
+    // (point, hits that pass, reached through a new epoch, what the fatal line must say)
+    let plan: &[(&str, u32, bool, &str)] = &[
+        ("wal.before_append", 10, false, "log I/O error: write"),
+        ("wal.after_append", 10, false, "log I/O error: write"),
+        ("wal.before_fsync", 10, false, "log I/O error: fdatasync"),
+        ("wal.after_fsync", 10, false, "log I/O error: fdatasync"),
+        ("meta.before_epoch_write", 0, true, "cannot persist epoch"),
+        ("meta.after_epoch_write", 0, true, "cannot persist epoch"),
+    ];
+    let mut all = Acked::new();
+    for (i, &(point, after, new_epoch, says)) in plan.iter().enumerate() {
+        arm(&c, &r.url, point, &nth(after, "error")).await?;
+        let load = Load::start(&r.url, &format!("e{i}"), 8, 120);
+        if new_epoch {
+            load.wait_acked(50, point).await?;
+            standin.set_leader("r1");
+        }
+        let st = r.proc.wait_exit(Duration::from_secs(30)).await;
+        let (acked, _) = load.stop().await;
+        // The fatal path: exit 1 with one line naming the reason (never retried).
+        let last = r.proc.log().lines().last().unwrap_or_default().to_string();
+        anyhow::ensure!(
+            st.and_then(|s| s.code()) == Some(1)
+                && last.starts_with("baton-replica: fatal: ")
+                && last.contains(says)
+                && last.contains(&format!("injected by failpoint {point}")),
+            "an error at {point} must stop r1 naming it, got {st:?}:\n{}",
+            r.proc.log_tail(20)
+        );
+        r.proc.restart(None)?;
+        wait_writable(&c, &r.url, "r1 restarted").await?;
+        check_acked(&r.url, &acked, &format!("after an error at {point}")).await?;
+        println!(
+            "{point}: stopped with `{last}`; restarted, {} acknowledged writes intact",
+            acked.len()
+        );
+        all.extend(acked);
+    }
+    // Snapshot and compaction errors are not fatal: both are retried later.
+    for (point, says) in [
+        ("snapshot.before_rename", "snapshot failed"),
+        ("compact.before", "log compaction failed"),
+    ] {
+        let seen = r.proc.log().matches(says).count();
+        arm(&c, &r.url, point, "1*return(error)").await?;
+        let load = Load::start(&r.url, point, 8, 120);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("`{says}` in the log"),
+            || async { (r.proc.log().matches(says).count() > seen).then_some(()) },
+        )
+        .await?;
+        let written = r.proc.log().matches("snapshot written").count();
+        wait_for(Duration::from_secs(30), "the next snapshot", || async {
+            (r.proc.log().matches("snapshot written").count() > written).then_some(())
+        })
+        .await?;
+        let (acked, _) = load.stop().await;
+        anyhow::ensure!(r.proc.running(), "an error at {point} must not stop r1");
+        check_acked(&r.url, &acked, point).await?;
+        println!("{point}: `{says}`, retried; r1 kept serving");
+        all.extend(acked);
+    }
+    check_acked(&r.url, &all, "at the end").await?;
+    no_panics(&r.proc, "r1")
+}
+
+// ----- a leader and its sync follower ----------------------------------------------------------
+
+/// Writes that cannot be acknowledged end soon; small segments and snapshots so that the
+/// leader compacts and a wiped follower is rebuilt from a snapshot.
+const PAIR_TOML: &str = "[timing]\nwrite_timeout_ms = 1000\n[storage]\nsegment_bytes_max = 16384\nsnapshot_log_bytes = 32768\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_acknowledged_write(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    // The follower stays in the waited set while it is down: every acknowledged write is on
+    // both, so either one alone must hold them all (I2).
+    standin.with(|p| p.drop_after_ms = None);
+    let mut nodes = BTreeMap::new();
+    for id in ["r1", "r2"] {
+        let mut spec = ReplicaSpec::new(id, tmp.path(), std::slice::from_ref(&standin.url));
+        spec.extra_toml = PAIR_TOML.into();
+        nodes.insert(id.to_string(), Replica::start(&bin, &spec, None)?);
+    }
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &nodes["r1"].url, "r1").await?;
+    // From now on r1 acknowledges only what r2 flushed too.
+    let r1 = nodes["r1"].url.clone();
+    wait_for(Duration::from_secs(30), "r1 to wait for r2", || async {
+        let st = status(&c, &r1).await;
+        let waited = st["waited"].as_array().map(Vec::len).unwrap_or(0);
+        (waited == 1 && st["degraded"] == false).then_some(())
+    })
+    .await?;
+    let (mut leader, mut follower) = ("r1".to_string(), "r2".to_string());
+    // (point, on the leader, hits that pass, reached through a new epoch, armed at the old
+    // leader's restart)
+    let plan: &[(&str, bool, u32, bool, Option<&str>)] = &[
+        (
+            "follower.before_append",
+            false,
+            10,
+            false,
+            Some("truncate.after_archive"),
+        ),
+        ("repl.before_ack", false, 20, false, None),
+        ("wal.after_fsync", false, 15, false, None),
+        ("apply.before", false, 15, false, None),
+        ("meta.before_epoch_write", false, 0, true, None),
+        ("meta.after_epoch_write", false, 0, true, None),
+        ("repl.before_send", true, 10, false, None),
+        ("client.before_ack", true, 60, false, None),
+    ];
+    let mut all = Acked::new();
+    for (i, &(point, on_leader, after, new_epoch, at_restart)) in plan.iter().enumerate() {
+        let target = if on_leader { &leader } else { &follower };
+        arm(&c, &nodes[target].url, point, &nth(after, "crash")).await?;
+        let load = Load::start(&nodes[&leader].url, &format!("p{i}"), 8, 120);
+        if new_epoch {
+            load.wait_acked(50, point).await?;
+            standin.set_leader(&leader);
+        }
+        let who = format!(
+            "{target} ({})",
+            if on_leader { "leader" } else { "follower" }
+        );
+        expect_crash(&mut nodes.get_mut(target).expect("node").proc, point, &who).await?;
+        let mut diverged = None;
+        if !on_leader {
+            // A write the follower never receives: appended on the leader, never acknowledged
+            // (refused up front while a new epoch's leader-start waits for the follower).
+            let key = format!("diverge-{i}");
+            match c.put(&nodes[&leader].url, &key, "x").await {
+                Ok(r) if r.status == 504 => diverged = Some(key),
+                Ok(r) if r.status == 503 && new_epoch => {}
+                other => anyhow::bail!(
+                    "a write the sync follower cannot take must not be acknowledged: {other:?}"
+                ),
+            }
+        }
+        let (acked, _) = load.stop().await;
+        // Now the other node is lost too (the leader, or it already crashed): the follower
+        // comes back with its disk and leads.
+        nodes.get_mut(&leader).expect("leader").proc.kill9();
+        standin.set_leader(&follower);
+        let f = nodes.get_mut(&follower).expect("follower");
+        if !f.proc.running() {
+            f.proc.restart(None)?;
+        }
+        let fp = at_restart.map(|p| format!("{p}=1*return(crash)"));
+        let old = nodes.get_mut(&leader).expect("old leader");
+        old.proc.restart(fp.as_deref())?;
+        if let Some(p) = at_restart {
+            // The old leader archives its divergent suffix and crashes before cutting it; the
+            // next start does it again.
+            expect_crash(&mut old.proc, p, "the old leader rejoining").await?;
+            old.proc.restart(None)?;
+        }
+        wait_writable(&c, &nodes[&follower].url, &follower).await?;
+        check_acked(
+            &nodes[&follower].url,
+            &acked,
+            &format!("{follower} after {who} crashed at {point} and {leader} was lost"),
+        )
+        .await?;
+        let urls = [nodes["r1"].url.as_str(), nodes["r2"].url.as_str()];
+        let (applied, digest) = wait_converged(&c, &urls).await?;
+        assert_same_records(&nodes["r1"].data, &nodes["r2"].data)?;
+        if let Some(key) = diverged {
+            let archived = archived_keys(&nodes[&leader].data)?;
+            anyhow::ensure!(
+                archived.contains(&key),
+                "{leader}'s unreplicated {key} must be archived in a rollback file: {archived:?}"
+            );
+        }
+        println!(
+            "{point} on {who}: {} acknowledged writes on {follower}; converged at LSN {applied} ({digest})",
+            acked.len()
+        );
+        all.extend(acked);
+        std::mem::swap(&mut leader, &mut follower);
+    }
+    // Injected stream errors only break the stream: the follower reconnects, nothing stops.
+    arm(
+        &c,
+        &nodes[&leader].url,
+        "repl.before_send",
+        "3*return(error)",
+    )
+    .await?;
+    arm(
+        &c,
+        &nodes[&follower].url,
+        "follower.before_append",
+        "3*return(error)",
+    )
+    .await?;
+    let load = Load::start(&nodes[&leader].url, "stream-errors", 8, 120);
+    load.wait_acked(300, "with stream errors").await?;
+    let (acked, _) = load.stop().await;
+    all.extend(acked);
+    let urls = [nodes["r1"].url.clone(), nodes["r2"].url.clone()];
+    let urls = [urls[0].as_str(), urls[1].as_str()];
+    wait_converged(&c, &urls).await?;
+    anyhow::ensure!(
+        nodes[&leader]
+            .proc
+            .log()
+            .contains("injected by failpoint repl.before_send")
+            && nodes[&follower]
+                .proc
+                .log()
+                .contains("injected by failpoint follower.before_append"),
+        "the stream errors were injected"
+    );
+    for (id, n) in nodes.iter_mut() {
+        anyhow::ensure!(n.proc.running(), "{id} must survive stream errors");
+    }
+    // The follower loses its disk and is rebuilt from the leader's snapshot; it crashes once
+    // between receiving the snapshot and putting it in place of its log.
+    let lurl = nodes[&leader].url.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the leader to compact its log",
+        || async { (status(&c, &lurl).await["log_start_lsn"].as_u64() > Some(1)).then_some(()) },
+    )
+    .await?;
+    let f = nodes.get_mut(&follower).expect("follower");
+    f.proc.kill9();
+    std::fs::remove_dir_all(&f.data)?;
+    f.proc
+        .restart(Some("install.before_rename=1*return(crash)"))?;
+    expect_crash(&mut f.proc, "install.before_rename", "the wiped follower").await?;
+    f.proc.restart(None)?;
+    wait_converged(&c, &urls).await?;
+    anyhow::ensure!(
+        nodes[&follower]
+            .proc
+            .log()
+            .contains("installed a snapshot from the leader"),
+        "the wiped follower was rebuilt from a snapshot"
+    );
+    for (id, n) in &nodes {
+        no_panics(&n.proc, id)?;
+    }
+    check_acked(&nodes[&leader].url, &all, "at the end").await?;
+    let common = assert_same_records(&nodes["r1"].data, &nodes["r2"].data)?;
+    println!("the two logs agree on all {common} LSNs both hold");
+    Ok(())
+}
+
+// ----- ENOSPC ----------------------------------------------------------------------------------
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) -> anyhow::Result<()> {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "remount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let disk = match Tmpfs::mount(&tmp.path().join("disk"), "2m") {
+        Ok(d) => d,
+        Err(why) => {
+            println!("skipped: cannot mount a tmpfs for the disk-full test ({why})");
+            return Ok(());
+        }
+    };
+    let standin = Standin::start("r1").await?;
+    // The data directory is on the small tmpfs; the config and the process log are not.
+    let mut spec = ReplicaSpec::new("r1", &disk.0, std::slice::from_ref(&standin.url));
+    spec.extra_toml =
+        "[storage]\nsegment_bytes_max = 262144\nsnapshot_log_bytes = 1073741824\n".into();
+    let side = tmp.path().join("r1");
+    std::fs::create_dir_all(&side)?;
+    let cfg = side.join("replica.toml");
+    std::fs::write(&cfg, spec.config_text())?;
+    let mut p = Proc::start(
+        bin_path("baton-replica")?,
+        vec!["--config".into(), cfg.into()],
+        side.join("replica.log"),
+        None,
+    )?;
+    let url = format!("http://127.0.0.1:{}", spec.port);
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &url, "r1").await?;
+    let load = Load::start(&url, "full", 8, 4000);
+    let st = p.wait_exit(Duration::from_secs(60)).await;
+    let (acked, _) = load.stop().await;
+    let last = p.log().lines().last().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        st.and_then(|s| s.code()) == Some(1)
+            && last.contains("fatal: disk full")
+            && last.contains("No space left on device"),
+        "a full disk must stop r1 naming it, got {st:?}:\n{}",
+        p.log_tail(20)
+    );
+    anyhow::ensure!(
+        acked.len() > 100,
+        "only {} writes before the disk filled",
+        acked.len()
+    );
+    disk.resize("64m")?;
+    p.restart(None)?;
+    wait_writable(&c, &url, "r1 on a disk with room again").await?;
+    check_acked(&url, &acked, "after the disk filled").await?;
+    let torn = p.log().contains("truncating a torn record");
+    println!(
+        "disk full: `{last}`; {} acknowledged writes intact after space was freed (torn tail cut on restart: {torn})",
+        acked.len()
+    );
+    no_panics(&p, "r1")?;
+    p.kill9();
+    drop(disk);
+    Ok(())
+}
+
+// ----- controllers ---------------------------------------------------------------------------
+
+/// Real etcd, two fault-enabled controllers, three replicas (semi-sync).
+struct Deployment {
+    _etcd: EtcdProc,
+    ctl: Vec<(String, Proc)>,
+    replicas: BTreeMap<String, Replica>,
+    c: Client,
+}
+
+impl Deployment {
+    async fn start(dir: &Path, cbin: &Path) -> anyhow::Result<Deployment> {
+        let etcd = EtcdProc::start(&dir.join("etcd")).await?;
+        let ids = ["r1", "r2", "r3"];
+        let rports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
+        let cports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let members: String = ids
+            .iter()
+            .zip(&rports)
+            .map(|(id, p)| {
+                format!("[[clusters.members]]\nid = \"{id}\"\naddr = \"127.0.0.1:{p}\"\n")
+            })
+            .collect();
+        let mut ctl = Vec::new();
+        for (i, port) in cports.iter().enumerate() {
+            let id = format!("c{}", i + 1);
+            let cdir = dir.join(&id);
+            std::fs::create_dir_all(&cdir)?;
+            let text = format!(
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[[clusters]]\nname = \"main\"\nmode = \"semi-sync\"\nmax_failovers_per_hour = 50\n{members}",
+                etcd.url
+            );
+            let cfg = cdir.join("controller.toml");
+            std::fs::write(&cfg, text)?;
+            let p = Proc::start(
+                cbin.to_path_buf(),
+                vec!["--config".into(), cfg.into()],
+                cdir.join("controller.log"),
+                None,
+            )?;
+            ctl.push((format!("http://127.0.0.1:{port}"), p));
+        }
+        let curls: Vec<String> = ctl.iter().map(|(u, _)| u.clone()).collect();
+        let mut replicas = BTreeMap::new();
+        for (id, port) in ids.iter().zip(&rports) {
+            let mut spec = ReplicaSpec::new(id, dir, &curls);
+            spec.port = *port;
+            replicas.insert(
+                id.to_string(),
+                Replica::start(&bin_path("baton-replica")?, &spec, None)?,
+            );
+        }
+        let d = Deployment {
+            _etcd: etcd,
+            ctl,
+            replicas,
+            c: Client::new(Duration::from_secs(5)),
+        };
+        wait_for(Duration::from_secs(30), "init", || async {
+            for (url, _) in &d.ctl {
+                let u = format!("{url}/v1/clusters/main/init");
+                if matches!(d.c.call("POST", &u, &[], bytes::Bytes::new()).await, Ok(r) if r.status == 200) {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await?;
+        Ok(d)
+    }
+
+    /// The view of a controller that says it is active, with its index.
+    async fn active_view(&self) -> anyhow::Result<(usize, serde_json::Value)> {
+        wait_for(Duration::from_secs(30), "an active controller", || async {
+            for (i, (url, _)) in self.ctl.iter().enumerate() {
+                let u = format!("{url}/v1/cluster");
+                let Ok(r) = self.c.call("GET", &u, &[], bytes::Bytes::new()).await else {
+                    continue;
+                };
+                let v = r.json();
+                if r.status == 200 && v["active"] == true {
+                    return Some((i, v));
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// The active view once its leader accepts writes and its sync set is not empty (so
+    /// that G1 covers what it acknowledges): (controller, leader, epoch).
+    async fn steady(&self) -> anyhow::Result<(usize, String, u64)> {
+        let last = Mutex::new(String::new());
+        let res = wait_for(
+            Duration::from_secs(30),
+            "a leader that accepts writes",
+            || async {
+                let (i, v) = self.active_view().await.ok()?;
+                *last.lock().expect("lock") = v.to_string();
+                if v["sync_set"].as_array().is_none_or(|s| s.is_empty()) {
+                    return None;
+                }
+                let id = v["leader"]["id"].as_str()?.to_string();
+                let epoch = v["epoch"].as_u64()?;
+                let url = &self.replicas.get(&id)?.url;
+                let r = self.c.put(url, "probe", "x").await;
+                *last.lock().expect("lock") = format!("{id}: {r:?}");
+                matches!(r, Ok(r) if r.status == 200).then_some((i, id, epoch))
+            },
+        )
+        .await;
+        res.map_err(|e| anyhow::anyhow!("{e}; last: {}", last.lock().expect("lock")))
+    }
+
+    async fn history(&self) -> Vec<serde_json::Value> {
+        for (url, _) in &self.ctl {
+            let u = format!("{url}/v1/clusters/main/history?limit=500");
+            if let Ok(r) = self.c.call("GET", &u, &[], bytes::Bytes::new()).await {
+                if let serde_json::Value::Array(a) = r.json() {
+                    return a;
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (i, (_, p)) in self.ctl.iter().enumerate() {
+            out.push_str(&format!("=== c{} ===\n{}\n", i + 1, p.log_tail(25)));
+        }
+        for (id, r) in &self.replicas {
+            out.push_str(&format!("=== {id} ===\n{}\n", r.proc.log_tail(15)));
+        }
+        out
+    }
+}
+
+fn journal_text(h: &[serde_json::Value]) -> String {
+    h.iter()
+        .map(|e| {
+            format!(
+                "  [{} e{} x{}] {}",
+                e["kind"], e["epoch"], e["count"], e["message"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_standby_finishes_a_promotion_the_active_controller_crashed_in_at_the_same_epoch(
+) -> anyhow::Result<()> {
+    let (_, cbin) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let mut d = Deployment::start(tmp.path(), &cbin).await?;
+    let res = controller_points(&mut d).await;
+    if res.is_err() {
+        eprintln!(
+            "{}\njournal:\n{}",
+            d.dump(),
+            journal_text(&d.history().await)
+        );
+    }
+    res
+}
+
+async fn controller_points(d: &mut Deployment) -> anyhow::Result<()> {
+    let mut all = Acked::new();
+    for (i, point) in [
+        "promotion.before_direct",
+        "promotion.after_epoch_write",
+        "promotion.before_record",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (active, leader, epoch) = d.steady().await?;
+        arm(&d.c, &d.ctl[active].0, point, "1*return(crash)").await?;
+        let load = Load::start(&d.replicas[&leader].url, &format!("k{i}"), 8, 100);
+        load.wait_acked(100, point).await?;
+        d.replicas.get_mut(&leader).expect("leader").proc.kill9();
+        let who = format!("the active controller c{}", active + 1);
+        expect_crash(&mut d.ctl[active].1, point, &who).await?;
+        let (acked, _) = load.stop().await;
+        let (now_active, new_leader, new_epoch) = d.steady().await?;
+        anyhow::ensure!(now_active != active && new_leader != leader);
+        // The crashed controller had written epoch N+1 (or was about to); the standby carries
+        // that promotion to its end instead of starting another.
+        anyhow::ensure!(
+            new_epoch == epoch + 1,
+            "after a crash at {point} the standby promoted at epoch {new_epoch}, expected {}",
+            epoch + 1
+        );
+        let h = d.history().await;
+        let promoted = h
+            .iter()
+            .filter(|e| e["kind"] == "promoted" && e["epoch"].as_u64() >= Some(new_epoch))
+            .count();
+        anyhow::ensure!(
+            promoted == 1,
+            "one promotion at epoch {new_epoch}, journal:\n{}",
+            journal_text(&h)
+        );
+        check_acked(&d.replicas[&new_leader].url, &acked, point).await?;
+        all.extend(acked);
+        // Bring everyone back (no faults armed) and let them converge.
+        d.replicas
+            .get_mut(&leader)
+            .expect("old leader")
+            .proc
+            .restart(None)?;
+        d.ctl[active].1.restart(None)?;
+        let urls: Vec<&str> = d.replicas.values().map(|r| r.url.as_str()).collect();
+        wait_converged(&d.c, &urls).await?;
+        println!(
+            "{point}: {who} crashed; the standby finished the promotion of {new_leader} at epoch {new_epoch}"
+        );
+    }
+    // A failed etcd keepalive: the active controller trusts its lease only until it would
+    // expire, then someone is elected again; writes pause at most TTL + lease and go on at the
+    // same epoch with the same leader.
+    let (active, leader, epoch) = d.steady().await?;
+    let load = Load::start(&d.replicas[&leader].url, "lease", 8, 100);
+    load.wait_acked(100, "before the keepalive fails").await?;
+    let elections = || {
+        d.ctl
+            .iter()
+            .map(|(_, p)| p.log().matches("active controller cluster=main").count())
+            .sum::<usize>()
+    };
+    let elected_before = elections();
+    let armed_at = Instant::now();
+    arm(
+        &d.c,
+        &d.ctl[active].0,
+        "lease.before_renew",
+        "1*return(error)",
+    )
+    .await?;
+    wait_for(Duration::from_secs(20), "the failed keepalive", || async {
+        d.ctl[active]
+            .1
+            .log()
+            .contains("etcd lease keepalive failed")
+            .then_some(())
+    })
+    .await?;
+    let failed_at = Instant::now();
+    // Past the old lease's TTL (2 s) plus the leader lease and a new election.
+    let n = load.acked();
+    load.wait_acked(n + 300, "after the keepalive failed")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(failed_at.elapsed())).await;
+    let n = load.acked();
+    load.wait_acked(n + 100, "after the old lease expired")
+        .await?;
+    let (acked, times) = load.stop().await;
+    // The controller that lost its lease stopped acting; a controller was elected again.
+    anyhow::ensure!(
+        elections() > elected_before,
+        "no controller was elected after the failed keepalive"
+    );
+    let gap = times
+        .windows(2)
+        .filter(|w| w[1] >= armed_at)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let (_, after_leader, after_epoch) = d.steady().await?;
+    anyhow::ensure!(
+        (after_leader.as_str(), after_epoch) == (leader.as_str(), epoch),
+        "a failed keepalive must not change the leader or epoch: {leader}@{epoch} -> {after_leader}@{after_epoch}"
+    );
+    // DESIGN.md §5: losing the controller's lease pauses writes at most the election TTL
+    // (2 s) plus lease_ms (600 ms); 1 s of slack for a loaded machine.
+    let bound = Duration::from_millis(2000 + 600 + 1000);
+    anyhow::ensure!(
+        gap < bound,
+        "writes paused {gap:?} after the failed keepalive (bound {bound:?})"
+    );
+    check_acked(&d.replicas[&leader].url, &acked, "lease.before_renew").await?;
+    all.extend(acked);
+    println!("lease.before_renew: the keepalive failed; longest pause between acknowledged writes {gap:?}; same leader and epoch");
+    check_acked(&d.replicas[&leader].url, &all, "at the end").await?;
+    for (i, (_, p)) in d.ctl.iter().enumerate() {
+        no_panics(p, &format!("c{}", i + 1))?;
+    }
+    Ok(())
+}
