@@ -250,17 +250,17 @@ fn secs(us: u64) -> String {
     format!("{:.1} s", us as f64 / 1e6)
 }
 
-/// The longest stretch without an acknowledged write from `from` on, until the first
-/// acknowledgement after `to` (or `to` itself when there is none).
+/// The longest stretch without an acknowledged write within `[from, to]` (a fault's window:
+/// from its start to the next fault's start).
 fn window_gap(acks: &[u64], from: u64, to: u64) -> u64 {
     let mut prev = from;
     let mut max = 0;
     for &a in acks.iter().filter(|a| **a >= from) {
+        if a > to {
+            break;
+        }
         max = max.max(a - prev);
         prev = a;
-        if a > to {
-            return max;
-        }
     }
     max.max(to.saturating_sub(prev))
 }
@@ -650,8 +650,11 @@ mod tests {
     #[test]
     fn gaps_and_percentiles() {
         let acks = [10, 20, 30, 100, 110, 400];
-        // From 25: 30 (5), 100 (70), 110 (10): stops after passing 105.
+        // From 25: 30 (5), 100 (70), then to 105 (5).
         assert_eq!(window_gap(&acks, 25, 105), 70);
+        // Clipped at `to`: the stretch 110..400 belongs to the next window.
+        assert_eq!(window_gap(&acks, 25, 150), 70);
+        assert_eq!(window_gap(&acks, 105, 300), 190);
         // Nothing acknowledged after 400: the window runs to `to`.
         assert_eq!(window_gap(&acks, 401, 900), 499);
         assert_eq!(percentile(&[1, 2, 3, 4], 50.0), 2);

@@ -240,3 +240,31 @@ fn collect_logs(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_scan_finds_panics_and_error_lines_in_process_logs_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("r1/data")).expect("mkdir");
+        std::fs::create_dir_all(d.join("etcd/m1")).expect("mkdir");
+        std::fs::write(
+            d.join("r1/replica.log"),
+            "2026-01-01T00:00:00Z  INFO baton_replica: fine\n\
+             2026-01-01T00:00:01Z ERROR baton_replica::node: fatal: this replica stops\n\
+             thread 'main' panicked at replica/src/x.rs:1:1\n",
+        )
+        .expect("write");
+        // Not a process log: inside a data directory.
+        std::fs::write(d.join("r1/data/x.log"), "x ERROR y\n").expect("write");
+        // etcd's own error lines are not ours to judge; a panic still counts.
+        std::fs::write(d.join("etcd/m1/etcd.log"), "a ERROR b\nc panicked d\n").expect("write");
+        let scan = scan_logs(d);
+        assert_eq!(scan.panics.len(), 2, "{scan:?}");
+        assert_eq!(scan.unexpected_errors.len(), 1, "{scan:?}");
+        assert!(scan.unexpected_errors[0].starts_with("r1/replica.log: "));
+    }
+}
