@@ -6,7 +6,7 @@
 //! after the heal, no panics or unexpected ERROR lines.
 //!
 //! `BATON_CHAOS_SEED` pins the seed (default: random, printed) and `BATON_CHAOS_SECS` the
-//! length of the fault schedule (default 70 s). A failure prints the command that replays the
+//! length of the fault schedule (default 80 s). A failure prints the command that replays the
 //! schedule and keeps the run's directory. Longer runs: `cargo run -p baton-tests --bin
 //! baton-chaos -- --duration 600`.
 
@@ -21,7 +21,7 @@ fn env_u64(name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_run_with_every_fault_kind_keeps_every_guarantee() -> anyhow::Result<()> {
     let opts = ChaosOpts {
-        duration: Duration::from_secs(env_u64("BATON_CHAOS_SECS").unwrap_or(70)),
+        duration: Duration::from_secs(env_u64("BATON_CHAOS_SECS").unwrap_or(80)),
         seed: env_u64("BATON_CHAOS_SEED").unwrap_or_else(rand::random),
         faults: Fault::ALL.to_vec(),
         clients: 6,

@@ -21,7 +21,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Comma-separated fault kinds, or `all`: kill, pause, partition, partition-controller,
-    /// partition-data, controller, etcd, wipe, switchover, double.
+    /// partition-data, controller, isolate-controller, etcd, wipe, switchover, double,
+    /// restart-all.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Concurrent clients through the proxy.

@@ -42,6 +42,8 @@ pub enum Fault {
     PartitionData,
     /// kill -9 the active controller, restart it after a while.
     Controller,
+    /// Cut the active controller from every replica (it still reaches etcd and the proxy).
+    IsolateController,
     /// kill -9 an etcd minority member, or every member (total loss), then restart.
     Etcd,
     /// kill -9 a replica, delete its data directory, restart it on an empty one.
@@ -52,20 +54,24 @@ pub enum Fault {
     /// is recorded (two failovers, KIP-279 class); or the sync standby wiped and the leader
     /// killed right after (the wiped member must not be promoted).
     Double,
+    /// kill -9 every replica at once, restart them all after a while.
+    RestartAll,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::Pause,
         Fault::Partition,
         Fault::PartitionController,
         Fault::PartitionData,
         Fault::Controller,
+        Fault::IsolateController,
         Fault::Etcd,
         Fault::Wipe,
         Fault::Switchover,
         Fault::Double,
+        Fault::RestartAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,10 +82,12 @@ impl Fault {
             Fault::PartitionController => "partition-controller",
             Fault::PartitionData => "partition-data",
             Fault::Controller => "controller",
+            Fault::IsolateController => "isolate-controller",
             Fault::Etcd => "etcd",
             Fault::Wipe => "wipe",
             Fault::Switchover => "switchover",
             Fault::Double => "double",
+            Fault::RestartAll => "restart-all",
         }
     }
 

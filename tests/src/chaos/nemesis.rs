@@ -288,6 +288,34 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 secs(hold)
             )
         }
+        Fault::IsolateController => {
+            let i = cl.active_controller().await.unwrap_or(0);
+            let hold = ms(rng, 2000, 5000);
+            for rl in cl.relays.values() {
+                rl[i].set(Mode::Blackhole);
+            }
+            tokio::time::sleep(hold).await;
+            cl.heal_links();
+            format!(
+                "cut active controller {} from every replica for {}",
+                cl.controllers[i].id,
+                secs(hold)
+            )
+        }
+        Fault::RestartAll => {
+            let hold = ms(rng, 200, 2000);
+            for r in cl.replicas.values_mut() {
+                r.kill9();
+            }
+            tokio::time::sleep(hold).await;
+            for r in cl.replicas.values_mut() {
+                r.restart()?;
+            }
+            format!(
+                "kill -9 every replica, restart them all after {}",
+                secs(hold)
+            )
+        }
         Fault::Etcd => {
             let hold = ms(rng, 2000, 5000);
             let n = 1 + cl.etcd_peers.len();
