@@ -20,6 +20,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-# Tier 1 at scale: 2000 more seeds of the simulation (the test suite runs 450 of its own), on
+# Tier 1 at scale: 2000 more seeds of the simulation (the test suite runs about 600 of its own), on
 # every core; prints `simulation: … violations 0 …` and, for a failing seed, its replay command.
 cargo run -q --locked -p baton-tests --bin baton-sim -- --seeds 2000 --start 10001
