@@ -170,7 +170,8 @@ impl ChaosOpts {
 
     /// The deployment the runner starts: failover timings as the product defaults (heartbeat
     /// 100 ms, failure timeout 800 ms, lease 600 ms, election TTL 2 s), no anti-flapping limit
-    /// in practice, a replica write timeout and proxy attempt timeout short enough that a
+    /// in practice, small log segments and a snapshot every 2 MiB of log (so that snapshots,
+    /// compaction and snapshot installs on wiped or lagging replicas happen in every run), a replica write timeout and proxy attempt timeout short enough that a
     /// partitioned leader's requests end in seconds, and a proxy that buffers through a
     /// failover.
     pub fn cluster_opts(&self) -> Opts {
@@ -178,7 +179,7 @@ impl ChaosOpts {
             replicas: 3,
             controllers: 2,
             mode: "semi-sync".into(),
-            replica_toml: "[timing]\nwrite_timeout_ms = 2000\n".into(),
+            replica_toml: "[timing]\nwrite_timeout_ms = 2000\n[storage]\nsegment_bytes_max = 262144\nsnapshot_log_bytes = 2097152\n".into(),
             controller_timing: String::new(),
             cluster_toml: "max_failovers_per_hour = 100000\n".into(),
             release: self.release,
