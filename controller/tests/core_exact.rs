@@ -1125,7 +1125,11 @@ fn etcd_state_behind_at_the_same_epoch_grants_nothing() {
     );
     assert_eq!(d.role, None, "no role from a state the replicas moved past");
     let d = s.hb(10_500, leader_hb());
-    assert_eq!((d.role, d.lease_ms), (None, 0), "no lease for the leader either");
+    assert_eq!(
+        (d.role, d.lease_ms),
+        (None, 0),
+        "no lease for the leader either"
+    );
     let w = s.tick(10_500).expect("refusal");
     assert_eq!(w.state, None);
     assert_eq!(
