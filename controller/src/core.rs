@@ -666,6 +666,17 @@ impl ClusterCore {
             return None;
         }
         let ft = self.cfg.failure_timeout_ms;
+        // Judge the sync set only from a fresh view: the leader heard within the failure
+        // timeout, and no standby hearing more members than this controller. A controller
+        // cut off from the replicas would otherwise drop healthy members on stale reports
+        // and leave the leader acknowledging alone (found by the chaos runs).
+        let fresh = self
+            .heard
+            .get(&leader.id)
+            .is_some_and(|h| now.ms.saturating_sub(h.at_ms) < ft);
+        if !fresh || self.hears(now) < self.standby_hears {
+            return None;
+        }
         let lagging = |m: &MemberRef| {
             lh.waiting
                 .iter()

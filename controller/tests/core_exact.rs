@@ -1142,6 +1142,29 @@ fn etcd_state_behind_at_the_same_epoch_grants_nothing() {
     );
 }
 
+/// Found by the chaos runs: an active controller cut off from every replica went on judging
+/// the sync set from the leader's last (stale) heartbeat and dropped healthy members, leaving
+/// the leader acknowledging alone after the heal. Without a fresh leader report (or while a
+/// standby hears more members) the sync set is left alone.
+#[test]
+fn controller_cut_from_the_replicas_keeps_the_sync_set() {
+    let mut s = steady_sim();
+    for t in [10_500, 11_200, 12_000, 13_000, 15_000] {
+        if let Some(w) = s.tick(t) {
+            assert_ne!(last(&w).0, "sync_drop", "at {t}: {w:?}");
+            assert_ne!(last(&w).0, "sync_add", "at {t}: {w:?}");
+            s.commit(t, &w);
+        }
+    }
+    // A standby that hears more members also holds the active one back.
+    let mut s = steady_sim();
+    s.core.standby_hears = 3;
+    s.hb(12_000, leader_hb());
+    if let Some(w) = s.tick(12_000) {
+        assert_ne!(last(&w).0, "sync_drop", "{w:?}");
+    }
+}
+
 #[test]
 fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
     let mut s = steady_sim();
