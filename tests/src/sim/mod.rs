@@ -272,11 +272,22 @@ enum Res {
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Heartbeat(Box<Heartbeat>),
+    /// A heartbeat and the incarnation that sent it (the answer goes back to that process
+    /// only, as an HTTP reply on its connection would).
+    Heartbeat(Box<Heartbeat>, u64),
     Directive(Box<Directive>),
-    Repl { conn: u64, m: Box<Repl> },
-    Request { op: usize, req: Req },
-    Reply { op: usize, res: Res },
+    Repl {
+        conn: u64,
+        m: Box<Repl>,
+    },
+    Request {
+        op: usize,
+        req: Req,
+    },
+    Reply {
+        op: usize,
+        res: Res,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -662,7 +673,7 @@ impl World {
             return;
         }
         if self.net.dup > 0.0
-            && matches!(msg, Msg::Heartbeat(_) | Msg::Directive(_))
+            && matches!(msg, Msg::Heartbeat(..) | Msg::Directive(_))
             && self.rng.random_bool(self.net.dup)
         {
             // A duplicate, delivered in any order relative to the original.
@@ -1150,13 +1161,12 @@ impl World {
         rep.hb_sent_at = now;
         let (seq, inc) = (rep.hb_seq, rep.inc);
         let hb = self.core(r).heartbeat(now, seq);
-        let _ = inc;
         for c in 0..self.ctls.len() {
             self.send(
                 Proc::Replica(r),
                 Proc::Controller(c),
                 None,
-                Msg::Heartbeat(Box::new(hb.clone())),
+                Msg::Heartbeat(Box::new(hb.clone()), inc),
             );
         }
     }
@@ -1535,10 +1545,9 @@ impl World {
                 if !self.ctls[c].up {
                     return;
                 }
-                if let (Msg::Heartbeat(hb), Proc::Replica(r)) = (msg, from) {
+                if let (Msg::Heartbeat(hb, inc), Proc::Replica(r)) = (msg, from) {
                     let n = self.cnow(c);
                     let d = self.ctls[c].core.on_heartbeat(n, *hb);
-                    let inc = self.replicas[r].inc;
                     self.send(
                         Proc::Controller(c),
                         Proc::Replica(r),
