@@ -124,3 +124,55 @@ impl Client {
         Ok(r.json())
     }
 }
+
+/// Reads every acknowledged write (key → value) back from `base` with leader reads, 8 at a
+/// time; a `503` (no lease for a moment on a loaded machine) is retried for up to 20 s. Fails
+/// naming the first few keys that are missing or wrong.
+pub async fn assert_all_readable(
+    base: &str,
+    acked: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let items: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let chunk = items.len().div_ceil(8).max(1);
+    let mut tasks = Vec::new();
+    for part in items.chunks(chunk) {
+        let (part, base) = (part.to_vec(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            // Long enough for a proxy that holds requests during a failover.
+            let c = Client::new(Duration::from_secs(30));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut bad = Vec::new();
+            for (k, v) in part {
+                loop {
+                    match c.get(&base, &k).await {
+                        Ok(r) if r.status == 200 && r.text() == v => {}
+                        Ok(r) if r.status == 503 && std::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Ok(r) => bad.push(format!(
+                            "{k}: {} {:?} (acknowledged {v:?})",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => bad.push(format!("{k}: {e:?}")),
+                    }
+                    break;
+                }
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await?);
+    }
+    anyhow::ensure!(
+        bad.is_empty(),
+        "{} of {} acknowledged writes are not readable from {base}; first: {:?}",
+        bad.len(),
+        acked.len(),
+        &bad[..bad.len().min(5)]
+    );
+    Ok(())
+}

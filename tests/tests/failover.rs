@@ -8,7 +8,7 @@
 //! failure timeout gets a new epoch (#13). Each test bounds its waits with deadlines; fixed
 //! windows are used only to show that something does not happen, and say so.
 
-use baton_tests::client::Client;
+use baton_tests::client::{assert_all_readable, Client};
 use baton_tests::cluster::{Cluster, Opts};
 use baton_tests::procs::wait_for;
 use baton_tests::relay::Mode;
@@ -240,54 +240,6 @@ fn longest_gap(sorted: &[Instant], from: Instant) -> Duration {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default()
-}
-
-/// Reads every acknowledged write back from `base` (a leader read); fails naming the first
-/// few that are missing or wrong.
-async fn assert_all_readable(base: &str, acked: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let items: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let chunk = items.len().div_ceil(4).max(1);
-    let mut tasks = Vec::new();
-    for part in items.chunks(chunk) {
-        let (part, base) = (part.to_vec(), base.to_string());
-        tasks.push(tokio::spawn(async move {
-            let c = Client::new(Duration::from_secs(5));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut bad = Vec::new();
-            for (k, v) in part {
-                loop {
-                    match c.get(&base, &k).await {
-                        Ok(r) if r.status == 200 && r.text() == v => {}
-                        // No lease for a moment (a grant is late on a loaded machine): retry.
-                        Ok(r) if r.status == 503 && Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        Ok(r) => bad.push(format!(
-                            "{k}: {} {:?} (acknowledged {v:?})",
-                            r.status,
-                            r.text()
-                        )),
-                        Err(e) => bad.push(format!("{k}: {e:?}")),
-                    }
-                    break;
-                }
-            }
-            bad
-        }));
-    }
-    let mut bad = Vec::new();
-    for t in tasks {
-        bad.extend(t.await?);
-    }
-    anyhow::ensure!(
-        bad.is_empty(),
-        "{} of {} acknowledged writes are not readable from {base}; first: {:?}",
-        bad.len(),
-        acked.len(),
-        &bad[..bad.len().min(5)]
-    );
-    Ok(())
 }
 
 /// Prints the tail of every process log when a test fails (by panic or error), so that the

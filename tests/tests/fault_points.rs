@@ -21,7 +21,7 @@
 
 use baton_replica::faults::CRASH_EXIT_CODE;
 use baton_replica::wal::{Op, Record};
-use baton_tests::client::Client;
+use baton_tests::client::{assert_all_readable, Client};
 use baton_tests::cluster::EtcdProc;
 use baton_tests::procs::{bin_path, free_port, wait_for, ReplicaSpec};
 use baton_tests::standin::Standin;
@@ -360,47 +360,11 @@ async fn status(c: &Client, url: &str) -> serde_json::Value {
     c.status(url).await.unwrap_or(serde_json::Value::Null)
 }
 
-/// Reads every acknowledged write back from `url` (leader reads, 8 at a time); fails naming
-/// the first few that are missing or wrong.
+/// [`assert_all_readable`], with `what` (the scenario) in the error.
 async fn check_acked(url: &str, acked: &Acked, what: &str) -> anyhow::Result<()> {
-    let items: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let chunk = items.len().div_ceil(8).max(1);
-    let mut tasks = Vec::new();
-    for part in items.chunks(chunk) {
-        let (part, url) = (part.to_vec(), url.to_string());
-        tasks.push(tokio::spawn(async move {
-            let c = Client::new(Duration::from_secs(5));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut bad = Vec::new();
-            for (k, v) in part {
-                loop {
-                    match c.get(&url, &k).await {
-                        Ok(r) if r.status == 200 && r.text() == v => {}
-                        Ok(r) if r.status == 503 && Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        Ok(r) => bad.push(format!("{k}: {} {:?}", r.status, r.text())),
-                        Err(e) => bad.push(format!("{k}: {e:?}")),
-                    }
-                    break;
-                }
-            }
-            bad
-        }));
-    }
-    let mut bad = Vec::new();
-    for t in tasks {
-        bad.extend(t.await?);
-    }
-    anyhow::ensure!(
-        bad.is_empty(),
-        "{what}: {} of {} acknowledged writes lost or wrong, e.g. {:?}",
-        bad.len(),
-        acked.len(),
-        &bad[..bad.len().min(5)]
-    );
-    Ok(())
+    assert_all_readable(url, acked)
+        .await
+        .map_err(|e| anyhow::anyhow!("{what}: {e:#}"))
 }
 
 /// Waits until the replicas report the same applied LSN and state digest (G4).

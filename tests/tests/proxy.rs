@@ -17,7 +17,7 @@
 //! for a leak: what these tests check is which answers clients get, not how fast (that is the
 //! benchmark's job).
 
-use baton_tests::client::{CallError, Client};
+use baton_tests::client::{assert_all_readable, CallError, Client};
 use baton_tests::cluster::{Cluster, Opts};
 use baton_tests::procs::{bin_path, wait_for};
 use std::collections::BTreeMap;
@@ -182,45 +182,6 @@ fn longest_gap(sorted: &[Instant], from: Instant) -> Duration {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default()
-}
-
-/// Reads every acknowledged write back through `base` (leader reads); fails naming the first
-/// few that are missing or wrong.
-async fn assert_all_readable(base: &str, acked: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let items: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let chunk = items.len().div_ceil(4).max(1);
-    let mut tasks = Vec::new();
-    for part in items.chunks(chunk) {
-        let (part, base) = (part.to_vec(), base.to_string());
-        tasks.push(tokio::spawn(async move {
-            let c = Client::new(Duration::from_secs(30));
-            let mut bad = Vec::new();
-            for (k, v) in part {
-                match c.get(&base, &k).await {
-                    Ok(r) if r.status == 200 && r.text() == v => {}
-                    Ok(r) => bad.push(format!(
-                        "{k}: {} {:?} (acknowledged {v:?})",
-                        r.status,
-                        r.text()
-                    )),
-                    Err(e) => bad.push(format!("{k}: {e:?}")),
-                }
-            }
-            bad
-        }));
-    }
-    let mut bad = Vec::new();
-    for t in tasks {
-        bad.extend(t.await?);
-    }
-    anyhow::ensure!(
-        bad.is_empty(),
-        "{} of {} acknowledged writes are not readable through {base}; first: {:?}",
-        bad.len(),
-        acked.len(),
-        &bad[..bad.len().min(5)]
-    );
-    Ok(())
 }
 
 async fn converged(cl: &Cluster) -> anyhow::Result<()> {
