@@ -54,6 +54,9 @@ pub struct LeaderRef {
     pub addr: String,
     /// A replica leads only on a directive naming its own current boot id.
     pub boot_id: BootId,
+    /// The leader's data directory: a follower checks the replication handshake against it.
+    #[serde(default)]
+    pub data_id: DataId,
 }
 
 /// The controller's answer to a heartbeat.
@@ -95,6 +98,10 @@ pub struct Directive {
     /// The epoch was made in async mode or by a forced failover: its leader-start is lossy.
     #[serde(default)]
     pub lossy: bool,
+    /// The cluster deployment's identity (random, made at `init`; 0 = unknown). A replica whose
+    /// data directory belongs to another deployment ignores this directive.
+    #[serde(default)]
+    pub cluster_id: u64,
 }
 
 /// Replication mode (DESIGN.md §4).
@@ -111,6 +118,10 @@ pub enum Mode {
 pub struct Heartbeat {
     pub seq: u64,
     pub cluster: String,
+    /// The deployment this replica's data directory belongs to (0: not known yet, e.g. a new
+    /// directory). The controller refuses a heartbeat from another deployment's directory.
+    #[serde(default)]
+    pub cluster_id: u64,
     pub id: NodeId,
     pub data_id: DataId,
     pub boot_id: BootId,
@@ -145,6 +156,10 @@ pub struct Heartbeat {
     /// The last range this replica cut from its log (divergence), if any in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cut: Option<CutRange>,
+    /// The last replication peer this replica refused for its identity (another cluster or
+    /// deployment, not a member, not the directed leader), if any in this run; journaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_peer: Option<String>,
 }
 
 /// A member a leader waits for (DESIGN.md §4, sync-set add protocol).
@@ -202,6 +217,7 @@ mod tests {
                 id: NodeId("r1".into()),
                 addr: "127.0.0.1:1".into(),
                 boot_id: BootId(7),
+                data_id: DataId(8),
             }),
             members: vec![],
             waited: vec![MemberRef {
@@ -213,6 +229,7 @@ mod tests {
             mode: Mode::Async,
             strict: false,
             lossy: true,
+            cluster_id: 11,
         };
         let j = serde_json::to_string(&d).expect("ser");
         assert!(j.contains("\"mode\":\"async\""));

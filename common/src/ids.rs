@@ -136,7 +136,8 @@ impl fmt::Display for NodeId {
 macro_rules! random_id {
     ($name:ident, $doc:literal) => {
         #[doc = $doc]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        /// The default (0) stands for "not known".
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub u128);
 
         impl $name {

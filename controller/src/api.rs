@@ -38,6 +38,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/clusters/{c}/pause", post(pause))
         .route("/v1/clusters/{c}/resume", post(resume))
         .route("/v1/clusters/{c}/init", post(init))
+        .route("/v1/clusters/{c}/recover", post(recover))
         .route("/v1/clusters/{c}/dry-run", get(dry_run))
         .route("/v1/clusters/{c}/history", get(history))
         .route("/metrics", get(metrics))
@@ -292,6 +293,18 @@ async fn init(State(api): S, Path(c): Path<String>) -> Response {
         Err(r) => return *r,
     };
     let w = rt.lock().init(now());
+    match w {
+        Ok(w) => run_write(&api, &rt, w, None).await,
+        Err(e) => op_error(e),
+    }
+}
+
+async fn recover(State(api): S, Path(c): Path<String>) -> Response {
+    let rt = match find(&api, &c) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let w = rt.lock().recover(now());
     match w {
         Ok(w) => run_write(&api, &rt, w, None).await,
         Err(e) => op_error(e),

@@ -13,7 +13,7 @@ use crate::state::{ClusterState, Control, LeaderRecord, OpRecord, Phase};
 use baton_common::directive::{
     Directive, Heartbeat, LeaderRef, Member, MemberRef, Mode, ReportedRole, Role,
 };
-use baton_common::{Epoch, Lsn, NodeId};
+use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -139,8 +139,35 @@ pub struct ClusterCore {
     switch_takeover: bool,
     /// Members whose add was abandoned (too far behind), and until when not to retry them.
     add_backoff: BTreeMap<NodeId, u64>,
+    /// Abandoned adds in a row per member: the back-off doubles with each.
+    add_failures: BTreeMap<NodeId, u32>,
     /// The last refusal journaled, to journal only changes.
     last_refusal: Option<String>,
+    /// The recorded leader's run and when it was first heard not leading (a role other than
+    /// leader, or no lease) in the steady phase; cleared when it reports leading again.
+    leader_off: Option<(BootId, u64)>,
+    /// Every process run heard per member id: (boot, data, addr, first heard, last heard).
+    runs: BTreeMap<NodeId, Vec<Run>>,
+    /// Notices (foreign data directories, duplicated ids) seen and not journaled yet, and the
+    /// ones journaled while their condition lasts (journaled once per episode).
+    notices: Vec<(String, String)>,
+    noticed: BTreeMap<String, u64>,
+    /// The state at this rev was found behind the replicas, and why: it stays so until the
+    /// state changes (`recover`), even if the replica that showed it stops reporting.
+    behind: Option<(u64, String)>,
+    /// The operation in the state and when this controller first saw it (monotonic): its
+    /// timeout counts from there, not from a wall-clock deadline.
+    op_seen: Option<(String, u64)>,
+}
+
+/// One process run of a member, as heard by this controller.
+#[derive(Clone, Debug)]
+struct Run {
+    boot: BootId,
+    data: DataId,
+    addr: String,
+    first_ms: u64,
+    last_ms: u64,
 }
 
 impl ClusterCore {
@@ -163,8 +190,15 @@ impl ClusterCore {
             adding_since_ms: None,
             no_wait_epoch: None,
             add_backoff: BTreeMap::new(),
+            add_failures: BTreeMap::new(),
             switch_takeover: false,
             last_refusal: None,
+            leader_off: None,
+            runs: BTreeMap::new(),
+            notices: Vec::new(),
+            noticed: BTreeMap::new(),
+            behind: None,
+            op_seen: None,
         }
     }
 
@@ -216,6 +250,9 @@ impl ClusterCore {
             self.last_refusal = None;
             self.inflight = false;
             self.observed = Observed::Unknown;
+            self.leader_off = None;
+            self.behind = None;
+            self.op_seen = None;
         }
         self.term = term;
         self.active_addr = active_addr;
@@ -252,6 +289,13 @@ impl ClusterCore {
             }
             if state.phase != Phase::Switching {
                 self.switch_takeover = false;
+            }
+            match &state.op {
+                Some(op) if self.op_seen.as_ref().is_none_or(|(id, _)| *id != op.id) => {
+                    self.op_seen = Some((op.id.clone(), now.ms));
+                }
+                Some(_) => {}
+                None => self.op_seen = None,
             }
         }
         self.observed = observed;
@@ -377,7 +421,8 @@ impl ClusterCore {
         let id = hb.id.clone();
         let seq = hb.seq;
         let declared = self.cfg.members.iter().any(|m| m.id == id);
-        if declared {
+        let refused = if declared { self.admit(now, &hb) } else { None };
+        if declared && refused.is_none() {
             self.heard.insert(
                 id.clone(),
                 Heard {
@@ -385,6 +430,11 @@ impl ClusterCore {
                     hb: hb.clone(),
                 },
             );
+            self.note_leader_run(now, &hb);
+            if let Some(r) = &hb.refused_peer {
+                let msg = format!("{id} refused a replication peer: {r}");
+                self.notice(now, format!("peer:{id}:{r}"), msg);
+            }
         }
         let mut d = Directive {
             seq,
@@ -402,7 +452,14 @@ impl ClusterCore {
             mode: self.cfg.mode,
             strict: self.cfg.strict,
             lossy: false,
+            cluster_id: 0,
         };
+        if refused.is_some() {
+            // A foreign data directory or a second process claiming a member's id: it gets
+            // nothing from this controller (an inactive answer changes nothing on a replica).
+            d.active = false;
+            return d;
+        }
         let Some((state, rev)) = self.state().map(|(s, r)| (s.clone(), r)) else {
             // A standby, or the state is not known (yet): no role, no lease.
             if let Some((s, _)) = self.state() {
@@ -415,6 +472,9 @@ impl ClusterCore {
         d.rev = rev;
         d.members = state.members.clone();
         d.mode = state.mode;
+        d.cluster_id = state.cluster_id;
+        d.lossy = state.lossy || state.mode == Mode::Async;
+        d.strict = state.strict.unwrap_or(self.cfg.strict);
         if !self.active_at(now) {
             return d;
         }
@@ -422,8 +482,11 @@ impl ClusterCore {
             d.role = Some(Role::Fenced);
             return d;
         }
-        if self.state_behind(&state, rev).is_some() {
-            // No role and no lease from a state the replicas have moved past.
+        if self.check_behind(&state, rev).is_some() {
+            // No role and no lease from a state the replicas have moved past. The answer is an
+            // inactive one: an active answer without a role would make the recorded leader
+            // step down at its own (epoch, rev), and it could not lead that epoch again.
+            d.active = false;
             return d;
         }
         d.waited = state.waited();
@@ -434,6 +497,7 @@ impl ClusterCore {
                 .map(|m| m.addr.clone())
                 .unwrap_or_default(),
             boot_id: l.boot_id,
+            data_id: l.data_id,
         });
         d.leader = leader_ref;
         if state.phase == Phase::Promoting {
@@ -447,7 +511,6 @@ impl ClusterCore {
         };
         if leader.id == id && leader.boot_id == hb.boot_id && leader.data_id == hb.data_id {
             d.role = Some(Role::Leader);
-            d.lossy = state.mode == Mode::Async;
             if state.phase == Phase::Switching {
                 d.lease_ms = 0;
             } else {
@@ -462,6 +525,143 @@ impl ClusterCore {
             d.role = Some(Role::Follower);
         }
         d
+    }
+
+    /// Whether a declared member's heartbeat may be heard, or why not: a data directory of
+    /// another deployment, or a second process claiming the id of one that is still alive.
+    /// Refusals are journaled once per episode (by `tick`) and change nothing else.
+    fn admit(&mut self, now: Now, hb: &Heartbeat) -> Option<String> {
+        let state_id = self.state().map_or(0, |(s, _)| s.cluster_id);
+        if hb.cluster != self.cfg.name {
+            let msg = format!(
+                "member {} reports cluster {:?} to cluster {:?}: refused (wrong cluster name in its config?)",
+                hb.id, hb.cluster, self.cfg.name
+            );
+            return Some(self.notice(now, format!("cluster:{}:{}", hb.id, hb.cluster), msg));
+        }
+        if state_id != 0 && hb.cluster_id != 0 && hb.cluster_id != state_id {
+            let msg = format!(
+                "member {} (data {}, at {}) reports a data directory of another deployment \
+                 (cluster id {:016x}, this one is {state_id:016x}): refused; it changes nothing",
+                hb.id, hb.data_id, hb.addr, hb.cluster_id
+            );
+            return Some(self.notice(now, format!("foreign:{}:{}", hb.id, hb.data_id), msg));
+        }
+        // Process runs of this id: a new boot is heard only once the previous one went quiet
+        // (a restart); the previous one speaking again means two processes claim the id.
+        let quiet = 2 * self.cfg.heartbeat_interval_ms + 50;
+        let ft = self.cfg.failure_timeout_ms;
+        let runs = self.runs.entry(hb.id.clone()).or_default();
+        runs.retain(|r| now.ms.saturating_sub(r.last_ms) < 10 * ft);
+        let pos = match runs
+            .iter()
+            .position(|r| r.boot == hb.boot_id && r.data == hb.data_id)
+        {
+            Some(i) => {
+                runs[i].last_ms = now.ms;
+                runs[i].addr = hb.addr.clone();
+                i
+            }
+            None => {
+                runs.push(Run {
+                    boot: hb.boot_id,
+                    data: hb.data_id,
+                    addr: hb.addr.clone(),
+                    first_ms: now.ms,
+                    last_ms: now.ms,
+                });
+                runs.len() - 1
+            }
+        };
+        let me = runs[pos].clone();
+        // The run currently heard for this id (the incumbent), if another one.
+        let cur = self
+            .heard
+            .get(&hb.id)
+            .map(|h| (h.hb.boot_id, h.hb.data_id, h.at_ms))
+            .filter(|(b, d, _)| (*b, *d) != (me.boot, me.data));
+        let (cb, cd, cat) = cur?;
+        if now.ms.saturating_sub(cat) >= quiet {
+            // The incumbent went quiet: this is a restart (or a replaced disk).
+            return None;
+        }
+        let inc = runs.iter().find(|r| r.boot == cb && r.data == cd).cloned();
+        // Two runs alive at once: the incumbent was heard well after this one first spoke.
+        let dup = inc
+            .as_ref()
+            .is_some_and(|i| i.last_ms >= me.first_ms + quiet);
+        if dup {
+            let msg = format!(
+                "two processes claim member {}: boot {} at {} (heard) and boot {} at {} (refused); \
+                 stop the wrong one",
+                hb.id,
+                cb,
+                inc.as_ref().map_or("?", |i| i.addr.as_str()),
+                me.boot,
+                me.addr
+            );
+            return Some(self.notice(now, format!("dup:{}:{}", hb.id, me.boot), msg));
+        }
+        Some(format!(
+            "{} boot {} waits until boot {cb} is quiet",
+            hb.id, me.boot
+        ))
+    }
+
+    /// Queues a journal notice once per episode (`key`); returns the message.
+    fn notice(&mut self, now: Now, key: String, msg: String) -> String {
+        if !self.noticed.contains_key(&key) {
+            self.notices.push((key.clone(), msg.clone()));
+        }
+        self.noticed.insert(key, now.ms);
+        msg
+    }
+
+    /// Tracks whether the recorded leader's run reports leading with a lease.
+    fn note_leader_run(&mut self, now: Now, hb: &Heartbeat) {
+        let Some((state, _)) = self.state() else {
+            return;
+        };
+        let Some(l) = &state.leader else {
+            self.leader_off = None;
+            return;
+        };
+        if l.id != hb.id || l.boot_id != hb.boot_id || l.data_id != hb.data_id {
+            if l.id == hb.id {
+                self.leader_off = None;
+            }
+            return;
+        }
+        let leading = hb.role == ReportedRole::Leader
+            && (hb.lease_left_ms != Some(0) || state.phase != Phase::Steady)
+            && hb.epoch == state.epoch;
+        if leading {
+            self.leader_off = None;
+        } else if self.leader_off.is_none_or(|(b, _)| b != hb.boot_id) {
+            self.leader_off = Some((hb.boot_id, now.ms));
+        }
+    }
+
+    /// [`Self::state_behind`], remembered for the state's rev: the refusal is lifted only by a
+    /// new state (`recover`, or another writer), not by the replica that showed it going away.
+    fn check_behind(&mut self, state: &ClusterState, rev: u64) -> Option<String> {
+        if let Some((r, why)) = &self.behind {
+            if *r == rev {
+                return Some(why.clone());
+            }
+        }
+        let why = self.state_behind(state, rev)?;
+        self.behind = Some((rev, why.clone()));
+        Some(why)
+    }
+
+    /// [`Self::check_behind`] without remembering (for `&self` callers): the remembered verdict
+    /// for this rev, or the one the heartbeats show now.
+    fn behind_now(&self, state: &ClusterState, rev: u64) -> Option<String> {
+        match &self.behind {
+            Some((r, why)) if *r == rev => Some(why.clone()),
+            _ => self.state_behind(state, rev),
+        }
     }
 
     /// Why the state read from etcd is older than what the replicas already acted on (etcd
@@ -549,22 +749,33 @@ impl ClusterCore {
 
     /// Time passes; returns at most one write to execute.
     pub fn tick(&mut self, now: Now) -> Option<Write> {
+        self.forget_old(now);
         if !self.active_at(now) || self.inflight {
             return None;
         }
+        if self.state().is_some() && !self.notices.is_empty() {
+            let (_, msg) = self.notices.remove(0);
+            return self.write(now, None, "refusal", msg, self.inputs(now));
+        }
         let (state, rev) = self.state().map(|(s, r)| (s.clone(), r))?;
-        if let Some(why) = self.state_behind(&state, rev) {
+        if let Some(why) = self.check_behind(&state, rev) {
             return self.refuse(now, "refusal", why);
         }
         if let Some(op) = &state.op {
-            if now.unix_ms > op.deadline_ms && state.phase == Phase::Switching {
+            // The operation's timeout counts from when this controller first saw it (see
+            // `on_observed`), on its own monotonic clock: a wall-clock deadline would move with
+            // clock steps.
+            let seen = self.op_seen.as_ref().map_or(now.ms, |(_, t)| *t);
+            let timeout = op.timeout_ms.unwrap_or(60_000).min(60_000);
+            let expired = now.ms.saturating_sub(seen) > timeout;
+            if expired && state.phase == Phase::Switching {
                 let mut s = state.clone();
                 s.phase = Phase::Steady;
                 s.op = None;
                 let msg = format!("switchover {} aborted: the target did not catch up before the deadline; the leader keeps leading", op.id);
                 return self.write(now, Some(s), "abort", msg, self.inputs(now));
             }
-            if now.unix_ms > op.deadline_ms && state.phase == Phase::Promoting {
+            if expired && state.phase == Phase::Promoting {
                 // A forced failover whose target could not be promoted in time releases the
                 // promotion: it goes on under the automatic rules, and the operator may issue
                 // another `failover --to` (otherwise the op would hold the cluster leaderless).
@@ -591,7 +802,61 @@ impl ClusterCore {
         }
     }
 
+    /// Drops what is too old to mean anything: heartbeats of members not heard for ten
+    /// failure timeouts (a replica that went away no longer weighs on any decision), and
+    /// notices whose condition has not been seen for as long (journaled again if it returns).
+    fn forget_old(&mut self, now: Now) {
+        let horizon = 10 * self.cfg.failure_timeout_ms;
+        self.heard
+            .retain(|_, h| now.ms.saturating_sub(h.at_ms) < horizon);
+        self.noticed
+            .retain(|_, t| now.ms.saturating_sub(*t) < horizon);
+        self.runs.retain(|_, r| {
+            r.retain(|x| now.ms.saturating_sub(x.last_ms) < horizon);
+            !r.is_empty()
+        });
+    }
+
     fn step_steady(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        if state.strict != Some(self.cfg.strict) {
+            let mut s = state.clone();
+            s.strict = Some(self.cfg.strict);
+            let msg = format!(
+                "strict = {} from this controller's config (the state said {})",
+                self.cfg.strict,
+                state
+                    .strict
+                    .map_or("nothing".to_string(), |b| b.to_string())
+            );
+            return self.write(now, Some(s), "config", msg, serde_json::Value::Null);
+        }
+        if let (Some(l), Some((boot, since))) = (&state.leader, self.leader_off) {
+            // The recorded leader is alive but does not lead (it stepped down without an epoch
+            // change, or holds no lease): it cannot lead this epoch again, so it gets a new one,
+            // in any mode and outside the anti-flapping budget, like a restart.
+            let ft = self.cfg.failure_timeout_ms;
+            let fresh = self
+                .heard
+                .get(&l.id)
+                .is_some_and(|h| h.hb.boot_id == boot && now.ms.saturating_sub(h.at_ms) < ft);
+            if boot == l.boot_id && fresh && now.ms.saturating_sub(since) >= ft {
+                let h = &self.heard[&l.id].hb;
+                let what = if h.role != ReportedRole::Leader {
+                    format!("reports role {:?}", h.role).to_lowercase()
+                } else if h.epoch != state.epoch {
+                    format!("reports epoch {}", h.epoch)
+                } else {
+                    "reports no lease".to_string()
+                };
+                let msg = format!(
+                    "leader {} {what} for {} ms: a new epoch is needed",
+                    l.id,
+                    now.ms.saturating_sub(since)
+                );
+                self.leader_off = None;
+                return self.start_promotion(now, state, "restart", msg, None);
+            }
+        }
         let heard: Vec<(NodeId, Option<Heard>)> = state
             .members
             .iter()
@@ -651,6 +916,18 @@ impl ClusterCore {
         None
     }
 
+    /// An add of `id` was abandoned: do not try it again for 10 × sync_wait_ms, doubling with
+    /// every abandoned add in a row (at most 5 minutes).
+    fn back_off(&mut self, now: Now, id: &NodeId) {
+        let n = self.add_failures.entry(id.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let ms = (10 * self.cfg.sync_wait_ms)
+            .saturating_mul(1u64 << (*n - 1).min(16))
+            .min(300_000);
+        self.add_backoff
+            .insert(id.clone(), now.ms.saturating_add(ms));
+    }
+
     fn member_ok(&self, now: Now, m: &MemberRef) -> bool {
         self.heard.get(&m.id).is_some_and(|h| {
             h.hb.data_id == m.data_id
@@ -701,6 +978,7 @@ impl ClusterCore {
                     s.sync_set.push(a.clone());
                 }
                 s.adding = None;
+                self.add_failures.remove(&a.id);
                 let msg = format!(
                     "{} joins the sync set{}",
                     a.id,
@@ -730,6 +1008,7 @@ impl ClusterCore {
             if !self.member_ok(now, a) {
                 let mut s = state.clone();
                 s.adding = None;
+                self.back_off(now, &a.id);
                 return self.write(
                     now,
                     Some(s),
@@ -746,8 +1025,7 @@ impl ClusterCore {
                 // sync_wait_ms would stall writes, so the add is abandoned and retried later.
                 let mut s = state.clone();
                 s.adding = None;
-                self.add_backoff
-                    .insert(a.id.clone(), now.ms + 10 * self.cfg.sync_wait_ms);
+                self.back_off(now, &a.id);
                 let msg = format!(
                     "{} did not catch up within sync_wait_ms; adding it is retried later",
                     a.id
@@ -769,8 +1047,16 @@ impl ClusterCore {
                 .filter(|m| m.id != leader.id && !m.no_failover)
                 .filter(|m| !state.sync_set.iter().any(|s| s.id == m.id))
                 .filter_map(|m| self.heard.get(&m.id).map(|h| (m, h)))
+                // Only a follower streaming from this leader: one that is cut off or stuck would
+                // be waited for in vain and stall writes for sync_wait_ms each time.
                 .filter(|(_, h)| {
-                    now.ms.saturating_sub(h.at_ms) < ft && h.hb.role == ReportedRole::Follower
+                    let age = now.ms.saturating_sub(h.at_ms);
+                    age < ft
+                        && h.hb.role == ReportedRole::Follower
+                        && h.hb.epoch == state.epoch
+                        && h.hb
+                            .since_leader_ms
+                            .is_some_and(|s| s.saturating_add(age) < ft)
                 })
                 // Only a follower close behind: the leader waits for it as soon as it is added.
                 .filter(|(_, h)| {
@@ -835,14 +1121,22 @@ impl ClusterCore {
             .map(|h| h.hb.epoch)
             .max()
             .unwrap_or(Epoch(0));
+        let Some(next) = state.epoch.max(max_reported).0.checked_add(1) else {
+            return self.refuse(
+                now,
+                "refusal",
+                format!("epochs are exhausted (a member reports epoch {max_reported}); {why}"),
+            );
+        };
         let mut s = state.clone();
-        s.epoch = Epoch(state.epoch.max(max_reported).0 + 1);
+        s.epoch = Epoch(next);
         if state.leader.is_some() {
             s.prev_leader = state.leader.clone();
         }
         s.leader = None;
         s.phase = Phase::Promoting;
         s.op = op;
+        s.lossy = false;
         let msg = format!("{why}; promoting at epoch {}", s.epoch);
         self.write(now, Some(s), kind, msg, self.inputs(now))
     }
@@ -931,6 +1225,9 @@ impl ClusterCore {
                 s.adding = None;
                 s.phase = Phase::Steady;
                 s.op = None;
+                // Recorded with the epoch: every directive of it says so, and the leader-start
+                // is written lossy, so returning holders of cut records archive them and rejoin.
+                s.lossy = lossy || state.mode == Mode::Async;
                 let msg = format!(
                     "promoted {id} at epoch {} (log end {}/{}{}); sync set [{}]",
                     s.epoch,
@@ -1076,7 +1373,7 @@ impl ClusterCore {
             return None;
         }
         let mut s = state.clone();
-        s.epoch = Epoch(state.epoch.0 + 1);
+        s.epoch = Epoch(state.epoch.0.checked_add(1)?);
         s.prev_leader = Some(leader.clone());
         s.leader = Some(LeaderRecord {
             id: to.clone(),
@@ -1097,6 +1394,7 @@ impl ClusterCore {
         s.adding = None;
         s.phase = Phase::Steady;
         s.op = None;
+        s.lossy = state.mode == Mode::Async;
         self.no_wait_epoch = Some(s.epoch);
         let msg = format!(
             "switchover {}: {to} leads epoch {} (it holds the old leader's final LSN {})",
@@ -1132,6 +1430,9 @@ impl ClusterCore {
                 "the cluster has no state yet: run `batonctl init`",
             )
         })?;
+        if let Some(why) = self.behind_now(s, r) {
+            return Err(op_err(409, "state_behind", why));
+        }
         if let Some(op) = &s.op {
             return Err(op_err(
                 409,
@@ -1240,6 +1541,7 @@ impl ClusterCore {
             id: op_id.clone(),
             kind: format!("switchover:{target}"),
             deadline_ms: now.unix_ms.saturating_add(timeout_ms.clamp(100, 60_000)),
+            timeout_ms: Some(timeout_ms.clamp(100, 60_000)),
         });
         let msg = format!("switchover {op_id} to {target} requested: {} stops writes until {target} holds its final LSN", leader.id);
         self.write(now, Some(s), "switchover", msg, self.inputs(now))
@@ -1258,13 +1560,16 @@ impl ClusterCore {
         if !self.active_at(now) || self.inflight {
             return self.ready_for_op(now).map(|_| unreachable!());
         }
-        let (state, _) = self.state().map(|(s, r)| (s.clone(), r)).ok_or_else(|| {
+        let (state, rev) = self.state().map(|(s, r)| (s.clone(), r)).ok_or_else(|| {
             op_err(
                 409,
                 "not_initialized",
                 "the cluster has no state yet: run `batonctl init`",
             )
         })?;
+        if let Some(why) = self.behind_now(&state, rev) {
+            return Err(op_err(409, "state_behind", why));
+        }
         if state.member(&to).is_none() {
             return Err(op_err(400, "ineligible", format!("{to} is not a member")));
         }
@@ -1282,6 +1587,7 @@ impl ClusterCore {
             id: op_id.clone(),
             kind,
             deadline_ms: now.unix_ms + 60_000,
+            timeout_ms: Some(60_000),
         };
         if let Some(o) = &state.op {
             return Err(op_err(
@@ -1354,6 +1660,8 @@ impl ClusterCore {
     /// `pause` / `resume` automatic failover.
     pub fn set_control(&mut self, now: Now, control: Control) -> Result<Write, OpError> {
         let (state, _) = self.ready_for_op(now).or_else(|e| {
+            // `operation_running` does not stop pause/resume; `state_behind` does (a write
+            // would move the state's revision past what the replicas applied and hide it).
             if e.error == "operation_running" {
                 self.state().map(|(s, r)| (s.clone(), r)).ok_or(e)
             } else {
@@ -1461,6 +1769,9 @@ impl ClusterCore {
             control: Control::Auto,
             mode: self.cfg.mode,
             op: None,
+            lossy: false,
+            cluster_id: self.new_cluster_id(now),
+            strict: Some(self.cfg.strict),
         };
         let msg = format!(
             "initialized: {} leads epoch {epoch}, sync set [{}]",
@@ -1469,6 +1780,135 @@ impl ClusterCore {
         );
         self.write(now, Some(s), "init", msg, self.inputs(now))
             .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// `recover` (DESIGN.md §5): the way out when etcd's state is behind what the replicas
+    /// report (restored from an old backup) or lost while they hold data. Writes
+    /// `{epoch = 1 + highest reported, leader null, phase promoting, sync_set {}}`; no member is
+    /// then known to hold every acknowledged write, so in semi-sync mode the promotion blocks
+    /// until `failover --to`, which states the possible loss.
+    pub fn recover(&mut self, now: Now) -> Result<Write, OpError> {
+        if !self.active_at(now) {
+            return self.ready_for_op(now).map(|_| unreachable!());
+        }
+        if self.inflight {
+            return Err(op_err(
+                503,
+                "busy",
+                "a state change is being written; retry",
+            ));
+        }
+        let ft = self.cfg.failure_timeout_ms;
+        let reporting: Vec<&Heard> = self
+            .heard
+            .values()
+            .filter(|h| now.ms.saturating_sub(h.at_ms) < ft)
+            .collect();
+        let (base, why) = match &self.observed {
+            Observed::Unknown => {
+                return Err(op_err(503, "busy", "the state is being read; retry"));
+            }
+            Observed::Absent => {
+                if !reporting.iter().any(|h| h.hb.log_end_lsn.0 > 0) {
+                    return Err(op_err(
+                        409,
+                        "not_behind",
+                        "etcd holds no state and no reporting member holds data: run `batonctl init`",
+                    ));
+                }
+                (
+                    None,
+                    "etcd holds no state but members hold data".to_string(),
+                )
+            }
+            Observed::Present { state, rev } => match self.behind_now(state, *rev) {
+                Some(why) => (Some(state.clone()), why),
+                None => {
+                    return Err(op_err(
+                        409,
+                        "not_behind",
+                        "the state is not behind what the replicas report: nothing to recover \
+                         (use switchover or failover)",
+                    ))
+                }
+            },
+        };
+        if reporting.is_empty() {
+            return Err(op_err(
+                409,
+                "members_missing",
+                "no member reports: recovery needs their positions",
+            ));
+        }
+        let top = self
+            .heard
+            .values()
+            .map(|h| h.hb.epoch.max(h.hb.log_end_epoch))
+            .chain(base.as_ref().map(|s| s.epoch))
+            .max()
+            .unwrap_or(Epoch(0));
+        let epoch = Epoch(
+            top.0
+                .checked_add(1)
+                .ok_or_else(|| op_err(409, "epoch_overflow", "epochs are exhausted"))?,
+        );
+        // Keep the deployment's identity: the state's, else the one the replicas agree on.
+        let mut ids: Vec<u64> = self
+            .heard
+            .values()
+            .map(|h| h.hb.cluster_id)
+            .filter(|c| *c != 0)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let cluster_id = match (base.as_ref().map_or(0, |s| s.cluster_id), ids.as_slice()) {
+            (c, _) if c != 0 => c,
+            (_, [one]) => *one,
+            _ => self.new_cluster_id(now),
+        };
+        let s = ClusterState {
+            epoch,
+            leader: None,
+            prev_leader: None,
+            phase: Phase::Promoting,
+            members: base
+                .as_ref()
+                .map_or_else(|| self.cfg.members.clone(), |s| s.members.clone()),
+            sync_set: Vec::new(),
+            adding: None,
+            control: base.as_ref().map_or(Control::Auto, |s| s.control),
+            mode: base.as_ref().map_or(self.cfg.mode, |s| s.mode),
+            op: None,
+            lossy: false,
+            cluster_id,
+            strict: base
+                .as_ref()
+                .and_then(|s| s.strict)
+                .or(Some(self.cfg.strict)),
+        };
+        let ends: Vec<String> = reporting
+            .iter()
+            .map(|h| format!("{} {}/{}", h.hb.id, h.hb.log_end_epoch, h.hb.log_end_lsn))
+            .collect();
+        let msg = format!(
+            "recover: {why}; promoting at epoch {epoch} with an empty sync set (log ends: {}). \
+             No member is known to hold every acknowledged write: `failover --to` states the \
+             possible loss",
+            ends.join(", ")
+        );
+        self.behind = None;
+        self.write(now, Some(s), "recover", msg, self.inputs(now))
+            .ok_or_else(|| op_err(503, "busy", "retry"))
+    }
+
+    /// A new deployment identity, without randomness in the core: a mix of the members' data
+    /// directory ids (random, made by each replica) and the time. Never 0.
+    fn new_cluster_id(&self, now: Now) -> u64 {
+        let mut z = mix(now.unix_ms);
+        for h in self.heard.values() {
+            z = mix(z ^ (h.hb.data_id.0 as u64) ^ mix((h.hb.data_id.0 >> 64) as u64));
+        }
+        z.max(1)
     }
 
     /// What automatic failover would do now, and why.
@@ -1567,6 +2007,13 @@ impl ClusterCore {
             blocking,
         }
     }
+}
+
+/// Mixes 64 bits (splitmix64's finalizer).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn names(ms: &[MemberRef]) -> String {

@@ -39,7 +39,12 @@ pub enum Control {
 pub struct OpRecord {
     pub id: String,
     pub kind: String,
+    /// Wall-clock (Unix ms) deadline, for display only.
     pub deadline_ms: u64,
+    /// How long the operation may run; each controller counts it on its own monotonic clock
+    /// from when it first saw the operation (None in records written before: 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// The whole cluster state.
@@ -55,6 +60,19 @@ pub struct ClusterState {
     pub control: Control,
     pub mode: Mode,
     pub op: Option<OpRecord>,
+    /// The current epoch's promotion may have lost acknowledged writes (async mode, or a forced
+    /// failover to a member that may lack some): its leader-start is written `lossy`, so that
+    /// returning holders of the cut records archive them and rejoin (DESIGN.md §3, §5).
+    #[serde(default)]
+    pub lossy: bool,
+    /// The deployment's identity, random, made by `init` (or `recover`); 0 in states written
+    /// before it existed. A replica whose data directory carries another one is refused.
+    #[serde(default)]
+    pub cluster_id: u64,
+    /// `strict` (DESIGN.md §4), one value for every controller: the active controller writes
+    /// its configured value here when they differ (journaled). None in older states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 impl ClusterState {

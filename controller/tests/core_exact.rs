@@ -82,6 +82,7 @@ fn lref(s: &str, b: BootId) -> LeaderRef {
         id: id(s),
         addr: addr(s),
         boot_id: b,
+        data_id: data(s),
     }
 }
 
@@ -124,6 +125,9 @@ fn steady() -> ClusterState {
         control: Control::Auto,
         mode: Mode::SemiSync,
         op: None,
+        lossy: false,
+        cluster_id: 0,
+        strict: Some(false),
     }
 }
 
@@ -132,6 +136,7 @@ fn follower(who: &str) -> Heartbeat {
     Heartbeat {
         seq: 1,
         cluster: "main".into(),
+        cluster_id: 0,
         id: id(who),
         data_id: data(who),
         boot_id: boot(who),
@@ -151,6 +156,7 @@ fn follower(who: &str) -> Heartbeat {
         lease_left_ms: None,
         waiting: vec![],
         last_cut: None,
+        refused_peer: None,
     }
 }
 
@@ -228,6 +234,7 @@ fn base(epoch: u64, rev: u64, state: &ClusterState) -> Directive {
         mode: state.mode,
         strict: false,
         lossy: false,
+        cluster_id: 0,
     }
 }
 
@@ -254,6 +261,11 @@ struct Sim {
 impl Sim {
     /// An active controller (since `active_at`) that has read `state` at [`REV0`].
     fn active(cfg: ClusterCfg, state: ClusterState, journal: Vec<Entry>, active_at: u64) -> Sim {
+        // The state carries the configured `strict` (else the first tick writes it).
+        let state = ClusterState {
+            strict: Some(cfg.strict),
+            ..state
+        };
         let mut core = ClusterCore::new(cfg);
         core.on_election(at(active_at), Some(TERM), Some(ADDR.into()));
         core.on_observed(
@@ -573,9 +585,11 @@ fn restarted_leader_is_fenced_and_gets_a_new_epoch_in_any_mode_outside_the_budge
         ..steady()
     };
     let mut s = Sim::active(cfg(), st.clone(), spent, 0);
-    s.hb(10_000, leader_hb()); // the last grant to epoch 5
-    s.hb(10_000, follower("r2"));
-    s.hb(10_000, follower("r3"));
+    // The last grant to epoch 5; the old run is quiet for 300 ms before the new one speaks
+    // (a new boot heard while the old one still speaks would be a second process).
+    s.hb(9_800, leader_hb());
+    s.hb(9_800, follower("r2"));
+    s.hb(9_800, follower("r3"));
     assert_eq!(s.failovers(10_100), 3);
 
     // r1 comes back as a new process run: fenced, still named as the recorded leader.
@@ -674,13 +688,13 @@ fn restarted_leader_is_fenced_and_gets_a_new_epoch_in_any_mode_outside_the_budge
             role: Some(Role::Leader),
             leader: Some(lref("r1", boot2("r1"))),
             lease_ms: LEASE,
-            start_after_ms: 10_000 + WAIT - 10_250,
+            start_after_ms: 9_800 + WAIT - 10_250,
             ..base(6, 12, &promoted)
         }
     );
     assert_eq!(
         s.hb(10_300, r1b6.clone()).start_after_ms,
-        10_000 + WAIT - 10_300
+        9_800 + WAIT - 10_300
     );
     assert_eq!(s.hb(11_000, r1b6).start_after_ms, 0);
     assert_eq!(
@@ -1228,6 +1242,7 @@ fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
                 id: "op-9".into(),
                 kind: "failover:r3:1:0".into(),
                 deadline_ms: UNIX0 + 12_000 + 60_000,
+                timeout_ms: Some(60_000),
             }),
             ..st.clone()
         })
@@ -1251,6 +1266,7 @@ fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
             phase: Phase::Steady,
             sync_set: vec![mref("r2")],
             op: None,
+            lossy: true,
             ..st
         })
     );
@@ -1380,6 +1396,7 @@ fn switchover_moves_leadership_with_no_wait() {
             id: "op-1".into(),
             kind: "switchover:r2".into(),
             deadline_ms: UNIX0 + 10_050 + 5000,
+            timeout_ms: Some(5000),
         }),
         ..steady()
     };
@@ -1642,6 +1659,7 @@ fn failover_to_with_force_promotes_a_lagging_non_sync_member() {
             id: "op-2".into(),
             kind: "failover:r3:1:0".into(),
             deadline_ms: UNIX0 + 10_050 + 60_000,
+            timeout_ms: Some(60_000),
         }),
         ..steady()
     };
@@ -1667,6 +1685,7 @@ fn failover_to_with_force_promotes_a_lagging_non_sync_member() {
             phase: Phase::Steady,
             sync_set: vec![mref("r2")],
             op: None,
+            lossy: true,
             ..promoting
         })
     );
@@ -1928,6 +1947,7 @@ fn init_waits_for_every_member_and_empty_logs() {
             mode: Mode::SemiSync,
             strict: false,
             lossy: false,
+            cluster_id: 0,
         }
     );
     assert_eq!(s.tick(1_000), None, "nothing is decided without a state");
@@ -1981,7 +2001,11 @@ fn init_waits_for_every_member_and_empty_logs() {
         control: Control::Auto,
         mode: Mode::SemiSync,
         op: None,
+        lossy: false,
+        cluster_id: w.state.as_ref().map_or(0, |s| s.cluster_id),
+        strict: Some(false),
     };
+    assert_ne!(init.cluster_id, 0, "init makes a deployment id");
     assert_eq!(w.state, Some(init.clone()));
     assert_eq!(
         w.journal,
@@ -2003,6 +2027,7 @@ fn init_waits_for_every_member_and_empty_logs() {
             leader: Some(lref("r2", boot("r2"))),
             lease_ms: LEASE,
             start_after_ms: 0,
+            cluster_id: init.cluster_id,
             ..base(3, 11, &init)
         }
     );
@@ -2132,6 +2157,7 @@ fn dead_sync_member_is_dropped_when_nobody_can_replace_it() {
             w.state,
             Some(ClusterState {
                 sync_set: vec![],
+                strict: Some(strict),
                 ..steady()
             })
         );
@@ -2526,6 +2552,7 @@ fn switching(to: &str, op_id: &str) -> ClusterState {
             id: op_id.into(),
             kind: format!("switchover:{to}"),
             deadline_ms: UNIX0 + 100_000,
+            timeout_ms: None,
         }),
         ..steady()
     }
@@ -2655,9 +2682,12 @@ fn leader_restarting_during_a_switchover_aborts_it() {
         role: ReportedRole::None,
         ..follower("r1")
     };
-    assert_eq!(s.hb(10_100, r1b).role, Some(Role::Fenced));
-    s.hb(10_100, follower("r2"));
-    let w = s.tick(10_100).expect("abort");
+    // The old run went quiet (a restart, not a second process claiming r1): heard from 250 ms
+    // after its last heartbeat.
+    assert!(!s.hb(10_100, r1b.clone()).active, "old run still speaking");
+    assert_eq!(s.hb(10_300, r1b).role, Some(Role::Fenced));
+    s.hb(10_300, follower("r2"));
+    let w = s.tick(10_300).expect("abort");
     assert_eq!(w.state, Some(steady()));
     assert_eq!(
         last(&w),
@@ -2668,8 +2698,8 @@ fn leader_restarting_during_a_switchover_aborts_it() {
             1
         )
     );
-    s.commit(10_100, &w);
-    let w = s.tick(10_100).expect("restart");
+    s.commit(10_300, &w);
+    let w = s.tick(10_300).expect("restart");
     assert_eq!(last(&w).0, "restart");
 }
 
@@ -2785,4 +2815,288 @@ fn switchover_deadline_is_capped_at_a_minute() {
     let w = s.tick(end + 1).expect("abort");
     assert_eq!(last(&w).0, "abort");
     assert_eq!(w.state, Some(steady()));
+}
+
+// ----- issue 10: correctness findings -----------------------------------------------------------
+
+/// Item 1: a recorded leader that stopped leading without an epoch change (a directive without a
+/// role, or a higher epoch seen on its stream) can never lead that epoch again; it used to be
+/// called healthy for ever while writes answered 503. Now, after a failure timeout of reporting
+/// no role, it gets a new epoch — in manual mode and past the budget too, like a restart.
+#[test]
+fn recorded_leader_that_does_not_lead_gets_a_new_epoch_outside_the_budget() {
+    let st = ClusterState {
+        control: Control::Manual,
+        ..steady()
+    };
+    let mut s = Sim::active(cfg(), st, vec![], 0);
+    let off = Heartbeat {
+        role: ReportedRole::None,
+        lease_left_ms: None,
+        ..leader_hb()
+    };
+    for t in (10_000..=10_900).step_by(100) {
+        s.hb(t, off.clone());
+        s.hb(t, follower("r2"));
+        s.hb(t, follower("r3"));
+        assert_eq!(s.tick(t), None, "not yet a failure timeout ({t})");
+    }
+    s.hb(11_000, off.clone());
+    let w = s.tick(11_000).expect("new epoch");
+    assert_eq!(
+        w.state.as_ref().map(|s| (s.epoch, s.phase)),
+        Some((Epoch(6), Phase::Promoting))
+    );
+    assert_eq!(
+        last(&w),
+        (
+            "restart",
+            "leader r1 reports role none for 1000 ms: a new epoch is needed; promoting at epoch 6",
+            6,
+            1
+        )
+    );
+}
+
+/// Item 1: the same for a leader that reports no lease (its grants do not reach it).
+#[test]
+fn recorded_leader_without_a_lease_gets_a_new_epoch() {
+    let mut s = steady_sim();
+    let no_lease = Heartbeat {
+        lease_left_ms: Some(0),
+        ..leader_hb()
+    };
+    s.hb(10_100, no_lease.clone());
+    assert_eq!(s.tick(10_600), None);
+    s.hb(11_100, no_lease);
+    s.hb(11_100, follower("r2"));
+    let w = s.tick(11_100).expect("new epoch");
+    assert_eq!(last(&w).0, "restart");
+    assert!(
+        last(&w)
+            .1
+            .starts_with("leader r1 reports no lease for 1000 ms"),
+        "{}",
+        last(&w).1
+    );
+}
+
+/// Item 1: a state the replicas moved past is answered as a standby would (inactive): an
+/// active answer without a role made the recorded leader step down at its own (epoch, rev).
+#[test]
+fn state_behind_answers_inactive_so_the_leader_is_never_stripped_at_its_own_epoch() {
+    let mut s = steady_sim();
+    s.hb(
+        10_500,
+        Heartbeat {
+            applied_rev: REV0 + 3,
+            ..follower("r2")
+        },
+    );
+    let d = s.hb(10_500, leader_hb());
+    assert!(!d.active, "inactive, not a role-less active answer: {d:?}");
+}
+
+/// Items 1 and 7: a declared member started on a data directory of another deployment (same
+/// cluster name, higher epoch) is refused and journaled once; it changes nothing else (before,
+/// its epoch made the state "behind" and halted the cluster).
+#[test]
+fn foreign_data_directory_is_refused_journaled_once_and_changes_nothing() {
+    let st = ClusterState {
+        cluster_id: 7,
+        ..steady()
+    };
+    let mut s = Sim::active(cfg(), st, vec![], 0);
+    let foreign = Heartbeat {
+        cluster_id: 9,
+        epoch: Epoch(50),
+        log_end_epoch: Epoch(50),
+        data_id: DataId(4242),
+        ..follower("r3")
+    };
+    for t in [10_000, 10_100, 10_200] {
+        let mine = Heartbeat {
+            cluster_id: 7,
+            ..leader_hb()
+        };
+        let d = s.hb(t, mine);
+        assert_eq!(
+            (d.role, d.lease_ms),
+            (Some(Role::Leader), LEASE),
+            "the leader keeps its lease"
+        );
+        s.hb(
+            t,
+            Heartbeat {
+                cluster_id: 7,
+                ..follower("r2")
+            },
+        );
+        let d = s.hb(t, foreign.clone());
+        assert!(
+            !d.active && d.role.is_none(),
+            "the stranger gets nothing: {d:?}"
+        );
+    }
+    let w = s.tick(10_200).expect("journaled");
+    assert_eq!(w.state, None);
+    assert!(
+        last(&w).1.starts_with("member r3 (data 00000000000000000000000000001092, at r3.local:7000) reports a data directory of another deployment"),
+        "{}",
+        last(&w).1
+    );
+    s.commit(10_200, &w);
+    assert_eq!(
+        s.tick(10_300),
+        None,
+        "once per episode; not 'etcd state behind replicas'"
+    );
+}
+
+/// Item 9: two processes claiming one member id (here the leader's) — the second is refused and
+/// journaled; no "restart" promotion, no write gap.
+#[test]
+fn two_processes_claiming_the_leaders_id_do_not_move_the_epoch() {
+    let mut s = steady_sim();
+    let twin = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        addr: "10.0.0.9:7000".into(),
+        ..follower("r1")
+    };
+    let mut journaled = Vec::new();
+    for t in (10_050..=11_500).step_by(50) {
+        if t % 100 == 0 {
+            let d = s.hb(t, leader_hb());
+            assert_eq!(
+                d.role,
+                Some(Role::Leader),
+                "the incumbent keeps leading ({t})"
+            );
+            s.hb(t, follower("r2"));
+            s.hb(t, follower("r3"));
+        } else {
+            let d = s.hb(t, twin.clone());
+            assert!(!d.active && d.role.is_none(), "the twin gets nothing ({t})");
+        }
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "no state change: {}", w.why);
+            journaled.push(last(&w).1.to_string());
+            s.commit(t, &w);
+        }
+    }
+    assert_eq!(journaled.len(), 1, "{journaled:?}");
+    assert!(
+        journaled[0].starts_with("two processes claim member r1"),
+        "{journaled:?}"
+    );
+}
+
+/// Item 3: while the state is behind, every operation is refused (a pause or resume used to move
+/// the state's revision past what the replicas applied and lift the refusal for good, and
+/// `failover --to` without force was accepted against the stale sync set); `recover` writes a
+/// new epoch, leaderless, with an empty sync set, and `failover --to` then states the loss.
+#[test]
+fn operations_refused_while_behind_and_recover_is_the_way_out() {
+    let mut s = steady_sim();
+    let ahead = Heartbeat {
+        applied_rev: REV0 + 3,
+        ..follower("r2")
+    };
+    s.hb(10_500, ahead.clone());
+    let n = at(10_500);
+    for r in [
+        s.core.failover(n, id("r2"), false, false, "op-1".into()),
+        s.core.set_control(n, Control::Manual),
+        s.core.switchover(n, Some(id("r2")), 5000, "op-2".into()),
+    ] {
+        assert_eq!(
+            r.map(|_| ()).map_err(|e| e.error),
+            Err("state_behind".to_string())
+        );
+    }
+    assert_eq!(
+        s.core.recover(at(10_500)).map(|_| ()).map_err(|e| e.error),
+        Ok(()),
+        "recover is allowed"
+    );
+    // (recover handed out a write; build it again through the harness)
+    let mut s = steady_sim();
+    s.hb(10_500, ahead);
+    s.hb(10_500, leader_hb());
+    s.hb(10_500, follower("r3"));
+    let w = s.core.recover(at(10_500)).expect("recover");
+    s.check_write(&w);
+    let st = w.state.clone().expect("a state");
+    assert_eq!(
+        (
+            st.epoch,
+            st.leader.clone(),
+            st.phase,
+            st.sync_set.clone(),
+            st.prev_leader.clone()
+        ),
+        (Epoch(6), None, Phase::Promoting, vec![], None)
+    );
+    assert_eq!(last(&w).0, "recover");
+    s.commit(10_500, &w);
+    assert_eq!(
+        s.core
+            .failover(at(10_600), id("r2"), false, false, "op-3".into())
+            .map(|_| ())
+            .map_err(|e| e.error),
+        Err("may_lose_writes".to_string()),
+        "without force the possible loss is stated"
+    );
+    // The state is no longer behind: it is not recover's business any more.
+    assert_eq!(
+        s.core.recover(at(10_600)).map(|_| ()).map_err(|e| e.error),
+        Err("not_behind".to_string())
+    );
+}
+
+/// Item 8: a follower that reports but does not stream from the leader is not a candidate for
+/// the sync set (it would stall writes for sync_wait_ms each time it is tried).
+#[test]
+fn follower_not_streaming_from_the_leader_is_not_added() {
+    let mut s = Sim::active(cfg(), steady(), vec![], 0);
+    s.hb(10_000, follower("r2"));
+    let cut_off = Heartbeat {
+        since_leader_ms: None,
+        ..follower("r3")
+    };
+    for t in [10_000, 10_500, 11_000] {
+        s.hb(
+            t,
+            Heartbeat {
+                waiting: vec![wait_info("r2", 90, 100, t - 10_000)],
+                ..leader_hb()
+            },
+        );
+        s.hb(t, cut_off.clone());
+    }
+    let w = s.tick(11_000).expect("drop");
+    assert_eq!(last(&w).0, "sync_drop", "r3 is not added: {}", last(&w).1);
+}
+
+/// Item 9: an operation's timeout counts on the controller's monotonic clock, not the wall
+/// clock: a wall-clock step of an hour does not expire a switchover.
+#[test]
+fn operation_timeout_ignores_wall_clock_steps() {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    let jumped = Now {
+        ms: 10_100,
+        unix_ms: UNIX0 + 10_100 + 3_600_000,
+    };
+    s.core.on_heartbeat(jumped, leader_hb());
+    assert_eq!(
+        s.core.tick(jumped),
+        None,
+        "not expired by a wall-clock step"
+    );
 }

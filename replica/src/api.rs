@@ -387,6 +387,7 @@ fn reject_label(r: &WriteReject) -> &'static str {
         WriteReject::PreconditionFailed { .. } => "precondition_failed",
         WriteReject::NotFound => "not_found",
         WriteReject::ShuttingDown => "shutting_down",
+        WriteReject::Overloaded(_) => "overloaded",
         WriteReject::Fatal(_) => "fatal",
     }
 }
@@ -407,6 +408,7 @@ fn reject_response(r: WriteReject) -> Response {
             "the replica is shutting down",
             None,
         ),
+        WriteReject::Overloaded(reason) => error(ErrorCode::Overloaded, reason, None),
         WriteReject::Fatal(reason) => error(
             ErrorCode::Fatal,
             format!("the replica stopped: {reason}"),

@@ -120,14 +120,28 @@ pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
     let verdict = node.lock().core().check_directive(&d);
     let persist = match verdict {
         Verdict::Ignore(reason) => {
-            tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
+            if d.active && d.cluster_id != 0 && d.cluster_id != node.lock().core().cluster_id() {
+                // A controller of another deployment (a wrong address, or this data directory
+                // belongs elsewhere): loud (once per 10 s), and nothing changes.
+                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let now = clock::now_ms();
+                let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+                if last == 0 || now.saturating_sub(last) >= 10_000 {
+                    LAST.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(epoch = %d.epoch, %reason, "directive from another deployment ignored");
+                }
+            } else {
+                tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
+            }
             return;
         }
         Verdict::Accept { persist } => persist,
     };
     if let Some((epoch, rev)) = persist {
         let n = node.clone();
-        let res = tokio::task::spawn_blocking(move || n.persist_epoch(epoch, rev)).await;
+        let cluster_id = d.cluster_id;
+        let res =
+            tokio::task::spawn_blocking(move || n.persist_epoch(epoch, rev, cluster_id)).await;
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

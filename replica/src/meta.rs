@@ -23,6 +23,10 @@ pub struct Meta {
     pub applied_rev: u64,
     /// Set on a new data directory; see DESIGN.md §3.
     pub unclean: bool,
+    /// The deployment (cluster id) this directory belongs to, adopted from the first directive
+    /// that names one; 0 until then. Directives of another deployment are ignored.
+    #[serde(default)]
+    pub cluster_id: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,7 @@ impl Meta {
                     epoch: Epoch(0),
                     applied_rev: 0,
                     unclean: true,
+                    cluster_id: 0,
                 };
                 meta.store(dir)?;
                 Ok((meta, true))

@@ -221,6 +221,7 @@ impl Node {
         let core = Core::new(
             core_cfg,
             Recovered {
+                cluster_id: meta.cluster_id,
                 epoch: meta.epoch,
                 applied_rev: meta.applied_rev,
                 unclean: meta.unclean,
@@ -761,10 +762,15 @@ impl Node {
     }
 
     /// Persists a directive's epoch and rev before it is acted on.
-    pub fn persist_epoch(&self, epoch: Epoch, rev: u64) -> anyhow::Result<()> {
+    /// Persists a directive's epoch and rev, and the deployment's identity when this data
+    /// directory has none yet (`cluster_id` 0 changes nothing).
+    pub fn persist_epoch(&self, epoch: Epoch, rev: u64, cluster_id: u64) -> anyhow::Result<()> {
         self.update_meta(|m| {
             m.epoch = m.epoch.max(epoch);
             m.applied_rev = rev;
+            if m.cluster_id == 0 {
+                m.cluster_id = cluster_id;
+            }
         })
     }
 }

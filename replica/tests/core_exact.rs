@@ -10,7 +10,7 @@
 //! writer, the meta file, HTTP) nor the log stores, which have their own suites.
 
 use baton_common::api::LeaderHint;
-use baton_common::directive::{Directive, LeaderRef, MemberRef, Mode, ReportedRole, Role};
+use baton_common::directive::{Directive, LeaderRef, Member, MemberRef, Mode, ReportedRole, Role};
 use baton_common::ids::Expect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
 use baton_replica::core::{
@@ -71,6 +71,7 @@ fn me_ref(boot: BootId) -> LeaderRef {
         id: NodeId(ME.into()),
         addr: MY_ADDR.into(),
         boot_id: boot,
+        data_id: Default::default(),
     }
 }
 
@@ -79,6 +80,7 @@ fn other_ref() -> LeaderRef {
         id: NodeId(OTHER.into()),
         addr: OTHER_ADDR.into(),
         boot_id: BootId(77),
+        data_id: Default::default(),
     }
 }
 
@@ -107,6 +109,7 @@ fn directive(epoch: u64, rev: u64, role: Option<Role>, leader: Option<LeaderRef>
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
+        cluster_id: 0,
     }
 }
 
@@ -1422,6 +1425,7 @@ fn snapshot_replay_case(
         cfg(BootId(12)),
         Recovered {
             epoch: Epoch(1),
+            cluster_id: 0,
             applied_rev: 1,
             unclean: false,
             snapshot: Some(snap),
@@ -1495,4 +1499,111 @@ fn snapshot_replay_pinned_cases() {
                 .unwrap_or_else(|e| panic!("snap_at {snap_at} via_disk {via_disk}: {e}"));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 7: identities in the directive and the replication handshake.
+// ---------------------------------------------------------------------------------------------
+
+/// A data directory adopts the deployment id of the first directive naming one (persisted with
+/// the epoch), then ignores directives of another deployment (a wrong controller address, or a
+/// directory from elsewhere).
+#[test]
+fn deployment_id_is_adopted_once_and_other_deployments_are_ignored() {
+    let mut core = fresh();
+    let mut d = follow(3, 5);
+    d.cluster_id = 77;
+    let (v, _) = offer(&mut core, 10, 10, &d);
+    assert_eq!(
+        v,
+        Verdict::Accept {
+            persist: Some((Epoch(3), 5))
+        }
+    );
+    assert_eq!(core.cluster_id(), 77);
+    assert_eq!(core.heartbeat(10, 1).cluster_id, 77);
+    let mut other = lead(9, 1);
+    other.cluster_id = 78;
+    let (v, _) = offer(&mut core, 20, 20, &other);
+    assert!(
+        matches!(v, Verdict::Ignore(ref why) if why.contains("belongs to")),
+        "{v:?}"
+    );
+    assert_eq!(
+        (core.epoch(), core.role()),
+        (Epoch(3), ReportedRole::Follower)
+    );
+    // The same deployment's id re-adopts nothing: persisting only when something moved.
+    let mut same = follow(3, 5);
+    same.cluster_id = 77;
+    assert_eq!(
+        core.check_directive(&same),
+        Verdict::Accept { persist: None }
+    );
+}
+
+/// The leader checks who opens a stream before its epoch counts: another cluster name, another
+/// deployment, or an undeclared member is refused (a stranger with a high epoch used to make the
+/// leader step down).
+#[test]
+fn leader_refuses_streams_from_strangers_before_their_epoch_counts() {
+    let mut core = fresh();
+    let mut d = lead(2, 1);
+    d.cluster_id = 5;
+    d.members = vec![
+        Member {
+            id: NodeId(ME.into()),
+            addr: MY_ADDR.into(),
+            priority: 0,
+            no_failover: false,
+        },
+        Member {
+            id: NodeId(OTHER.into()),
+            addr: OTHER_ADDR.into(),
+            priority: 0,
+            no_failover: false,
+        },
+    ];
+    offer(&mut core, 0, 0, &d);
+    let other = NodeId(OTHER.into());
+    assert!(core.leader_check_peer(&other, "main", 5).is_ok());
+    assert!(
+        core.leader_check_peer(&other, "main", 0).is_ok(),
+        "a new directory"
+    );
+    assert!(core
+        .leader_check_peer(&other, "prod", 5)
+        .unwrap_err()
+        .contains("cluster"));
+    assert!(core
+        .leader_check_peer(&other, "main", 6)
+        .unwrap_err()
+        .contains("deployment"));
+    assert!(core
+        .leader_check_peer(&NodeId("r9".into()), "main", 5)
+        .unwrap_err()
+        .contains("not a declared member"));
+}
+
+/// The follower checks the leader's welcome against the directive (id, boot, data directory,
+/// cluster): a wrong address or a reused port must not splice in a foreign log.
+#[test]
+fn follower_refuses_a_leader_other_than_the_directed_one() {
+    let core = fresh();
+    let mut want = other_ref();
+    want.data_id = DataId(22);
+    let ok = core.follower_check_leader(&want, &want.id, want.boot_id, DataId(22), "main", 0);
+    assert!(ok.is_ok());
+    let e = core
+        .follower_check_leader(&want, &want.id, BootId(78), DataId(22), "main", 0)
+        .unwrap_err();
+    assert!(e.contains("boot"), "{e}");
+    let e = core
+        .follower_check_leader(&want, &want.id, want.boot_id, DataId(23), "main", 0)
+        .unwrap_err();
+    assert!(e.contains("data directory"), "{e}");
+    let e = core
+        .follower_check_leader(&want, &want.id, want.boot_id, DataId(22), "other", 0)
+        .unwrap_err();
+    assert!(e.contains("cluster"), "{e}");
 }

@@ -156,6 +156,7 @@ fn directive(
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
+        cluster_id: 0,
     }
 }
 
@@ -289,6 +290,7 @@ impl Net {
         let flushed = r.core.flushed();
         let rec = Recovered {
             epoch: r.core.epoch(),
+            cluster_id: 0,
             applied_rev: r.core.applied_rev(),
             unclean: r.core.unclean(),
             snapshot: None,
@@ -333,6 +335,7 @@ impl Net {
             id: id(i),
             addr: addr(i),
             boot_id: self.r[i].boot_id,
+            data_id: Default::default(),
         }
     }
 

@@ -36,6 +36,7 @@ fn lead(node: &Node, epoch: u64) -> Directive {
             id: NodeId("r1".into()),
             addr: "127.0.0.1:1".into(),
             boot_id: node.boot_id,
+            data_id: Default::default(),
         }),
         members: vec![],
         waited: vec![],
@@ -44,6 +45,7 @@ fn lead(node: &Node, epoch: u64) -> Directive {
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
+        cluster_id: 0,
     }
 }
 

@@ -154,6 +154,7 @@ async fn heartbeat(
             .map(|h| h.addr.clone())
             .unwrap_or_default(),
         boot_id,
+        data_id: p.seen.get(&p.leader).map(|h| h.data_id).unwrap_or_default(),
     });
     let role = if hb.id.0 == p.leader && p.leader_boot == Some(hb.boot_id) {
         Role::Leader
@@ -186,6 +187,7 @@ async fn heartbeat(
         mode: p.mode,
         strict: p.strict,
         lossy: false,
+        cluster_id: 0,
     }))
 }
 

@@ -90,6 +90,10 @@ enum Cmd {
     Pause,
     /// Turn automatic failover back on.
     Resume,
+    /// After etcd was restored from an old backup or lost: write a new epoch, leaderless and
+    /// promoting with an empty sync set, above everything the members report. Then promote
+    /// with `failover --to`, which states the possible loss of acknowledged writes.
+    Recover,
     /// Write the first cluster state once every member reported an empty log.
     Init {
         /// Keep retrying this long while members are missing or no controller is ready.
@@ -333,6 +337,7 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
         }
         Cmd::Pause => simple_op(ctl, "/pause").await,
         Cmd::Resume => simple_op(ctl, "/resume").await,
+        Cmd::Recover => simple_op(ctl, "/recover").await,
         Cmd::Init { wait_s } => init(ctl, Duration::from_secs(wait_s)).await,
         Cmd::Switchover { to, timeout_ms } => switchover(ctl, to, timeout_ms).await,
         Cmd::Failover {

@@ -54,6 +54,9 @@ fn state(mode: Mode, sync: &[&str], prev: Option<&str>) -> ClusterState {
         control: Control::Auto,
         mode,
         op: None,
+        lossy: false,
+        cluster_id: 0,
+        strict: Some(false),
     }
 }
 
@@ -62,6 +65,7 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
     Heartbeat {
         seq: 1,
         cluster: "main".into(),
+        cluster_id: 0,
         id: id(who),
         data_id: data(who),
         boot_id: boot(who),
@@ -81,6 +85,7 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
         lease_left_ms: None,
         waiting: vec![],
         last_cut: None,
+        refused_peer: None,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::state::KvState;
 use crate::wal::{Op, Record};
 use baton_common::api::UpstreamProgress;
 use baton_common::directive::{LeaderRef, ReportedRole};
-use baton_common::{Epoch, Lsn, NodeId};
+use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use std::collections::{HashMap, VecDeque};
 
 /// The stream a follower takes records from.
@@ -88,6 +88,45 @@ impl Core {
         if epoch > self.epoch {
             self.epoch = epoch;
         }
+    }
+
+    /// Checks the leader's answer to `Hello` against the leader the directive named (id, boot,
+    /// data directory) and this replica's cluster: a wrong address or a reused port must not
+    /// make this follower adopt a foreign epoch or splice in a foreign log.
+    pub fn follower_check_leader(
+        &self,
+        expected: &LeaderRef,
+        id: &NodeId,
+        boot_id: BootId,
+        data_id: DataId,
+        cluster: &str,
+        cluster_id: u64,
+    ) -> Result<(), String> {
+        if cluster != self.cfg.cluster {
+            return Err(format!(
+                "{} answers for cluster {cluster:?}, this replica belongs to {:?}",
+                expected.addr, self.cfg.cluster
+            ));
+        }
+        if cluster_id != 0 && self.cluster_id != 0 && cluster_id != self.cluster_id {
+            return Err(format!(
+                "{} answers for deployment {cluster_id:016x}, this replica belongs to {:016x}",
+                expected.addr, self.cluster_id
+            ));
+        }
+        if *id != expected.id || boot_id != expected.boot_id {
+            return Err(format!(
+                "{} answers as {id} (boot {boot_id}), but the directive names leader {} (boot {})",
+                expected.addr, expected.id, expected.boot_id
+            ));
+        }
+        if expected.data_id != DataId::default() && data_id != expected.data_id {
+            return Err(format!(
+                "{} answers with data directory {data_id}, but the directive names {}",
+                expected.addr, expected.data_id
+            ));
+        }
+        Ok(())
     }
 
     /// A new stream to `leader` was accepted at `leader_epoch`; starts the exchange.

@@ -75,6 +75,37 @@ impl Core {
         (Ok(stream), Vec::new())
     }
 
+    /// The replication handshake's identity check, before anything the follower says counts
+    /// (its epoch included): a follower of another cluster or deployment, or one that is not a
+    /// declared member, is refused. Misconfiguration (a wrong address, a reused port) must not
+    /// make a leader step down or ship its log to a stranger.
+    pub fn leader_check_peer(
+        &self,
+        id: &NodeId,
+        cluster: &str,
+        cluster_id: u64,
+    ) -> Result<(), String> {
+        if cluster != self.cfg.cluster {
+            return Err(format!(
+                "follower {id} belongs to cluster {cluster:?}, this leader to {:?}",
+                self.cfg.cluster
+            ));
+        }
+        if cluster_id != 0 && self.cluster_id != 0 && cluster_id != self.cluster_id {
+            return Err(format!(
+                "follower {id} belongs to deployment {cluster_id:016x}, this leader to {:016x}",
+                self.cluster_id
+            ));
+        }
+        if !self.members.is_empty() && !self.members.contains(id) {
+            return Err(format!(
+                "{id} is not a declared member of cluster {:?}",
+                self.cfg.cluster
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a stream is still the current one of its follower, in this leader's epoch.
     pub fn leader_stream_alive(&self, id: &NodeId, stream: u64, epoch: Epoch) -> bool {
         self.epoch == epoch

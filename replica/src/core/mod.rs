@@ -42,6 +42,8 @@ pub struct CoreConfig {
 /// Everything recovered from disk at start.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// The deployment this data directory belongs to (0: not known yet).
+    pub cluster_id: u64,
     pub epoch: Epoch,
     pub applied_rev: u64,
     pub unclean: bool,
@@ -76,8 +78,14 @@ pub enum WriteReject {
     },
     NotFound,
     ShuttingDown,
+    /// Too many writes appended and not yet committed (503, not appended): a leader whose sync
+    /// members stopped acknowledging would otherwise queue without bound.
+    Overloaded(String),
     Fatal(String),
 }
+
+/// At most this many records may be appended and not yet applied on a leader.
+pub const MAX_PENDING: usize = 65_536;
 
 /// A read's consistency level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +134,9 @@ pub struct WriteReq {
 /// The core.
 pub struct Core {
     cfg: CoreConfig,
+    /// The deployment this data directory belongs to, adopted from the first active directive
+    /// that names one and persisted with the epoch; 0 until then.
+    cluster_id: u64,
     /// Highest epoch persisted.
     epoch: Epoch,
     applied_rev: u64,
@@ -134,6 +145,8 @@ pub struct Core {
     unclean: bool,
     role: ReportedRole,
     leader: Option<LeaderRef>,
+    /// The declared members, from the newest directive (empty until one arrives).
+    members: Vec<NodeId>,
     waited: Vec<MemberRef>,
     mode: Mode,
     strict: bool,
@@ -177,6 +190,8 @@ pub struct Core {
     /// While unclean: the first leader commit LSN heard; flushing up to it clears the flag.
     unclean_target: Option<Lsn>,
     last_cut: Option<CutRange>,
+    /// The last replication peer refused for its identity, if any in this run.
+    last_refused: Option<String>,
     /// Average encoded record size, for byte estimates of replication lag.
     avg_record_bytes: u64,
     /// Counts truncations and resets of the log decided here; the log thread counts the ones it
@@ -209,12 +224,14 @@ impl Core {
             pending.push_back(r);
         }
         Core {
+            cluster_id: rec.cluster_id,
             epoch: rec.epoch.max(log_end.0),
             applied_rev: rec.applied_rev,
             max_term: 0,
             unclean: rec.unclean,
             role: ReportedRole::None,
             leader: None,
+            members: Vec::new(),
             waited: Vec::new(),
             mode: Mode::SemiSync,
             strict: false,
@@ -245,6 +262,7 @@ impl Core {
             next_stream: 0,
             unclean_target: None,
             last_cut: None,
+            last_refused: None,
             avg_record_bytes: 128,
             log_gen: 0,
             cfg,
@@ -253,6 +271,10 @@ impl Core {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+    /// The deployment this data directory belongs to (0: not known yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
     pub fn unclean(&self) -> bool {
         self.unclean
@@ -374,6 +396,12 @@ impl Core {
                 reason,
                 leader: self.leader_hint(),
             });
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return Err(WriteReject::Overloaded(format!(
+                "{} writes are waiting to commit (the limit is {MAX_PENDING}): not appended, retry later",
+                self.pending.len()
+            )));
         }
         if self.mode == Mode::SemiSync && self.strict && self.waited.is_empty() {
             return Err(WriteReject::NotLeader {
@@ -576,6 +604,12 @@ impl Core {
         if !d.active {
             return Verdict::Ignore("answer from a standby controller carries no role".into());
         }
+        if d.cluster_id != 0 && self.cluster_id != 0 && d.cluster_id != self.cluster_id {
+            return Verdict::Ignore(format!(
+                "directive for deployment {:016x}, but this data directory belongs to {:016x}",
+                d.cluster_id, self.cluster_id
+            ));
+        }
         if d.epoch < self.epoch {
             return Verdict::Ignore(format!(
                 "directive epoch {} is below the persisted epoch {}",
@@ -596,8 +630,10 @@ impl Core {
                 ));
             }
         }
-        let persist =
-            (d.epoch > self.epoch || d.rev != self.applied_rev).then_some((d.epoch, d.rev));
+        // Adopting the deployment's identity is persisted with the epoch and rev.
+        let adopt = self.cluster_id == 0 && d.cluster_id != 0;
+        let persist = (d.epoch > self.epoch || d.rev != self.applied_rev || adopt)
+            .then_some((d.epoch, d.rev));
         Verdict::Accept { persist }
     }
 
@@ -609,9 +645,15 @@ impl Core {
         let old_epoch = self.epoch;
         self.epoch = self.epoch.max(d.epoch);
         self.applied_rev = d.rev;
+        if self.cluster_id == 0 {
+            self.cluster_id = d.cluster_id;
+        }
         self.max_term = self.max_term.max(d.controller_term);
         self.mode = d.mode;
         self.strict = d.strict;
+        if !d.members.is_empty() {
+            self.members = d.members.iter().map(|m| m.id.clone()).collect();
+        }
         for m in &d.waited {
             if !self.waited.contains(m) {
                 self.since.insert(m.clone(), (self.log_end.1, now));
@@ -724,6 +766,12 @@ impl Core {
         fx
     }
 
+    /// A replication peer was refused for who it is (another cluster or deployment, not a
+    /// member, not the directed leader): reported in heartbeats so the controller journals it.
+    pub fn note_refused(&mut self, why: String) {
+        self.last_refused = Some(why);
+    }
+
     /// Records the range a truncation archived (reported in heartbeats and status).
     pub fn note_cut(&mut self, cut: CutRange) {
         self.last_cut = Some(cut);
@@ -760,6 +808,7 @@ impl Core {
         Heartbeat {
             seq,
             cluster: self.cfg.cluster.clone(),
+            cluster_id: self.cluster_id,
             id: self.cfg.id.clone(),
             data_id: self.cfg.data_id,
             boot_id: self.cfg.boot_id,
@@ -791,6 +840,7 @@ impl Core {
                 Vec::new()
             },
             last_cut: self.last_cut.clone(),
+            refused_peer: self.last_refused.clone(),
         }
     }
 

@@ -135,9 +135,9 @@ fn note_cut(node: &Node, a: &Archived, below_commit: bool) {
 /// One stream's life.
 async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> Result<(), String> {
     let mut framed = connect(&leader.addr).await?;
-    let (data_id, epoch) = {
+    let (data_id, epoch, cluster_id) = {
         let g = node.lock();
-        (g.core().data_id(), g.core().epoch())
+        (g.core().data_id(), g.core().epoch(), g.core().cluster_id())
     };
     send(
         &mut framed,
@@ -146,11 +146,30 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
             data_id,
             boot_id: node.boot_id,
             epoch,
+            cluster: node.cfg.cluster.clone(),
+            cluster_id,
         },
     )
     .await?;
     let leader_epoch = match recv(&mut framed, EXCHANGE_TIMEOUT).await?.0 {
-        Msg::Welcome { epoch, .. } => epoch,
+        Msg::Welcome {
+            epoch,
+            leader: who,
+            boot_id,
+            data_id,
+            cluster,
+            cluster_id,
+        } => {
+            let mut g = node.lock();
+            if let Err(why) = g
+                .core()
+                .follower_check_leader(leader, &who, boot_id, data_id, &cluster, cluster_id)
+            {
+                g.core_mut().note_refused(why.clone());
+                return Err(format!("refusing the stream: {why}"));
+            }
+            epoch
+        }
         Msg::Refused { reason, .. } => {
             return Err(format!("the leader refused the stream: {reason}"))
         }

@@ -60,6 +60,8 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
             id,
             data_id,
             epoch: follower_epoch,
+            cluster,
+            cluster_id,
             ..
         },
         _,
@@ -67,14 +69,22 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
     else {
         return Err("the first message was not a hello".into());
     };
-    let (accepted, epoch) = {
+    let (accepted, epoch, me) = {
         let mut g = node.lock();
-        let (res, fx) = g
-            .core_mut()
-            .leader_accept(clock::now_ms(), &id, data_id, follower_epoch);
+        // Identity first: nothing a stranger says (its epoch included) may count.
+        let (res, fx) = match g.core().leader_check_peer(&id, &cluster, cluster_id) {
+            Ok(()) => g
+                .core_mut()
+                .leader_accept(clock::now_ms(), &id, data_id, follower_epoch),
+            Err(why) => {
+                g.core_mut().note_refused(why.clone());
+                (Err(why), Vec::new())
+            }
+        };
         let epoch = g.core().epoch();
+        let me = (g.core().data_id(), g.core().cluster_id());
         node.after_step(g, fx);
-        (res, epoch)
+        (res, epoch, me)
     };
     let stream = match accepted {
         Ok(s) => s,
@@ -95,6 +105,10 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
         &Msg::Welcome {
             epoch,
             leader: node.id.clone(),
+            boot_id: node.boot_id,
+            data_id: me.0,
+            cluster: node.cfg.cluster.clone(),
+            cluster_id: me.1,
         },
     )
     .await?;

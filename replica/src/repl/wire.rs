@@ -26,6 +26,12 @@ pub enum Msg {
         data_id: DataId,
         boot_id: BootId,
         epoch: Epoch,
+        /// The follower's cluster name and deployment id (0: not known yet): a leader refuses
+        /// a follower of another cluster before anything else (its epoch included) counts.
+        #[serde(default)]
+        cluster: String,
+        #[serde(default)]
+        cluster_id: u64,
     },
     /// Divergence exchange: "where does your log of epoch `epoch` end?"
     EpochQuery {
@@ -45,6 +51,15 @@ pub enum Msg {
     Welcome {
         epoch: Epoch,
         leader: NodeId,
+        /// Who answers: the follower checks them against the leader its directive named.
+        #[serde(default)]
+        boot_id: BootId,
+        #[serde(default)]
+        data_id: DataId,
+        #[serde(default)]
+        cluster: String,
+        #[serde(default)]
+        cluster_id: u64,
     },
     /// Answer to `EpochQuery`: `epoch` is the largest epoch ≤ the queried one in the leader's
     /// history, `end` the first LSN after it. `lossy_above`: a lossy leader-start lies above.

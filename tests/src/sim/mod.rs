@@ -870,6 +870,7 @@ impl World {
             snapshot_log_bytes: u64::MAX,
         };
         let rec = Recovered {
+            cluster_id: 0,
             epoch: rep.meta_epoch,
             applied_rev: rep.meta_rev,
             unclean: rep.meta_unclean,
