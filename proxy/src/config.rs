@@ -45,7 +45,9 @@ pub struct Timing {
     /// Connecting to a replica gets this long; a connection not made sent nothing, so the
     /// request may be re-sent. Shorter than `request_timeout_ms`.
     pub connect_timeout_ms: u64,
-    /// `wait_ms` of the long-poll on each controller's `GET /v1/clusters/{c}/leader`.
+    /// `wait_ms` of the long-poll on each controller's `GET /v1/clusters/{c}/leader`. A
+    /// controller behind the view answers only when the wait runs out, so this also paces the
+    /// reset to a new, lower cluster state ([`crate::view::ResetRule::for_long_poll`]).
     pub long_poll_ms: u64,
     /// Extra time a controller gets to answer beyond `long_poll_ms`, and the whole time of a
     /// non-waiting controller request (the cluster view for the member list).
