@@ -106,9 +106,10 @@ impl Shared {
             })
             .collect();
         Shared {
-            view: watch::Sender::new(ClusterView::new(ResetRule::for_long_poll(
-                cfg.timing.long_poll_ms,
-            ))),
+            view: watch::Sender::new(ClusterView::new(ResetRule {
+                after_ms: cfg.timing.state_reset_after_ms,
+                ..ResetRule::default()
+            })),
             controllers,
             http: http_client(connect, 1024),
             fresh_http: http_client(connect, 0),

@@ -110,21 +110,11 @@ pub struct ResetRule {
 }
 
 impl Default for ResetRule {
-    /// Three rounds of the default 5 s long-poll (a controller behind the view answers a
-    /// long-poll only when it runs out).
+    /// The config's default (`timing.state_reset_after_ms`) and three answers: with the default
+    /// 5 s long-poll, a controller behind the view answers every 5 s.
     fn default() -> Self {
         ResetRule {
             after_ms: 10_000,
-            answers: 3,
-        }
-    }
-}
-
-impl ResetRule {
-    /// The rule for a proxy that long-polls for `long_poll_ms`: three answers, two rounds apart.
-    pub fn for_long_poll(long_poll_ms: u64) -> ResetRule {
-        ResetRule {
-            after_ms: long_poll_ms.saturating_mul(2),
             answers: 3,
         }
     }

@@ -415,8 +415,7 @@ async fn a_reinitialized_cluster_with_lower_revs_and_epochs_is_followed_after_a_
     ctl.set_state(Some(a1), 5, 40);
     let p = start_proxy(
         ctl_addr,
-        "failover_buffer_ms = 8000
-long_poll_ms = 100",
+        "failover_buffer_ms = 8000\nlong_poll_ms = 100\nstate_reset_after_ms = 300",
     )
     .await;
     let url = format!("{}/v1/kv/k", p.url);
@@ -451,12 +450,7 @@ async fn a_recovered_state_with_a_higher_epoch_and_a_lower_rev_is_followed() {
     let (ctl, ctl_addr) = start_ctl().await;
     let (r1, a1) = start_replica(Behaviour::Ok, 5).await;
     ctl.set_state(Some(a1), 5, 40);
-    let p = start_proxy(
-        ctl_addr,
-        "failover_buffer_ms = 8000
-long_poll_ms = 100",
-    )
-    .await;
+    let p = start_proxy(ctl_addr, "failover_buffer_ms = 8000\nlong_poll_ms = 100").await;
     let url = format!("{}/v1/kv/k", p.url);
     let (status, body, _) = call("PUT", &url).await;
     assert_eq!(status, 200, "{body}");
