@@ -26,6 +26,12 @@ pub struct ControllerConfig {
     pub clusters: Vec<ClusterConfig>,
 }
 
+/// The longest a failure timeout or sync wait may be (10 minutes): longer is a typo, and
+/// deadlines computed from it must not overflow.
+const MAX_MS: u64 = 600_000;
+
+/// Timing tunables. Validated together: heartbeats renew the lease (at least 3 per lease), and
+/// the lease, stretched by the clock drift, runs out before `failure_timeout_ms`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timing {
@@ -128,38 +134,59 @@ impl ControllerConfig {
             }
         }
         let t = &self.timing;
+        // The relations of DESIGN.md §5: a lease renewed by heartbeats, and run out, on the
+        // leader's clock, before a failover may be declared.
         if !(10..=10_000).contains(&t.heartbeat_interval_ms) {
             return bad(
                 "timing.heartbeat_interval_ms",
                 format!("{} is outside 10..=10000", t.heartbeat_interval_ms),
             );
         }
-        if t.failure_timeout_ms < 3 * t.heartbeat_interval_ms {
+        if !(0.0..=0.1).contains(&t.clock_drift) {
+            return bad(
+                "timing.clock_drift",
+                format!("{} is outside 0.0..=0.1", t.clock_drift),
+            );
+        }
+        let beats = 3 * t.heartbeat_interval_ms;
+        if t.failure_timeout_ms < beats {
             return bad(
                 "timing.failure_timeout_ms",
                 format!(
-                    "{} must be at least 3 heartbeat intervals ({})",
-                    t.failure_timeout_ms,
-                    3 * t.heartbeat_interval_ms
+                    "{} must be at least 3 heartbeat intervals ({beats})",
+                    t.failure_timeout_ms
                 ),
             );
         }
-        if t.lease_ms == 0 || t.lease_ms >= t.failure_timeout_ms {
+        if t.failure_timeout_ms > MAX_MS {
+            return bad(
+                "timing.failure_timeout_ms",
+                format!("{} is above the maximum of {MAX_MS}", t.failure_timeout_ms),
+            );
+        }
+        if t.lease_ms == 0 {
+            return bad("timing.lease_ms", "must be positive".into());
+        }
+        if t.lease_ms < beats {
             return bad(
                 "timing.lease_ms",
                 format!(
-                    "{} must be positive and shorter than timing.failure_timeout_ms ({})",
+                    "{} must cover at least 3 heartbeat intervals ({beats}): the leader's lease \
+                     is renewed by heartbeat answers, and must survive two lost ones",
+                    t.lease_ms
+                ),
+            );
+        }
+        let rho = t.clock_drift;
+        let stretched = t.lease_ms as f64 * (1.0 + rho) / (1.0 - rho);
+        if stretched >= t.failure_timeout_ms as f64 {
+            return bad(
+                "timing.lease_ms",
+                format!(
+                    "{} stretched by the clock drift (lease_ms*(1+clock_drift)/(1-clock_drift) \
+                     = {stretched:.0}) is not shorter than timing.failure_timeout_ms ({}): a \
+                     failover could be declared while the old leader still holds its lease",
                     t.lease_ms, t.failure_timeout_ms
-                ),
-            );
-        }
-        if t.lease_ms < 2 * t.heartbeat_interval_ms {
-            return bad(
-                "timing.lease_ms",
-                format!(
-                    "{} must cover at least 2 heartbeat intervals ({})",
-                    t.lease_ms,
-                    2 * t.heartbeat_interval_ms
                 ),
             );
         }
@@ -169,10 +196,23 @@ impl ControllerConfig {
                 format!("{} is outside 1..=60", t.election_ttl_s),
             );
         }
-        if !(0.0..=0.1).contains(&t.clock_drift) {
+        if t.sync_wait_ms == 0 {
+            return bad("timing.sync_wait_ms", "must be positive".into());
+        }
+        if t.sync_wait_ms < beats {
             return bad(
-                "timing.clock_drift",
-                format!("{} is outside 0.0..=0.1", t.clock_drift),
+                "timing.sync_wait_ms",
+                format!(
+                    "{} must be at least 3 heartbeat intervals ({beats}): adding a sync member \
+                     takes a directive and two leader heartbeats",
+                    t.sync_wait_ms
+                ),
+            );
+        }
+        if t.sync_wait_ms > MAX_MS {
+            return bad(
+                "timing.sync_wait_ms",
+                format!("{} is above the maximum of {MAX_MS}", t.sync_wait_ms),
             );
         }
         if self.clusters.is_empty() {
@@ -282,5 +322,115 @@ mod tests {
             e.starts_with("c.toml: clusters[0].members[1].addr: "),
             "{e}"
         );
+    }
+
+    /// The deploy example with one `[timing]` line replaced (or added).
+    fn timing(changes: &[(&str, &str)]) -> String {
+        let mut text = include_str!("../../deploy/controller.toml").to_string();
+        for (key, value) in changes {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .map(str::to_string);
+            text = match line {
+                Some(l) => text.replacen(&l, &format!("{key} = {value}"), 1),
+                None => text.replacen("[timing]\n", &format!("[timing]\n{key} = {value}\n"), 1),
+            };
+        }
+        text
+    }
+
+    /// Issue 10 item 9: timings that cannot work are refused at start, naming the key and the
+    /// problem. One row a case: the `[timing]` changes, the key named, a word of the problem.
+    #[test]
+    fn timings_that_cannot_work_are_refused_naming_key_and_problem() {
+        type Row<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let rows: &[Row] = &[
+            (
+                &[("heartbeat_interval_ms", "0")],
+                "timing.heartbeat_interval_ms",
+                "outside",
+            ),
+            (
+                &[("failure_timeout_ms", "0")],
+                "timing.failure_timeout_ms",
+                "3 heartbeat",
+            ),
+            (
+                &[("failure_timeout_ms", "250")],
+                "timing.failure_timeout_ms",
+                "3 heartbeat",
+            ),
+            (
+                &[("failure_timeout_ms", "700000")],
+                "timing.failure_timeout_ms",
+                "maximum",
+            ),
+            (&[("lease_ms", "0")], "timing.lease_ms", "positive"),
+            // Fewer than 3 heartbeats per lease: two lost heartbeats lose the lease.
+            (&[("lease_ms", "250")], "timing.lease_ms", "3 heartbeat"),
+            (
+                &[("heartbeat_interval_ms", "250")],
+                "timing.lease_ms",
+                "3 heartbeat",
+            ),
+            // The leader's lease, stretched by the clock drift, must run out before a failover
+            // may be declared: 790 * 1.01 / 0.99 = 806 > 800.
+            (
+                &[("lease_ms", "790")],
+                "timing.lease_ms",
+                "failure_timeout_ms",
+            ),
+            (
+                &[("lease_ms", "900")],
+                "timing.lease_ms",
+                "failure_timeout_ms",
+            ),
+            (
+                &[("clock_drift", "0.1"), ("failure_timeout_ms", "700")],
+                "timing.lease_ms",
+                "failure_timeout_ms",
+            ),
+            (&[("clock_drift", "0.2")], "timing.clock_drift", "outside"),
+            (&[("clock_drift", "nan")], "timing.clock_drift", "outside"),
+            (
+                &[("election_ttl_s", "0")],
+                "timing.election_ttl_s",
+                "outside",
+            ),
+            (&[("sync_wait_ms", "0")], "timing.sync_wait_ms", "positive"),
+            (
+                &[("sync_wait_ms", "200")],
+                "timing.sync_wait_ms",
+                "3 heartbeat",
+            ),
+            (
+                &[("sync_wait_ms", "700000")],
+                "timing.sync_wait_ms",
+                "maximum",
+            ),
+        ];
+        for (changes, key, problem) in rows {
+            let e = ControllerConfig::parse(Path::new("c.toml"), &timing(changes))
+                .expect_err("must be refused")
+                .to_string();
+            assert!(
+                e.starts_with(&format!("c.toml: {key}: ")),
+                "{changes:?}: {e}"
+            );
+            assert!(e.contains(problem), "{changes:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // The edges that work.
+        for changes in [
+            &[("lease_ms", "300")][..],
+            &[("lease_ms", "780")],
+            &[("clock_drift", "0.1"), ("failure_timeout_ms", "750")],
+            &[("sync_wait_ms", "300")],
+            &[("failure_timeout_ms", "600000"), ("sync_wait_ms", "600000")],
+        ] {
+            ControllerConfig::parse(Path::new("c.toml"), &timing(changes))
+                .unwrap_or_else(|e| panic!("{changes:?}: {e}"));
+        }
     }
 }

@@ -174,6 +174,7 @@ async fn status(State(sh): S) -> Response {
         "from_active": v.from_active,
         "members": v.members,
         "leader_changes": v.leader_changes,
+        "state_resets": v.state_resets,
         "controllers": controllers,
         "controllers_reachable": sh.controllers_reachable(),
         "buffered": sh.buffered(),

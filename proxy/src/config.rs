@@ -45,8 +45,16 @@ pub struct Timing {
     /// Connecting to a replica gets this long; a connection not made sent nothing, so the
     /// request may be re-sent. Shorter than `request_timeout_ms`.
     pub connect_timeout_ms: u64,
-    /// `wait_ms` of the long-poll on each controller's `GET /v1/clusters/{c}/leader`.
+    /// `wait_ms` of the long-poll on each controller's `GET /v1/clusters/{c}/leader`. A
+    /// controller behind the view answers only when the wait runs out, so this also paces the
+    /// reset to a new, lower cluster state (three such answers are needed).
     pub long_poll_ms: u64,
+    /// How long every active controller must have named a cluster state behind the proxy's (a
+    /// lower rev, or a lower epoch) before the proxy follows it, lowering its rev and epoch:
+    /// etcd emptied and the cluster initialized again, or restored from a backup
+    /// ([`crate::view::ResetRule`]). Longer than the controllers' election TTL: a controller
+    /// cut off from etcd may answer as active from an old read until its lease runs out.
+    pub state_reset_after_ms: u64,
     /// Extra time a controller gets to answer beyond `long_poll_ms`, and the whole time of a
     /// non-waiting controller request (the cluster view for the member list).
     pub controller_timeout_ms: u64,
@@ -61,6 +69,7 @@ impl Default for Timing {
             request_timeout_ms: 10_000,
             connect_timeout_ms: 500,
             long_poll_ms: 5000,
+            state_reset_after_ms: 10_000,
             controller_timeout_ms: 1000,
             shutdown_drain_ms: 5000,
         }
@@ -170,6 +179,12 @@ impl ProxyConfig {
         if t.controller_timeout_ms == 0 {
             return bad("timing.controller_timeout_ms", "must be positive".into());
         }
+        if !(1..=600_000).contains(&t.state_reset_after_ms) {
+            return bad(
+                "timing.state_reset_after_ms",
+                format!("{} is outside 1..=600000", t.state_reset_after_ms),
+            );
+        }
         let l = &self.limits;
         if !(1..=65_535).contains(&l.key_bytes_max) {
             return bad(
@@ -266,6 +281,10 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
             (
                 "[timing]\ncontroller_timeout_ms = 0\n",
                 "timing.controller_timeout_ms",
+            ),
+            (
+                "[timing]\nstate_reset_after_ms = 0\n",
+                "timing.state_reset_after_ms",
             ),
             (
                 "[timing]\nfailover_buffer_ms = -1\n",

@@ -10,7 +10,7 @@
 //! view's `watch` channel when an answer changes the leader or the rev.
 
 use crate::shared::Shared;
-use crate::view::{Applied, LeaderAnswer};
+use crate::view::{Applied, LeaderAnswer, NewStateWhy};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
@@ -79,21 +79,48 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .unwrap_or(Err(CtlError::Timeout))
 }
 
-/// Applies an answer to the view, waking held requests if it changed; logs leader changes.
+/// Applies an answer to the view, waking held requests if it changed; logs leader changes and
+/// (WARN) a cluster state replaced by a new one.
 fn apply(sh: &Shared, from: &str, a: &LeaderAnswer) {
     let mut applied = Applied::Ignored;
     let (mut before, mut after) = (None, None);
+    let now = sh.now_ms();
     sh.view.send_if_modified(|v| {
         before = v.leader.clone();
-        applied = v.on_leader_answer(a);
+        applied = v.on_leader_answer(now, a);
         after = v.leader.clone();
         matches!(applied, Applied::Changed { .. })
     });
-    let Applied::Changed { leader_changed, .. } = applied else {
+    let Applied::Changed {
+        leader_changed,
+        new_state,
+        ..
+    } = applied
+    else {
         return;
     };
     if leader_changed {
         sh.metrics.leader_changes.inc();
+    }
+    if let Some(n) = new_state {
+        sh.metrics.state_resets.inc();
+        let why = match n.why {
+            NewStateWhy::HigherEpochLowerRev => {
+                "the active controller names a higher epoch at a lower rev, which no answer of \
+                 the same state can (etcd re-created or restored, or `recover` run)"
+                    .to_string()
+            }
+            NewStateWhy::OtherStateId => "the active controller names another state id".into(),
+            NewStateWhy::BehindFor { ms, answers } => format!(
+                "every active controller's answer was behind the view for {ms} ms ({answers} \
+                 answers) and no replica showed a higher epoch (etcd emptied and the cluster \
+                 initialized again, or restored from a backup)"
+            ),
+        };
+        tracing::warn!(
+            old_epoch = n.old_epoch, old_rev = n.old_rev, epoch = ?a.epoch, rev = a.rev,
+            controller = from, "following a new cluster state, its epoch and revs: {why}"
+        );
     }
     if before == after {
         tracing::debug!(rev = a.rev, epoch = ?a.epoch, controller = from, "newer cluster state");

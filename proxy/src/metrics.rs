@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy: requests by result, held (buffered) requests, re-sends by
-//! reason, leader changes, and what the proxy knows (epoch, rev, reachable controllers).
-//! Counters are updated where things happen; gauges of the view are set when `/metrics` is
+//! reason, leader changes, cluster states replaced, and what the proxy knows (epoch, rev,
+//! reachable controllers). Counters are updated where things happen; gauges of the view are set when `/metrics` is
 //! scraped. Nothing here decides anything.
 
 use prometheus::{
@@ -21,6 +21,9 @@ pub struct Metrics {
     /// Re-sends by reason (`no_leader`, `connect_failed`, `not_leader`, `stale_epoch`, …).
     pub retries: IntCounterVec,
     pub leader_changes: IntCounter,
+    /// Times the controllers' cluster state was replaced by a new one (re-init, restore,
+    /// `recover`) and the view followed it, lowering its rev and perhaps its epoch.
+    pub state_resets: IntCounter,
     pub epoch: IntGauge,
     pub rev: IntGauge,
     pub controllers_reachable: IntGauge,
@@ -81,6 +84,10 @@ impl Metrics {
             leader_changes: reg!(c(
                 "baton_proxy_leader_changes_total",
                 "Leader changes seen from the controllers"
+            )),
+            state_resets: reg!(c(
+                "baton_proxy_state_resets_total",
+                "Times a new cluster state (re-init, restore, recover) replaced the view"
             )),
             epoch: reg!(g(
                 "baton_proxy_epoch",

@@ -11,7 +11,7 @@
 
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
-use crate::view::ClusterView;
+use crate::view::{ClusterView, ResetRule};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -74,6 +74,8 @@ pub struct Shared {
     buffered: AtomicUsize,
     /// Round-robin turn of `consistency=any` reads.
     any_turn: AtomicUsize,
+    /// The origin of [`Shared::now_ms`], the view's clock.
+    started: Instant,
 }
 
 /// How long a replica stays suspect after a connection to it failed (each failure extends it).
@@ -104,7 +106,10 @@ impl Shared {
             })
             .collect();
         Shared {
-            view: watch::Sender::new(ClusterView::default()),
+            view: watch::Sender::new(ClusterView::new(ResetRule {
+                after_ms: cfg.timing.state_reset_after_ms,
+                ..ResetRule::default()
+            })),
             controllers,
             http: http_client(connect, 1024),
             fresh_http: http_client(connect, 0),
@@ -113,15 +118,23 @@ impl Shared {
             metrics: Metrics::new(),
             buffered: AtomicUsize::new(0),
             any_turn: AtomicUsize::new(0),
+            started: Instant::now(),
             cfg,
         }
     }
 
-    /// Raises the highest epoch seen (from a replica's reply) without waking held requests:
-    /// a higher epoch alone names no new leader.
+    /// Milliseconds since the proxy started, on a monotonic clock: the time the view's rules
+    /// are given.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Notes an epoch from a replica's reply without waking held requests: a higher epoch alone
+    /// names no new leader.
     pub fn raise_epoch(&self, epoch: u64) {
+        let now = self.now_ms();
         self.view.send_if_modified(|v| {
-            v.raise_epoch(epoch);
+            v.on_replica_epoch(now, epoch);
             false
         });
     }

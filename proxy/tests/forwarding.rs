@@ -39,6 +39,16 @@ impl Ctl {
             *rev += 1;
         });
     }
+
+    /// Replaces the state with one at the given rev, which may be lower than the one before: etcd
+    /// emptied and the cluster initialized again, restored from a backup, or `recover`ed.
+    fn set_state(&self, addr: Option<SocketAddr>, epoch: u64, rev: u64) {
+        self.state.send_modify(|(a, e, r)| {
+            *a = addr.map(|x| x.to_string());
+            *e = epoch;
+            *r = rev;
+        });
+    }
 }
 
 async fn ctl_leader(State(c): State<Ctl>, Query(q): Query<HashMap<String, u64>>) -> Response {
@@ -391,6 +401,71 @@ async fn any_reads_rotate_over_the_members() {
     );
     assert_eq!(h1 + h2, 6);
     assert!(h1 >= 2 && h2 >= 2, "{h1} {h2}");
+    p.stop().await;
+}
+
+/// Issue 10 item 9: after etcd was emptied and the cluster initialized again (fresh replicas,
+/// epoch 1, etcd revisions from the start), the proxy kept the old rev and epoch, ignored every
+/// answer as older, and sent `Baton-Min-Epoch: 5` that no replica could meet. Once the active
+/// controller has said so for a grace period, it follows the new state, epoch included.
+#[tokio::test]
+async fn a_reinitialized_cluster_with_lower_revs_and_epochs_is_followed_after_a_grace_period() {
+    let (ctl, ctl_addr) = start_ctl().await;
+    let (r1, a1) = start_replica(Behaviour::Ok, 5).await;
+    ctl.set_state(Some(a1), 5, 40);
+    let p = start_proxy(
+        ctl_addr,
+        "failover_buffer_ms = 8000\nlong_poll_ms = 100\nstate_reset_after_ms = 300",
+    )
+    .await;
+    let url = format!("{}/v1/kv/k", p.url);
+    let (status, body, _) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    // The old replicas are gone (wiped): what answers at r1's address now is not the leader.
+    *r1.behaviour.lock().expect("lock") = Behaviour::NotLeader;
+    let (r2, a2) = start_replica(Behaviour::Ok, 1).await;
+    ctl.set_state(Some(a2), 1, 3);
+    let (status, body, headers) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("baton-epoch").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_eq!(*r2.min_epochs.lock().expect("lock"), vec![1]);
+    let (_, st, _) = call("GET", &format!("{}/v1/status", p.url)).await;
+    assert_eq!(
+        (st["epoch"].as_u64(), st["rev"].as_u64()),
+        (Some(1), Some(3)),
+        "{st}"
+    );
+    assert_eq!(st["state_resets"], 1, "{st}");
+    p.stop().await;
+}
+
+/// Issue 10 item 9: etcd restored from a backup and `recover` run: the new state has a higher
+/// epoch than any the proxy saw, at a lower rev. That cannot be an old answer of the same state
+/// (within one state the epoch only grows with the rev), so it is followed at once.
+#[tokio::test]
+async fn a_recovered_state_with_a_higher_epoch_and_a_lower_rev_is_followed() {
+    let (ctl, ctl_addr) = start_ctl().await;
+    let (r1, a1) = start_replica(Behaviour::Ok, 5).await;
+    ctl.set_state(Some(a1), 5, 40);
+    let p = start_proxy(ctl_addr, "failover_buffer_ms = 8000\nlong_poll_ms = 100").await;
+    let url = format!("{}/v1/kv/k", p.url);
+    let (status, body, _) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    *r1.behaviour.lock().expect("lock") = Behaviour::NotLeader;
+    let (r2, a2) = start_replica(Behaviour::Ok, 6).await;
+    ctl.set_state(Some(a2), 6, 12);
+    let (status, body, _) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(*r2.min_epochs.lock().expect("lock"), vec![6]);
+    let (_, st, _) = call("GET", &format!("{}/v1/status", p.url)).await;
+    assert_eq!(
+        (st["epoch"].as_u64(), st["rev"].as_u64()),
+        (Some(6), Some(12)),
+        "{st}"
+    );
     p.stop().await;
 }
 

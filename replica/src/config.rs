@@ -175,8 +175,39 @@ impl ReplicaConfig {
                 format!("{} is outside 0.0..=0.1", t.clock_drift),
             );
         }
+        if t.heartbeat_timeout_ms > 60_000 {
+            return bad(
+                "timing.heartbeat_timeout_ms",
+                format!(
+                    "{} is above the maximum of 60000 (a directive that late grants no lease)",
+                    t.heartbeat_timeout_ms
+                ),
+            );
+        }
         if t.write_timeout_ms == 0 {
             return bad("timing.write_timeout_ms", "must be positive".into());
+        }
+        if t.write_timeout_ms > 600_000 {
+            return bad(
+                "timing.write_timeout_ms",
+                format!("{} is above the maximum of 600000", t.write_timeout_ms),
+            );
+        }
+        if t.shutdown_drain_ms == 0 {
+            return bad(
+                "timing.shutdown_drain_ms",
+                "must be positive: on SIGTERM pending writes need time to commit".into(),
+            );
+        }
+        if t.shutdown_drain_ms > 60_000 {
+            return bad(
+                "timing.shutdown_drain_ms",
+                format!(
+                    "{} is above the maximum of 60000 (a service manager kills a process that \
+                     takes longer to stop)",
+                    t.shutdown_drain_ms
+                ),
+            );
         }
         let s = &self.storage;
         if s.segment_bytes_max < 4096 {
@@ -287,5 +318,70 @@ controllers = ["http://127.0.0.1:7001"]
         .expect_err("bad listen")
         .to_string();
         assert!(e.starts_with("r.toml: listen: "), "{e}");
+    }
+
+    /// Issue 10 item 9: timings that cannot work are refused at start, naming the key and the
+    /// problem. One row a case: the `[timing]` lines, the key named, a word of the problem.
+    #[test]
+    fn timings_that_cannot_work_are_refused_naming_key_and_problem() {
+        let rows: &[(&str, &str, &str)] = &[
+            (
+                "heartbeat_interval_ms = 0",
+                "timing.heartbeat_interval_ms",
+                "outside",
+            ),
+            (
+                "heartbeat_timeout_ms = 0",
+                "timing.heartbeat_timeout_ms",
+                "shorter",
+            ),
+            (
+                "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 150",
+                "timing.heartbeat_timeout_ms",
+                "shorter",
+            ),
+            (
+                "heartbeat_timeout_ms = 60001",
+                "timing.heartbeat_timeout_ms",
+                "maximum",
+            ),
+            ("clock_drift = -0.01", "timing.clock_drift", "outside"),
+            ("clock_drift = nan", "timing.clock_drift", "outside"),
+            (
+                "write_timeout_ms = 0",
+                "timing.write_timeout_ms",
+                "positive",
+            ),
+            (
+                "write_timeout_ms = 600001",
+                "timing.write_timeout_ms",
+                "maximum",
+            ),
+            // A leader stopped with SIGTERM must give pending writes time to commit.
+            (
+                "shutdown_drain_ms = 0",
+                "timing.shutdown_drain_ms",
+                "positive",
+            ),
+            (
+                "shutdown_drain_ms = 60001",
+                "timing.shutdown_drain_ms",
+                "maximum",
+            ),
+        ];
+        for (lines, key, problem) in rows {
+            let e = err(&format!("[timing]\n{lines}\n"));
+            assert!(e.starts_with(&format!("r.toml: {key}: ")), "{lines}: {e}");
+            assert!(e.contains(problem), "{lines}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        for lines in [
+            "heartbeat_timeout_ms = 60000",
+            "write_timeout_ms = 600000",
+            "shutdown_drain_ms = 1\nheartbeat_interval_ms = 10\nheartbeat_timeout_ms = 10",
+        ] {
+            ReplicaConfig::parse(Path::new("r.toml"), &format!("{GOOD}[timing]\n{lines}\n"))
+                .unwrap_or_else(|e| panic!("{lines}: {e}"));
+        }
     }
 }
