@@ -3,8 +3,9 @@
 //! and proxies, operations, the journal, and `/metrics`. Every error is JSON `{error, message}`.
 
 use crate::core::{Now, Observed, OpError};
-use crate::runtime::{now, ClusterRt, EtcdHealth};
+use crate::runtime::{now, ClusterRt};
 use crate::state::Control;
+use crate::upkeep::EtcdHealth;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,7 @@ use std::time::Duration;
 pub struct Api {
     pub clusters: Vec<Arc<ClusterRt>>,
     pub etcd: etcd_client::Client,
-    /// What `runtime::run_etcd_upkeep` last learned of etcd (alarms, size).
+    /// What `upkeep::run_etcd_upkeep` last learned of etcd (alarms, size).
     pub etcd_health: Arc<Mutex<EtcdHealth>>,
     pub id: String,
     pub addr: String,

@@ -5,7 +5,8 @@
 use baton_controller::api::{self, Api};
 use baton_controller::config::ControllerConfig;
 use baton_controller::core::ClusterCore;
-use baton_controller::runtime::{self, ClusterRt, EtcdHealth, Keys, Session};
+use baton_controller::runtime::{self, ClusterRt, Keys, Session};
+use baton_controller::upkeep::{self, EtcdHealth};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,7 +113,7 @@ async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         clusters.push(rt);
     }
     let etcd_health = Arc::new(Mutex::new(EtcdHealth::default()));
-    tasks.push(tokio::spawn(runtime::run_etcd_upkeep(
+    tasks.push(tokio::spawn(upkeep::run_etcd_upkeep(
         etcd.clone(),
         clusters.clone(),
         etcd_health.clone(),
