@@ -1,10 +1,11 @@
 //! The controller's HTTP API (DESIGN.md §7): the heartbeat endpoint replicas call, the cluster
-//! view and the leader (long-poll on the state rev) for `batonctl` and proxies, operations, the
-//! journal, and `/metrics`. Every error is JSON `{error, message}`.
+//! view (with etcd's alarms and size) and the leader (long-poll on the state rev) for `batonctl`
+//! and proxies, operations, the journal, and `/metrics`. Every error is JSON `{error, message}`.
 
 use crate::core::{Now, Observed, OpError};
 use crate::runtime::{now, ClusterRt};
 use crate::state::Control;
+use crate::upkeep::EtcdHealth;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,13 +15,15 @@ use baton_common::directive::Heartbeat;
 use baton_common::NodeId;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Shared by all handlers.
 pub struct Api {
     pub clusters: Vec<Arc<ClusterRt>>,
     pub etcd: etcd_client::Client,
+    /// What `upkeep::run_etcd_upkeep` last learned of etcd (alarms, size).
+    pub etcd_health: Arc<Mutex<EtcdHealth>>,
     pub id: String,
     pub addr: String,
 }
@@ -82,7 +85,12 @@ async fn heartbeat(State(api): S, Path(c): Path<String>, Json(hb): Json<Heartbea
     Json(d).into_response()
 }
 
-fn view(rt: &ClusterRt, n: Now) -> serde_json::Value {
+fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
+    let etcd = api
+        .etcd_health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let core = rt.lock();
     let (state, rev) = match &core.observed {
         Observed::Present { state, rev } => (Some(state.clone()), *rev),
@@ -128,6 +136,7 @@ fn view(rt: &ClusterRt, n: Now) -> serde_json::Value {
         "members": members,
         "active": core.is_active(),
         "active_controller": core.active_addr,
+        "etcd": etcd,
     })
 }
 
@@ -135,12 +144,12 @@ async fn cluster_default(State(api): S) -> Response {
     let Some(rt) = api.clusters.first() else {
         return err(404, "no_such_cluster", "no cluster configured");
     };
-    Json(view(rt, now())).into_response()
+    Json(view(&api, rt, now())).into_response()
 }
 
 async fn cluster(State(api): S, Path(c): Path<String>) -> Response {
     match find(&api, &c) {
-        Ok(rt) => Json(view(&rt, now())).into_response(),
+        Ok(rt) => Json(view(&api, &rt, now())).into_response(),
         Err(r) => *r,
     }
 }
@@ -327,10 +336,14 @@ async fn history(
         Ok(r) => r,
         Err(r) => return *r,
     };
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50);
     // The journal lives in etcd; read it fresh (a standby's copy may be old).
     let mut etcd = api.etcd.clone();
-    let journal = match crate::runtime::read_state(&mut etcd, &rt.keys).await {
-        Ok((_, j)) => j,
+    let journal = match crate::runtime::read_journal(&mut etcd, &rt.keys, limit).await {
+        Ok(j) => j,
         Err(e) => {
             return err(
                 503,
@@ -339,12 +352,7 @@ async fn history(
             )
         }
     };
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(50);
-    let tail: Vec<_> = journal.iter().rev().take(limit).rev().cloned().collect();
-    Json(tail).into_response()
+    Json(journal).into_response()
 }
 
 async fn metrics(State(api): S) -> Response {

@@ -43,13 +43,23 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
-/// A write for the runtime: the new state (None: unchanged) and the new journal, in one
-/// transaction guarded by `expect_rev` (0: the state key must not exist) and the election.
+/// A write for the runtime: the new state (None: unchanged) and the journal entries that explain
+/// it, in one transaction guarded by `expect_rev` (0: the state key must not exist), the
+/// election, and `journal_after`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Write {
     pub expect_rev: u64,
     pub state: Option<ClusterState>,
+    /// Journal entries to write, each under its own key (its `seq`), oldest first: the new entry,
+    /// or the last one rewritten with a higher count (preceded by the last one when repeats of
+    /// it were counted in memory).
     pub journal: Vec<Entry>,
+    /// The newest journal seq known when the write was made: the transaction also requires that
+    /// no entry above it exists, so nobody's entry is overwritten.
+    pub journal_after: u64,
+    /// The new anti-flapping budget key (Unix ms of the automatic failovers of the last hour),
+    /// when this write starts an automatic failover.
+    pub failovers: Option<Vec<u64>>,
     /// What the write is for (logs).
     pub why: String,
 }
@@ -119,7 +129,14 @@ pub struct ClusterCore {
     /// The active controller's address, as far as known.
     pub active_addr: Option<String>,
     pub observed: Observed,
+    /// The newest journal entries known, oldest first: as read, plus this controller's writes.
     pub journal: Vec<Entry>,
+    /// The automatic failovers of the last hour (the budget key), on this controller's clock.
+    budget: journal::Budget,
+    /// The last entry with repeats counted in memory but not written yet (rate limit).
+    unflushed: Option<Entry>,
+    /// When a repeat last rewrote the last entry.
+    coalesced_at_ms: Option<u64>,
     heard: BTreeMap<NodeId, Heard>,
     inflight: bool,
     /// The most members any standby reports hearing.
@@ -180,6 +197,9 @@ impl ClusterCore {
             active_addr: None,
             observed: Observed::Unknown,
             journal: Vec::new(),
+            budget: journal::Budget::default(),
+            unflushed: None,
+            coalesced_at_ms: None,
             heard: BTreeMap::new(),
             inflight: false,
             standby_hears: 0,
@@ -258,8 +278,9 @@ impl ClusterCore {
         self.active_addr = active_addr;
     }
 
-    /// The runtime read the state key and the journal.
-    pub fn on_observed(&mut self, now: Now, observed: Observed, journal: Vec<Entry>) {
+    /// The runtime read the state key and, with it, the journal's tail and the budget key.
+    pub fn on_observed(&mut self, now: Now, observed: Observed, journal: impl Into<journal::Tail>) {
+        let journal = journal.into();
         // A read that started before this controller's own write committed may arrive after it:
         // revisions only grow, so an older one is ignored.
         if let (Observed::Present { rev: new, .. }, Observed::Present { rev: cur, .. }) =
@@ -299,7 +320,8 @@ impl ClusterCore {
             }
         }
         self.observed = observed;
-        self.journal = journal;
+        self.budget.observe(now.ms, now.unix_ms, &journal.failovers);
+        self.journal = journal.entries;
     }
 
     /// The outcome of the write handed out last.
@@ -307,16 +329,20 @@ impl ClusterCore {
         self.inflight = false;
         match outcome {
             WriteOutcome::Committed { rev } => {
-                self.journal = w.journal.clone();
-                if let Some(s) = &w.state {
-                    self.on_observed(
+                let mut entries = std::mem::take(&mut self.journal);
+                journal::apply(&mut entries, &w.journal);
+                let failovers = w.failovers.clone().unwrap_or_else(|| self.budget.stored());
+                let tail = journal::Tail { entries, failovers };
+                match &w.state {
+                    Some(s) => self.on_observed(
                         now,
                         Observed::Present {
                             state: s.clone(),
                             rev,
                         },
-                        w.journal.clone(),
-                    );
+                        tail,
+                    ),
+                    None => self.journal = tail.entries,
                 }
             }
             // Re-read before deciding anything: the runtime refreshes `observed`.
@@ -347,6 +373,7 @@ impl ClusterCore {
         inputs: serde_json::Value,
     ) -> Entry {
         Entry {
+            seq: 0,
             at_unix_ms: now.unix_ms,
             last_unix_ms: None,
             kind: kind.into(),
@@ -374,10 +401,33 @@ impl ClusterCore {
             .or(cur.as_ref())
             .map_or(Epoch(0), |s| s.epoch);
         let mut j = self.journal.clone();
-        journal::push(
-            &mut j,
-            self.entry(now, kind, epoch, message.clone(), inputs),
-        );
+        let after = j.last().map_or(0, |e| e.seq);
+        // Repeats counted in memory belong to the last entry, if it is still the newest.
+        let unflushed = self.unflushed.take().filter(|u| u.seq == after);
+        if let (Some(u), Some(last)) = (&unflushed, j.last_mut()) {
+            *last = u.clone();
+        }
+        let e = self.entry(now, kind, epoch, message.clone(), inputs);
+        let repeat = journal::repeats(j.last(), &e);
+        if repeat
+            && state.is_none()
+            && self
+                .coalesced_at_ms
+                .is_some_and(|t| now.ms.saturating_sub(t) < journal::COALESCE_WRITE_MS)
+        {
+            // A repeat soon after the last rewrite: counted here, written later.
+            journal::push(&mut j, e);
+            self.unflushed = j.pop();
+            return None;
+        }
+        let mut puts: Vec<Entry> = unflushed.into_iter().filter(|_| !repeat).collect();
+        journal::push(&mut j, e);
+        puts.extend(j.pop());
+        if repeat {
+            self.coalesced_at_ms = Some(now.ms);
+        }
+        let failovers =
+            (kind == "failover").then(|| self.budget.with_failover(now.ms, now.unix_ms));
         self.inflight = true;
         if kind != "refusal" && kind != "blocked" {
             self.last_refusal = None;
@@ -385,9 +435,16 @@ impl ClusterCore {
         Some(Write {
             expect_rev: rev,
             state,
-            journal: j,
+            journal: puts,
+            journal_after: after,
+            failovers,
             why: message,
         })
+    }
+
+    /// Automatic failovers in the last hour (the anti-flapping budget).
+    pub fn failovers_in_last_hour(&self, now: Now) -> usize {
+        self.budget.count(now.ms)
     }
 
     /// A refusal or a blocked decision: journaled once per change of reason.
@@ -891,7 +948,7 @@ impl ClusterCore {
                         format!("paused: automatic failover is off ({why})"),
                     );
                 }
-                let used = journal::failovers_in_last_hour(&self.journal, now.unix_ms);
+                let used = self.failovers_in_last_hour(now);
                 if used >= self.cfg.max_failovers_per_hour {
                     return self.refuse(now, "refusal", format!(
                         "failover budget exhausted: {used} automatic failovers in the last hour (max_failovers_per_hour = {}); \
@@ -1947,7 +2004,7 @@ impl ClusterCore {
         if state.control == Control::Manual {
             blocking.push("paused: automatic failover is off".into());
         }
-        let used = journal::failovers_in_last_hour(&self.journal, now.unix_ms);
+        let used = self.failovers_in_last_hour(now);
         if used >= self.cfg.max_failovers_per_hour {
             blocking.push(format!(
                 "failover budget exhausted ({used} in the last hour)"

@@ -13,3 +13,4 @@ pub mod journal;
 pub mod local;
 pub mod runtime;
 pub mod state;
+pub mod upkeep;

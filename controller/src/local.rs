@@ -396,6 +396,9 @@ async fn up(
                 "--listen-client-urls".into(), url.clone(), "--advertise-client-urls".into(), url.clone(),
                 "--listen-peer-urls".into(), peer.clone(), "--initial-advertise-peer-urls".into(), peer.clone(),
                 "--initial-cluster".into(), format!("baton-local={peer}"),
+                // History behind the last 1000 revisions is dropped (the controller compacts
+                // too): etcd's size stays flat however long the deployment runs.
+                "--auto-compaction-mode".into(), "revision".into(), "--auto-compaction-retention".into(), "1000".into(),
             ];
             let log = s(&edir.join("etcd.log"));
             let pid = spawn(&cmd, Path::new(&log))?;

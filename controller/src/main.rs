@@ -6,6 +6,7 @@ use baton_controller::api::{self, Api};
 use baton_controller::config::ControllerConfig;
 use baton_controller::core::ClusterCore;
 use baton_controller::runtime::{self, ClusterRt, Keys, Session};
+use baton_controller::upkeep::{self, EtcdHealth};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,10 +112,18 @@ async fn run(cfg: ControllerConfig) -> anyhow::Result<()> {
         )));
         clusters.push(rt);
     }
+    let etcd_health = Arc::new(Mutex::new(EtcdHealth::default()));
+    tasks.push(tokio::spawn(upkeep::run_etcd_upkeep(
+        etcd.clone(),
+        clusters.clone(),
+        etcd_health.clone(),
+        cancel.clone(),
+    )));
     let api_clusters = clusters.clone();
     let api = Arc::new(Api {
         clusters,
         etcd: etcd.clone(),
+        etcd_health,
         id: cfg.id.clone(),
         addr: cfg.advertised(),
     });

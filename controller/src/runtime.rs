@@ -2,14 +2,21 @@
 //! trusted only until keepalive-sent + TTL·(1−ρ)), the election per cluster (a key created under
 //! that lease; its create revision is the controller term), polling the cluster state, executing
 //! the core's writes as guarded transactions, and publishing how many members this controller
-//! hears (under its lease) so that a controller hearing fewer decides no failover.
+//! hears (under its lease, put only when the count changes) so that a controller hearing fewer
+//! decides no failover. etcd's own upkeep (compaction, alarms) is `upkeep.rs`.
+//!
+//! Nothing here writes etcd while nothing changes: an idle cluster makes no revisions (lease
+//! keepalives make none), so etcd's size stays flat (TESTING.md row 23).
 
 use crate::config::ControllerConfig;
 use crate::core::{ClusterCore, Now, Observed, Write, WriteOutcome};
-use crate::journal::Entry;
+use crate::journal::{self, Entry, Tail};
 use crate::state::{ClusterState, Phase};
 use baton_common::clock;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -20,7 +27,11 @@ use tokio_util::sync::CancellationToken;
 pub struct Keys {
     pub election: String,
     pub state: String,
+    /// Prefix of the journal entries, `journal/{seq:020}` each.
     pub journal: String,
+    /// The anti-flapping budget: a JSON array of the Unix ms of the automatic failovers of the
+    /// last hour.
+    pub failovers: String,
     pub hears: String,
 }
 
@@ -30,9 +41,24 @@ impl Keys {
         Keys {
             election: format!("{p}election"),
             state: format!("{p}state"),
-            journal: format!("{p}journal"),
+            journal: format!("{p}journal/"),
+            failovers: format!("{p}failovers"),
             hears: format!("{p}hears/"),
         }
+    }
+
+    /// The key of journal entry `seq` (zero-padded: keys sort as numbers).
+    pub fn journal_entry(&self, seq: u64) -> String {
+        format!("{}{seq:020}", self.journal)
+    }
+
+    /// The end of the journal's key range (the prefix with its last byte raised).
+    fn journal_end(&self) -> Vec<u8> {
+        let mut end = self.journal.clone().into_bytes();
+        if let Some(b) = end.last_mut() {
+            *b += 1;
+        }
+        end
     }
 }
 
@@ -128,6 +154,12 @@ async fn txn(etcd: &mut Client, keys: &Keys, w: &Write, term: u64) -> WriteOutco
     } else {
         Compare::mod_revision(keys.state.clone(), CompareOp::Equal, w.expect_rev as i64)
     });
+    // Nobody appended to the journal since the core read it.
+    cmps.push(Compare::create_revision(
+        keys.journal_entry(w.journal_after + 1),
+        CompareOp::Equal,
+        0,
+    ));
     let mut ops = Vec::new();
     if let Some(s) = &w.state {
         ops.push(TxnOp::put(
@@ -136,11 +168,31 @@ async fn txn(etcd: &mut Client, keys: &Keys, w: &Write, term: u64) -> WriteOutco
             None,
         ));
     }
-    ops.push(TxnOp::put(
-        keys.journal.clone(),
-        serde_json::to_vec(&w.journal).expect("journal serializes"),
-        None,
-    ));
+    for e in &w.journal {
+        ops.push(TxnOp::put(
+            keys.journal_entry(e.seq),
+            serde_json::to_vec(e).expect("journal entry serializes"),
+            None,
+        ));
+    }
+    // The window: entries older than the newest RING go in the same transaction.
+    let newest = w.journal.iter().map(|e| e.seq).max().unwrap_or(0);
+    if newest > journal::RING as u64 {
+        ops.push(TxnOp::delete(
+            keys.journal_entry(0),
+            Some(
+                DeleteOptions::new()
+                    .with_range(keys.journal_entry(newest - journal::RING as u64 + 1)),
+            ),
+        ));
+    }
+    if let Some(f) = &w.failovers {
+        ops.push(TxnOp::put(
+            keys.failovers.clone(),
+            serde_json::to_vec(f).expect("failovers serialize"),
+            None,
+        ));
+    }
     let t = Txn::new().when(cmps).and_then(ops);
     match tokio::time::timeout(Duration::from_secs(2), etcd.txn(t)).await {
         Ok(Ok(resp)) if resp.succeeded() => {
@@ -160,13 +212,47 @@ async fn txn(etcd: &mut Client, keys: &Keys, w: &Write, term: u64) -> WriteOutco
     }
 }
 
-/// Reads the state key (and the journal) of a cluster.
-pub async fn read_state(etcd: &mut Client, keys: &Keys) -> Result<(Observed, Vec<Entry>), String> {
-    let r = etcd
-        .get(keys.state.clone(), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let observed = match r.kvs().first() {
+/// Reads, at one revision, the state key of a cluster, the journal entries from `from_seq` on
+/// (the newest one the core knows; 0: all) and the budget key. When no entry at or above
+/// `from_seq` exists any more (etcd restored or emptied), the newest entry is read instead.
+pub async fn read_state(
+    etcd: &mut Client,
+    keys: &Keys,
+    from_seq: u64,
+) -> Result<(Observed, Tail), String> {
+    let tail = |from: u64| {
+        TxnOp::get(
+            keys.journal_entry(from),
+            Some(GetOptions::new().with_range(keys.journal_end())),
+        )
+    };
+    let newest = TxnOp::get(
+        keys.journal.clone(),
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Key, SortOrder::Descend)
+                .with_limit(1),
+        ),
+    );
+    let t = Txn::new().and_then([
+        TxnOp::get(keys.state.clone(), None),
+        tail(from_seq),
+        TxnOp::get(keys.failovers.clone(), None),
+    ]);
+    let r = etcd.txn(t).await.map_err(|e| e.to_string())?;
+    let gets: Vec<etcd_client::GetResponse> = r
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let [state, entries, failovers] = &gets[..] else {
+        return Err("etcd answered a read with an unexpected shape".into());
+    };
+    let observed = match state.kvs().first() {
         None => Observed::Absent,
         Some(kv) => {
             let state: ClusterState = serde_json::from_slice(kv.value())
@@ -177,16 +263,65 @@ pub async fn read_state(etcd: &mut Client, keys: &Keys) -> Result<(Observed, Vec
             }
         }
     };
-    let j = etcd
-        .get(keys.journal.clone(), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let journal = match j.kvs().first() {
+    let mut entries = parse_entries(keys, entries.kvs())?;
+    if entries.is_empty() && from_seq > 0 {
+        let r = etcd
+            .txn(Txn::new().and_then([newest]))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(TxnOpResponse::Get(g)) = r.op_responses().first() {
+            entries = parse_entries(keys, g.kvs())?;
+        }
+    }
+    let failovers = match failovers.kvs().first() {
         None => Vec::new(),
         Some(kv) => serde_json::from_slice(kv.value())
-            .map_err(|e| format!("{}: malformed journal: {e}", keys.journal))?,
+            .map_err(|e| format!("{}: malformed budget: {e}", keys.failovers))?,
     };
-    Ok((observed, journal))
+    Ok((observed, Tail { entries, failovers }))
+}
+
+/// The newest `limit` journal entries, oldest first (a range read of the prefix).
+pub async fn read_journal(
+    etcd: &mut Client,
+    keys: &Keys,
+    limit: usize,
+) -> Result<Vec<Entry>, String> {
+    // etcd reads a limit of 0 as "no limit".
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let r = etcd
+        .get(
+            keys.journal.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(limit.min(journal::RING) as i64),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut entries = parse_entries(keys, r.kvs())?;
+    entries.sort_by_key(|e| e.seq);
+    Ok(entries)
+}
+
+/// Journal entries from their keys, in the order given.
+fn parse_entries(keys: &Keys, kvs: &[etcd_client::KeyValue]) -> Result<Vec<Entry>, String> {
+    kvs.iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            let seq = key
+                .strip_prefix(&keys.journal)
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| format!("{key}: not a journal entry key"))?;
+            let e: Entry = serde_json::from_slice(kv.value())
+                .map_err(|e| format!("{key}: malformed journal entry: {e}"))?;
+            Ok(Entry { seq, ..e })
+        })
+        .collect()
 }
 
 /// Keeps the session's lease alive; re-grants it when lost.
@@ -279,6 +414,9 @@ pub async fn run_cluster(
     let addr = cfg.advertised();
     let period = Duration::from_millis((cfg.timing.heartbeat_interval_ms / 2).max(10));
     let mut last_publish = 0u64;
+    // What this controller's `hears` key holds: (lease, count). The lease keeps it alive; it is
+    // put again only when the count or the lease changes.
+    let mut published: Option<(i64, usize)> = None;
     let mut last_rev: Option<u64> = None;
     loop {
         if cancel.is_cancelled() {
@@ -329,13 +467,19 @@ pub async fn run_cluster(
                 last_publish = n.ms;
                 let hears = rt.lock().hears(n);
                 let key = format!("{}{}", rt.keys.hears, cfg.id);
-                let _ = etcd
-                    .put(
-                        key,
-                        hears.to_string(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await;
+                if published != Some((lease, hears)) {
+                    published = None;
+                    let put = etcd
+                        .put(
+                            key,
+                            hears.to_string(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                        .await;
+                    if put.is_ok() {
+                        published = Some((lease, hears));
+                    }
+                }
                 if let Ok(r) = etcd
                     .get(rt.keys.hears.clone(), Some(GetOptions::new().with_prefix()))
                     .await
@@ -355,7 +499,8 @@ pub async fn run_cluster(
             }
         }
         // Observe the state.
-        match read_state(&mut etcd, &rt.keys).await {
+        let from_seq = rt.lock().journal.last().map_or(0, |e| e.seq);
+        match read_state(&mut etcd, &rt.keys, from_seq).await {
             Ok((observed, journal)) => {
                 let rev = match &observed {
                     Observed::Present { rev, .. } => Some(*rev),

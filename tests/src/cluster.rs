@@ -113,6 +113,12 @@ fn etcd_args(
         peer.into(),
         "--initial-cluster".into(),
         initial.into(),
+        // As `batonctl local up` and the deployment docs: history behind the last 1000
+        // revisions is dropped, so etcd's size stays flat.
+        "--auto-compaction-mode".into(),
+        "revision".into(),
+        "--auto-compaction-retention".into(),
+        "1000".into(),
     ]
 }
 

@@ -1115,7 +1115,29 @@ fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<String> {
         })
         .collect();
     lines.extend(table(&headers, &right, &rows));
+    lines.extend(etcd_alarm_lines(v));
     lines
+}
+
+/// Lines for etcd's raised alarms (none when there are none): under NOSPACE etcd refuses every
+/// write, so no decision, election or new lease happens until it is cleared.
+fn etcd_alarm_lines(v: &Value) -> Vec<String> {
+    let alarms = v["etcd"]["alarms"].as_array().cloned().unwrap_or_default();
+    alarms
+        .iter()
+        .map(|a| {
+            let a = a.as_str().unwrap_or("?");
+            if a.starts_with("NOSPACE") {
+                format!(
+                    "etcd ALARM {a}: etcd's space quota is exhausted and it refuses every write (no \
+                     decision, election or new lease); compact and defragment etcd, then \
+                     `etcdctl alarm disarm`"
+                )
+            } else {
+                format!("etcd ALARM {a}: see etcd's log; `etcdctl alarm list`")
+            }
+        })
+        .collect()
 }
 
 /// A bordered ASCII table in `patronictl list`'s shape.
@@ -1421,6 +1443,23 @@ mod tests {
     }
 
     #[test]
+    fn status_names_an_etcd_alarm_after_the_table() {
+        let mut v = sample();
+        v["etcd"] = serde_json::json!({"alarms": ["NOSPACE (member 8e9e05c52164694d)"], "db_size": 2147483648u64});
+        let got = status_lines(&v, "http://127.0.0.1:7001", 0);
+        assert_eq!(got.len(), 10);
+        assert!(
+            got[9].starts_with(
+                "etcd ALARM NOSPACE (member 8e9e05c52164694d): etcd's space quota is exhausted"
+            ),
+            "{}",
+            got[9]
+        );
+        v["etcd"]["alarms"] = serde_json::json!([]);
+        assert_eq!(status_lines(&v, "http://127.0.0.1:7001", 0).len(), 9);
+    }
+
+    #[test]
     fn status_of_an_uninitialized_cluster_says_to_run_init() {
         let v = serde_json::json!({
             "cluster": "main", "initialized": false, "epoch": null, "phase": null, "leader": null,
@@ -1439,6 +1478,7 @@ mod tests {
     fn history_lines_show_time_kind_epoch_message_and_count() {
         let t = |ms: u64| format!("T{}", ms / 1000);
         let mut e = Entry {
+            seq: 0,
             at_unix_ms: 5_000,
             last_unix_ms: None,
             kind: "promoted".into(),

@@ -1916,6 +1916,13 @@ impl World {
                     (Some((_, rev)), e) => *rev == e && e != 0,
                     _ => false,
                 };
+                // Nobody appended to the journal since the writer read it.
+                let journal_ok = !self
+                    .etcd
+                    .journal
+                    .iter()
+                    .any(|e| e.seq == w.journal_after + 1);
+                let state_ok = state_ok && journal_ok;
                 let applied = !timeout || self.rng.random_bool(0.5);
                 if election_ok && state_ok && applied {
                     let rev = if let Some(s) = &w.state {
@@ -1925,7 +1932,7 @@ impl World {
                     } else {
                         w.expect_rev
                     };
-                    self.etcd.journal = w.journal.clone();
+                    baton_controller::journal::apply(&mut self.etcd.journal, &w.journal);
                     if let Some(s) = &w.state {
                         self.note(format!(
                         "c{} wrote state rev {rev}: epoch {} leader {:?} phase {:?} sync {:?} ({})",
