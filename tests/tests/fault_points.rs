@@ -787,6 +787,110 @@ async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_
     Ok(())
 }
 
+// ----- a snapshot received from the leader -----------------------------------------------------
+
+/// The flushed LSN the leader at `leader` has from follower `id` (0 when it has none).
+async fn flushed_as_seen_by_leader(c: &Client, leader: &str, id: &str) -> u64 {
+    let st = status(c, leader).await;
+    st["followers"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["id"] == id))
+        .and_then(|f| f["flushed_lsn"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Issue 10, item 5: a follower rebuilt from the leader's snapshot acknowledges the snapshot's
+/// LSN only once a crash would keep it (renamed into place, directory fsynced, log restarted
+/// after it). Held at `install.before_rename` (paused), neither the follower's own flushed LSN
+/// nor the leader's view of it may reach the snapshot; released, both do. A crash at the new
+/// boundary `install.after_reset` (durable, not yet reported) restarts holding the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_acknowledges_a_received_snapshot_only_once_it_is_in_place() -> anyhow::Result<()>
+{
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    let spec = |id: &str| {
+        let mut s = ReplicaSpec::new(id, tmp.path(), std::slice::from_ref(&standin.url));
+        s.extra_toml = PAIR_TOML.into();
+        s
+    };
+    let r1 = Replica::start(&bin, &spec("r1"), None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r1.url, "r1").await?;
+    // r1 alone writes until it compacts: a follower that starts empty needs its snapshot.
+    let load = Load::start(&r1.url, "s", 4, 120);
+    wait_for(Duration::from_secs(30), "r1 to compact its log", || async {
+        (status(&c, &r1.url).await["log_start_lsn"].as_u64() > Some(1)).then_some(())
+    })
+    .await?;
+    let (acked, _) = load.stop().await;
+
+    let mut r2 = Replica::start(&bin, &spec("r2"), Some("install.before_rename=pause"))?;
+    // The core took the snapshot (status says so) and the log thread is held before the rename.
+    let snap = wait_for(
+        Duration::from_secs(30),
+        "r2 to receive a snapshot",
+        || async {
+            status(&c, &r2.url).await["snapshot_lsn"]
+                .as_u64()
+                .filter(|l| *l > 0)
+        },
+    )
+    .await?;
+    for _ in 0..20 {
+        let own = status(&c, &r2.url).await["flushed_lsn"]
+            .as_u64()
+            .unwrap_or(0);
+        let seen = flushed_as_seen_by_leader(&c, &r1.url, "r2").await;
+        anyhow::ensure!(
+            own < snap && seen < snap,
+            "the snapshot at LSN {snap} is not in place yet, but r2 reports flushed {own} and r1 \
+             counts {seen} for it"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("held before the rename: r2 and r1 count nothing up to the snapshot at LSN {snap}");
+    let url = format!("{}/v1/failpoints/install.before_rename", r2.url);
+    let r = c.call("DELETE", &url, &[], bytes::Bytes::new()).await;
+    anyhow::ensure!(
+        matches!(&r, Ok(r) if r.status == 200),
+        "disarming install.before_rename: {r:?}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "r1 to count r2's installed snapshot",
+        || async { (flushed_as_seen_by_leader(&c, &r1.url, "r2").await >= snap).then_some(()) },
+    )
+    .await?;
+    let urls = [r1.url.as_str(), r2.url.as_str()];
+    wait_converged(&c, &urls).await?;
+
+    // Durable but not yet reported: a crash there restarts with the snapshot in place.
+    r2.proc.kill9();
+    std::fs::remove_dir_all(&r2.data)?;
+    r2.proc
+        .restart(Some("install.after_reset=1*return(crash)"))?;
+    expect_crash(&mut r2.proc, "install.after_reset", "r2").await?;
+    r2.proc.restart(None)?;
+    let st = wait_for(Duration::from_secs(30), "r2 to serve again", || async {
+        c.status(&r2.url).await.ok()
+    })
+    .await?;
+    let (snap2, flushed) = (
+        st["snapshot_lsn"].as_u64().unwrap_or(0),
+        st["flushed_lsn"].as_u64().unwrap_or(0),
+    );
+    anyhow::ensure!(
+        snap2 > 0 && flushed >= snap2,
+        "after a crash at install.after_reset r2 must hold its snapshot: {st}"
+    );
+    wait_converged(&c, &urls).await?;
+    check_acked(&r1.url, &acked, "after the installs").await?;
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
 // ----- ENOSPC ----------------------------------------------------------------------------------
 
 /// A tmpfs mounted for one test, unmounted when dropped.
