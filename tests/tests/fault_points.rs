@@ -423,7 +423,7 @@ fn log_records(data: &Path) -> anyhow::Result<BTreeMap<u64, Record>> {
             continue;
         }
         let bytes = std::fs::read(&f)?;
-        let mut off = 0;
+        let mut off = baton_replica::wal::disk::records_start(&bytes);
         while let Ok((r, n)) = Record::decode(&bytes[off..]) {
             out.insert(r.lsn.0, r);
             off += n;
@@ -889,6 +889,189 @@ async fn a_follower_acknowledges_a_received_snapshot_only_once_it_is_in_place() 
     check_acked(&r1.url, &acked, "after the installs").await?;
     no_panics(&r1.proc, "r1")?;
     no_panics(&r2.proc, "r2")
+}
+
+// ----- damaged records on a follower's disk ----------------------------------------------------
+
+/// Large segments (the damage lands in the last one) and no snapshot during these tests.
+const DAMAGE_TOML: &str = "[timing]\nwrite_timeout_ms = 1000\n[storage]\nsegment_bytes_max = 1048576\nsnapshot_log_bytes = 104857600\n";
+
+/// A leader r1 and its sync follower r2 that acknowledged `writes` writes, then both killed
+/// (r2 after it flushed everything): r2's log is synced to its end.
+async fn pair_then_both_killed(
+    bin: &Path,
+    dir: &Path,
+    writes: usize,
+) -> anyhow::Result<(Standin, Replica, Replica, Client, Acked)> {
+    let standin = Standin::start("r1").await?;
+    standin.with(|p| p.drop_after_ms = None);
+    let spec = |id: &str| {
+        let mut s = ReplicaSpec::new(id, dir, std::slice::from_ref(&standin.url));
+        s.extra_toml = DAMAGE_TOML.into();
+        s
+    };
+    let mut r1 = Replica::start(bin, &spec("r1"), None)?;
+    let mut r2 = Replica::start(bin, &spec("r2"), None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r1.url, "r1").await?;
+    wait_for(Duration::from_secs(30), "r1 to wait for r2", || async {
+        let st = status(&c, &r1.url).await;
+        (st["waited"].as_array().map(Vec::len) == Some(1) && st["degraded"] == false).then_some(())
+    })
+    .await?;
+    let load = Load::start(&r1.url, "d", 4, 120);
+    load.wait_acked(writes, "before the damage").await?;
+    let (acked, _) = load.stop().await;
+    wait_converged(&c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    wait_for(
+        Duration::from_secs(30),
+        "r2 to flush its log end",
+        || async {
+            let st = status(&c, &r2.url).await;
+            let end = st["log_end_lsn"].as_u64()?;
+            (st["flushed_lsn"].as_u64()? == end && st["unclean"] == false).then_some(())
+        },
+    )
+    .await?;
+    r2.proc.kill9();
+    r1.proc.kill9();
+    Ok((standin, r1, r2, c, acked))
+}
+
+/// The newest segment file of a replica's log.
+fn last_segment(data: &Path) -> anyhow::Result<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(data.join("wal"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop()
+        .ok_or_else(|| anyhow::anyhow!("no segment in {}", data.display()))
+}
+
+/// Restarts the damaged r2 while its leader is down (nothing can repair it yet) and returns
+/// its status; a replica that refuses to start fails here with its log.
+async fn restart_damaged(r2: &mut Replica, c: &Client) -> anyhow::Result<serde_json::Value> {
+    r2.proc.restart(None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = c
+            .status(&r2.url)
+            .await
+            .ok()
+            .filter(|s| s["log_end_lsn"].is_u64())
+        {
+            return Ok(st);
+        }
+        if !r2.proc.running() {
+            anyhow::bail!(
+                "r2 refused to start on its damaged log:\n{}",
+                r2.proc.log_tail(5)
+            );
+        }
+        anyhow::ensure!(Instant::now() < deadline, "r2 did not serve within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// r1 comes back: r2 fetches what it lost, converges, and is clean again by the normal rule
+/// (its flush reached the first commit LSN it heard). Nothing acknowledged is lost.
+async fn leader_back_and_repaired(
+    r1: &mut Replica,
+    r2: &Replica,
+    c: &Client,
+    acked: &Acked,
+) -> anyhow::Result<()> {
+    r1.proc.restart(None)?;
+    wait_writable(c, &r1.url, "r1 restarted").await?;
+    wait_for(Duration::from_secs(30), "r2 to be clean again", || async {
+        (status(c, &r2.url).await["unclean"] == false).then_some(())
+    })
+    .await?;
+    wait_converged(c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    assert_same_records(&r1.data, &r2.data)?;
+    check_acked(&r1.url, acked, "after the repair").await?;
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
+/// Issue 10, item 6 (a): a bit flip in a follower's last record, which a sync had covered (the
+/// follower acknowledged it), used to be taken for a torn tail and cut silently. The follower
+/// starts, reports `unclean` (it lost a record it had acknowledged), fetches the record again
+/// from the leader, converges and is clean again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bit_flip_in_a_followers_synced_last_record_makes_it_unclean_until_it_fetched_it_again(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (_standin, mut r1, mut r2, c, acked) = pair_then_both_killed(&bin, tmp.path(), 100).await?;
+    let seg = last_segment(&r2.data)?;
+    let mut data = std::fs::read(&seg)?;
+    let mut off = baton_replica::wal::disk::records_start(&data);
+    let mut last = None;
+    while let Ok((r, n)) = Record::decode(&data[off..]) {
+        last = Some((off, r.lsn.0, n));
+        off += n;
+    }
+    let (at, lsn, n) = last.ok_or_else(|| anyhow::anyhow!("no record in {}", seg.display()))?;
+    anyhow::ensure!(off == data.len(), "the last record ends the file");
+    data[at + n / 2] ^= 0x10;
+    std::fs::write(&seg, &data)?;
+
+    let st = restart_damaged(&mut r2, &c).await?;
+    anyhow::ensure!(
+        st["unclean"] == true && st["log_end_lsn"].as_u64() == Some(lsn - 1),
+        "r2 lost LSN {lsn}, which it had acknowledged: it must report unclean with its log \
+         ending at LSN {}; status {st}",
+        lsn - 1
+    );
+    anyhow::ensure!(
+        r2.proc
+            .log()
+            .contains("damaged log record where a sync had returned"),
+        "the damage is logged as an error naming file and offset"
+    );
+    println!(
+        "r2 cut LSN {lsn} (damaged at {}:{at}) and reports unclean",
+        seg.display()
+    );
+    leader_back_and_repaired(&mut r1, &r2, &c, &acked).await
+}
+
+/// Issue 10, item 6 (b): a write-back hole in the middle of a follower's last segment (a page
+/// that did not reach the disk while later ones did) used to be taken for mid-log corruption:
+/// the node refused to start. It starts, cuts at the hole, is unclean (the records there had
+/// been synced and acknowledged), catches up from the leader and is clean again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_back_hole_in_a_followers_last_segment_is_cut_and_fetched_again(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (_standin, mut r1, mut r2, c, acked) = pair_then_both_killed(&bin, tmp.path(), 400).await?;
+    let seg = last_segment(&r2.data)?;
+    let mut data = std::fs::read(&seg)?;
+    anyhow::ensure!(data.len() >= 8 * 4096, "a segment of {} bytes", data.len());
+    let page = (data.len() / 2) & !4095;
+    data[page..page + 4096].fill(0);
+    std::fs::write(&seg, &data)?;
+    let mut end = 0;
+    let mut off = baton_replica::wal::disk::records_start(&data);
+    while let Ok((r, n)) = Record::decode(&data[off..]) {
+        end = r.lsn.0;
+        off += n;
+    }
+
+    let st = restart_damaged(&mut r2, &c).await?;
+    anyhow::ensure!(
+        st["unclean"] == true && st["log_end_lsn"].as_u64() == Some(end),
+        "r2 must cut at the hole (its log ending at LSN {end}) and report unclean; status {st}"
+    );
+    println!(
+        "r2 cut its log at the hole at {}:{page}, after LSN {end}",
+        seg.display()
+    );
+    leader_back_and_repaired(&mut r1, &r2, &c, &acked).await
 }
 
 // ----- ENOSPC ----------------------------------------------------------------------------------
