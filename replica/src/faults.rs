@@ -31,6 +31,7 @@
 //! | `compact.before` | before segments a snapshot covers are removed | compaction fails; retried later |
 //! | `truncate.after_archive` | divergent suffix archived, before the log is cut | fatal: cannot truncate |
 //! | `install.before_rename` | follower, received snapshot fsynced, before it replaces the log | fatal: cannot install |
+//! | `install.after_reset` | follower, snapshot renamed into place and the log restarted after it (durable), before that is reported and acknowledged | fatal: cannot install |
 //!
 //! The controller's points (`promotion.*`, `lease.before_renew`) are in
 //! `controller/src/runtime.rs`.

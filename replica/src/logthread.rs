@@ -247,17 +247,23 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 }
             }
             Some(LogCmd::InstallSnapshot { tmp, lsn, reply }) => {
-                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
+                let gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
                 gen += 1;
                 node.log_thread_gen
                     .store(gen, std::sync::atomic::Ordering::SeqCst);
                 let res = install(log.as_mut(), &dirs, &tmp, lsn);
-                let failed = res.as_ref().err().map(|e| e.to_string());
-                let _ = reply.send(res);
-                if let Some(e) = failed {
-                    node.set_fatal(format!("cannot install the snapshot: {e}"));
+                drop(gate);
+                if let Err(e) = res {
+                    let msg = e.to_string();
+                    let _ = reply.send(Err(e));
+                    node.set_fatal(format!("cannot install the snapshot: {msg}"));
                     return;
                 }
+                // Only now does a crash keep the snapshot: report it durable like a flush, so
+                // that the follower acknowledges it (the core held `flushed` below it so far).
+                // Outside the gate: the step may start a snapshot, which takes the gate.
+                node.on_flushed(lsn, gen);
+                let _ = reply.send(Ok(()));
             }
             Some(_) => unreachable!("only truncations and resets are barriers"),
         }
@@ -336,5 +342,11 @@ fn install(log: &mut dyn LogStore, dirs: &Dirs, tmp: &Path, lsn: Lsn) -> Result<
             let _ = std::fs::remove_file(p);
         }
     }
-    log.reset(lsn.next())
+    log.reset(lsn.next())?;
+    // Durable from here on; not yet reported, so not yet acknowledged.
+    fault!("install.after_reset", |e| LogError::io(
+        format!("report the snapshot at LSN {lsn} installed"),
+        e
+    ));
+    Ok(())
 }

@@ -175,6 +175,21 @@ impl Node {
                 segment_bytes_max: cfg.storage.segment_bytes_max,
             },
         )?;
+        if rec.lost_acknowledged {
+            // Records this replica may have acknowledged were cut (the log named them in an
+            // ERROR): it is unclean until it has fetched them again (DESIGN.md §3, §6). Stored
+            // before the log forgets it, so that a crash in between cannot lose the flag.
+            let (mut meta, _) = Meta::load_or_create(&dir)?;
+            if !meta.unclean {
+                meta.unclean = true;
+                meta.store(&dir)?;
+            }
+            tracing::warn!(
+                "marked unclean: the log lost records it had synced; they are fetched again \
+                 from the leader, and this replica is not promoted until it holds them"
+            );
+            log.clear_lost_marker()?;
+        }
         logthread::finish_interrupted_resync(&mut log, &Dirs::new(&dir))?;
         Self::open_with_log(cfg, lock, Box::new(log), rec.torn_bytes_truncated, t0)
     }

@@ -678,15 +678,38 @@ impl Net {
         res
     }
 
-    /// The leader's snapshot was made durable on the follower, which restarts its log after it.
+    /// The leader's snapshot was made durable on the follower, which restarts its log after it:
+    /// [`install_begin`](Self::install_begin), then [`install_durable`](Self::install_durable).
     fn install(&mut self, follower: usize, now: u64, snap: Snapshot) {
+        let lsn = snap.lsn;
+        self.install_begin(follower, now, snap);
+        assert_eq!(self.install_durable(follower, now, lsn), vec![]);
+    }
+
+    /// The follower's core takes a received snapshot in place of its log and state; the runtime
+    /// hands the log thread the install in the same step. Nothing about it is durable yet, so
+    /// the flushed LSN (what the follower acknowledges) must not grow (I2).
+    fn install_begin(&mut self, follower: usize, now: u64, snap: Snapshot) {
         let (base, history) = ((snap.epoch, snap.lsn), snap.history.clone());
+        let flushed_before = self.core(follower).flushed();
         self.r[follower].core.follower_install_snapshot(now, snap);
         let r = &mut self.r[follower];
         r.log.clear();
         r.base = base;
         r.base_history = history;
+        assert!(
+            self.core(follower).flushed() <= flushed_before,
+            "{}: the flushed LSN grew from {flushed_before} to {} before the snapshot was durable",
+            NAMES[follower],
+            self.core(follower).flushed()
+        );
         self.check("follower_install_snapshot");
+    }
+
+    /// The log thread renamed the snapshot into place, fsynced the directory and restarted the
+    /// log after it: it reports the snapshot's LSN durable, as it reports a flush.
+    fn install_durable(&mut self, follower: usize, now: u64, lsn: Lsn) -> Vec<Effect> {
+        self.flush(follower, now, lsn.0)
     }
 
     /// Hello, welcome and an exchange that cuts nothing, then the fetch: returns the leader's
@@ -1808,6 +1831,68 @@ fn compacted_range_is_sent_as_a_snapshot_and_appends_continue_after_it() {
     assert_eq!(net.flush(C, 125, 7), vec![]);
     assert_eq!(net.pos(C), pos((1, 7), 7, 7, 7));
     assert_eq!(net.core(C).state().digest(), net.core(A).state().digest());
+}
+
+/// Issue 10, item 5: a follower that takes a snapshot from the leader acknowledges its LSN only
+/// once the runtime reports the install durable (renamed into place, directory fsynced, log
+/// restarted after it). A crash before that keeps the old log, so an earlier acknowledgement
+/// could let the add protocol count as a sync member a replica that holds nothing (I2).
+#[test]
+fn snapshot_install_is_acknowledged_only_once_the_runtime_reports_it_durable() {
+    let mut net = Net::new(2);
+    assert_eq!(net.direct_lead(A, 100, 1, 1, &[]).len(), 1);
+    assert_eq!(net.flush(A, 101, 1), vec![]);
+    for (k, v) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        assert!(net.propose(A, 102, k, v).is_ok());
+    }
+    assert_eq!(net.flush(A, 103, 4), vec![]);
+    let snap = net.r[A].core.begin_snapshot();
+    assert_eq!(snap.lsn, Lsn(4));
+    net.r[A].core.end_snapshot(Some(snap.lsn));
+    net.r[A].core.set_log_start(Lsn(5));
+    net.check("set_log_start");
+    // B, on a new data directory, is being added: A waits for it from LSN 4 on.
+    net.recover(
+        B,
+        declared(B),
+        Recovered {
+            unclean: true,
+            ..Recovered::default()
+        },
+    );
+    assert_eq!(net.direct_lead(A, 104, 1, 2, &[B]), vec![]);
+    assert_eq!(net.direct_follow(B, 105, A, 1, 2), vec![]);
+    assert_eq!(net.accept(A, B, 106), (Ok(1), vec![]));
+    assert_eq!(net.start(B, A, 106), Ok((1, fetch(1, 0))));
+    assert_eq!(net.fetch(A, B, 1, 1, 0), Ok(FetchStart::Snapshot));
+    net.streaming(B, 1);
+
+    net.install_begin(B, 107, snap);
+    assert_eq!(
+        net.pos(B),
+        pos((1, 4), 0, 4, 4),
+        "the snapshot is in memory, nothing of it is durable yet"
+    );
+    assert_eq!(net.core(B).heartbeat(107, 1).flushed_lsn, Lsn(0));
+    // What B's stream acknowledges now is what A counts for the add protocol.
+    assert_eq!(net.ack(A, B, 108, 1), vec![]);
+    let w = net.core(A).heartbeat(108, 1).waiting;
+    assert_eq!(
+        (w.len(), w[0].since_lsn, w[0].flushed_lsn),
+        (1, Lsn(4), Lsn(0)),
+        "B must not count as holding LSN 4 before its snapshot is durable"
+    );
+
+    // The log thread reports the install durable: now B holds LSN 4 and says so.
+    assert_eq!(net.install_durable(B, 109, Lsn(4)), vec![]);
+    assert_eq!(net.pos(B), pos((1, 4), 4, 4, 4));
+    assert_eq!(net.ack(A, B, 110, 1), vec![]);
+    let w = net.core(A).heartbeat(110, 2).waiting;
+    assert_eq!((w[0].since_lsn, w[0].flushed_lsn), (Lsn(4), Lsn(4)));
+    assert!(
+        net.core(B).unclean(),
+        "no commit LSN heard from the leader yet"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

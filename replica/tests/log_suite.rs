@@ -3,12 +3,13 @@
 //! both [`DiskLog`] (with tiny segments so that roll-over happens every few dozen records) and
 //! [`MemLog`]; a proptest drives both through random operation sequences and compares them with
 //! a plain `Vec` model. The second half owns the disk-only fault tests: torn tails at every byte,
-//! bit flips and truncation before the tail, missing segments, roll-over crash points and stray
-//! files in the log directory. It does not test the record codec (`record.rs` has its own tests)
+//! damage below and above the durable length a segment records (bit flips, write-back holes,
+//! truncation: cut, and reported as lost when it may have been acknowledged), missing segments,
+//! roll-over crash points and stray files in the log directory. It does not test the record codec (`record.rs` has its own tests)
 //! nor what the replica does with a log it refuses to open.
 
 use baton_common::{Epoch, Lsn, NodeId};
-use baton_replica::wal::disk::{DiskLog, DiskOptions};
+use baton_replica::wal::disk::{records_start, set_durable_len, DiskLog, DiskOptions};
 use baton_replica::wal::mem::{MemDisk, MemLog};
 use baton_replica::wal::{LogError, LogStore, Op, Record, Recovery};
 use bytes::Bytes;
@@ -876,6 +877,7 @@ impl Fixture {
                 torn_at: None,
                 records: records.len() as u64,
                 segments: segment_files(&wal).len(),
+                ..Recovery::default()
             }
         );
         assert_eq!(read_all(&log), records);
@@ -909,7 +911,7 @@ impl Fixture {
 fn frames(path: &Path) -> Vec<(u64, Record)> {
     let data = std::fs::read(path).expect("read segment");
     let mut out = Vec::new();
-    let mut off = 0usize;
+    let mut off = records_start(&data);
     while off < data.len() {
         let (r, n) = Record::decode(&data[off..]).expect("an intact frame");
         out.push((off as u64, r));
@@ -974,10 +976,18 @@ fn check_torn_tail_at_every_offset(fx: &Fixture) {
     for cut in 0..frame_len {
         let (_tmp, wal) = fx.copy();
         let seg = wal.join(&name);
+        // The crash came before the sync of the last record returned: the segment's header
+        // still records the length before it.
+        set_durable_len(&seg, off).expect("rewrite the durable length");
         set_len(&seg, off + cut);
         let (mut log, recovery) = DiskLog::open(&wal, small_segments())
             .unwrap_or_else(|e| panic!("cut at {cut} of {frame_len}: {e}"));
         assert_eq!(recovery.torn_bytes_truncated, cut, "cut at {cut}");
+        assert_eq!(
+            (recovery.damage.clone(), recovery.lost_acknowledged),
+            (None, false),
+            "cut at {cut}: a torn tail is no loss"
+        );
         assert_eq!(
             recovery.torn_at,
             (cut > 0).then(|| (seg.clone(), off)),
@@ -1061,8 +1071,40 @@ fn zero_bytes_after_the_last_record_are_a_torn_tail() {
     }
 }
 
+/// Opens `wal` and expects the damaged record at (`file`, `offset`), LSN `lsn`, to be cut with
+/// everything after it and reported as possibly acknowledged (so the replica turns unclean),
+/// the later segments moved aside, and every record before it intact.
+fn expect_cut_and_lost(wal: &Path, file: &Path, offset: u64, lsn: u64, all: &[Record], case: &str) {
+    let (log, recovery) = DiskLog::open(wal, small_segments())
+        .unwrap_or_else(|e| panic!("{case}: the log must open (cut and repaired), got {e}"));
+    let d = recovery
+        .damage
+        .clone()
+        .unwrap_or_else(|| panic!("{case}: no damage reported: {recovery:?}"));
+    assert_eq!(
+        (d.file.as_path(), d.offset, d.from, d.acknowledged),
+        (file, offset, Lsn(lsn), true),
+        "{case}: {}",
+        d.reason
+    );
+    assert!(recovery.lost_acknowledged, "{case}");
+    assert_eq!(recovery.torn_at, None, "{case}");
+    assert_eq!(log.last_lsn(), Lsn(lsn - 1), "{case}");
+    assert_eq!(read_all(&log), all[..lsn as usize - 1], "{case}");
+    assert_eq!(file_len(file), offset, "{case}: the file is cut there");
+    assert_eq!(
+        segment_files(wal).last().map(PathBuf::as_path),
+        Some(file),
+        "{case}: later segments are moved aside"
+    );
+    assert!(
+        d.archived.is_some_and(|a| a.is_dir()),
+        "{case}: nothing is deleted"
+    );
+}
+
 /// Flips one bit in every byte of the middle record of segment `index` (a different bit per
-/// byte) and expects `Corrupt` naming that segment and the record's offset.
+/// byte): the record lies where a sync had returned, so it is cut and reported lost.
 fn check_bit_flips_in_a_middle_record(fx: &Fixture, index: usize) {
     let seg = &fx.segments()[index];
     let name = seg.file_name().expect("file name").to_owned();
@@ -1073,33 +1115,36 @@ fn check_bit_flips_in_a_middle_record(fx: &Fixture, index: usize) {
         let (_tmp, wal) = fx.copy();
         let damaged = wal.join(&name);
         flip_bit(&damaged, off + byte, (byte % 8) as u8);
-        expect_corrupt(
+        expect_cut_and_lost(
             &wal,
             &damaged,
             *off,
+            r.lsn.0,
+            &fx.records,
             &format!("segment {index}, record {}, byte {byte}", r.lsn),
         );
     }
 }
 
 #[test]
-fn bit_flip_in_a_middle_record_of_a_sealed_segment_is_corrupt() {
+fn bit_flip_in_a_middle_record_of_a_sealed_segment_is_cut_and_reported_lost() {
     let fx = Fixture::new(100);
     assert!(fx.segments().len() >= 3);
     check_bit_flips_in_a_middle_record(&fx, 0);
     check_bit_flips_in_a_middle_record(&fx, 1);
 }
 
-/// The last segment is where a torn tail is forgiven; damage with intact records after it is not.
+/// Below the last segment's durable length, a bit flip is damage to synced records even with
+/// intact records after it (it was refused before; now it is repaired from the leader).
 #[test]
-fn bit_flip_in_a_middle_record_of_the_last_segment_is_corrupt() {
+fn bit_flip_in_a_middle_record_of_the_last_segment_is_cut_and_reported_lost() {
     let fx = Fixture::new(100);
     let last = fx.segments().len() - 1;
     check_bit_flips_in_a_middle_record(&fx, last);
 }
 
 #[test]
-fn damaged_length_field_of_a_middle_record_is_corrupt() {
+fn damaged_length_field_of_a_middle_record_is_cut_and_reported_lost() {
     let fx = Fixture::new(100);
     let segs = fx.segments();
     for (index, seg) in segs.iter().enumerate() {
@@ -1114,10 +1159,12 @@ fn damaged_length_field_of_a_middle_record_is_corrupt() {
             let mut data = std::fs::read(&damaged).expect("read");
             data[*off as usize..*off as usize + 4].copy_from_slice(&bad.to_le_bytes());
             std::fs::write(&damaged, data).expect("write");
-            expect_corrupt(
+            expect_cut_and_lost(
                 &wal,
                 &damaged,
                 *off,
+                r.lsn.0,
+                &fx.records,
                 &format!("segment {index}, length {bad} instead of {len}"),
             );
         }
@@ -1125,7 +1172,7 @@ fn damaged_length_field_of_a_middle_record_is_corrupt() {
 }
 
 #[test]
-fn truncated_sealed_segment_is_corrupt() {
+fn truncated_sealed_segment_is_cut_and_reported_lost() {
     let fx = Fixture::new(100);
     let segs = fx.segments();
     assert!(segs.len() >= 3);
@@ -1135,33 +1182,130 @@ fn truncated_sealed_segment_is_corrupt() {
         let mid = &frames[frames.len() / 2];
         let last = frames.last().expect("records");
         let last_len = last.1.frame_len() as u64;
-        // Inside a header, inside a payload, one byte short of the end.
-        for (off, cut) in [
-            (mid.0, mid.0 + 3),
-            (mid.0, mid.0 + 30),
-            (last.0, last.0 + last_len - 1),
+        // Inside a header, inside a payload, one byte short of the end, and at a record
+        // boundary (the segment decodes, but it is shorter than its durable length).
+        for (at, cut) in [
+            (mid, mid.0 + 3),
+            (mid, mid.0 + 30),
+            (last, last.0 + last_len - 1),
+            (mid, mid.0),
         ] {
             let (_tmp, wal) = fx.copy();
             let damaged = wal.join(&name);
             set_len(&damaged, cut);
-            expect_corrupt(
+            expect_cut_and_lost(
                 &wal,
                 &damaged,
-                off,
+                at.0,
+                at.1.lsn.0,
+                &fx.records,
                 &format!("segment {index} cut at {cut}"),
             );
         }
-        // Cut at a record boundary: the segment itself decodes, the next one does not follow.
-        let (_tmp, wal) = fx.copy();
-        set_len(&wal.join(&name), mid.0);
-        let next = wal.join(segs[index + 1].file_name().expect("file name"));
-        expect_corrupt(
-            &wal,
-            &next,
-            0,
-            &format!("segment {index} cut at a boundary"),
-        );
     }
+}
+
+/// Issue 10, item 6: a bit flip in the last record, which a sync had covered, used to be taken
+/// for a torn tail and silently cut. It is cut, and the store says acknowledged records are
+/// gone, at every open until the replica has stored that it is unclean.
+#[test]
+fn synced_last_record_with_a_bit_flip_is_cut_and_reported_lost_until_stored() {
+    let fx = Fixture::new(70);
+    let last_seg = fx.segments().pop().expect("a segment");
+    let (off, last) = frames(&last_seg).pop().expect("a record");
+    assert_eq!(last.lsn, Lsn(70));
+    for byte in [0, 5, 9, 20, last.frame_len() as u64 - 1] {
+        let (_tmp, wal) = fx.copy();
+        let damaged = wal.join(last_seg.file_name().expect("name"));
+        flip_bit(&damaged, off + byte, 3);
+        let case = format!("byte {byte} of the last record");
+        expect_cut_and_lost(&wal, &damaged, off, 70, &fx.records, &case);
+        // Still said at the next open (a crash before the replica stored it).
+        let (log, recovery) = DiskLog::open(&wal, small_segments()).expect("reopen");
+        assert_eq!(
+            (recovery.lost_acknowledged, recovery.damage, log.last_lsn()),
+            (true, None, Lsn(69)),
+            "{case}"
+        );
+        log.clear_lost_marker().expect("clear");
+        drop(log);
+        let (mut log, recovery) = DiskLog::open(&wal, small_segments()).expect("reopen");
+        assert!(!recovery.lost_acknowledged, "{case}");
+        log.append(&[rec(70, 3)])
+            .expect("the log goes on at LSN 70");
+        log.sync().expect("sync");
+    }
+}
+
+/// A log of `synced` records that a sync covered, then `more` records written after the last
+/// sync that returned (the process, or the power, died before it): one large segment.
+fn with_unsynced_tail(synced: u64, more: u64) -> (TempDir, PathBuf, PathBuf, Vec<Record>) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let wal = tmp.path().join("wal");
+    let opts = DiskOptions {
+        segment_bytes_max: 1 << 20,
+    };
+    let (mut log, _) = DiskLog::open(&wal, opts).expect("create");
+    let records = recs(1, synced + more, 2);
+    append_in_batches(&mut log, &records[..synced as usize], 5);
+    log.sync().expect("sync");
+    append_in_batches(&mut log, &records[synced as usize..], 5);
+    drop(log);
+    let seg = segment_files(&wal).pop().expect("one segment");
+    (tmp, wal, seg, records)
+}
+
+/// Zeroes the frames of records `from..=to` in `seg` (a page that never reached the disk).
+fn zero_records(seg: &Path, from: u64, to: u64) -> u64 {
+    let fr = frames(seg);
+    let (start, _) = fr.iter().find(|(_, r)| r.lsn.0 == from).expect("from");
+    let (end_off, end_rec) = fr.iter().find(|(_, r)| r.lsn.0 == to).expect("to");
+    let end = end_off + end_rec.frame_len() as u64;
+    let mut data = std::fs::read(seg).expect("read");
+    data[*start as usize..end as usize].fill(0);
+    std::fs::write(seg, data).expect("write");
+    *start
+}
+
+/// Issue 10, item 6: a write-back hole after the last sync (a later page reached the disk, an
+/// earlier one did not) used to be taken for mid-log corruption and the node refused to start.
+/// Nothing there was acknowledged: it is cut at the hole, and no loss is reported.
+#[test]
+fn write_back_hole_after_the_last_sync_is_cut_at_the_hole_and_is_no_loss() {
+    let (_tmp, wal, seg, records) = with_unsynced_tail(40, 30);
+    let at = zero_records(&seg, 52, 55);
+    let (mut log, recovery) =
+        DiskLog::open(&wal, small_segments()).expect("a hole after the last sync must not refuse");
+    let d = recovery.damage.clone().expect("the hole is reported");
+    assert_eq!(
+        (d.offset, d.from, d.acknowledged, d.valid_after),
+        (at, Lsn(52), false, true),
+        "{}",
+        d.reason
+    );
+    assert!(!recovery.lost_acknowledged);
+    assert_eq!(read_all(&log), records[..51]);
+    assert_eq!(file_len(&seg), at);
+    log.append(&[rec(52, 3)])
+        .expect("appends go on at the hole");
+    log.sync().expect("sync");
+}
+
+/// The same hole below the durable length lies in records a sync had covered: cut, and lost.
+#[test]
+fn write_back_hole_below_the_durable_length_is_cut_and_reported_lost() {
+    let (_tmp, wal, seg, records) = with_unsynced_tail(70, 0);
+    let at = zero_records(&seg, 52, 55);
+    let (log, recovery) = DiskLog::open(&wal, small_segments()).expect("opens");
+    let d = recovery.damage.clone().expect("reported");
+    assert_eq!(
+        (d.offset, d.from, d.acknowledged, d.valid_after),
+        (at, Lsn(52), true, true),
+        "{}",
+        d.reason
+    );
+    assert!(recovery.lost_acknowledged);
+    assert_eq!(read_all(&log), records[..51]);
 }
 
 #[test]
@@ -1210,6 +1354,7 @@ fn empty_segment_after_the_last_full_one_opens_and_takes_appends() {
             torn_at: None,
             records: kept.len() as u64,
             segments: segs.len(),
+            ..Recovery::default()
         }
     );
     assert_eq!(log.last_lsn(), Lsn(next.0 - 1));

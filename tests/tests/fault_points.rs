@@ -423,7 +423,7 @@ fn log_records(data: &Path) -> anyhow::Result<BTreeMap<u64, Record>> {
             continue;
         }
         let bytes = std::fs::read(&f)?;
-        let mut off = 0;
+        let mut off = baton_replica::wal::disk::records_start(&bytes);
         while let Ok((r, n)) = Record::decode(&bytes[off..]) {
             out.insert(r.lsn.0, r);
             off += n;
@@ -785,6 +785,293 @@ async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_
     let common = assert_same_records(&nodes["r1"].data, &nodes["r2"].data)?;
     println!("the two logs agree on all {common} LSNs both hold");
     Ok(())
+}
+
+// ----- a snapshot received from the leader -----------------------------------------------------
+
+/// The flushed LSN the leader at `leader` has from follower `id` (0 when it has none).
+async fn flushed_as_seen_by_leader(c: &Client, leader: &str, id: &str) -> u64 {
+    let st = status(c, leader).await;
+    st["followers"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["id"] == id))
+        .and_then(|f| f["flushed_lsn"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Issue 10, item 5: a follower rebuilt from the leader's snapshot acknowledges the snapshot's
+/// LSN only once a crash would keep it (renamed into place, directory fsynced, log restarted
+/// after it). Held at `install.before_rename` (paused), neither the follower's own flushed LSN
+/// nor the leader's view of it may reach the snapshot; released, both do. A crash at the new
+/// boundary `install.after_reset` (durable, not yet reported) restarts holding the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_acknowledges_a_received_snapshot_only_once_it_is_in_place() -> anyhow::Result<()>
+{
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    let spec = |id: &str| {
+        let mut s = ReplicaSpec::new(id, tmp.path(), std::slice::from_ref(&standin.url));
+        s.extra_toml = PAIR_TOML.into();
+        s
+    };
+    let r1 = Replica::start(&bin, &spec("r1"), None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r1.url, "r1").await?;
+    // r1 alone writes until it compacts: a follower that starts empty needs its snapshot.
+    let load = Load::start(&r1.url, "s", 4, 120);
+    wait_for(Duration::from_secs(30), "r1 to compact its log", || async {
+        (status(&c, &r1.url).await["log_start_lsn"].as_u64() > Some(1)).then_some(())
+    })
+    .await?;
+    let (acked, _) = load.stop().await;
+
+    let mut r2 = Replica::start(&bin, &spec("r2"), Some("install.before_rename=pause"))?;
+    // The core took the snapshot (status says so) and the log thread is held before the rename.
+    let snap = wait_for(
+        Duration::from_secs(30),
+        "r2 to receive a snapshot",
+        || async {
+            status(&c, &r2.url).await["snapshot_lsn"]
+                .as_u64()
+                .filter(|l| *l > 0)
+        },
+    )
+    .await?;
+    for _ in 0..20 {
+        let own = status(&c, &r2.url).await["flushed_lsn"]
+            .as_u64()
+            .unwrap_or(0);
+        let seen = flushed_as_seen_by_leader(&c, &r1.url, "r2").await;
+        anyhow::ensure!(
+            own < snap && seen < snap,
+            "the snapshot at LSN {snap} is not in place yet, but r2 reports flushed {own} and r1 \
+             counts {seen} for it"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("held before the rename: r2 and r1 count nothing up to the snapshot at LSN {snap}");
+    let url = format!("{}/v1/failpoints/install.before_rename", r2.url);
+    let r = c.call("DELETE", &url, &[], bytes::Bytes::new()).await;
+    anyhow::ensure!(
+        matches!(&r, Ok(r) if r.status == 200),
+        "disarming install.before_rename: {r:?}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "r1 to count r2's installed snapshot",
+        || async { (flushed_as_seen_by_leader(&c, &r1.url, "r2").await >= snap).then_some(()) },
+    )
+    .await?;
+    let urls = [r1.url.as_str(), r2.url.as_str()];
+    wait_converged(&c, &urls).await?;
+
+    // Durable but not yet reported: a crash there restarts with the snapshot in place.
+    r2.proc.kill9();
+    std::fs::remove_dir_all(&r2.data)?;
+    r2.proc
+        .restart(Some("install.after_reset=1*return(crash)"))?;
+    expect_crash(&mut r2.proc, "install.after_reset", "r2").await?;
+    r2.proc.restart(None)?;
+    let st = wait_for(Duration::from_secs(30), "r2 to serve again", || async {
+        c.status(&r2.url).await.ok()
+    })
+    .await?;
+    let (snap2, flushed) = (
+        st["snapshot_lsn"].as_u64().unwrap_or(0),
+        st["flushed_lsn"].as_u64().unwrap_or(0),
+    );
+    anyhow::ensure!(
+        snap2 > 0 && flushed >= snap2,
+        "after a crash at install.after_reset r2 must hold its snapshot: {st}"
+    );
+    wait_converged(&c, &urls).await?;
+    check_acked(&r1.url, &acked, "after the installs").await?;
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
+// ----- damaged records on a follower's disk ----------------------------------------------------
+
+/// Large segments (the damage lands in the last one) and no snapshot during these tests.
+const DAMAGE_TOML: &str = "[timing]\nwrite_timeout_ms = 1000\n[storage]\nsegment_bytes_max = 1048576\nsnapshot_log_bytes = 104857600\n";
+
+/// A leader r1 and its sync follower r2 that acknowledged `writes` writes, then both killed
+/// (r2 after it flushed everything): r2's log is synced to its end.
+async fn pair_then_both_killed(
+    bin: &Path,
+    dir: &Path,
+    writes: usize,
+) -> anyhow::Result<(Standin, Replica, Replica, Client, Acked)> {
+    let standin = Standin::start("r1").await?;
+    standin.with(|p| p.drop_after_ms = None);
+    let spec = |id: &str| {
+        let mut s = ReplicaSpec::new(id, dir, std::slice::from_ref(&standin.url));
+        s.extra_toml = DAMAGE_TOML.into();
+        s
+    };
+    let mut r1 = Replica::start(bin, &spec("r1"), None)?;
+    let mut r2 = Replica::start(bin, &spec("r2"), None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r1.url, "r1").await?;
+    wait_for(Duration::from_secs(30), "r1 to wait for r2", || async {
+        let st = status(&c, &r1.url).await;
+        (st["waited"].as_array().map(Vec::len) == Some(1) && st["degraded"] == false).then_some(())
+    })
+    .await?;
+    let load = Load::start(&r1.url, "d", 4, 120);
+    load.wait_acked(writes, "before the damage").await?;
+    let (acked, _) = load.stop().await;
+    wait_converged(&c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    wait_for(
+        Duration::from_secs(30),
+        "r2 to flush its log end",
+        || async {
+            let st = status(&c, &r2.url).await;
+            let end = st["log_end_lsn"].as_u64()?;
+            (st["flushed_lsn"].as_u64()? == end && st["unclean"] == false).then_some(())
+        },
+    )
+    .await?;
+    r2.proc.kill9();
+    r1.proc.kill9();
+    Ok((standin, r1, r2, c, acked))
+}
+
+/// The newest segment file of a replica's log.
+fn last_segment(data: &Path) -> anyhow::Result<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(data.join("wal"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop()
+        .ok_or_else(|| anyhow::anyhow!("no segment in {}", data.display()))
+}
+
+/// Restarts the damaged r2 while its leader is down (nothing can repair it yet) and returns
+/// its status; a replica that refuses to start fails here with its log.
+async fn restart_damaged(r2: &mut Replica, c: &Client) -> anyhow::Result<serde_json::Value> {
+    r2.proc.restart(None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = c
+            .status(&r2.url)
+            .await
+            .ok()
+            .filter(|s| s["log_end_lsn"].is_u64())
+        {
+            return Ok(st);
+        }
+        if !r2.proc.running() {
+            anyhow::bail!(
+                "r2 refused to start on its damaged log:\n{}",
+                r2.proc.log_tail(5)
+            );
+        }
+        anyhow::ensure!(Instant::now() < deadline, "r2 did not serve within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// r1 comes back: r2 fetches what it lost, converges, and is clean again by the normal rule
+/// (its flush reached the first commit LSN it heard). Nothing acknowledged is lost.
+async fn leader_back_and_repaired(
+    r1: &mut Replica,
+    r2: &Replica,
+    c: &Client,
+    acked: &Acked,
+) -> anyhow::Result<()> {
+    r1.proc.restart(None)?;
+    wait_writable(c, &r1.url, "r1 restarted").await?;
+    wait_for(Duration::from_secs(30), "r2 to be clean again", || async {
+        (status(c, &r2.url).await["unclean"] == false).then_some(())
+    })
+    .await?;
+    wait_converged(c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    assert_same_records(&r1.data, &r2.data)?;
+    check_acked(&r1.url, acked, "after the repair").await?;
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
+/// Issue 10, item 6 (a): a bit flip in a follower's last record, which a sync had covered (the
+/// follower acknowledged it), used to be taken for a torn tail and cut silently. The follower
+/// starts, reports `unclean` (it lost a record it had acknowledged), fetches the record again
+/// from the leader, converges and is clean again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bit_flip_in_a_followers_synced_last_record_makes_it_unclean_until_it_fetched_it_again(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (_standin, mut r1, mut r2, c, acked) = pair_then_both_killed(&bin, tmp.path(), 100).await?;
+    let seg = last_segment(&r2.data)?;
+    let mut data = std::fs::read(&seg)?;
+    let mut off = baton_replica::wal::disk::records_start(&data);
+    let mut last = None;
+    while let Ok((r, n)) = Record::decode(&data[off..]) {
+        last = Some((off, r.lsn.0, n));
+        off += n;
+    }
+    let (at, lsn, n) = last.ok_or_else(|| anyhow::anyhow!("no record in {}", seg.display()))?;
+    anyhow::ensure!(off == data.len(), "the last record ends the file");
+    data[at + n / 2] ^= 0x10;
+    std::fs::write(&seg, &data)?;
+
+    let st = restart_damaged(&mut r2, &c).await?;
+    anyhow::ensure!(
+        st["unclean"] == true && st["log_end_lsn"].as_u64() == Some(lsn - 1),
+        "r2 lost LSN {lsn}, which it had acknowledged: it must report unclean with its log \
+         ending at LSN {}; status {st}",
+        lsn - 1
+    );
+    anyhow::ensure!(
+        r2.proc
+            .log()
+            .contains("damaged log record where a sync had returned"),
+        "the damage is logged as an error naming file and offset"
+    );
+    println!(
+        "r2 cut LSN {lsn} (damaged at {}:{at}) and reports unclean",
+        seg.display()
+    );
+    leader_back_and_repaired(&mut r1, &r2, &c, &acked).await
+}
+
+/// Issue 10, item 6 (b): a write-back hole in the middle of a follower's last segment (a page
+/// that did not reach the disk while later ones did) used to be taken for mid-log corruption:
+/// the node refused to start. It starts, cuts at the hole, is unclean (the records there had
+/// been synced and acknowledged), catches up from the leader and is clean again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_back_hole_in_a_followers_last_segment_is_cut_and_fetched_again(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (_standin, mut r1, mut r2, c, acked) = pair_then_both_killed(&bin, tmp.path(), 400).await?;
+    let seg = last_segment(&r2.data)?;
+    let mut data = std::fs::read(&seg)?;
+    anyhow::ensure!(data.len() >= 8 * 4096, "a segment of {} bytes", data.len());
+    let page = (data.len() / 2) & !4095;
+    data[page..page + 4096].fill(0);
+    std::fs::write(&seg, &data)?;
+    let mut end = 0;
+    let mut off = baton_replica::wal::disk::records_start(&data);
+    while let Ok((r, n)) = Record::decode(&data[off..]) {
+        end = r.lsn.0;
+        off += n;
+    }
+
+    let st = restart_damaged(&mut r2, &c).await?;
+    anyhow::ensure!(
+        st["unclean"] == true && st["log_end_lsn"].as_u64() == Some(end),
+        "r2 must cut at the hole (its log ending at LSN {end}) and report unclean; status {st}"
+    );
+    println!(
+        "r2 cut its log at the hole at {}:{page}, after LSN {end}",
+        seg.display()
+    );
+    leader_back_and_repaired(&mut r1, &r2, &c, &acked).await
 }
 
 // ----- ENOSPC ----------------------------------------------------------------------------------

@@ -179,8 +179,11 @@ async fn sigterm_drains_and_exits_cleanly_and_data_survives() -> anyhow::Result<
     Ok(())
 }
 
+/// A damaged record in a synced log is cut with everything after it (issue 10, item 6: it used
+/// to stop the replica): an ERROR names the file, the offset and the LSN, the cut bytes are kept
+/// under `wal/damaged/`, and the replica goes on (marked unclean, so that a leader repairs it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_log_stops_the_replica_naming_file_and_offset() -> anyhow::Result<()> {
+async fn corrupt_log_record_is_cut_naming_file_and_offset_and_kept_aside() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let standin = Standin::start("r1").await?;
     let mut r = ReplicaProc::start(ReplicaSpec::new(
@@ -199,21 +202,37 @@ async fn corrupt_log_stops_the_replica_naming_file_and_offset() -> anyhow::Resul
     let wal = r.data_dir().join("wal");
     let seg = std::fs::read_dir(&wal)?.next().expect("a segment")?.path();
     let mut bytes = std::fs::read(&seg)?;
-    let mid = bytes.len() / 2;
+    let start = baton_replica::wal::disk::records_start(&bytes);
+    let mid = start + (bytes.len() - start) / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&seg, &bytes)?;
     r.restart()?;
-    let st = r
-        .wait_exit(Duration::from_secs(10))
-        .expect("a corrupt log stops the replica");
-    assert_eq!(st.code(), Some(1));
+    wait_writable(&c, &r.url).await?;
     let log = r.log();
-    let last = log.lines().last().unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.contains("damaged log record where a sync had returned"))
+        .unwrap_or_else(|| panic!("no ERROR about the damage:\n{log}"));
     assert!(
-        last.contains("corrupt log")
-            && last.contains(&seg.display().to_string())
-            && last.contains("offset"),
-        "{last}"
+        line.contains("ERROR")
+            && line.contains(&seg.display().to_string())
+            && line.contains("offset")
+            && line.contains("from_lsn"),
+        "{line}"
+    );
+    assert!(
+        log.contains("marked unclean"),
+        "the replica marks itself unclean:\n{log}"
+    );
+    let kept = std::fs::read_dir(wal.join("damaged"))?.count();
+    assert_eq!(kept, 1, "the cut bytes are kept aside");
+    let st = c
+        .status(&r.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert!(
+        st["log_end_lsn"].as_u64() < Some(22),
+        "the log was cut: {st}"
     );
     Ok(())
 }

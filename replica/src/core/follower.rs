@@ -370,6 +370,12 @@ impl Core {
     /// A snapshot from the leader replaces the log and state; the runtime hands the log thread
     /// the matching reset in the same critical section. Applies whatever the stream's fate:
     /// the disk is about to hold this snapshot either way.
+    ///
+    /// Nothing of it is durable yet: until the log thread has renamed it into place, fsynced the
+    /// directory and restarted the log after it, a crash keeps the old log instead. So `flushed`
+    /// (what this replica acknowledges and reports) keeps what the old log made durable, which
+    /// is below the snapshot, and reaches the snapshot's LSN only when the runtime reports the
+    /// install durable through [`on_flushed`](Core::on_flushed) (I2; issue 10, item 5).
     pub fn follower_install_snapshot(&mut self, now: u64, snap: Snapshot) {
         if let Some(u) = self.upstream.as_mut() {
             u.last_msg_ms = now;
@@ -382,7 +388,7 @@ impl Core {
         self.overlay = HashMap::new();
         self.lossy_epochs = snap.lossy_epochs.into_iter().collect();
         self.log_end = (snap.epoch, lsn);
-        self.flushed = lsn;
+        self.flushed = self.flushed.min(lsn);
         self.commit = lsn;
         self.applied = lsn;
         self.snapshot_lsn = lsn;

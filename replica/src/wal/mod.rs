@@ -16,7 +16,9 @@ use std::path::PathBuf;
 /// Errors of a log store. `Corrupt` and `Io` on sync are fatal for the replica (never retried).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// Damage before the tail: the node must not start on this log (or must re-fetch the range).
+    /// A log the node must not start on: segments that do not follow each other, a record in
+    /// the wrong place, an unknown segment format. (Damaged records are cut and reported in
+    /// [`Recovery::damage`] instead, so that the range is fetched again from the leader.)
     #[error("corrupt log: {file}: offset {offset}: {reason}")]
     Corrupt {
         file: PathBuf,
@@ -46,12 +48,37 @@ impl LogError {
 /// What recovery found and repaired when a store was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Bytes cut from the tail of the last segment because they held a torn record.
+    /// Bytes cut from the tail of the last segment because they held a torn record (written
+    /// after the last fsync that returned: never acknowledged).
     pub torn_bytes_truncated: u64,
     /// Where the torn bytes started, as (file, offset).
     pub torn_at: Option<(PathBuf, u64)>,
     pub records: u64,
     pub segments: usize,
+    /// A damaged record that was cut with everything after it (not a plain torn tail).
+    pub damage: Option<Damage>,
+    /// Records this replica may have acknowledged (they were fsynced) are gone: it must be
+    /// marked unclean and fetch them again from the leader (DESIGN.md §3, §6). Also reported
+    /// on every later open until [`disk::DiskLog::clear_lost_marker`] says that was stored.
+    pub lost_acknowledged: bool,
+}
+
+/// A damaged record found by recovery, and what was cut because of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub file: PathBuf,
+    pub offset: u64,
+    /// LSN of the damaged record: the log now ends just before it.
+    pub from: Lsn,
+    /// What was wrong.
+    pub reason: String,
+    /// The damage lies where a sync had returned (a sealed segment, or below the durable length
+    /// the segment records): records that may have been acknowledged were cut.
+    pub acknowledged: bool,
+    /// A valid record lay after the damage (a write-back hole, or a bit flip in the middle).
+    pub valid_after: bool,
+    /// Where the cut bytes and segments were moved (nothing is deleted).
+    pub archived: Option<PathBuf>,
 }
 
 /// A durable, dense, append-only sequence of records.
@@ -65,7 +92,10 @@ pub struct Recovery {
 /// - [`truncate_from`](LogStore::truncate_from) and [`compact_through`](LogStore::compact_through)
 ///   are durable when they return.
 /// - After a crash the store reopens holding a prefix of what was appended that includes
-///   everything synced; a torn record at the very tail is cut, damage elsewhere is an error.
+///   everything synced; a torn record at the very tail is cut. A damaged record is cut with
+///   everything after it, and when it may have been synced (acknowledged) the store says so
+///   ([`Recovery::lost_acknowledged`]): the replica is then unclean until it fetched the range
+///   again.
 pub trait LogStore: Send + 'static {
     /// LSN of the first record held, or of the next record when the store is empty.
     fn first_lsn(&self) -> Lsn;
@@ -90,7 +120,7 @@ pub trait LogStore: Send + 'static {
     /// Allows removal of records with LSN ≤ `through` (a snapshot covers them). Implementations
     /// may keep some (whole segments are removed); durable on return.
     fn compact_through(&mut self, through: Lsn) -> Result<(), LogError>;
-    /// Bytes the store occupies.
+    /// Bytes of the records the store holds (their frames; file headers are not counted).
     fn size_bytes(&self) -> u64;
     /// Removes every record and makes the store empty with `next` as its next LSN (after a
     /// snapshot was installed in place of the log); durable on return.
