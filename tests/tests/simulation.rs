@@ -235,12 +235,13 @@ fn known_bug_operator_actions_on_a_restored_etcd() {
 /// 0.5–4 KiB of log; crashes right after installs; disk stalls; followers down long enough to
 /// need a snapshot). Gated in `all` by its known bug (issue 10 item 5: the follower
 /// acknowledges a snapshot's LSN before the snapshot is durable), which these seeds do not
-/// reach (see tests/README.md); they keep the snapshot paths under test meanwhile.
+/// reach (see tests/README.md); they keep the snapshot paths under test meanwhile (40 seeds:
+/// the CI budget).
 #[test]
 fn snapshot_seeds() {
     let mut failures = Vec::new();
     let mut installs = 0;
-    for seed in 301..=360 {
+    for seed in 301..=340 {
         let mut cfg = SimConfig::new(seed);
         cfg.faults = Faults::parse("all,snapshot").expect("faults");
         let rep = sim::run(cfg.clone());
@@ -256,21 +257,21 @@ fn snapshot_seeds() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
         installs > 10,
-        "only {installs} snapshot installs in 60 runs"
+        "only {installs} snapshot installs in 40 runs"
     );
 }
 
-/// A long idle run (TESTING row 23): two simulated hours without faults, clients writing about
+/// A long idle run (TESTING row 23): one simulated hour without faults, clients writing about
 /// once a second, snapshots on. Nothing wedges (every operation succeeds), the controllers do
 /// not keep rewriting etcd, and compaction keeps the logs short. (Before the simulated
 /// follower acknowledged on keepalives as the runtime does, this run flapped the sync set
 /// once a second: `baton-sim --seed 4 --idle-ms 600000 --classic`.)
 #[test]
 fn long_idle_run_does_not_wedge() {
-    let rep = sim::run(SimConfig::idle(3, 2 * 3600 * 1000, true));
+    let rep = sim::run(SimConfig::idle(3, 3600 * 1000, true));
     assert!(rep.violations.is_empty(), "{:?}", rep.violations);
-    assert!(rep.ok > 10_000, "only {} operations succeeded", rep.ok);
-    assert!(rep.snapshots > 100, "only {} snapshots", rep.snapshots);
+    assert!(rep.ok > 5_000, "only {} operations succeeded", rep.ok);
+    assert!(rep.snapshots > 50, "only {} snapshots", rep.snapshots);
 }
 
 /// Every fault kind's name parses back (`names` is what replay commands print).
