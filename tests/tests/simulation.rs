@@ -192,7 +192,9 @@ fn known_bug(enabled: bool, flag: &str, faults: &str, seed: u64, symptom: &str) 
         }
     }
     panic!(
-        "seeds {seed}..{} no longer show the bug ({symptom:?}): if it is fixed, set {flag} = true",
+        "seeds {seed}..{} no longer show the bug ({symptom:?}): if it is fixed, set {flag} = true; \
+         if not, a change moved the schedules: find a seed that shows it with \
+         `baton-sim --seeds 2000 --faults {faults}` and pin it here",
         seed + 40
     );
 }
