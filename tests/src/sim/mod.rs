@@ -11,6 +11,8 @@
 //! The same seed always replays the same run.
 
 mod net;
+mod ops;
+mod snap;
 
 use crate::checker::{self, Op as HOp, OpKind, OpResult, Outcome};
 use crate::history::{self, AckedWrite, Stored};
@@ -24,6 +26,7 @@ use baton_replica::core::{
     AppendHeader, Consistency, Core, CoreConfig, Effect, Exchange, FetchStart, FollowerNext,
     Recovered, Verdict, WriteReject, WriteReq,
 };
+use baton_replica::snapshot::Snapshot;
 use baton_replica::wal::{Op as WOp, Record};
 use bytes::Bytes;
 use net::{Clock, Net, Proc, Queue};
@@ -42,8 +45,41 @@ const TICK_MS: u64 = 20;
 const STREAM_SILENCE_MS: u64 = 1000;
 const BATCH: u64 = 64;
 
+/// The fault kinds of issue 10 whose known product bugs are not fixed yet. Each one is off in
+/// `all` (so that `main` stays green) until its flag here is flipped to `true`, by the engineer
+/// who merges the fix; `--faults all,forced,snapshot,restore-ops` turns them on meanwhile.
+/// - `forced`: `failover --to M --force` in semi-sync mode writes a leader-start that is not
+///   marked lossy, so the returning holders of the cut records refuse to truncate for ever and
+///   the run never converges (issue 10 item 2).
+/// - `snapshot`: replicas snapshot and compact, leaders send snapshots, followers install
+///   them. The follower acknowledges a snapshot's LSN before the snapshot is durable (issue 10
+///   item 5); see [`ACK_SNAPSHOT_BEFORE_DURABLE`].
+/// - `restore_ops`: etcd restores followed by operator actions (pause, resume, switchover,
+///   `failover --to` without force); after a same-epoch restore a pause/resume lifts the
+///   "etcd state behind replicas" refusal and the stale sync set is used (issue 10 item 3).
+pub const NEW_KINDS_ENABLED: NewKinds = NewKinds {
+    forced: false,
+    snapshot: false,
+    restore_ops: false,
+};
+
+/// The simulated follower acknowledges an installed snapshot's LSN as soon as the core installed
+/// it, before the log thread renamed the file into place (what `repl/follower.rs` and
+/// `Node::send_install` do today: the flushed watch is published in the same critical section
+/// that queues the install). Set to `false` when the runtime acknowledges only after the
+/// install is durable, so that the simulation keeps modelling the real order.
+pub const ACK_SNAPSHOT_BEFORE_DURABLE: bool = true;
+
+/// See [`NEW_KINDS_ENABLED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewKinds {
+    pub forced: bool,
+    pub snapshot: bool,
+    pub restore_ops: bool,
+}
+
 /// Which faults the nemesis may inject.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Faults {
     pub crash: bool,
     pub pause: bool,
@@ -53,13 +89,37 @@ pub struct Faults {
     pub etcd: bool,
     pub wipe: bool,
     pub operator: bool,
-    /// etcd restored from an old snapshot, or emptied (TESTING row 18). Not part of `all`:
-    /// the cluster then stops deciding by design, so it gets runs of its own.
+    /// etcd restored from an old snapshot, or emptied (TESTING row 18). Not part of `all`
+    /// unless `restore_ops` is: the cluster then stops deciding by design.
     pub restore: bool,
+    /// Operator `failover --to M --force` (sometimes `allow_data_loss`) to a member outside the
+    /// sync set, with the leader alive or cut off. Acknowledged writes it loses are counted as
+    /// accepted loss; convergence and one writer per epoch are still checked.
+    pub forced: bool,
+    /// Snapshots, compaction and snapshot installs (replicas snapshot every few KiB of log),
+    /// a crash right after a snapshot install, and disk stalls.
+    pub snapshot: bool,
+    /// Every etcd restore is followed by operator actions (pause, resume, switchover,
+    /// `failover --to` without force). Implies `restore`.
+    pub restore_ops: bool,
 }
 
+const BASE_KINDS: [&str; 8] = [
+    "crash",
+    "pause",
+    "partition",
+    "loss",
+    "controller",
+    "etcd",
+    "wipe",
+    "operator",
+];
+const EXTRA_KINDS: [&str; 4] = ["restore", "forced", "snapshot", "restore-ops"];
+
 impl Faults {
+    /// Every fault kind whose known bugs are fixed (see [`NEW_KINDS_ENABLED`]).
     pub fn all() -> Faults {
+        let n = NEW_KINDS_ENABLED;
         Faults {
             crash: true,
             pause: true,
@@ -69,8 +129,19 @@ impl Faults {
             etcd: true,
             wipe: true,
             operator: true,
-            restore: false,
+            restore: n.restore_ops,
+            forced: n.forced,
+            snapshot: n.snapshot,
+            restore_ops: n.restore_ops,
         }
+    }
+    /// Every fault kind, the gated ones included.
+    pub fn everything() -> Faults {
+        let mut f = Faults::all();
+        for k in EXTRA_KINDS {
+            *f.flag(k).expect("known") = true;
+        }
+        f
     }
     pub fn none() -> Faults {
         Faults {
@@ -83,55 +154,91 @@ impl Faults {
             wipe: false,
             operator: false,
             restore: false,
+            forced: false,
+            snapshot: false,
+            restore_ops: false,
         }
     }
-    /// Parses `crash,pause,…` (or `all`, `none`).
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "crash" => &mut self.crash,
+            "pause" => &mut self.pause,
+            "partition" => &mut self.partition,
+            "loss" => &mut self.loss,
+            "controller" => &mut self.controller,
+            "etcd" => &mut self.etcd,
+            "wipe" => &mut self.wipe,
+            "operator" => &mut self.operator,
+            "restore" => &mut self.restore,
+            "forced" => &mut self.forced,
+            "snapshot" => &mut self.snapshot,
+            "restore-ops" => &mut self.restore_ops,
+            _ => return None,
+        })
+    }
+    /// Parses `crash,pause,…`; `all` (every kind whose bugs are fixed), `everything` (the
+    /// gated kinds too) and `none` may start the list, and `no-KIND` turns one off.
     pub fn parse(s: &str) -> Result<Faults, String> {
-        if s == "all" {
-            return Ok(Faults::all());
-        }
         let mut f = Faults::none();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match name {
-                "none" => {}
-                "crash" => f.crash = true,
-                "pause" => f.pause = true,
-                "partition" => f.partition = true,
-                "loss" => f.loss = true,
-                "controller" => f.controller = true,
-                "etcd" => f.etcd = true,
-                "wipe" => f.wipe = true,
-                "operator" => f.operator = true,
-                "restore" => f.restore = true,
-                other => {
-                    return Err(format!(
-                        "unknown fault {other:?}; known: crash, pause, partition, loss, controller, etcd, wipe, operator, restore, all, none"
-                    ))
-                }
+            let (on, kind) = match name.strip_prefix("no-") {
+                Some(k) => (false, k),
+                None => (true, name),
+            };
+            match kind {
+                "none" => f = Faults::none(),
+                "all" => f = Faults::all(),
+                "everything" => f = Faults::everything(),
+                k => match f.flag(k) {
+                    Some(b) => *b = on,
+                    None => {
+                        return Err(format!(
+                            "unknown fault {name:?}; known: {}, {}, all, everything, none (no-KIND turns one off)",
+                            BASE_KINDS.join(", "),
+                            EXTRA_KINDS.join(", ")
+                        ))
+                    }
+                },
             }
+        }
+        if f.restore_ops {
+            f.restore = true;
         }
         Ok(f)
     }
+    /// The list `parse` reads back into these faults.
     pub fn names(&self) -> String {
-        let mut v = Vec::new();
-        for (on, n) in [
-            (self.crash, "crash"),
-            (self.pause, "pause"),
-            (self.partition, "partition"),
-            (self.loss, "loss"),
-            (self.controller, "controller"),
-            (self.etcd, "etcd"),
-            (self.wipe, "wipe"),
-            (self.operator, "operator"),
-            (self.restore, "restore"),
-        ] {
-            if on {
-                v.push(n);
+        let mut me = self.clone();
+        let base_all = BASE_KINDS.iter().all(|k| *me.flag(k).expect("known"));
+        if base_all {
+            let all = Faults::all();
+            let mut v = vec!["all".to_string()];
+            for k in EXTRA_KINDS {
+                if k == "restore" && me.restore_ops {
+                    continue; // implied
+                }
+                let (mine, dflt) = (
+                    *me.flag(k).expect("known"),
+                    *all.clone().flag(k).expect("known"),
+                );
+                if mine != dflt {
+                    v.push(if mine {
+                        k.to_string()
+                    } else {
+                        format!("no-{k}")
+                    });
+                }
             }
+            return v.join(",");
         }
-        if v.len() == 8 && !self.restore {
-            "all".into()
-        } else if v.is_empty() {
+        let v: Vec<&str> = BASE_KINDS
+            .iter()
+            .chain(EXTRA_KINDS.iter())
+            .copied()
+            .filter(|k| *k != "restore" || !self.restore_ops)
+            .filter(|k| *me.flag(k).expect("known"))
+            .collect();
+        if v.is_empty() {
             "none".into()
         } else {
             v.join(",")
@@ -155,9 +262,22 @@ pub struct SimConfig {
     pub broken_ack_on_flush: bool,
     /// How many of the last events a failing run reports.
     pub trace_len: usize,
+    /// Report the trace of a passing run too.
+    pub keep_trace: bool,
     /// Replication mode. In async mode a failover may lose acknowledged writes by design
     /// (G3 counts them): the lost-write and linearizability checks are replaced by a count.
     pub mode: Mode,
+    /// Clients also delete (plain and conditional) and read with `any` consistency from any
+    /// replica. Off replays the schedules of the seeds pinned before deletes existed.
+    pub deletes_and_any: bool,
+    /// Followers acknowledge on keepalives too, as the runtime's acker does every 20 ms
+    /// without new flushes. Off replays the seeds pinned before (a quiet follower then looked
+    /// "not acking" to the controller after a second, and the sync set flapped).
+    pub periodic_acks: bool,
+    /// A long quiet run (TESTING row 23): no faults, clients write about once a second each,
+    /// and every operation must succeed (nothing wedges), the controllers must not keep writing
+    /// etcd, and with snapshots on the logs must stay bounded.
+    pub idle: bool,
 }
 
 impl SimConfig {
@@ -172,13 +292,51 @@ impl SimConfig {
             keys: 3,
             broken_ack_on_flush: false,
             trace_len: 60,
+            keep_trace: false,
             mode: Mode::SemiSync,
+            deletes_and_any: true,
+            periodic_acks: true,
+            idle: false,
         }
+    }
+    /// The run as it was before issue 10 (no deletes, no `any` reads, none of the new kinds):
+    /// pinned seeds replay their original schedules with it.
+    pub fn classic(seed: u64) -> SimConfig {
+        let mut c = SimConfig::new(seed);
+        c.deletes_and_any = false;
+        c.periodic_acks = false;
+        c.faults.forced = false;
+        c.faults.snapshot = false;
+        c.faults.restore_ops = false;
+        c.faults.restore = false;
+        c
+    }
+    /// A long idle run of `duration_ms` (see [`SimConfig::idle`]); snapshots on when
+    /// `snapshots`.
+    pub fn idle(seed: u64, duration_ms: u64, snapshots: bool) -> SimConfig {
+        let mut c = SimConfig::new(seed);
+        c.duration_ms = duration_ms;
+        c.faults = Faults::none();
+        c.faults.snapshot = snapshots;
+        c.idle = true;
+        c
     }
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
+        if self.idle {
+            return format!(
+                "cargo run -p baton-tests --bin baton-sim -- --seed {} --idle-ms {}{}",
+                self.seed,
+                self.duration_ms,
+                if self.faults.snapshot {
+                    " --faults snapshot"
+                } else {
+                    ""
+                }
+            );
+        }
         format!(
-            "cargo run -p baton-tests --bin baton-sim -- --seed {} --duration-ms {} --faults {}{}",
+            "cargo run -p baton-tests --bin baton-sim -- --seed {} --duration-ms {} --faults {}{}{}",
             self.seed,
             self.duration_ms,
             self.faults.names(),
@@ -186,6 +344,11 @@ impl SimConfig {
                 " --async"
             } else {
                 ""
+            },
+            if self.deletes_and_any || self.periodic_acks {
+                ""
+            } else {
+                " --classic"
             }
         )
     }
@@ -206,6 +369,13 @@ pub struct Report {
     pub blocked: bool,
     /// Async mode: acknowledged writes missing from the final state (allowed, counted).
     pub lost_async: u64,
+    /// Semi-sync mode: acknowledged writes lost by a forced failover the operator accepted
+    /// (`failover --force`); counted, not failed.
+    pub lost_accepted: u64,
+    /// Snapshots installed by followers.
+    pub installs: u64,
+    /// Snapshots taken (committed) and log compactions.
+    pub snapshots: u64,
     /// How often each fault kind was injected (and took effect).
     pub fault_kinds: BTreeMap<String, u64>,
     pub violations: Vec<String>,
@@ -249,14 +419,23 @@ enum Repl {
         epoch: Epoch,
         flushed: Lsn,
     },
+    /// The leader's newest snapshot (begin, chunks and end of the real stream in one message:
+    /// the stream is FIFO and the follower acts only on the end).
+    Snapshot(Box<Snapshot>),
 }
 
 #[derive(Clone, Debug)]
 enum Req {
     Read(String),
+    /// `consistency=any` on whichever replica receives it.
+    ReadAny(String),
     Put {
         key: String,
         value: String,
+        expect: Option<VExpect>,
+    },
+    Delete {
+        key: String,
         expect: Option<VExpect>,
     },
 }
@@ -264,6 +443,8 @@ enum Req {
 #[derive(Clone, Debug)]
 enum Res {
     Read(Option<(String, Version)>),
+    /// An `any` read: the entry and the replica's applied LSN.
+    ReadAny(Option<(String, Version)>),
     Written(Version),
     Precondition,
     NotApplied(String),
@@ -336,6 +517,32 @@ enum Ev {
     Nemesis,
     /// An operator's `failover --to` a sync member (or any member: it may be refused).
     ManualFailover,
+    /// An operator's action (`ops.rs`).
+    Operator(ops::Act),
+    /// A background snapshot's temp file is written and fsynced (`snap.rs`).
+    SnapWritten {
+        r: usize,
+        inc: u64,
+        snap: Box<Snapshot>,
+        gen: u64,
+    },
+    /// The log thread compacts through `lsn` if its generation is still `gen`.
+    Compact {
+        r: usize,
+        inc: u64,
+        lsn: Lsn,
+        gen: u64,
+    },
+    /// The log thread renamed an installed snapshot into place and restarted the log after it.
+    InstallDone {
+        r: usize,
+        inc: u64,
+    },
+    /// The nemesis crashes this replica run (`crash-after-install`).
+    CrashRun {
+        r: usize,
+        inc: u64,
+    },
     Heal(Heal),
     EndFaults,
     Probe,
@@ -373,10 +580,23 @@ struct Replica {
     meta_epoch: Epoch,
     meta_rev: u64,
     meta_unclean: bool,
-    /// Every record written, LSN `i + 1` at index `i`; the first `durable` survive a crash.
+    /// Every record written, LSN `log_start + i` at index `i`; the first `durable` survive a
+    /// crash.
     log: Vec<Record>,
+    log_start: u64,
     durable: usize,
+    /// The newest snapshot renamed into place (durable).
+    snap: Option<Snapshot>,
     rollbacks: Vec<Record>,
+    /// Truncations, resets and installs the log thread executed in this process run.
+    disk_gen: u64,
+    /// A snapshot install queued to the log thread and not done yet: records appended after
+    /// it (and an `unclean` change) wait behind it, as in the log thread's channel.
+    install: Option<Box<Snapshot>>,
+    queued: Vec<Record>,
+    queued_unclean: Option<bool>,
+    /// The disk stalls (every fsync, rename and install waits) until then (µs).
+    stall_until: u64,
     // The process.
     core: Option<Core>,
     flush_scheduled: bool,
@@ -448,6 +668,8 @@ struct OpRec {
     h: HOp,
     client: usize,
     done: bool,
+    /// An `any` read (kept out of the linearizability history).
+    any: bool,
 }
 
 // ----- the world ---------------------------------------------------------------------------
@@ -472,6 +694,25 @@ struct World {
     epoch_starts: HashMap<u64, (String, u64)>,
     /// Acknowledged writes: (epoch, LSN) → (key, value).
     acked: HashMap<(u64, u64), (String, String)>,
+    /// Acknowledged deletes: (epoch, LSN) → key.
+    acked_deletes: HashMap<(u64, u64), String>,
+    /// Every (epoch, LSN) a leader acknowledged, when it sent the answer (for I2).
+    leader_acked: Vec<(u64, u64)>,
+    /// The highest epoch promoted by a forced failover (`failover --force` to a member that
+    /// may lack acknowledged writes): writes acknowledged in lower epochs may be lost by the
+    /// operator's choice (accepted loss).
+    forced_epoch: u64,
+    /// The next snapshot install crashes its replica right after (`crash-after-install`).
+    crash_after_install: bool,
+    /// Snapshot threshold of this run's replicas (bytes of log; `u64::MAX` without snapshots).
+    snapshot_bytes: u64,
+    /// Idle runs: etcd state writes since the run settled.
+    idle_etcd_writes: u64,
+    /// The cluster was initialized (`init`) at least once.
+    initialized: bool,
+    /// Client operations invoked before this time (µs) belong to a history that was wiped
+    /// out entirely (see [`World::note_init`]) and are not checked.
+    history_from: u64,
     faults_on: bool,
     clients_on: bool,
     /// Copies of etcd's state and journal, taken every second (for `etcd-restore`).
@@ -534,8 +775,15 @@ impl World {
                 meta_rev: 0,
                 meta_unclean: true,
                 log: Vec::new(),
+                log_start: 1,
                 durable: 0,
+                snap: None,
                 rollbacks: Vec::new(),
+                disk_gen: 0,
+                install: None,
+                queued: Vec::new(),
+                queued_unclean: None,
+                stall_until: 0,
                 core: None,
                 flush_scheduled: false,
                 waiters: BTreeMap::new(),
@@ -581,6 +829,12 @@ impl World {
                 n: 0,
             })
             .collect();
+        // Drawn only when on, so that runs without snapshots replay their old schedules.
+        let snapshot_bytes = if cfg.faults.snapshot {
+            rng.random_range(512..4096)
+        } else {
+            u64::MAX
+        };
         World {
             rng,
             now: 0,
@@ -600,6 +854,14 @@ impl World {
             members,
             written: HashMap::new(),
             acked: HashMap::new(),
+            acked_deletes: HashMap::new(),
+            leader_acked: Vec::new(),
+            forced_epoch: 0,
+            crash_after_install: false,
+            snapshot_bytes,
+            idle_etcd_writes: 0,
+            initialized: false,
+            history_from: 0,
             epoch_starts: HashMap::new(),
             faults_on: true,
             clients_on: true,
@@ -757,6 +1019,12 @@ impl World {
             | Ev::HeartbeatTimer { r, .. }
             | Ev::Flush { r, .. }
             | Ev::Closed { r, .. } => self.replicas[*r].paused_until,
+            // The disk keeps working while the process is stopped (the kernel writes back),
+            // but the log thread is stopped too: its steps wait.
+            Ev::SnapWritten { r, .. } | Ev::Compact { r, .. } | Ev::InstallDone { r, .. } => self
+                .replicas[*r]
+                .paused_until
+                .max(self.replicas[*r].stall_until),
             Ev::Deliver {
                 to: Proc::Controller(c),
                 ..
@@ -821,13 +1089,38 @@ impl World {
                     self.etcd_backups.push(b);
                 }
                 if self.faults_on {
-                    self.nemesis();
+                    if !self.cfg.idle {
+                        self.nemesis();
+                    }
                     let next = self.rng.random_range(200_000..1_500_000);
                     self.after_us(next, Ev::Nemesis);
                 }
             }
             Ev::Heal(h) => self.heal(h),
             Ev::ManualFailover => self.manual_failover(),
+            Ev::Operator(a) => self.operator(a),
+            Ev::SnapWritten { r, inc, snap, gen } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.snapshot_written(r, *snap, gen);
+                }
+            }
+            Ev::Compact { r, inc, lsn, gen } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.compact(r, lsn, gen);
+                }
+            }
+            Ev::InstallDone { r, inc } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.install_done(r);
+                }
+            }
+            Ev::CrashRun { r, inc } => {
+                if self.replicas[r].up && self.replicas[r].inc == inc {
+                    self.crash_replica(r);
+                    let hold = self.rng.random_range(300_000..3_500_000);
+                    self.after_us(hold, Ev::Heal(Heal::Restart(Proc::Replica(r))));
+                }
+            }
             Ev::EndFaults => {
                 self.faults_on = false;
                 self.crash_mid_promotion = false;
@@ -858,8 +1151,21 @@ impl World {
 
     fn start_replica(&mut self, r: usize) {
         let boot = BootId(self.rng.random());
+        let snapshot_log_bytes = self.snapshot_bytes;
         let rep = &mut self.replicas[r];
         rep.log.truncate(rep.durable);
+        // As `Node::open_with_log`: a log that ends inside the snapshot restarts after it;
+        // the records after the snapshot are replayed.
+        let snap_lsn = rep.snap.as_ref().map_or(0, |s| s.lsn.0);
+        if rep.log_start + (rep.log.len() as u64) <= snap_lsn {
+            rep.log.clear();
+            rep.durable = 0;
+            rep.log_start = snap_lsn + 1;
+        }
+        assert!(
+            rep.log_start <= snap_lsn + 1,
+            "simulated disk: the log starts after the snapshot"
+        );
         let cfg = CoreConfig {
             id: rep.id.clone(),
             cluster: "main".into(),
@@ -867,20 +1173,22 @@ impl World {
             data_id: rep.data_id,
             boot_id: boot,
             drift: DRIFT,
-            snapshot_log_bytes: u64::MAX,
+            snapshot_log_bytes,
         };
+        let skip = (snap_lsn + 1 - rep.log_start) as usize;
         let rec = Recovered {
             cluster_id: 0,
             epoch: rep.meta_epoch,
             applied_rev: rep.meta_rev,
             unclean: rep.meta_unclean,
-            snapshot: None,
-            records: rep.log.clone(),
-            log_start: Lsn(1),
+            snapshot: rep.snap.clone(),
+            records: rep.log[skip..].to_vec(),
+            log_start: Lsn(rep.log_start),
         };
         rep.core = Some(Core::new(cfg, rec));
         rep.up = true;
         rep.inc += 1;
+        rep.disk_gen = 0;
         rep.flush_scheduled = false;
         rep.waiters.clear();
         rep.barriers.clear();
@@ -900,11 +1208,17 @@ impl World {
             return;
         }
         self.note(format!("r{} crashes", r + 1));
+        self.check_i2_at_crash(r);
         let rep = &mut self.replicas[r];
         rep.up = false;
         rep.inc += 1;
         rep.core = None;
         rep.paused_until = 0;
+        // Whatever waited behind an unfinished install in the log thread's channel is gone;
+        // the disk still holds the old log and snapshot.
+        rep.install = None;
+        rep.queued.clear();
+        rep.queued_unclean = None;
         rep.log.truncate(rep.durable);
         rep.waiters.clear();
         rep.barriers.clear();
@@ -935,7 +1249,9 @@ impl World {
         rep.meta_rev = 0;
         rep.meta_unclean = true;
         rep.log.clear();
+        rep.log_start = 1;
         rep.durable = 0;
+        rep.snap = None;
         rep.max_epoch = Epoch(0);
     }
 
@@ -984,13 +1300,22 @@ impl World {
             }
         }
         let rep = &mut self.replicas[r];
-        if rec.lsn.0 != rep.log.len() as u64 + 1 {
-            let n = rep.log.len();
+        let end = rep.log_start + rep.log.len() as u64 + rep.queued.len() as u64;
+        let end = match &rep.install {
+            Some(s) => s.lsn.0 + 1 + rep.queued.len() as u64,
+            None => end,
+        };
+        if rec.lsn.0 != end {
             self.violation(format!(
-                "r{} appends LSN {} after a log of {n} records",
+                "r{} appends LSN {} where its log continues at LSN {end}",
                 r + 1,
                 rec.lsn
             ));
+            return;
+        }
+        if rep.install.is_some() {
+            // Behind the install in the log thread's channel.
+            rep.queued.push(rec);
             return;
         }
         rep.log.push(rec);
@@ -1019,7 +1344,12 @@ impl World {
                 }
                 Effect::PersistMeta => {
                     let u = self.core(r).unclean();
-                    self.replicas[r].meta_unclean = u;
+                    let rep = &mut self.replicas[r];
+                    if rep.install.is_some() {
+                        rep.queued_unclean = Some(u);
+                    } else {
+                        rep.meta_unclean = u;
+                    }
                 }
             }
         }
@@ -1044,6 +1374,7 @@ impl World {
             }
             let (op, version, _) = entry.remove();
             if ack {
+                self.leader_acked.push((version.epoch.0, version.lsn.0));
                 self.reply(r, op, Res::Written(version));
             } else {
                 self.reply(
@@ -1063,13 +1394,20 @@ impl World {
         }
         self.run_effects(r, fx);
         self.push_streams(r);
+        self.maybe_snapshot(r);
     }
 
     fn flush(&mut self, r: usize) {
         let rep = &mut self.replicas[r];
+        if rep.install.is_some() || rep.stall_until > self.now {
+            // The log thread is busy with an install or its disk stalls: the batch waits.
+            let (inc, at) = (rep.inc, rep.stall_until.max(self.now + 500));
+            self.q.push(at, Ev::Flush { r, inc });
+            return;
+        }
         rep.flush_scheduled = false;
         rep.durable = rep.log.len();
-        let lsn = Lsn(rep.durable as u64);
+        let lsn = Lsn(rep.log_start + rep.durable as u64 - 1);
         let now = self.rms(r);
         let fx = self.core(r).on_flushed(now, lsn);
         self.after_step(r, fx);
@@ -1285,9 +1623,13 @@ impl World {
         }
     }
 
+    /// Archives and cuts the log from `from` (the log thread's `Truncate`, after everything
+    /// queued before it, an unfinished install included).
     fn truncate_disk(&mut self, r: usize, from: Lsn) {
+        self.finish_install_now(r);
         let rep = &mut self.replicas[r];
-        let keep = (from.0 - 1) as usize;
+        rep.disk_gen += 1;
+        let keep = from.0.saturating_sub(rep.log_start) as usize;
         if keep < rep.log.len() {
             let cut: Vec<Record> = rep.log.drain(keep..).collect();
             rep.rollbacks.extend(cut);
@@ -1354,6 +1696,9 @@ impl World {
                             let rest: Vec<Record> = rep.log.drain(..).collect();
                             rep.rollbacks.extend(rest);
                             rep.durable = 0;
+                            rep.log_start = 1;
+                            // Snapshots are set aside with the log.
+                            rep.snap = None;
                             rep.meta_unclean = true;
                             self.follower_next(
                                 r,
@@ -1378,6 +1723,22 @@ impl World {
                         .core(r)
                         .follower_on_keepalive(now, sid, epoch, commit, end)?;
                     self.after_step(r, fx);
+                    if self.cfg.periodic_acks {
+                        // The runtime's acker also acknowledges every 20 ms without a new
+                        // flush (`repl/follower.rs`): a quiet follower is not "not acking".
+                        let core = self.replicas[r].core.as_ref().expect("up");
+                        if core.follower_stream_current(sid) {
+                            let m = Repl::Ack {
+                                epoch: core.epoch(),
+                                flushed: core.flushed(),
+                            };
+                            self.send_repl(r, leader, conn, m);
+                        }
+                    }
+                }
+                Repl::Snapshot(snap) => {
+                    let sid = sid.ok_or("no stream id")?;
+                    self.install_snapshot(r, conn, leader, sid, *snap);
                 }
                 other => return Err(format!("unexpected message to a follower: {other:?}")),
             }
@@ -1438,9 +1799,7 @@ impl World {
                         self.push_streams(r);
                     }
                     Ok(FetchStart::Snapshot) => {
-                        self.violation(
-                            "a snapshot was asked for, but the simulation never compacts".into(),
-                        );
+                        self.send_snapshot(r, conn);
                     }
                     Err(reason) => {
                         self.replicas[r].serving.remove(&conn);
@@ -1488,10 +1847,23 @@ impl World {
             }
             let Some(next) = next else { continue };
             let (commit, end) = (core.commit(), core.log_end().1);
+            if next < core.log_start() {
+                // The follower fell behind what the log still holds while streaming.
+                self.send_snapshot(r, conn);
+                continue;
+            }
             if next <= end {
                 let last = end.0.min(next.0 + BATCH - 1);
-                let recs: Vec<Record> =
-                    self.replicas[r].log[(next.0 - 1) as usize..last as usize].to_vec();
+                let recs: Vec<Record> = (next.0..=last)
+                    .filter_map(|l| self.record_at(r, l))
+                    .collect();
+                if recs.len() as u64 != last + 1 - next.0 {
+                    self.violation(format!(
+                        "r{} streams LSNs {next}..={last} that its log does not hold",
+                        r + 1
+                    ));
+                    return;
+                }
                 let prev_lsn = Lsn(next.0 - 1);
                 let prev_epoch = core.epoch_of(prev_lsn).unwrap_or(Epoch(0));
                 let h = AppendHeader {
@@ -1581,11 +1953,26 @@ impl World {
                 };
                 self.reply(r, op, res);
             }
-            Req::Put { key, value, expect } => {
+            Req::ReadAny(key) => {
+                let res = match self.core(r).read(now, key.as_bytes(), Consistency::Any) {
+                    Ok(ok) => Res::ReadAny(
+                        ok.entry
+                            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.version)),
+                    ),
+                    Err(e) => Res::NotApplied(format!("{e:?}")),
+                };
+                self.reply(r, op, res);
+            }
+            Req::Put { .. } | Req::Delete { .. } => {
+                let (key, value, expect) = match req {
+                    Req::Put { key, value, expect } => (key, Some(Bytes::from(value)), expect),
+                    Req::Delete { key, expect } => (key, None, expect),
+                    _ => unreachable!(),
+                };
                 let kb = Bytes::from(key.clone());
                 let w = WriteReq {
                     key: kb.clone(),
-                    value: Some(Bytes::from(value)),
+                    value,
                     expect,
                 };
                 match self.core(r).propose(now, w) {
@@ -1643,8 +2030,36 @@ impl World {
         self.clients[c].n += 1;
         let value = format!("c{c}-{}", self.clients[c].n);
         let p: f64 = self.rng.random();
-        let (kind, req) = if p < 0.4 {
+        // Deletes and `any` reads take shares of the reads and blind writes (drawn only with
+        // them on, so that classic runs replay their schedules).
+        let q: f64 = if self.cfg.deletes_and_any {
+            self.rng.random()
+        } else {
+            1.0
+        };
+        let (kind, req) = if p < 0.4 && q < 0.2 {
+            // Not part of the linearizability history: checked on its own (`on_reply`).
+            (OpKind::Read, Req::ReadAny(key.clone()))
+        } else if p < 0.4 {
             (OpKind::Read, Req::Read(key.clone()))
+        } else if p >= 0.7 && q < 0.3 {
+            // Conditional on the version last seen (a delete "if absent" is not a thing: the
+            // replica answers 404 where the condition would hold).
+            let expect = match self.clients[c].last_read.get(&key).cloned().flatten() {
+                Some((v, ver)) if q < 0.1 => {
+                    Some((checker::Expect::Value(v), VExpect::Version(ver)))
+                }
+                _ => None,
+            };
+            (
+                OpKind::Delete {
+                    expect: expect.as_ref().map(|(h, _)| h.clone()),
+                },
+                Req::Delete {
+                    key: key.clone(),
+                    expect: expect.map(|(_, v)| v),
+                },
+            )
         } else if p < 0.7 {
             let last = self.clients[c].last_read.get(&key).cloned().flatten();
             let (hx, vx) = match last {
@@ -1674,6 +2089,7 @@ impl World {
                 },
             )
         };
+        let any = matches!(req, Req::ReadAny(_));
         let op = self.ops.len();
         self.ops.push(OpRec {
             h: HOp {
@@ -1686,9 +2102,14 @@ impl World {
             },
             client: c,
             done: false,
+            any,
         });
         self.clients[c].busy = Some(op);
-        let target = self.pick_target();
+        let target = if any {
+            self.rng.random_range(0..self.replicas.len())
+        } else {
+            self.pick_target()
+        };
         self.send(
             Proc::Client(c),
             Proc::Replica(target),
@@ -1708,7 +2129,9 @@ impl World {
         rec.h.outcome = outcome;
         let c = rec.client;
         self.clients[c].busy = None;
-        let think = if backoff {
+        let think = if self.cfg.idle {
+            self.rng.random_range(500_000..2_000_000)
+        } else if backoff {
             self.rng.random_range(20_000..60_000)
         } else {
             self.rng.random_range(500..5_000)
@@ -1739,12 +2162,48 @@ impl World {
                 self.clients[c].last_read.insert(key, v.clone());
                 self.finish_op(op, Outcome::Ok(OpResult::Read(v.map(|(s, _)| s))), false);
             }
+            Res::ReadAny(v) => {
+                // Not linearizable by design; but what it returns was written at that version,
+                // and the key's contents there are what the leader wrote.
+                if let Some((val, ver)) = &v {
+                    let k = (ver.epoch.0, ver.lsn.0);
+                    let want = format!("put {key}={val}");
+                    if self.written.get(&k) != Some(&want) {
+                        let got = self.written.get(&k).cloned();
+                        self.violation(format!(
+                            "an `any` read of {key} returned {val:?} at ({}, {}), but that record is {got:?}",
+                            k.0, k.1
+                        ));
+                    }
+                }
+                self.finish_op(op, Outcome::Ok(OpResult::Read(v.map(|(s, _)| s))), false);
+            }
+            Res::Written(ver) if matches!(self.ops[op].h.kind, OpKind::Delete { .. }) => {
+                let k = (ver.epoch.0, ver.lsn.0);
+                if self.acked.contains_key(&k)
+                    || self.acked_deletes.get(&k).is_some_and(|k2| *k2 != key)
+                {
+                    self.violation(format!(
+                        "two acknowledged writes at ({}, {}), one a delete of {key}",
+                        k.0, k.1
+                    ));
+                }
+                self.acked_deletes.insert(k, key.clone());
+                self.clients[c].last_read.insert(key, None);
+                self.finish_op(op, Outcome::Ok(OpResult::Applied(true)), false);
+            }
             Res::Written(ver) => {
                 let value = match &self.ops[op].h.kind {
                     OpKind::Write { value } | OpKind::Cas { value, .. } => value.clone(),
                     _ => String::new(),
                 };
                 let k = (ver.epoch.0, ver.lsn.0);
+                if self.acked_deletes.contains_key(&k) {
+                    self.violation(format!(
+                        "two acknowledged writes at ({}, {}), one a delete",
+                        k.0, k.1
+                    ));
+                }
                 if let Some((k2, v2)) = self.acked.get(&k) {
                     if (k2, v2) != (&key, &value) {
                         let msg = format!(
@@ -1925,6 +2384,16 @@ impl World {
                 let state_ok = state_ok && journal_ok;
                 let applied = !timeout || self.rng.random_bool(0.5);
                 if election_ok && state_ok && applied {
+                    if let Some(s) = &w.state {
+                        let prior = self.etcd.state.as_ref().map(|(p, _)| p.clone());
+                        self.note_promotion(prior.as_ref(), s);
+                        if prior.is_none() {
+                            self.note_init();
+                        }
+                        if self.cfg.idle && self.now > 5_000_000 {
+                            self.idle_etcd_writes += 1;
+                        }
+                    }
                     let rev = if let Some(s) = &w.state {
                         self.etcd.rev += 1;
                         self.etcd.state = Some((s.clone(), self.etcd.rev));
@@ -2076,6 +2545,12 @@ impl World {
         if f.operator && f.partition {
             kinds.push("cut-and-failover");
         }
+        if f.forced {
+            kinds.extend(["forced-failover", "cut-and-forced"]);
+        }
+        if f.snapshot {
+            kinds.extend(["crash-after-install", "disk-stall", "lag"]);
+        }
         if kinds.is_empty() {
             return;
         }
@@ -2199,7 +2674,22 @@ impl World {
                     .iter()
                     .filter(|b| b.at + 1_000_000 <= self.now)
                     .count();
-                if self.rng.random_bool(0.3) || pick == 0 {
+                if self.cfg.faults.restore_ops && pick > 0 && self.rng.random_bool(0.5) {
+                    // The newest backup: most often the same epoch with an older rev (a sync
+                    // set since replaced), the case the refusal must keep refusing.
+                    let b = self.etcd_backups[pick - 1].clone();
+                    self.note(format!(
+                        "etcd restored from the newest backup, of t={} ms (rev {}, epoch {:?})",
+                        b.at / 1000,
+                        b.rev,
+                        b.state.as_ref().map(|(s, _)| s.epoch.0)
+                    ));
+                    self.etcd.state = b.state;
+                    self.etcd.journal = b.journal;
+                    self.etcd.rev = b.rev;
+                    self.etcd.election = b.election;
+                    self.etcd.expire(self.now);
+                } else if self.rng.random_bool(0.3) || pick == 0 {
                     self.note("etcd emptied".into());
                     self.etcd.state = None;
                     self.etcd.journal.clear();
@@ -2219,6 +2709,9 @@ impl World {
                     self.etcd.expire(self.now);
                 }
                 self.etcd_restored = true;
+                if self.cfg.faults.restore_ops {
+                    self.schedule_restore_ops();
+                }
             }
             "ctl-pause" => {
                 // SIGSTOP the active controller (often longer than its etcd lease): on resume
@@ -2296,7 +2789,9 @@ impl World {
             // A manual failover while the leader may still be healthy: the new leader must wait
             // out the old one's lease (`start_after_ms`).
             "failover" => self.manual_failover(),
-            _ => {}
+            other => {
+                self.nemesis_new(other, hold);
+            }
         }
     }
 
@@ -2544,7 +3039,13 @@ impl World {
         }
 
         // Final reads of every key from the leader, after every client operation ended.
-        let mut history: Vec<HOp> = self.ops.iter().map(|o| o.h.clone()).collect();
+        let mut history: Vec<HOp> = self
+            .ops
+            .iter()
+            .filter(|o| !o.any && o.h.invoke >= self.history_from)
+            .map(|o| o.h.clone())
+            .collect();
+        let mut accepted_loss = 0;
 
         if let Some(l) = self.leader_replica().filter(|_| !self.blocked) {
             let now = self.rms(l);
@@ -2569,7 +3070,7 @@ impl World {
             // The shared history checkers (tiers 1 and 3): nothing acknowledged is lost from
             // the final state, one writer per (epoch, LSN), every acknowledged write at its
             // place in the leader's log, and the replicas' logs agree record by record.
-            let acked: Vec<AckedWrite> = self
+            let all_acked: Vec<AckedWrite> = self
                 .acked
                 .iter()
                 .map(|((e, l), (k, v))| AckedWrite {
@@ -2580,7 +3081,40 @@ impl World {
                 })
                 .collect();
             let core = self.replicas[l].core.as_ref().expect("up");
-            let final_state: BTreeMap<String, Stored> = core
+            // In the final leader's lineage: its epoch history says the record at that LSN
+            // is of that epoch, so it is that record (I1).
+            let in_lineage = |e: u64, lsn: u64| core.epoch_of(Lsn(lsn)) == Some(Epoch(e));
+            // Acknowledged writes (and deletes) that a forced failover may have lost with the
+            // operator's consent: acknowledged in an epoch below the last forced one.
+            let forced = self.forced_epoch;
+            let mut lost_here = Vec::new();
+            for (&(e, lsn), what) in self
+                .acked
+                .iter()
+                .map(|(k, (key, v))| (k, format!("{key}={v}")))
+                .chain(
+                    self.acked_deletes
+                        .iter()
+                        .map(|(k, key)| (k, format!("delete of {key}"))),
+                )
+            {
+                if !in_lineage(e, lsn) {
+                    if e < forced {
+                        accepted_loss += 1;
+                    } else {
+                        lost_here.push(format!(
+                            "acknowledged {what} at ({e}, {lsn}) is not in the final leader's log"
+                        ));
+                    }
+                }
+            }
+            lost_here.sort();
+            let acked: Vec<AckedWrite> = all_acked
+                .iter()
+                .filter(|w| w.epoch >= forced)
+                .cloned()
+                .collect();
+            let mut final_state: BTreeMap<String, Stored> = core
                 .state()
                 .iter()
                 .map(|(k, e)| {
@@ -2594,6 +3128,26 @@ impl World {
                     )
                 })
                 .collect();
+            // A deleted key holds a tombstone at the version of the delete that removed it:
+            // the newest delete of it in the leader's lineage (what `check_lost` compares).
+            for ((e, lsn), content) in &self.written {
+                let Some(key) = content.strip_prefix("del ") else {
+                    continue;
+                };
+                if final_state.get(key).is_some_and(|s| s.value != "<deleted>")
+                    || !in_lineage(*e, *lsn)
+                {
+                    continue;
+                }
+                let t = final_state.entry(key.to_string()).or_insert(Stored {
+                    value: "<deleted>".into(),
+                    epoch: 0,
+                    lsn: 0,
+                });
+                if (*e, *lsn) > (t.epoch, t.lsn) {
+                    (t.epoch, t.lsn) = (*e, *lsn);
+                }
+            }
             let puts: BTreeMap<(u64, u64), (String, String)> = self.replicas[l]
                 .log
                 .iter()
@@ -2623,15 +3177,19 @@ impl World {
                     (r.id.0.clone(), entries)
                 })
                 .collect();
-            let mut found = history::check_one_writer_per_epoch(&acked);
+            let mut found = history::check_one_writer_per_epoch(&all_acked);
             found.extend(history::check_logs_agree(&logs));
             let lost = history::check_lost(&acked, &final_state);
-            let not_in_log = history::check_acked_in_log(&acked, &self.replicas[l].id.0, &puts, 1);
+            let first = self.replicas[l].log_start;
+            let not_in_log =
+                history::check_acked_in_log(&acked, &self.replicas[l].id.0, &puts, first);
             if self.cfg.mode == Mode::Async {
                 self.report.lost_async = lost.len() as u64;
             } else {
                 found.extend(lost);
                 found.extend(not_in_log);
+                found.extend(lost_here);
+                self.report.lost_accepted = accepted_loss;
             }
             for f in found.into_iter().take(10) {
                 self.violation(f);
@@ -2641,7 +3199,12 @@ impl World {
             Ok(()) => {}
             Err(v) if v.is_inconclusive() => {}
             Err(_) if self.cfg.mode == Mode::Async => {}
+            // Writes the operator agreed to lose were seen, then vanished.
+            Err(_) if accepted_loss > 0 => {}
             Err(v) => self.violation(format!("not linearizable: {v}")),
+        }
+        if self.cfg.idle {
+            self.check_idle();
         }
         for o in &self.ops {
             self.report.ops += 1;
@@ -2654,6 +3217,8 @@ impl World {
         if !self.report.violations.is_empty() {
             let d = self.describe();
             self.report.trace.extend(d);
+        } else if self.cfg.keep_trace {
+            self.report.trace = self.trace.iter().cloned().collect();
         }
         self.report.epochs = self
             .replicas
@@ -2662,6 +3227,52 @@ impl World {
             .max()
             .unwrap_or(0);
         self.report
+    }
+}
+
+impl World {
+    /// A long quiet run: nothing wedges (every operation after the start-up succeeds), the
+    /// controllers leave etcd alone, and compaction keeps the logs bounded.
+    fn check_idle(&mut self) {
+        let settle = 5_000_000;
+        let end = self.cfg.duration_ms * 1000;
+        let bad: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|o| {
+                o.h.invoke > settle && o.h.invoke < end && !matches!(o.h.outcome, Outcome::Ok(_))
+            })
+            .take(3)
+            .map(|o| {
+                format!(
+                    "op {} on {} at t={} ms: {:?}",
+                    o.h.id,
+                    o.h.key,
+                    o.h.invoke / 1000,
+                    o.h.outcome
+                )
+            })
+            .collect();
+        for b in bad {
+            self.violation(format!("idle run wedged: {b}"));
+        }
+        if self.idle_etcd_writes > 2 {
+            let n = self.idle_etcd_writes;
+            self.violation(format!(
+                "idle run: the controllers wrote the cluster state {n} times after start-up"
+            ));
+        }
+        if self.cfg.faults.snapshot {
+            for i in 0..self.replicas.len() {
+                let n = self.replicas[i].log.len();
+                if n > 5000 {
+                    self.violation(format!(
+                        "idle run: r{} holds {n} log records despite snapshots",
+                        i + 1
+                    ));
+                }
+            }
+        }
     }
 }
 
