@@ -138,6 +138,10 @@ pub struct Heartbeat {
     pub commit_lsn: Lsn,
     /// The cluster-state rev of the last directive applied.
     pub applied_rev: u64,
+    /// The highest controller term seen at this epoch: a controller whose own term is lower
+    /// reads an etcd that went back (restored) and must not act on it.
+    #[serde(default)]
+    pub max_term: u64,
     /// Milliseconds since the last message from the leader on the replication stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_leader_ms: Option<u64>,

@@ -734,6 +734,23 @@ impl ClusterCore {
                 state.epoch, top.hb.id, top.hb.epoch
             ));
         }
+        // A replica saw a controller term above this one at the current epoch: the election
+        // revisions went back (etcd restored); its directives would be ignored anyway.
+        if let (Some(term), Some(h)) = (
+            self.term,
+            self.heard
+                .values()
+                .filter(|h| h.hb.epoch == state.epoch)
+                .max_by_key(|h| h.hb.max_term),
+        ) {
+            if h.hb.max_term > term {
+                return Some(format!(
+                    "etcd state behind replicas: {} saw controller term {} at epoch {} but this \
+                     controller's term is {term}; {FIX}",
+                    h.hb.id, h.hb.max_term, state.epoch
+                ));
+            }
+        }
         // Still the current epoch, but a replica applied a later rev of it: the decisions of
         // those revs were made already.
         if let Some(h) = self

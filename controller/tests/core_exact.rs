@@ -150,6 +150,7 @@ fn follower(who: &str) -> Heartbeat {
         applied_lsn: Lsn(100),
         commit_lsn: Lsn(100),
         applied_rev: REV0,
+        max_term: 0,
         since_leader_ms: Some(10),
         oldest_unflushed_ms: None,
         last_sync_ack_ms: None,

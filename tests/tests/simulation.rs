@@ -205,13 +205,26 @@ fn known_bug(enabled: bool, flag: &str, faults: &str, seed: u64, symptom: &str) 
 /// converges. Replay: `cargo run -p baton-tests --bin baton-sim -- --seed 6 --faults all,forced`.
 #[test]
 fn known_bug_forced_failover_leader_start_not_lossy() {
-    known_bug(
-        NEW_KINDS_ENABLED.forced,
-        "NEW_KINDS_ENABLED.forced",
-        "all,forced",
-        6,
-        "not converged",
-    );
+    // Fixed (the lossy flag lives in the cluster state): seeds that never converged before now
+    // do. The kind stays out of `all` until the linearizability checker accounts for the
+    // acknowledged writes a forced failover is allowed to lose (it reports them as
+    // non-linearizable reads; see tests/README.md).
+    for seed in [6, 27, 28, 40, 57] {
+        let mut c = SimConfig::new(seed);
+        c.faults = Faults::parse("all,forced").expect("faults");
+        let rep = sim::run(c.clone());
+        let stuck: Vec<_> = rep
+            .violations
+            .iter()
+            .filter(|v| v.contains("not converged") || v.contains("refusing to truncate"))
+            .collect();
+        assert!(
+            stuck.is_empty(),
+            "seed {seed} ({}): {stuck:?}",
+            c.replay_command()
+        );
+    }
+    let _ = NEW_KINDS_ENABLED.forced;
 }
 
 /// Issue 10 item 3: after a same-epoch etcd restore the controller refuses ("etcd state behind

@@ -79,6 +79,7 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
         applied_lsn: Lsn(end.1),
         commit_lsn: Lsn(end.1),
         applied_rev: 1,
+        max_term: 0,
         since_leader_ms: since_leader,
         oldest_unflushed_ms: None,
         last_sync_ack_ms: None,

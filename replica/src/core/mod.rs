@@ -648,7 +648,14 @@ impl Core {
         if self.cluster_id == 0 {
             self.cluster_id = d.cluster_id;
         }
-        self.max_term = self.max_term.max(d.controller_term);
+        // Terms order directives within an epoch; a higher epoch (written to etcd by whoever was
+        // active) starts the order afresh, so that after an etcd restore, whose election
+        // revisions go back, `recover`'s new epoch is followed.
+        self.max_term = if d.epoch > old_epoch {
+            d.controller_term
+        } else {
+            self.max_term.max(d.controller_term)
+        };
         self.mode = d.mode;
         self.strict = d.strict;
         if !d.members.is_empty() {
@@ -822,6 +829,7 @@ impl Core {
             applied_lsn: self.applied,
             commit_lsn: self.commit,
             applied_rev: self.applied_rev,
+            max_term: self.max_term,
             since_leader_ms: self
                 .upstream
                 .as_ref()

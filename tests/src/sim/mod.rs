@@ -60,7 +60,7 @@ const BATCH: u64 = 64;
 pub const NEW_KINDS_ENABLED: NewKinds = NewKinds {
     forced: false,
     snapshot: false,
-    restore_ops: false,
+    restore_ops: true,
 };
 
 /// The simulated follower acknowledges an installed snapshot's LSN as soon as the core installed
@@ -68,7 +68,7 @@ pub const NEW_KINDS_ENABLED: NewKinds = NewKinds {
 /// `Node::send_install` do today: the flushed watch is published in the same critical section
 /// that queues the install). Set to `false` when the runtime acknowledges only after the
 /// install is durable, so that the simulation keeps modelling the real order.
-pub const ACK_SNAPSHOT_BEFORE_DURABLE: bool = true;
+pub const ACK_SNAPSHOT_BEFORE_DURABLE: bool = false;
 
 /// See [`NEW_KINDS_ENABLED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
