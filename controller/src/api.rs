@@ -168,12 +168,20 @@ async fn leader(State(api): S, Path(c): Path<String>, Query(q): Query<LeaderQuer
     if let (Some(wait), Some(after)) = (q.wait_ms, q.after_rev) {
         let mut rx = rt.rev_tx.subscribe();
         let wait = Duration::from_millis(wait.min(60_000));
-        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r > after)).await;
+        // Any other rev wakes the poll: a state re-created or restored from a backup has a
+        // lower one, and the proxy must hear of it at once.
+        let _ = tokio::time::timeout(wait, rx.wait_for(|r| *r != after)).await;
     }
     let core = rt.lock();
-    let (leader, epoch, rev) = match &core.observed {
-        Observed::Present { state, rev } => (state.leader.clone(), Some(state.epoch), *rev),
-        _ => (None, None, 0),
+    let (leader, epoch, rev, state_id) = match &core.observed {
+        Observed::Present { state, rev } => (
+            state.leader.clone(),
+            Some(state.epoch),
+            *rev,
+            // The proxy replaces its view at once on another lineage (init, recover).
+            (state.state_id != 0).then(|| format!("{:016x}", state.state_id)),
+        ),
+        _ => (None, None, 0, None),
     };
     let addr = leader
         .as_ref()
@@ -181,6 +189,7 @@ async fn leader(State(api): S, Path(c): Path<String>, Query(q): Query<LeaderQuer
         .map(|m| m.addr.clone());
     Json(serde_json::json!({
         "id": leader.map(|l| l.id), "addr": addr, "epoch": epoch, "rev": rev, "from_active": core.is_active(),
+        "state_id": state_id,
     }))
     .into_response()
 }

@@ -125,6 +125,13 @@ pub struct ClusterCore {
     /// CLOCK_BOOTTIME ms until which this controller's etcd lease is certainly alive; past it
     /// the controller acts as a standby (no role, no lease granted), whatever `term` says.
     valid_until_ms: u64,
+    /// The etcd lease of the runtime's session (`None`: no session or a runtime that does not
+    /// say; then any term counts as its own).
+    session_lease: Option<i64>,
+    /// The session lease `term` was won under. A term is trusted only within the window of
+    /// that lease: once the session holds another lease (the old one lost and re-granted), the
+    /// old term is not trusted until a campaign under the new lease confirms one.
+    term_lease: Option<i64>,
     active_since_ms: u64,
     /// The active controller's address, as far as known.
     pub active_addr: Option<String>,
@@ -193,6 +200,8 @@ impl ClusterCore {
             cfg,
             term: None,
             valid_until_ms: u64::MAX,
+            session_lease: None,
+            term_lease: None,
             active_since_ms: 0,
             active_addr: None,
             observed: Observed::Unknown,
@@ -227,14 +236,21 @@ impl ClusterCore {
         self.term.is_some()
     }
 
-    /// Active and still within the trusted window of its etcd lease.
+    /// Active, and still within the trusted window of the etcd lease its term was won under.
     pub fn active_at(&self, now: Now) -> bool {
-        self.term.is_some() && now.ms < self.valid_until_ms
+        self.term.is_some() && self.term_lease == self.session_lease && now.ms < self.valid_until_ms
     }
 
     /// The runtime's session: the lease may be trusted until `ms` (CLOCK_BOOTTIME).
     pub fn set_valid_until(&mut self, ms: u64) {
         self.valid_until_ms = ms
+    }
+
+    /// The runtime's session: etcd lease `lease`, certainly alive until `valid_until_ms`
+    /// (CLOCK_BOOTTIME). A term won under another lease is not trusted within this window.
+    pub fn set_session(&mut self, lease: Option<i64>, valid_until_ms: u64) {
+        self.session_lease = lease;
+        self.valid_until_ms = if lease.is_some() { valid_until_ms } else { 0 };
     }
 
     pub fn term(&self) -> Option<u64> {
@@ -274,6 +290,8 @@ impl ClusterCore {
             self.behind = None;
             self.op_seen = None;
         }
+        // The campaign ran under the current session's lease.
+        self.term_lease = term.and(self.session_lease);
         self.term = term;
         self.active_addr = active_addr;
     }
@@ -1845,6 +1863,7 @@ impl ClusterCore {
             op: None,
             lossy: false,
             cluster_id: self.new_cluster_id(now),
+            state_id: self.new_state_id(now, epoch),
             strict: Some(self.cfg.strict),
         };
         let msg = format!(
@@ -1955,6 +1974,7 @@ impl ClusterCore {
             op: None,
             lossy: false,
             cluster_id,
+            state_id: self.new_state_id(now, epoch),
             strict: base
                 .as_ref()
                 .and_then(|s| s.strict)
@@ -1983,6 +2003,11 @@ impl ClusterCore {
             z = mix(z ^ (h.hb.data_id.0 as u64) ^ mix((h.hb.data_id.0 >> 64) as u64));
         }
         z.max(1)
+    }
+
+    /// A new state lineage id (init, recover): never 0, and unlike any earlier one in practice.
+    fn new_state_id(&self, now: Now, epoch: Epoch) -> u64 {
+        mix(self.new_cluster_id(now) ^ mix(epoch.0 ^ 0x9e37_79b9_7f4a_7c15)).max(1)
     }
 
     /// What automatic failover would do now, and why.

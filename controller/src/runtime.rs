@@ -426,11 +426,8 @@ pub async fn run_cluster(
         let n = now();
         // The core acts (grants leases, decides) only within the session's trusted window,
         // however long this loop's etcd calls take.
-        rt.lock().set_valid_until(if s.lease.is_some() {
-            s.valid_until_ms
-        } else {
-            0
-        });
+        // The term is trusted only within the window of the lease it was won under.
+        rt.lock().set_session(s.lease, s.valid_until_ms);
         // The election: trusted only within the session's window.
         let lease_ok = s.lease.is_some() && n.ms < s.valid_until_ms;
         let term = if lease_ok {
@@ -456,8 +453,9 @@ pub async fn run_cluster(
             }
             Err(e) => {
                 tracing::debug!(%e, "campaign failed");
-                if rt.lock().is_active() && n.ms >= s.valid_until_ms {
-                    rt.lock().on_election(n, None, None);
+                let mut core = rt.lock();
+                if core.is_active() && !core.active_at(n) {
+                    core.on_election(n, None, None);
                 }
             }
         }

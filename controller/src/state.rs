@@ -69,6 +69,12 @@ pub struct ClusterState {
     /// before it existed. A replica whose data directory carries another one is refused.
     #[serde(default)]
     pub cluster_id: u64,
+    /// This state's lineage, random, made anew by `init` and by `recover` (0 in states written
+    /// before it existed); promotions and operations keep it. The controller hands it to the
+    /// proxy with the leader, so that a proxy tells a re-created or recovered state from an old
+    /// answer at once instead of after a grace period.
+    #[serde(default)]
+    pub state_id: u64,
     /// `strict` (DESIGN.md §4), one value for every controller: the active controller writes
     /// its configured value here when they differ (journaled). None in older states.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -127,6 +127,7 @@ fn steady() -> ClusterState {
         op: None,
         lossy: false,
         cluster_id: 0,
+        state_id: 0,
         strict: Some(false),
     }
 }
@@ -2008,6 +2009,7 @@ fn init_waits_for_every_member_and_empty_logs() {
         op: None,
         lossy: false,
         cluster_id: w.state.as_ref().map_or(0, |s| s.cluster_id),
+        state_id: w.state.as_ref().map_or(0, |s| s.state_id),
         strict: Some(false),
     };
     assert_ne!(init.cluster_id, 0, "init makes a deployment id");
@@ -2348,6 +2350,51 @@ fn past_valid_until_nothing_is_decided_and_operations_are_refused() {
         .init(at(1_000))
         .expect("init once the lease is valid");
     assert_eq!(last(&w).0, "init");
+}
+
+/// Issue 10 item 9: a term is trusted only within the window of the etcd lease it was won
+/// under. The session lost lease 7 and re-granted lease 8 with a fresh window; until a
+/// campaign under lease 8 confirms a term, the old term (whose election key may still be alive
+/// under lease 7, or already gone) grants nothing and decides nothing. Before the fix the new
+/// window was applied to the old term: active for another whole TTL.
+#[test]
+fn term_is_trusted_only_within_the_window_of_its_own_lease() {
+    let mut core = ClusterCore::new(cfg());
+    core.set_session(Some(7), 1_000);
+    core.on_election(at(0), Some(TERM), Some(ADDR.into()));
+    core.on_observed(
+        at(0),
+        Observed::Present {
+            state: ClusterState {
+                strict: Some(true),
+                ..steady()
+            },
+            rev: REV0,
+        },
+        vec![],
+    );
+    let mut s = Sim::wrap(core);
+    assert!(s.core.active_at(at(999)));
+    assert!(
+        s.hb(999, follower("r2")).active,
+        "active within lease 7 window"
+    );
+    // Lease 7 lost; lease 8 granted, trusted until 5_000.
+    s.core.set_session(Some(8), 5_000);
+    assert!(
+        !s.core.active_at(at(1_500)),
+        "the old term does not get lease 8's window"
+    );
+    let d = s.hb(1_500, follower("r2"));
+    assert_eq!((d.active, d.role, d.lease_ms), (false, None, 0));
+    assert_eq!(s.core.init(at(1_500)), Err(not_active_here()));
+    // A campaign under lease 8 that wins a new term makes it active again.
+    s.core
+        .on_election(at(1_600), Some(TERM + 5), Some(ADDR.into()));
+    assert!(s.core.active_at(at(1_600)));
+    // No session at all: nothing is trusted.
+    s.core.set_session(None, 9_000);
+    assert!(!s.core.active_at(at(1_700)));
 }
 
 /// Regression: an entry heard before the takeover (as a standby) showing another boot of the

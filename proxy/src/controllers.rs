@@ -184,7 +184,10 @@ async fn poll(sh: Arc<Shared>, i: usize, cancel: CancellationToken) {
     let mut failures = 0u32;
     let mut answered = false;
     loop {
-        let after = sh.view.borrow().rev;
+        // The rev this controller last answered: its long-poll returns as soon as its own
+        // observation changes, in either direction (a state restored from a backup, or
+        // re-created, has a lower rev than the one the view holds).
+        let after = link.health().rev;
         // At start and after a failure, ask without waiting: a long-poll with nothing newer to
         // report would leave this controller's health unknown for `long_poll_ms`.
         let (url, budget) = if answered {
@@ -220,9 +223,9 @@ async fn poll(sh: Arc<Shared>, i: usize, cancel: CancellationToken) {
                 }
                 apply(&sh, &link.url, &a);
                 refresh_members(&sh, &link.url).await;
-                // A long-poll returns early only with a newer rev. An early answer with nothing
-                // newer would make this loop spin; pause a little instead.
-                (waited && a.rev <= after && started.elapsed() < Duration::from_millis(50))
+                // A long-poll returns early only with another rev. An early answer with the same
+                // one would make this loop spin; pause a little instead.
+                (waited && a.rev == after && started.elapsed() < Duration::from_millis(50))
                     .then_some(Duration::from_millis(50))
             }
             Err(e) => {

@@ -29,6 +29,8 @@ struct Ctl {
     /// (leader addr, epoch); the rev is the watch's version count.
     state: Arc<watch::Sender<(Option<String>, u64, u64)>>,
     members: Arc<Mutex<Vec<String>>>,
+    /// The `state_id` its answers carry (the lineage: new on init and recover).
+    state_id: Arc<Mutex<Option<String>>>,
 }
 
 impl Ctl {
@@ -54,13 +56,14 @@ impl Ctl {
 async fn ctl_leader(State(c): State<Ctl>, Query(q): Query<HashMap<String, u64>>) -> Response {
     if let (Some(wait), Some(after)) = (q.get("wait_ms"), q.get("after_rev")) {
         let mut rx = c.state.subscribe();
-        let _ =
-            tokio::time::timeout(Duration::from_millis(*wait), rx.wait_for(|s| s.2 > *after)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(*wait), rx.wait_for(|s| s.2 != *after))
+            .await;
     }
     let (addr, epoch, rev) = c.state.borrow().clone();
+    let state_id = c.state_id.lock().expect("lock").clone();
     Json(serde_json::json!({
         "id": addr.as_ref().map(|a| format!("r-{a}")), "addr": addr, "epoch": epoch,
-        "rev": rev, "from_active": true,
+        "rev": rev, "from_active": true, "state_id": state_id,
     }))
     .into_response()
 }
@@ -81,6 +84,7 @@ async fn start_ctl() -> (Ctl, SocketAddr) {
     let c = Ctl {
         state: Arc::new(watch::Sender::new((None, 0, 0))),
         members: Arc::default(),
+        state_id: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/clusters/main/leader", get(ctl_leader))
@@ -439,6 +443,45 @@ async fn a_reinitialized_cluster_with_lower_revs_and_epochs_is_followed_after_a_
         "{st}"
     );
     assert_eq!(st["state_resets"], 1, "{st}");
+    p.stop().await;
+}
+
+/// Issue 10 item 9: the controller names each state's lineage (`state_id`, new on `init` and
+/// `recover`). A re-initialized cluster (lower epoch, lower rev) under another lineage is
+/// followed at once, without the grace period an answer without lineage needs.
+#[tokio::test]
+async fn a_state_of_another_lineage_is_followed_at_once() {
+    let (ctl, ctl_addr) = start_ctl().await;
+    let (r1, a1) = start_replica(Behaviour::Ok, 5).await;
+    *ctl.state_id.lock().expect("lock") = Some("00000000000000aa".into());
+    ctl.set_state(Some(a1), 5, 40);
+    let p = start_proxy(
+        ctl_addr,
+        "failover_buffer_ms = 3000\nlong_poll_ms = 5000\nstate_reset_after_ms = 60000",
+    )
+    .await;
+    let url = format!("{}/v1/kv/k", p.url);
+    let (status, body, _) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    *r1.behaviour.lock().expect("lock") = Behaviour::NotLeader;
+    let (r2, a2) = start_replica(Behaviour::Ok, 1).await;
+    *ctl.state_id.lock().expect("lock") = Some("00000000000000bb".into());
+    ctl.set_state(Some(a2), 1, 3);
+    // The long poll (5 s) wakes on the lower rev; the other lineage replaces the view at once
+    // (the 60 s grace period would otherwise outlast the 3 s failover buffer).
+    let (status, body, _) = call("PUT", &url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(*r2.min_epochs.lock().expect("lock"), vec![1]);
+    let (_, st, _) = call("GET", &format!("{}/v1/status", p.url)).await;
+    assert_eq!(
+        (
+            st["epoch"].as_u64(),
+            st["rev"].as_u64(),
+            st["state_resets"].as_u64()
+        ),
+        (Some(1), Some(3), Some(1)),
+        "{st}"
+    );
     p.stop().await;
 }
 

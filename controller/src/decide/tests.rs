@@ -56,6 +56,7 @@ fn state(mode: Mode, sync: &[&str], prev: Option<&str>) -> ClusterState {
         op: None,
         lossy: false,
         cluster_id: 0,
+        state_id: 0,
         strict: Some(false),
     }
 }

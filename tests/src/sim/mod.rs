@@ -2287,11 +2287,7 @@ impl World {
             self.ctls[c].lease = None;
         }
         let ctl = &mut self.ctls[c];
-        ctl.core.set_valid_until(if ctl.lease.is_some() {
-            ctl.valid_until
-        } else {
-            0
-        });
+        ctl.core.set_session(ctl.lease, ctl.valid_until);
         let lease_ok = ctl.lease.is_some() && n.ms < ctl.valid_until;
         let my_addr = format!("c{}:8000", c + 1);
         if !lease_ok {
