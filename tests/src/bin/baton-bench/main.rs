@@ -14,18 +14,24 @@
 //!
 //! `baton-bench catchup` measures how fast a follower that was down catches up from the leader's
 //! log (about `--gib` GiB of it), next to the disk's sequential write speed measured with `dd`.
+//!
+//! `baton-bench failover` times leader kills and switchovers with the real controller;
+//! `baton-bench partial` holds partial failures (cut links, a cut-off controller, etcd trouble,
+//! both controllers down) and reports the longest write gap of each. One module per command.
 
 mod catchup;
 mod cluster;
 mod common;
 mod etcd;
 mod failover;
+mod partial;
 mod replica;
 
 use catchup::run_catchup;
 use clap::{Parser, Subcommand};
 use cluster::run_cluster;
 use failover::run_failover;
+use partial::run_partial;
 use replica::run_replica;
 use std::path::PathBuf;
 
@@ -95,6 +101,26 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Partial failures on real processes (cut links, a cut-off controller, etcd trouble, both
+    /// controllers down): longest write gap through the proxy, failover or not, lost writes.
+    Partial {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// How long each fault is held.
+        #[arg(long, default_value_t = 8000)]
+        hold_ms: u64,
+        /// Faults to run (all by default): leader-isolated, leader-cut-from-followers,
+        /// follower-cut-from-leader, controller-cut-from-replicas, etcd-leader-killed,
+        /// etcd-down, controllers-down.
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<String>,
+        /// Use the debug binaries (a quick check of the command itself; timings mean little).
+        #[arg(long)]
+        debug: bool,
+        /// Working directory; a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -120,5 +146,12 @@ async fn main() -> anyhow::Result<()> {
             dir,
         } => run_catchup(gib, value_bytes, dir).await,
         Cmd::Failover { runs, dir, proxy } => run_failover(runs, dir, proxy).await,
+        Cmd::Partial {
+            runs,
+            hold_ms,
+            faults,
+            debug,
+            dir,
+        } => run_partial(runs, hold_ms, faults, !debug, dir).await,
     }
 }
