@@ -13,10 +13,10 @@ use baton_common::directive::{
 };
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use baton_controller::core::{
-    ClusterCfg, ClusterCore, Now, Observed, OpError, Write, WriteOutcome,
+    ClusterCfg, ClusterCore, ErrorCode, Now, Observed, OpError, Write, WriteOutcome,
 };
 use baton_controller::journal::{self, Entry};
-use baton_controller::state::{ClusterState, Control, LeaderRecord, OpRecord, Phase};
+use baton_controller::state::{ClusterState, Control, LeaderRecord, Op, OpRecord, Phase};
 use std::collections::BTreeMap;
 
 const FT: u64 = 1000;
@@ -241,10 +241,9 @@ fn base(epoch: u64, rev: u64, state: &ClusterState) -> Directive {
     }
 }
 
-fn op_error(status: u16, error: &str, message: &str) -> OpError {
+fn op_error(code: ErrorCode, message: &str) -> OpError {
     OpError {
-        status,
-        error: error.into(),
+        code,
         message: message.into(),
     }
 }
@@ -479,8 +478,7 @@ fn standby_answers_inactive_without_role_or_lease_and_refuses_ops() {
         assert_eq!(s.tick(t), None, "a standby decides nothing");
     }
     let not_active = op_error(
-        503,
-        "not_active",
+        ErrorCode::NotActive,
         "this controller is not active; the active one is c2.local:7100",
     );
     let n = at(20_000);
@@ -1221,16 +1219,13 @@ fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
     assert_eq!(
         s.core.failover(n, id("r2"), true, false, "op-9".into()),
         Err(op_error(
-            400,
-            "ineligible",
+            ErrorCode::Ineligible,
             "r2 is unclean: it may lack acknowledged writes; only allow_data_loss promotes it"
         ))
     );
     assert_eq!(
         s.core.failover(n, id("r3"), false, false, "op-9".into()),
-        Err(op_error(
-            409,
-            "may_lose_writes",
+        Err(op_error(ErrorCode::MayLoseWrites,
             "r3 is not in the sync set and may lack acknowledged writes: it would lose at least 0 records; pass force to accept"
         )),
         "r3 lacks nothing another reporting member holds, but the unclean sync member may have held more"
@@ -1246,8 +1241,12 @@ fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
         Some(ClusterState {
             op: Some(OpRecord {
                 id: "op-9".into(),
-                kind: "failover:r3:1:0".into(),
-                deadline_ms: UNIX0 + 12_000 + 60_000,
+                op: Op::Failover {
+                    to: id("r3"),
+                    force: true,
+                    allow_data_loss: false,
+                },
+                deadline_unix_ms: UNIX0 + 12_000 + 60_000,
                 timeout_ms: Some(60_000),
             }),
             ..st.clone()
@@ -1320,19 +1319,18 @@ fn switchover_refusals() {
     assert_eq!(
         sw(&mut s, Some("r3")),
         Err(op_error(
-            400,
-            "ineligible",
+            ErrorCode::Ineligible,
             "r3 is not in the sync set, so it may lack acknowledged writes; switch over to a \
              sync member, or use `failover --to r3 --force` and accept the possible loss"
         ))
     );
     assert_eq!(
         sw(&mut s, Some("r1")),
-        Err(op_error(400, "ineligible", "r1 already leads"))
+        Err(op_error(ErrorCode::Ineligible, "r1 already leads"))
     );
     assert_eq!(
         sw(&mut s, Some("r9")),
-        Err(op_error(400, "ineligible", "r9 is not a member"))
+        Err(op_error(ErrorCode::Ineligible, "r9 is not a member"))
     );
     s.hb(
         10_050,
@@ -1343,13 +1341,12 @@ fn switchover_refusals() {
     );
     assert_eq!(
         sw(&mut s, Some("r2")),
-        Err(op_error(400, "ineligible", "r2 is unclean"))
+        Err(op_error(ErrorCode::Ineligible, "r2 is unclean"))
     );
     assert_eq!(
         sw(&mut s, None),
         Err(op_error(
-            409,
-            "no_candidate",
+            ErrorCode::NoCandidate,
             "no member can take over without losing writes"
         ))
     );
@@ -1358,15 +1355,14 @@ fn switchover_refusals() {
     s.hb(11_000, leader_hb());
     assert_eq!(
         s.core.switchover(late, Some(id("r2")), 5000, "op-1".into()),
-        Err(op_error(400, "ineligible", "r2 is not reporting"))
+        Err(op_error(ErrorCode::Ineligible, "r2 is not reporting"))
     );
     // The leader stops reporting: a failover is needed, not a switchover.
     assert_eq!(
         s.core
             .switchover(at(12_000), Some(id("r2")), 5000, "op-1".into()),
         Err(op_error(
-            409,
-            "leader_unreachable",
+            ErrorCode::LeaderUnreachable,
             "leader r1 is not reporting; use failover"
         ))
     );
@@ -1400,8 +1396,8 @@ fn switchover_moves_leadership_with_no_wait() {
         phase: Phase::Switching,
         op: Some(OpRecord {
             id: "op-1".into(),
-            kind: "switchover:r2".into(),
-            deadline_ms: UNIX0 + 10_050 + 5000,
+            op: Op::Switchover { to: id("r2") },
+            deadline_unix_ms: UNIX0 + 10_050 + 5000,
             timeout_ms: Some(5000),
         }),
         ..steady()
@@ -1420,8 +1416,7 @@ fn switchover_moves_leadership_with_no_wait() {
 
     // A second operation meets the running one.
     let running = op_error(
-        409,
-        "operation_running",
+        ErrorCode::OperationRunning,
         "operation op-1 (switchover:r2) is running",
     );
     assert_eq!(
@@ -1608,30 +1603,25 @@ fn failover_to_refusals() {
     let n = at(10_050);
     assert_eq!(
         s.core.failover(n, id("r9"), true, true, "op-1".into()),
-        Err(op_error(400, "ineligible", "r9 is not a member"))
+        Err(op_error(ErrorCode::Ineligible, "r9 is not a member"))
     );
     assert_eq!(
         s.core.failover(n, id("r2"), true, false, "op-1".into()),
         Err(op_error(
-            400,
-            "ineligible",
+            ErrorCode::Ineligible,
             "r2 is unclean: it may lack acknowledged writes; only allow_data_loss promotes it"
         ))
     );
     assert_eq!(
         s.core.failover(n, id("r3"), false, false, "op-1".into()),
-        Err(op_error(
-            409,
-            "may_lose_writes",
+        Err(op_error(ErrorCode::MayLoseWrites,
             "r3 is not in the sync set and may lack acknowledged writes: the loss is unknown (it is not reporting); pass force to accept"
         ))
     );
     s.hb(10_040, follower("r3"));
     assert_eq!(
         s.core.failover(n, id("r3"), false, false, "op-1".into()),
-        Err(op_error(
-            409,
-            "may_lose_writes",
+        Err(op_error(ErrorCode::MayLoseWrites,
             "r3 is not in the sync set and may lack acknowledged writes: it would lose at least 20 records; pass force to accept"
         ))
     );
@@ -1643,8 +1633,12 @@ fn failover_to_refusals() {
         .expect("allow_data_loss");
     s.check_write(&w);
     assert_eq!(
-        w.state.and_then(|s| s.op).map(|o| o.kind),
-        Some("failover:r2:0:1".into())
+        w.state.and_then(|s| s.op).map(|o| o.op),
+        Some(Op::Failover {
+            to: id("r2"),
+            force: false,
+            allow_data_loss: true
+        })
     );
 }
 
@@ -1663,8 +1657,12 @@ fn failover_to_with_force_promotes_a_lagging_non_sync_member() {
         phase: Phase::Promoting,
         op: Some(OpRecord {
             id: "op-2".into(),
-            kind: "failover:r3:1:0".into(),
-            deadline_ms: UNIX0 + 10_050 + 60_000,
+            op: Op::Failover {
+                to: id("r3"),
+                force: true,
+                allow_data_loss: false,
+            },
+            deadline_unix_ms: UNIX0 + 10_050 + 60_000,
             timeout_ms: Some(60_000),
         }),
         ..steady()
@@ -1831,8 +1829,7 @@ fn forced_failover_that_cannot_complete_expires_and_the_promotion_goes_on() {
         s.core
             .failover(at(10_500), id("r2"), false, false, "op-4".into()),
         Err(op_error(
-            409,
-            "operation_running",
+            ErrorCode::OperationRunning,
             "operation op-3 (failover:r3:1:0) is running"
         ))
     );
@@ -1889,8 +1886,7 @@ fn pause_and_resume_write_the_control() {
     assert_eq!(
         s.core.set_control(at(10_100), Control::Auto),
         Err(op_error(
-            503,
-            "busy",
+            ErrorCode::Busy,
             "a state change is being written; retry"
         )),
         "one write in flight"
@@ -1960,8 +1956,7 @@ fn init_waits_for_every_member_and_empty_logs() {
     assert_eq!(
         s.core.init(at(1_000)),
         Err(op_error(
-            409,
-            "members_missing",
+            ErrorCode::MembersMissing,
             "waiting for members to report: r2, r3"
         ))
     );
@@ -1976,8 +1971,7 @@ fn init_waits_for_every_member_and_empty_logs() {
     assert_eq!(
         s.core.init(at(1_000)),
         Err(op_error(
-            409,
-            "not_empty",
+            ErrorCode::NotEmpty,
             "members with data refuse a fresh init: r2"
         ))
     );
@@ -1987,8 +1981,7 @@ fn init_waits_for_every_member_and_empty_logs() {
     assert_eq!(
         s.core.init(at(2_000)),
         Err(op_error(
-            409,
-            "members_missing",
+            ErrorCode::MembersMissing,
             "waiting for members to report: r1"
         ))
     );
@@ -2042,8 +2035,7 @@ fn init_waits_for_every_member_and_empty_logs() {
     assert_eq!(
         s.core.init(at(2_050)),
         Err(op_error(
-            409,
-            "initialized",
+            ErrorCode::Initialized,
             "the cluster already has a state"
         ))
     );
@@ -2255,8 +2247,7 @@ fn empty_log(who: &str) -> Heartbeat {
 
 fn not_active_here() -> OpError {
     op_error(
-        503,
-        "not_active",
+        ErrorCode::NotActive,
         "this controller is not active; the active one is c1.local:7100",
     )
 }
@@ -2484,8 +2475,7 @@ fn takeover_does_not_refresh_old_heartbeats() {
     assert_eq!(
         s.core.init(at(20_000)),
         Err(op_error(
-            409,
-            "members_missing",
+            ErrorCode::MembersMissing,
             "waiting for members to report: r1, r2, r3"
         ))
     );
@@ -2603,8 +2593,8 @@ fn switching(to: &str, op_id: &str) -> ClusterState {
         phase: Phase::Switching,
         op: Some(OpRecord {
             id: op_id.into(),
-            kind: format!("switchover:{to}"),
-            deadline_ms: UNIX0 + 100_000,
+            op: Op::Switchover { to: id(to) },
+            deadline_unix_ms: UNIX0 + 100_000,
             timeout_ms: None,
         }),
         ..steady()
@@ -2850,7 +2840,7 @@ fn switchover_deadline_is_capped_at_a_minute() {
         .state
         .as_ref()
         .and_then(|s| s.op.as_ref())
-        .map(|o| o.deadline_ms);
+        .map(|o| o.deadline_unix_ms);
     assert_eq!(deadline, Some(UNIX0 + 10_050 + 60_000));
     s.commit(10_050, &w);
     let end = 10_050 + 60_000;
@@ -3064,12 +3054,12 @@ fn operations_refused_while_behind_and_recover_is_the_way_out() {
         s.core.switchover(n, Some(id("r2")), 5000, "op-2".into()),
     ] {
         assert_eq!(
-            r.map(|_| ()).map_err(|e| e.error),
-            Err("state_behind".to_string())
+            r.map(|_| ()).map_err(|e| e.code),
+            Err(ErrorCode::StateBehind)
         );
     }
     assert_eq!(
-        s.core.recover(at(10_500)).map(|_| ()).map_err(|e| e.error),
+        s.core.recover(at(10_500)).map(|_| ()).map_err(|e| e.code),
         Ok(()),
         "recover is allowed"
     );
@@ -3097,14 +3087,14 @@ fn operations_refused_while_behind_and_recover_is_the_way_out() {
         s.core
             .failover(at(10_600), id("r2"), false, false, "op-3".into())
             .map(|_| ())
-            .map_err(|e| e.error),
-        Err("may_lose_writes".to_string()),
+            .map_err(|e| e.code),
+        Err(ErrorCode::MayLoseWrites),
         "without force the possible loss is stated"
     );
     // The state is no longer behind: it is not recover's business any more.
     assert_eq!(
-        s.core.recover(at(10_600)).map(|_| ()).map_err(|e| e.error),
-        Err("not_behind".to_string())
+        s.core.recover(at(10_600)).map(|_| ()).map_err(|e| e.code),
+        Err(ErrorCode::NotBehind)
     );
 }
 
