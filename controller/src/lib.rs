@@ -1,9 +1,11 @@
 //! The failover controller (`baton-controller`, `batonctl`): etcd-backed election, heartbeats,
 //! failure detection, promotion and fencing (DESIGN.md §5).
 //!
-//! Built so far: the cluster state as stored in etcd (`state.rs`) and the pure decision rules
-//! for failure detection and candidate choice (`decide.rs`), with decision-table tests. The
-//! etcd runtime, the heartbeat endpoint, operations and `batonctl` come next (issue 4).
+//! The pure parts: the cluster state as stored in etcd (`state.rs`), the decision journal and
+//! anti-flapping budget (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster
+//! state machine that uses them (`core/`). The I/O around them: the etcd runtime
+//! (`runtime.rs`, `upkeep.rs`), the HTTP API (`api.rs`), configuration (`config.rs`) and the
+//! local launcher behind `batonctl local` (`local.rs`).
 
 pub mod api;
 pub mod config;
