@@ -32,18 +32,7 @@ impl ClusterCore {
         let declared = self.cfg.members.iter().any(|m| m.id == id);
         let refused = if declared { self.admit(now, &hb) } else { None };
         if declared && refused.is_none() {
-            self.heard.insert(
-                id.clone(),
-                Heard {
-                    at_ms: now.ms,
-                    hb: hb.clone(),
-                },
-            );
-            self.note_leader_run(now, &hb);
-            if let Some(r) = &hb.refused_peer {
-                let msg = format!("{id} refused a replication peer: {r}");
-                self.notice(now, format!("peer:{id}:{r}"), msg);
-            }
+            self.hear(now, &hb);
         }
         let mut d = Directive {
             seq,
@@ -98,6 +87,31 @@ impl ClusterCore {
             d.active = false;
             return d;
         }
+        self.assign_role(now, &hb, &state, &mut d);
+        d
+    }
+
+    /// An admitted heartbeat of a declared member: remembered, and what it tells noted.
+    fn hear(&mut self, now: Now, hb: &Heartbeat) {
+        let id = &hb.id;
+        self.heard.insert(
+            id.clone(),
+            Heard {
+                at_ms: now.ms,
+                hb: hb.clone(),
+            },
+        );
+        self.note_leader_run(now, hb);
+        if let Some(r) = &hb.refused_peer {
+            let msg = format!("{id} refused a replication peer: {r}");
+            self.notice(now, format!("peer:{id}:{r}"), msg);
+        }
+    }
+
+    /// The role (and leader, waited set, lease) the active controller gives a declared member
+    /// under `state`, which is not behind the replicas.
+    fn assign_role(&mut self, now: Now, hb: &Heartbeat, state: &ClusterState, d: &mut Directive) {
+        let id = &hb.id;
         d.waited = state.waited();
         let leader_ref = state.leader.as_ref().map(|l| LeaderRef {
             id: l.id.clone(),
@@ -113,12 +127,12 @@ impl ClusterCore {
             // Step 2: everyone reachable is fenced at the new epoch and reports its log end.
             d.role = Some(Role::Fenced);
             d.leader = None;
-            return d;
+            return;
         }
         let Some(leader) = &state.leader else {
-            return d;
+            return;
         };
-        if leader.id == id && leader.boot_id == hb.boot_id && leader.data_id == hb.data_id {
+        if &leader.id == id && leader.boot_id == hb.boot_id && leader.data_id == hb.data_id {
             d.role = Some(Role::Leader);
             if state.phase == Phase::Switching {
                 d.lease_ms = 0;
@@ -126,14 +140,13 @@ impl ClusterCore {
                 d.lease_ms = self.cfg.lease_ms;
                 self.note_grant(state.epoch, now.ms);
             }
-            d.start_after_ms = self.start_after(now, &state);
-        } else if leader.id == id {
+            d.start_after_ms = self.start_after(now, state);
+        } else if &leader.id == id {
             // Another run or disk of the recorded leader: it waits for the new epoch.
             d.role = Some(Role::Fenced);
         } else {
             d.role = Some(Role::Follower);
         }
-        d
     }
 
     /// Whether a declared member's heartbeat may be heard, or why not: a data directory of
