@@ -2,7 +2,7 @@
 //! view (with etcd's alarms and size) and the leader (long-poll on the state rev) for `batonctl`
 //! and proxies, operations, the journal, and `/metrics`. Every error is JSON `{error, message}`.
 
-use crate::core::{Now, Observed, OpError};
+use crate::core::{ErrorCode, Now, Observed, OpError};
 use crate::runtime::{now, ClusterRt};
 use crate::state::Control;
 use crate::upkeep::EtcdHealth;
@@ -58,8 +58,31 @@ fn err(status: u16, code: &str, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The HTTP status of a refused operator request: 503 when retrying (elsewhere, or later)
+/// may succeed as is, 400 when the request itself is wrong, 409 when the cluster's state stands
+/// in the way.
+fn status(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::NotActive | ErrorCode::Busy => 503,
+        ErrorCode::Ineligible | ErrorCode::AllNoFailover => 400,
+        ErrorCode::NotInitialized
+        | ErrorCode::StateBehind
+        | ErrorCode::OperationRunning
+        | ErrorCode::Phase
+        | ErrorCode::NoLeader
+        | ErrorCode::LeaderUnreachable
+        | ErrorCode::NoCandidate
+        | ErrorCode::MayLoseWrites
+        | ErrorCode::Initialized
+        | ErrorCode::MembersMissing
+        | ErrorCode::NotEmpty
+        | ErrorCode::NotBehind
+        | ErrorCode::EpochOverflow => 409,
+    }
+}
+
 fn op_error(e: OpError) -> Response {
-    err(e.status, &e.error, e.message)
+    err(status(e.code), e.code.as_str(), e.message)
 }
 
 fn find(api: &Api, c: &str) -> Result<Arc<ClusterRt>, Box<Response>> {
@@ -394,4 +417,35 @@ async fn metrics(State(api): S) -> Response {
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_status_and_code() {
+        let table = [
+            (ErrorCode::NotActive, 503, "not_active"),
+            (ErrorCode::Busy, 503, "busy"),
+            (ErrorCode::NotInitialized, 409, "not_initialized"),
+            (ErrorCode::StateBehind, 409, "state_behind"),
+            (ErrorCode::OperationRunning, 409, "operation_running"),
+            (ErrorCode::Phase, 409, "phase"),
+            (ErrorCode::NoLeader, 409, "no_leader"),
+            (ErrorCode::LeaderUnreachable, 409, "leader_unreachable"),
+            (ErrorCode::Ineligible, 400, "ineligible"),
+            (ErrorCode::NoCandidate, 409, "no_candidate"),
+            (ErrorCode::AllNoFailover, 400, "no_candidate"),
+            (ErrorCode::MayLoseWrites, 409, "may_lose_writes"),
+            (ErrorCode::Initialized, 409, "initialized"),
+            (ErrorCode::MembersMissing, 409, "members_missing"),
+            (ErrorCode::NotEmpty, 409, "not_empty"),
+            (ErrorCode::NotBehind, 409, "not_behind"),
+            (ErrorCode::EpochOverflow, 409, "epoch_overflow"),
+        ];
+        for (code, st, wire) in table {
+            assert_eq!((status(code), code.as_str()), (st, wire), "{code:?}");
+        }
+    }
 }

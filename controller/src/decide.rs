@@ -5,9 +5,9 @@
 //! No clock, no etcd, no I/O: inputs carry `now` and the members' last heartbeats. The
 //! controller's state machine calls these; the tests are decision tables.
 
-use crate::state::ClusterState;
+use crate::state::{ClusterState, LeaderRecord};
 use baton_common::directive::{Heartbeat, MemberRef, Mode};
-use baton_common::{Epoch, Lsn, NodeId};
+use baton_common::{DataId, Epoch, Lsn, NodeId};
 
 /// What the controller heard from one member.
 #[derive(Clone, Debug)]
@@ -155,18 +155,30 @@ fn may_be_candidate(state: &ClusterState, id: &NodeId, hb: &Heartbeat) -> bool {
         return false;
     }
     match state.mode {
-        Mode::SemiSync => {
-            state
-                .sync_set
-                .iter()
-                .any(|s| &s.id == id && s.data_id == hb.data_id)
-                || state
-                    .prev_leader
-                    .as_ref()
-                    .is_some_and(|p| &p.id == id && p.data_id == hb.data_id)
-        }
+        Mode::SemiSync => holds_acked(state, state.prev_leader.as_ref(), id, Some(hb.data_id)),
         Mode::Async => true,
     }
+}
+
+/// Whether member `id` with data directory `data` surely holds every acknowledged write in
+/// semi-sync mode (I2): a recorded sync member, or `replaced` (the leader being replaced), with
+/// the same data directory — the same id on a replaced (wiped) disk holds nothing. `data` None:
+/// a member not heard from, judged by its id until it reports. Any other member may lack some,
+/// even when no reporting member is ahead of it (the ones that hold them may not be reporting).
+/// In async mode nothing is waited for, so nobody is known to hold them.
+pub fn holds_acked(
+    state: &ClusterState,
+    replaced: Option<&LeaderRecord>,
+    id: &NodeId,
+    data: Option<DataId>,
+) -> bool {
+    let same = |d: DataId| data.is_none_or(|x| x == d);
+    state.mode == Mode::SemiSync
+        && (state
+            .sync_set
+            .iter()
+            .any(|m| &m.id == id && same(m.data_id))
+            || replaced.is_some_and(|l| &l.id == id && same(l.data_id)))
 }
 
 /// A member's position reported after it fsynced the new epoch (promotion step 2).

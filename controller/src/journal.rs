@@ -6,7 +6,8 @@
 //! times of the automatic failovers of the last hour, kept in a small key of their own.
 //!
 //! Pure: no etcd, no clock (times come in as arguments). It does not decide when to journal
-//! (that is the core's `write`/`refuse`), nor read or write etcd (that is `runtime.rs`).
+//! (that is the core's `write`/`refuse` in `core/write.rs`), nor read or write etcd (that is
+//! `runtime.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +33,8 @@ pub struct Entry {
     /// Of the last occurrence, when coalesced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_unix_ms: Option<u64>,
-    /// `failover` (automatic; counted by the anti-flapping budget), `manual_failover`,
-    /// `promoted`, `restart`, `switchover`, `sync_add`, `sync_drop`, `refusal`, `blocked`,
-    /// `pause`, `resume`, `init`, `abort`.
-    pub kind: String,
+    /// What kind of decision this is (see [`Kind`]).
+    pub kind: Kind,
     pub message: String,
     /// The epoch the entry concerns.
     pub epoch: u64,
@@ -44,6 +43,106 @@ pub struct Entry {
     pub inputs: serde_json::Value,
     #[serde(default = "one")]
     pub count: u64,
+}
+
+/// The kind of a journal entry. Stored (and shown by the API) as the snake_case strings below;
+/// a kind this controller does not know (written by a newer one) is kept as [`Kind::Other`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Kind {
+    /// An automatic failover started (counted by the anti-flapping budget).
+    Failover,
+    /// An operator's `failover --to` started or took over a promotion.
+    ManualFailover,
+    /// A promotion recorded its new leader.
+    Promoted,
+    /// The recorded leader restarted or stopped leading: a new epoch (outside the budget).
+    Restart,
+    /// A switchover was requested, or completed.
+    Switchover,
+    /// A member is being added to the sync set, or joined it.
+    SyncAdd,
+    /// A member left the sync set, or its add was abandoned.
+    SyncDrop,
+    /// Something was not done, and why (journaled once per change of reason).
+    Refusal,
+    /// A promotion cannot choose a leader now.
+    Blocked,
+    Pause,
+    Resume,
+    Init,
+    Recover,
+    /// An operation ended without completing (timeout, takeover, target ineligible).
+    Abort,
+    /// The active controller wrote its configuration into the state (`strict`).
+    Config,
+    /// A kind written by another (newer) controller.
+    Other(String),
+}
+
+impl Kind {
+    /// The stored string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::ManualFailover => "manual_failover",
+            Kind::Promoted => "promoted",
+            Kind::Restart => "restart",
+            Kind::Switchover => "switchover",
+            Kind::SyncAdd => "sync_add",
+            Kind::SyncDrop => "sync_drop",
+            Kind::Refusal => "refusal",
+            Kind::Blocked => "blocked",
+            Kind::Pause => "pause",
+            Kind::Resume => "resume",
+            Kind::Init => "init",
+            Kind::Recover => "recover",
+            Kind::Abort => "abort",
+            Kind::Config => "config",
+            Kind::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Kind {
+    fn from(s: &str) -> Kind {
+        match s {
+            "failover" => Kind::Failover,
+            "manual_failover" => Kind::ManualFailover,
+            "promoted" => Kind::Promoted,
+            "restart" => Kind::Restart,
+            "switchover" => Kind::Switchover,
+            "sync_add" => Kind::SyncAdd,
+            "sync_drop" => Kind::SyncDrop,
+            "refusal" => Kind::Refusal,
+            "blocked" => Kind::Blocked,
+            "pause" => Kind::Pause,
+            "resume" => Kind::Resume,
+            "init" => Kind::Init,
+            "recover" => Kind::Recover,
+            "abort" => Kind::Abort,
+            "config" => Kind::Config,
+            other => Kind::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for Kind {
+    fn from(s: String) -> Kind {
+        Kind::from(s.as_str())
+    }
+}
+
+impl From<Kind> for String {
+    fn from(k: Kind) -> String {
+        k.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 fn one() -> u64 {
@@ -65,7 +164,7 @@ impl From<Vec<Entry>> for Tail {
     fn from(entries: Vec<Entry>) -> Tail {
         let failovers = entries
             .iter()
-            .filter(|e| e.kind == "failover")
+            .filter(|e| e.kind == Kind::Failover)
             .flat_map(|e| std::iter::repeat_n(e.at_unix_ms, e.count as usize))
             .collect();
         Tail { entries, failovers }
@@ -163,6 +262,39 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_stored_as_the_strings_of_before() {
+        let all = [
+            "failover",
+            "manual_failover",
+            "promoted",
+            "restart",
+            "switchover",
+            "sync_add",
+            "sync_drop",
+            "refusal",
+            "blocked",
+            "pause",
+            "resume",
+            "init",
+            "recover",
+            "abort",
+            "config",
+        ];
+        for s in all {
+            let k = Kind::from(s);
+            assert!(!matches!(k, Kind::Other(_)), "{s} is a known kind");
+            assert_eq!(serde_json::to_value(&k).ok(), Some(serde_json::json!(s)));
+            assert_eq!(k.to_string(), s);
+        }
+        let k: Kind = serde_json::from_str(r#""fencing""#).expect("an unknown kind is read");
+        assert_eq!(k, Kind::Other("fencing".into()));
+        assert_eq!(
+            serde_json::to_string(&k).ok().as_deref(),
+            Some(r#""fencing""#)
+        );
+    }
 
     fn e(kind: &str, msg: &str, at: u64) -> Entry {
         Entry {

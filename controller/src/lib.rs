@@ -1,10 +1,11 @@
 //! The failover controller (`baton-controller`, `batonctl`): etcd-backed election, heartbeats,
 //! failure detection, promotion and fencing (DESIGN.md §5).
 //!
-//! Layout: `state.rs` and `journal.rs` (what is stored in etcd), `decide.rs` and `core.rs` (the
-//! pure rules and the per-cluster state machine: no clock, no I/O), `runtime.rs` and
-//! `upkeep.rs` (etcd session, election, guarded writes, compaction), `api.rs` (the HTTP API),
-//! `config.rs`, and `local.rs` (the one-command local deployment behind `batonctl local`).
+//! The pure parts: the cluster state as stored in etcd (`state.rs`), the decision journal and
+//! anti-flapping budget (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster
+//! state machine that uses them (`core/`). The I/O around them: the etcd runtime
+//! (`runtime.rs`, `upkeep.rs`), the HTTP API (`api.rs`), configuration (`config.rs`) and the
+//! local launcher behind `batonctl local` (`local.rs`).
 
 pub mod api;
 pub mod config;

@@ -103,8 +103,10 @@ impl ClusterRt {
             .state
             .as_ref()
             .is_some_and(|s| s.phase == Phase::Promoting && s.leader.is_none());
-        let record_write =
-            w.state.is_some() && w.journal.last().is_some_and(|e| e.kind == "promoted");
+        let record_write = w.state.is_some()
+            && w.journal
+                .last()
+                .is_some_and(|e| e.kind == journal::Kind::Promoted);
         if epoch_write {
             faults::fault!("promotion.before_epoch_write");
         }

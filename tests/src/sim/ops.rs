@@ -7,7 +7,7 @@
 
 use super::{Ev, Heal, Proc, World};
 use baton_common::NodeId;
-use baton_controller::state::{ClusterState, Control, Phase};
+use baton_controller::state::{ClusterState, Control, Op, Phase};
 use rand::Rng;
 
 /// An operator's action.
@@ -107,12 +107,7 @@ impl World {
             return;
         }
         let Some(op) = prior.op.as_ref() else { return };
-        let mut parts = op.kind.split(':');
-        if parts.next() != Some("failover") {
-            return;
-        }
-        let _to = parts.next();
-        if parts.next() != Some("1") {
+        if !matches!(op.op, Op::Failover { force: true, .. }) {
             return;
         }
         let Some(l) = &new.leader else { return };

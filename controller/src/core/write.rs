@@ -1,0 +1,116 @@
+//! How the core hands out a change: [`ClusterCore::write`] builds the one guarded [`Write`]
+//! (new state and/or journal entry, coalescing repeats of the last entry and rate-limiting their
+//! rewrites, the budget key with an automatic failover), [`ClusterCore::refuse`] journals a
+//! refusal once per change of reason, and `notice` queues identity notices for `tick` to
+//! journal. It decides nothing about *what* to write: the rule files do.
+
+use super::{ClusterCore, Now, Write};
+use crate::journal::{self, Entry, Kind};
+use crate::state::ClusterState;
+use baton_common::Epoch;
+
+impl ClusterCore {
+    /// The state change `state` (None: journal only), explained by a journal entry of `kind`;
+    /// None when the entry is a repeat counted in memory (nothing to write yet).
+    pub(super) fn write(
+        &mut self,
+        now: Now,
+        state: Option<ClusterState>,
+        kind: Kind,
+        message: String,
+        inputs: serde_json::Value,
+    ) -> Option<Write> {
+        let (cur, rev) = self
+            .state()
+            .map(|(s, r)| (s.clone(), r))
+            .map_or((None, 0), |(s, r)| (Some(s), r));
+        let epoch = state
+            .as_ref()
+            .or(cur.as_ref())
+            .map_or(Epoch(0), |s| s.epoch);
+        let mut j = self.journal.clone();
+        let after = j.last().map_or(0, |e| e.seq);
+        // Repeats counted in memory belong to the last entry, if it is still the newest.
+        let unflushed = self.unflushed.take().filter(|u| u.seq == after);
+        if let (Some(u), Some(last)) = (&unflushed, j.last_mut()) {
+            *last = u.clone();
+        }
+        let refusal = matches!(kind, Kind::Refusal | Kind::Blocked);
+        let failover = kind == Kind::Failover;
+        let e = Entry {
+            seq: 0,
+            at_unix_ms: now.unix_ms,
+            last_unix_ms: None,
+            kind,
+            message: message.clone(),
+            epoch: epoch.0,
+            inputs,
+            count: 1,
+        };
+        let repeat = journal::repeats(j.last(), &e);
+        if repeat
+            && state.is_none()
+            && self
+                .coalesced_at_ms
+                .is_some_and(|t| now.ms.saturating_sub(t) < journal::COALESCE_WRITE_MS)
+        {
+            // A repeat soon after the last rewrite: counted here, written later.
+            journal::push(&mut j, e);
+            self.unflushed = j.pop();
+            return None;
+        }
+        let mut puts: Vec<Entry> = unflushed.into_iter().filter(|_| !repeat).collect();
+        journal::push(&mut j, e);
+        puts.extend(j.pop());
+        if repeat {
+            self.coalesced_at_ms = Some(now.ms);
+        }
+        let failovers = failover.then(|| self.budget.with_failover(now.ms, now.unix_ms));
+        self.ts.inflight = true;
+        if !refusal {
+            self.ts.last_refusal = None;
+        }
+        Some(Write {
+            expect_rev: rev,
+            state,
+            journal: puts,
+            journal_after: after,
+            failovers,
+            why: message,
+        })
+    }
+
+    /// A refusal or a blocked decision: journaled once per change of reason.
+    pub(super) fn refuse(&mut self, now: Now, kind: Kind, message: String) -> Option<Write> {
+        if self.ts.last_refusal.as_deref() == Some(message.as_str()) || self.state().is_none() {
+            return None;
+        }
+        self.ts.last_refusal = Some(message.clone());
+        self.write(now, None, kind, message, serde_json::Value::Null)
+    }
+
+    /// The inputs journaled with a decision: who was heard when, at which position.
+    pub(super) fn inputs(&self, now: Now) -> serde_json::Value {
+        let heard: Vec<serde_json::Value> = self
+            .heard
+            .iter()
+            .map(|(id, h)| {
+                serde_json::json!({
+                    "id": id, "heard_ms_ago": now.ms.saturating_sub(h.at_ms), "epoch": h.hb.epoch,
+                    "role": h.hb.role, "log_end": [h.hb.log_end_epoch, h.hb.log_end_lsn],
+                    "since_leader_ms": h.hb.since_leader_ms, "unclean": h.hb.unclean,
+                })
+            })
+            .collect();
+        serde_json::json!({ "heard": heard })
+    }
+
+    /// Queues a journal notice once per episode (`key`); returns the message.
+    pub(super) fn notice(&mut self, now: Now, key: String, msg: String) -> String {
+        if !self.noticed.contains_key(&key) {
+            self.notices.push((key.clone(), msg.clone()));
+        }
+        self.noticed.insert(key, now.ms);
+        msg
+    }
+}
