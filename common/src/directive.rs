@@ -2,7 +2,7 @@
 //! `heartbeat_interval_ms`, and the directive the controller answers with.
 //!
 //! Only the shapes live here. How a replica orders and applies directives is the replica core's
-//! job (`replica/src/core.rs`); how the controller computes them is the controller's.
+//! job (`replica/src/core/mod.rs`); how the controller computes them is the controller's.
 
 use crate::ids::{BootId, DataId, Epoch, Lsn, NodeId};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,10 @@
 //! The failover controller (`baton-controller`, `batonctl`): etcd-backed election, heartbeats,
 //! failure detection, promotion and fencing (DESIGN.md §5).
 //!
-//! Built so far: the cluster state as stored in etcd (`state.rs`) and the pure decision rules
-//! for failure detection and candidate choice (`decide.rs`), with decision-table tests. The
-//! etcd runtime, the heartbeat endpoint, operations and `batonctl` come next (issue 4).
+//! Layout: `state.rs` and `journal.rs` (what is stored in etcd), `decide.rs` and `core.rs` (the
+//! pure rules and the per-cluster state machine: no clock, no I/O), `runtime.rs` and
+//! `upkeep.rs` (etcd session, election, guarded writes, compaction), `api.rs` (the HTTP API),
+//! `config.rs`, and `local.rs` (the one-command local deployment behind `batonctl local`).
 
 pub mod api;
 pub mod config;

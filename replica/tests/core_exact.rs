@@ -1,4 +1,4 @@
-//! Exact tests of the replica's protocol core (`replica/src/core.rs`) as a pure state machine:
+//! Exact tests of the replica's protocol core (`replica/src/core/`) as a pure state machine:
 //! every test feeds directives, ticks, proposals and flush notifications with explicit `now`
 //! values and asserts the exact verdicts, records, effects, rejections and positions that come
 //! back, calling `check_invariants()` after every step. It owns the directive ordering rules,

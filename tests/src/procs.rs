@@ -91,7 +91,8 @@ pub struct Daemon {
     pub log_path: PathBuf,
     bin: PathBuf,
     args: Vec<std::ffi::OsString>,
-    envs: Vec<(String, String)>,
+    /// Environment for the next start: `Some` sets a variable, `None` removes an inherited one.
+    envs: Vec<(String, Option<String>)>,
     child: Option<Child>,
 }
 
@@ -102,6 +103,17 @@ impl Daemon {
         args: Vec<std::ffi::OsString>,
         log_path: PathBuf,
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_with_env(name, bin, args, log_path, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables set (`Some`) or removed (`None`).
+    pub fn start_with_env(
+        name: &str,
+        bin: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        log_path: PathBuf,
+        env: &[(&str, Option<&str>)],
+    ) -> anyhow::Result<Daemon> {
         let mut d = Daemon {
             name: name.to_string(),
             log_path,
@@ -110,14 +122,14 @@ impl Daemon {
             envs: Vec::new(),
             child: None,
         };
-        d.envs.push((
-            "RUST_LOG".into(),
-            std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        ));
-        d.envs.push((
-            "ETCD_UNSUPPORTED_ARCH".into(),
-            std::env::consts::ARCH.into(),
-        ));
+        d.set_env(
+            "RUST_LOG",
+            Some(&std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into())),
+        );
+        d.set_env("ETCD_UNSUPPORTED_ARCH", Some(std::env::consts::ARCH));
+        for (k, v) in env {
+            d.set_env(k, *v);
+        }
         d.spawn()?;
         Ok(d)
     }
@@ -133,13 +145,22 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log);
         for (k, v) in &self.envs {
-            cmd.env(k, v);
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
         self.child = Some(
             cmd.spawn()
                 .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?,
         );
         Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_string(), value.map(str::to_string)));
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -210,6 +231,22 @@ impl Daemon {
         None
     }
 
+    /// [`Daemon::wait_exit`] for async tests: waits without blocking the runtime's thread.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Starts the process again with the same arguments.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
@@ -221,6 +258,13 @@ impl Daemon {
     /// The process log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the process log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
 

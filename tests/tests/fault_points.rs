@@ -23,7 +23,7 @@ use baton_replica::faults::CRASH_EXIT_CODE;
 use baton_replica::wal::{Op, Record};
 use baton_tests::client::{assert_all_readable, Client};
 use baton_tests::cluster::EtcdProc;
-use baton_tests::procs::{bin_path, free_port, wait_for, ReplicaSpec};
+use baton_tests::procs::{bin_path, free_port, wait_for, Daemon, ReplicaSpec};
 use baton_tests::standin::Standin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -95,107 +95,29 @@ fn build_fault_bins() -> Result<(), String> {
 
 // ----- processes -------------------------------------------------------------------------------
 
-/// A process started by these tests: its output appended to a log file, an optional
-/// `FAILPOINTS` for each start, SIGKILL on drop.
-struct Proc {
+/// The fault-point runs start processes through the harness's [`Daemon`], with `FAILPOINTS`
+/// set for the run or cleared (never inherited from the test's environment).
+fn start_proc(
     bin: PathBuf,
     args: Vec<OsString>,
     log_path: PathBuf,
-    child: Option<Child>,
+    failpoints: Option<&str>,
+) -> anyhow::Result<Daemon> {
+    let name = bin
+        .file_name()
+        .map_or_else(|| "process".into(), |n| n.to_string_lossy().into_owned());
+    Daemon::start_with_env(&name, bin, args, log_path, &[("FAILPOINTS", failpoints)])
 }
 
-impl Proc {
-    fn start(
-        bin: PathBuf,
-        args: Vec<OsString>,
-        log_path: PathBuf,
-        failpoints: Option<&str>,
-    ) -> anyhow::Result<Proc> {
-        let mut p = Proc {
-            bin,
-            args,
-            log_path,
-            child: None,
-        };
-        p.spawn(failpoints)?;
-        Ok(p)
-    }
-
-    fn spawn(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
-        anyhow::ensure!(self.child.is_none(), "{} is running", self.bin.display());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env(
-                "RUST_LOG",
-                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("FAILPOINTS");
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        self.child = Some(
-            cmd.spawn()
-                .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))?,
-        );
-        Ok(())
-    }
-
-    fn restart(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
-        self.spawn(failpoints)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits up to `timeout` for the process to exit on its own.
-    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let c = self.child.as_mut()?;
-            if let Ok(Some(st)) = c.try_wait() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
+/// Restarts with `FAILPOINTS` set to `failpoints` (or cleared).
+trait RestartWith {
+    fn restart_with(&mut self, failpoints: Option<&str>) -> anyhow::Result<()>;
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
+impl RestartWith for Daemon {
+    fn restart_with(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
+        self.set_env("FAILPOINTS", failpoints);
+        self.restart_with()
     }
 }
 
@@ -203,7 +125,7 @@ impl Drop for Proc {
 struct Replica {
     url: String,
     data: PathBuf,
-    proc: Proc,
+    proc: Daemon,
 }
 
 impl Replica {
@@ -211,7 +133,7 @@ impl Replica {
         std::fs::create_dir_all(&spec.dir)?;
         let cfg = spec.dir.join("replica.toml");
         std::fs::write(&cfg, spec.config_text())?;
-        let proc = Proc::start(
+        let proc = start_proc(
             bin.to_path_buf(),
             vec!["--config".into(), cfg.into()],
             spec.dir.join("replica.log"),
@@ -253,8 +175,8 @@ fn nth(after: u32, action: &str) -> String {
 }
 
 /// Asserts that `p` exited by the crash action at `point`.
-async fn expect_crash(p: &mut Proc, point: &str, what: &str) -> anyhow::Result<()> {
-    let Some(st) = p.wait_exit(Duration::from_secs(30)).await else {
+async fn expect_crash(p: &mut Daemon, point: &str, what: &str) -> anyhow::Result<()> {
+    let Some(st) = p.exited(Duration::from_secs(30)).await else {
         anyhow::bail!(
             "{what}: {point} never fired within 30 s; log tail:\n{}",
             p.log_tail(30)
@@ -445,7 +367,7 @@ fn assert_same_records(a: &Path, b: &Path) -> anyhow::Result<usize> {
     Ok(common)
 }
 
-fn no_panics(p: &Proc, who: &str) -> anyhow::Result<()> {
+fn no_panics(p: &Daemon, who: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !p.log().contains("panicked"),
         "{who} panicked:\n{}",
@@ -504,7 +426,7 @@ async fn a_crash_at_each_persistence_point_loses_no_acknowledged_write() -> anyh
             }
             expect_crash(&mut r.proc, point, "r1").await?;
             let (acked, _) = load.stop().await;
-            r.proc.restart(None)?;
+            r.proc.restart_with(None)?;
             wait_writable(&c, &r.url, "r1 restarted").await?;
             let now = status(&c, &r.url).await["epoch"].as_u64().unwrap_or(0);
             anyhow::ensure!(
@@ -549,7 +471,7 @@ async fn an_injected_io_error_stops_the_replica_which_restarts_with_everything_a
             load.wait_acked(50, point).await?;
             standin.set_leader("r1");
         }
-        let st = r.proc.wait_exit(Duration::from_secs(30)).await;
+        let st = r.proc.exited(Duration::from_secs(30)).await;
         let (acked, _) = load.stop().await;
         // The fatal path: exit 1 with one line naming the reason (never retried).
         let last = r.proc.log().lines().last().unwrap_or_default().to_string();
@@ -561,7 +483,7 @@ async fn an_injected_io_error_stops_the_replica_which_restarts_with_everything_a
             "an error at {point} must stop r1 naming it, got {st:?}:\n{}",
             r.proc.log_tail(20)
         );
-        r.proc.restart(None)?;
+        r.proc.restart_with(None)?;
         wait_writable(&c, &r.url, "r1 restarted").await?;
         check_acked(&r.url, &acked, &format!("after an error at {point}")).await?;
         println!(
@@ -590,7 +512,7 @@ async fn an_injected_io_error_stops_the_replica_which_restarts_with_everything_a
         })
         .await?;
         let (acked, _) = load.stop().await;
-        anyhow::ensure!(r.proc.running(), "an error at {point} must not stop r1");
+        anyhow::ensure!(r.proc.is_running(), "an error at {point} must not stop r1");
         check_acked(&r.url, &acked, point).await?;
         println!("{point}: `{says}`, retried; r1 kept serving");
         all.extend(acked);
@@ -682,17 +604,17 @@ async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_
         nodes.get_mut(&leader).expect("leader").proc.kill9();
         standin.set_leader(&follower);
         let f = nodes.get_mut(&follower).expect("follower");
-        if !f.proc.running() {
-            f.proc.restart(None)?;
+        if !f.proc.is_running() {
+            f.proc.restart_with(None)?;
         }
         let fp = at_restart.map(|p| format!("{p}=1*return(crash)"));
         let old = nodes.get_mut(&leader).expect("old leader");
-        old.proc.restart(fp.as_deref())?;
+        old.proc.restart_with(fp.as_deref())?;
         if let Some(p) = at_restart {
             // The old leader archives its divergent suffix and crashes before cutting it; the
             // next start does it again.
             expect_crash(&mut old.proc, p, "the old leader rejoining").await?;
-            old.proc.restart(None)?;
+            old.proc.restart_with(None)?;
         }
         wait_writable(&c, &nodes[&follower].url, &follower).await?;
         check_acked(
@@ -752,7 +674,7 @@ async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_
         "the stream errors were injected"
     );
     for (id, n) in nodes.iter_mut() {
-        anyhow::ensure!(n.proc.running(), "{id} must survive stream errors");
+        anyhow::ensure!(n.proc.is_running(), "{id} must survive stream errors");
     }
     // The follower loses its disk and is rebuilt from the leader's snapshot; it crashes once
     // between receiving the snapshot and putting it in place of its log.
@@ -767,9 +689,9 @@ async fn a_crash_at_each_replication_point_then_the_other_node_lost_keeps_every_
     f.proc.kill9();
     std::fs::remove_dir_all(&f.data)?;
     f.proc
-        .restart(Some("install.before_rename=1*return(crash)"))?;
+        .restart_with(Some("install.before_rename=1*return(crash)"))?;
     expect_crash(&mut f.proc, "install.before_rename", "the wiped follower").await?;
-    f.proc.restart(None)?;
+    f.proc.restart_with(None)?;
     wait_converged(&c, &urls).await?;
     anyhow::ensure!(
         nodes[&follower]
@@ -870,9 +792,9 @@ async fn a_follower_acknowledges_a_received_snapshot_only_once_it_is_in_place() 
     r2.proc.kill9();
     std::fs::remove_dir_all(&r2.data)?;
     r2.proc
-        .restart(Some("install.after_reset=1*return(crash)"))?;
+        .restart_with(Some("install.after_reset=1*return(crash)"))?;
     expect_crash(&mut r2.proc, "install.after_reset", "r2").await?;
-    r2.proc.restart(None)?;
+    r2.proc.restart_with(None)?;
     let st = wait_for(Duration::from_secs(30), "r2 to serve again", || async {
         c.status(&r2.url).await.ok()
     })
@@ -953,7 +875,7 @@ fn last_segment(data: &Path) -> anyhow::Result<PathBuf> {
 /// Restarts the damaged r2 while its leader is down (nothing can repair it yet) and returns
 /// its status; a replica that refuses to start fails here with its log.
 async fn restart_damaged(r2: &mut Replica, c: &Client) -> anyhow::Result<serde_json::Value> {
-    r2.proc.restart(None)?;
+    r2.proc.restart_with(None)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(st) = c
@@ -964,7 +886,7 @@ async fn restart_damaged(r2: &mut Replica, c: &Client) -> anyhow::Result<serde_j
         {
             return Ok(st);
         }
-        if !r2.proc.running() {
+        if !r2.proc.is_running() {
             anyhow::bail!(
                 "r2 refused to start on its damaged log:\n{}",
                 r2.proc.log_tail(5)
@@ -983,7 +905,7 @@ async fn leader_back_and_repaired(
     c: &Client,
     acked: &Acked,
 ) -> anyhow::Result<()> {
-    r1.proc.restart(None)?;
+    r1.proc.restart_with(None)?;
     wait_writable(c, &r1.url, "r1 restarted").await?;
     wait_for(Duration::from_secs(30), "r2 to be clean again", || async {
         (status(c, &r2.url).await["unclean"] == false).then_some(())
@@ -1133,7 +1055,7 @@ async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
     std::fs::create_dir_all(&side)?;
     let cfg = side.join("replica.toml");
     std::fs::write(&cfg, spec.config_text())?;
-    let mut p = Proc::start(
+    let mut p = start_proc(
         bin_path("baton-replica")?,
         vec!["--config".into(), cfg.into()],
         side.join("replica.log"),
@@ -1143,7 +1065,7 @@ async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
     let c = Client::new(Duration::from_secs(5));
     wait_writable(&c, &url, "r1").await?;
     let load = Load::start(&url, "full", 8, 4000);
-    let st = p.wait_exit(Duration::from_secs(60)).await;
+    let st = p.exited(Duration::from_secs(60)).await;
     let (acked, _) = load.stop().await;
     let last = p.log().lines().last().unwrap_or_default().to_string();
     anyhow::ensure!(
@@ -1159,7 +1081,7 @@ async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
         acked.len()
     );
     disk.resize("64m")?;
-    p.restart(None)?;
+    p.restart_with(None)?;
     wait_writable(&c, &url, "r1 on a disk with room again").await?;
     check_acked(&url, &acked, "after the disk filled").await?;
     let torn = p.log().contains("truncating a torn record");
@@ -1178,14 +1100,14 @@ async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
 /// Real etcd, two fault-enabled controllers, three replicas (semi-sync).
 struct Deployment {
     _etcd: EtcdProc,
-    ctl: Vec<(String, Proc)>,
+    ctl: Vec<(String, Daemon)>,
     replicas: BTreeMap<String, Replica>,
     c: Client,
 }
 
 impl Deployment {
     async fn start(dir: &Path, cbin: &Path) -> anyhow::Result<Deployment> {
-        let etcd = EtcdProc::start(&dir.join("etcd")).await?;
+        let etcd = Etcdstart_proc(&dir.join("etcd")).await?;
         let ids = ["r1", "r2", "r3"];
         let rports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
         let cports: Vec<u16> = (0..2).map(|_| free_port()).collect();
@@ -1207,7 +1129,7 @@ impl Deployment {
             );
             let cfg = cdir.join("controller.toml");
             std::fs::write(&cfg, text)?;
-            let p = Proc::start(
+            let p = start_proc(
                 cbin.to_path_buf(),
                 vec!["--config".into(), cfg.into()],
                 cdir.join("controller.log"),
@@ -1384,8 +1306,8 @@ async fn controller_points(d: &mut Deployment) -> anyhow::Result<()> {
             .get_mut(&leader)
             .expect("old leader")
             .proc
-            .restart(None)?;
-        d.ctl[active].1.restart(None)?;
+            .restart_with(None)?;
+        d.ctl[active].1.restart_with(None)?;
         let urls: Vec<&str> = d.replicas.values().map(|r| r.url.as_str()).collect();
         wait_converged(&d.c, &urls).await?;
         println!(

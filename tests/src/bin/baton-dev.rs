@@ -1,5 +1,5 @@
-//! `baton-dev --dir DIR`: the development cluster available until `batonctl local up` exists —
-//! starts the stand-in controller (a test double, not the real controller) and one
+//! `baton-dev --dir DIR`: one replica for working on the replica alone (no etcd; a whole
+//! deployment is `batonctl local up`) — starts the stand-in controller (a test double, not the real controller) and one
 //! `baton-replica` on loopback, waits until it accepts writes, prints how to use it, and stops
 //! everything on Ctrl-C. Data stays in DIR.
 
