@@ -28,7 +28,7 @@ use baton_tests::standin::Standin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ trait RestartWith {
 impl RestartWith for Daemon {
     fn restart_with(&mut self, failpoints: Option<&str>) -> anyhow::Result<()> {
         self.set_env("FAILPOINTS", failpoints);
-        self.restart_with()
+        self.restart()
     }
 }
 
@@ -1107,7 +1107,7 @@ struct Deployment {
 
 impl Deployment {
     async fn start(dir: &Path, cbin: &Path) -> anyhow::Result<Deployment> {
-        let etcd = Etcdstart_proc(&dir.join("etcd")).await?;
+        let etcd = EtcdProc::start(&dir.join("etcd")).await?;
         let ids = ["r1", "r2", "r3"];
         let rports: Vec<u16> = ids.iter().map(|_| free_port()).collect();
         let cports: Vec<u16> = (0..2).map(|_| free_port()).collect();

@@ -1,0 +1,124 @@
+//! `baton-bench`: the performance numbers behind Baton's claims, printed as tables, measured side
+//! by side with etcd on the same machine and disk (a timed test would fail on a slow day; this
+//! reports instead).
+//!
+//! `baton-bench replica` measures one replica (release build) acknowledging durable writes:
+//! throughput and latency at 1/16/64 concurrent clients with 100-byte values, the same load
+//! against a single-node etcd through its HTTP gateway when `etcd` is installed, and restart
+//! time with a million keys (clean stop and SIGKILL).
+//!
+//! `baton-bench cluster` measures three replicas (leader r1, release build) driven by the
+//! stand-in controller: write throughput and latency through the leader at each client count,
+//! first in semi-sync mode (both followers waited), then in async mode, with the followers' lag
+//! after each load.
+//!
+//! `baton-bench catchup` measures how fast a follower that was down catches up from the leader's
+//! log (about `--gib` GiB of it), next to the disk's sequential write speed measured with `dd`.
+
+mod catchup;
+mod cluster;
+mod common;
+mod etcd;
+mod failover;
+mod replica;
+
+use catchup::run_catchup;
+use clap::{Parser, Subcommand};
+use cluster::run_cluster;
+use failover::run_failover;
+use replica::run_replica;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Single-replica durable writes and restart time, next to etcd.
+    Replica {
+        /// Seconds per load level.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients per load level.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Keys loaded before measuring restart time (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        restart_keys: u64,
+        /// Working directory (on the disk to measure); a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Skip the etcd comparison.
+        #[arg(long)]
+        no_etcd: bool,
+    },
+    /// Three replicas (leader r1): writes through the leader in semi-sync, then async mode.
+    Cluster {
+        /// Seconds per load level.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients per load level.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Working directory (on the disk to measure); a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A restarted follower catching up from the leader's log, next to the disk's speed (dd).
+    Catchup {
+        /// GiB of values loaded into the leader while the follower is down.
+        #[arg(long, default_value_t = 1.0)]
+        gib: f64,
+        #[arg(long, default_value_t = 4096)]
+        value_bytes: usize,
+        /// Working directory (on the disk to measure); a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Failover and switchover with the real controller and etcd: time from `kill -9` of the
+    /// leader to the first acknowledged write on its successor, and the write pause of a
+    /// planned switchover, over several runs.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Write through baton-proxy (the client-visible window) instead of to the replicas.
+        #[arg(long)]
+        proxy: bool,
+        /// Working directory; a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Replica {
+            seconds,
+            clients,
+            value_bytes,
+            restart_keys,
+            dir,
+            no_etcd,
+        } => run_replica(seconds, clients, value_bytes, restart_keys, dir, no_etcd).await,
+        Cmd::Cluster {
+            seconds,
+            clients,
+            value_bytes,
+            dir,
+        } => run_cluster(seconds, clients, value_bytes, dir).await,
+        Cmd::Catchup {
+            gib,
+            value_bytes,
+            dir,
+        } => run_catchup(gib, value_bytes, dir).await,
+        Cmd::Failover { runs, dir, proxy } => run_failover(runs, dir, proxy).await,
+    }
+}

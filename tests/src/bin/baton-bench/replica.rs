@@ -1,0 +1,108 @@
+//! `baton-bench replica`: one replica's durable writes next to etcd, and restart time with a
+//! million keys.
+
+use super::common::*;
+use super::etcd::*;
+use baton_tests::client::Client;
+use baton_tests::procs::{wait_for, ReplicaProc, ReplicaSpec};
+use baton_tests::standin::Standin;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub(crate) async fn restart_time(
+    r: &mut ReplicaProc,
+    keys: u64,
+    vbytes: usize,
+) -> anyhow::Result<()> {
+    let c = Client::new(Duration::from_secs(30));
+    println!("\nloading {keys} keys for the restart measurement…");
+    let t0 = Instant::now();
+    fill(&r.url, "key-", keys, vbytes).await?;
+    println!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
+    let st = c
+        .status(&r.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    println!(
+        "state: {} keys, applied LSN {}, snapshot LSN {}",
+        st["keys"], st["applied_lsn"], st["snapshot_lsn"]
+    );
+    println!("\n| restart after | data on disk MB | open (status answers) s | first acknowledged write s |");
+    println!("|---|---:|---:|---:|");
+    for how in ["SIGTERM", "SIGKILL"] {
+        if how == "SIGTERM" {
+            r.term(Duration::from_secs(30));
+        } else {
+            r.kill9();
+        }
+        let mb = du(&r.data_dir()) as f64 / 1e6;
+        let t0 = Instant::now();
+        r.restart()?;
+        let fast = Client::new(Duration::from_millis(200));
+        wait_for(Duration::from_secs(120), "status after restart", || async {
+            fast.status(&r.url).await.ok().map(|_| ())
+        })
+        .await?;
+        let open = t0.elapsed().as_secs_f64();
+        wait_for(
+            Duration::from_secs(120),
+            "a write after restart",
+            || async {
+                matches!(fast.put(&r.url, "after-restart", "x").await, Ok(rep) if rep.status == 200)
+                    .then_some(())
+            },
+        )
+        .await?;
+        let first = t0.elapsed().as_secs_f64();
+        println!("| {how} | {mb:.0} | {open:.2} | {first:.2} |");
+    }
+    let probe = c
+        .get(&r.url, &format!("key-{:08}", keys - 1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    anyhow::ensure!(
+        probe.status == 200,
+        "the last loaded key is missing after restart"
+    );
+    Ok(())
+}
+
+pub(crate) async fn run_replica(
+    seconds: u64,
+    clients: Vec<usize>,
+    value_bytes: usize,
+    restart_keys: u64,
+    dir: Option<PathBuf>,
+    no_etcd: bool,
+) -> anyhow::Result<()> {
+    let (dir, _tmp) = work_dir(dir)?;
+    let standin = Standin::start("r1").await?;
+    let mut spec = ReplicaSpec::new("r1", &dir, std::slice::from_ref(&standin.url));
+    spec.release = true;
+    let mut r = ReplicaProc::start(spec)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to accept writes",
+        || async {
+            matches!(c.put(&r.url, "probe", "x").await, Ok(rep) if rep.status == 200).then_some(())
+        },
+    )
+    .await?;
+    println!(
+        "durable writes, {value_bytes}-byte values, {seconds} s per level, on {} (same disk for both)\n",
+        dir.display()
+    );
+    let mut rows = bench_baton(&r.url, &clients, seconds, value_bytes).await;
+    if !no_etcd {
+        if let Some(etcd) = start_etcd(&dir).await? {
+            rows.extend(bench_etcd(&etcd.url, &clients, seconds, value_bytes).await);
+        }
+    }
+    print_rows(&mut rows);
+    if restart_keys > 0 {
+        restart_time(&mut r, restart_keys, value_bytes).await?;
+    }
+    r.term(Duration::from_secs(30));
+    Ok(())
+}
