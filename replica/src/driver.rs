@@ -48,7 +48,11 @@ pub struct Followups {
 impl Node {
     /// Executes `fx` (from a step of the engine behind `g`), then acknowledges what committed,
     /// publishes the flushed LSN and progress, and starts a snapshot when one is due.
-    pub(crate) fn step(self: &Arc<Self>, mut g: MutexGuard<'_, Inner>, fx: Vec<Action>) -> Followups {
+    pub(crate) fn step(
+        self: &Arc<Self>,
+        mut g: MutexGuard<'_, Inner>,
+        fx: Vec<Action>,
+    ) -> Followups {
         let mut out = Followups::default();
         for a in fx {
             self.execute(&mut g, a, &mut out);

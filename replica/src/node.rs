@@ -496,7 +496,6 @@ impl Node {
         m.log_bytes
             .set(self.log_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
     }
-
 }
 
 impl Inner {

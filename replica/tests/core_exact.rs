@@ -14,7 +14,7 @@ use baton_common::directive::{Directive, LeaderRef, Member, MemberRef, Mode, Rep
 use baton_common::ids::Expect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
 use baton_replica::core::{
-    Consistency, Core, CoreConfig, Action, ReadOk, Recovered, Verdict, WriteReject, WriteReq,
+    Action, Consistency, Core, CoreConfig, ReadOk, Recovered, Verdict, WriteReject, WriteReq,
 };
 use baton_replica::snapshot::{self, Snapshot};
 use baton_replica::state::{Entry, KvState};

@@ -17,8 +17,8 @@ use baton_common::api::LeaderHint;
 use baton_common::directive::{Directive, LeaderRef, MemberRef, Mode, ReportedRole, Role};
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use baton_replica::core::{
-    Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext,
-    Recovered, Truncation, Verdict, WriteReject, WriteReq,
+    Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext, Recovered,
+    Truncation, Verdict, WriteReject, WriteReq,
 };
 use baton_replica::snapshot::Snapshot;
 use baton_replica::wal::{Op, Record};
@@ -530,32 +530,32 @@ impl Net {
             }
         }
         if let Ok((_, fx)) = &res {
-          for t in fx.iter().filter_map(|a| match a {
-            Action::Truncate(t) => Some(t),
-            _ => None,
-          }) {
-            let r = &mut self.r[follower];
-            let keep = r
-                .log
-                .iter()
-                .position(|x| x.lsn >= t.from)
-                .expect("the cut lies inside the log");
-            assert_eq!(
-                &r.log[keep..],
-                &t.records[..],
-                "the truncation does not name the log's suffix"
-            );
-            if t.below_commit {
-                r.commit_floor = r.core.commit();
-            } else {
-                assert!(
-                    t.from > commit_before,
-                    "cut from {} below the commit LSN {commit_before} without saying so",
-                    t.from
+            for t in fx.iter().filter_map(|a| match a {
+                Action::Truncate(t) => Some(t),
+                _ => None,
+            }) {
+                let r = &mut self.r[follower];
+                let keep = r
+                    .log
+                    .iter()
+                    .position(|x| x.lsn >= t.from)
+                    .expect("the cut lies inside the log");
+                assert_eq!(
+                    &r.log[keep..],
+                    &t.records[..],
+                    "the truncation does not name the log's suffix"
                 );
+                if t.below_commit {
+                    r.commit_floor = r.core.commit();
+                } else {
+                    assert!(
+                        t.from > commit_before,
+                        "cut from {} below the commit LSN {commit_before} without saying so",
+                        t.from
+                    );
+                }
+                r.log.truncate(keep);
             }
-            r.log.truncate(keep);
-          }
         }
         self.check("follower_on_epoch_end");
         (answer, res)

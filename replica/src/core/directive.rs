@@ -16,7 +16,9 @@ pub enum Verdict {
     /// Ignore it, for this reason.
     Ignore(String),
     /// Apply it; when `persist` is set, first store (epoch, rev) durably.
-    Accept { persist: Option<(super::Epoch, u64)> },
+    Accept {
+        persist: Option<(super::Epoch, u64)>,
+    },
 }
 
 impl Core {
@@ -78,7 +80,12 @@ impl Core {
 
     /// The runtime stored what `on_directive` asked for. The ordering rules are checked again
     /// (another directive may have been applied meanwhile) and the directive acts.
-    pub fn on_directive_persisted(&mut self, now: u64, sent_at_ms: u64, d: &Directive) -> Vec<Action> {
+    pub fn on_directive_persisted(
+        &mut self,
+        now: u64,
+        sent_at_ms: u64,
+        d: &Directive,
+    ) -> Vec<Action> {
         match self.check_directive(d) {
             Verdict::Ignore(why) => vec![Action::Ignore(why)],
             Verdict::Accept { .. } => self.apply_directive(now, sent_at_ms, d),
@@ -124,7 +131,10 @@ impl Core {
             // from an earlier run, so leading it again would write it twice.
             tracing::warn!(epoch = %d.epoch, log_end_epoch = %self.log.end.0,
                 "refusing to lead an epoch this log already holds records of; a restart needs a new epoch");
-            fx.extend(self.stop_leading(RoleState::None, format!("refused to re-lead epoch {}", d.epoch)));
+            fx.extend(self.stop_leading(
+                RoleState::None,
+                format!("refused to re-lead epoch {}", d.epoch),
+            ));
             return fx;
         }
         let same_epoch_leader = matches!(self.role, RoleState::Leader(_))

@@ -263,7 +263,10 @@ impl Core {
                     from: Lsn(1),
                     prev_epoch: Epoch(0),
                 };
-                return Ok((fetch, vec![Action::StoreUnclean(true), Action::Resync { from: cut }]));
+                return Ok((
+                    fetch,
+                    vec![Action::StoreUnclean(true), Action::Resync { from: cut }],
+                ));
             }
             let records = self.truncate_suffix(cut);
             fx.push(Action::Truncate(Truncation {
@@ -431,7 +434,12 @@ impl Core {
     /// (what this replica acknowledges and reports) keeps what the old log made durable, which
     /// is below the snapshot, and reaches the snapshot's LSN only when the runtime reports the
     /// install durable through [`on_flushed`](Core::on_flushed) (I2; issue 10, item 5).
-    pub fn follower_install_snapshot(&mut self, now: u64, stream: u64, snap: Snapshot) -> Vec<Action> {
+    pub fn follower_install_snapshot(
+        &mut self,
+        now: u64,
+        stream: u64,
+        snap: Snapshot,
+    ) -> Vec<Action> {
         let Ok(u) = self.upstream_mut(stream) else {
             return Vec::new();
         };

@@ -120,7 +120,8 @@ impl Core {
     pub fn leader_stream_alive(&self, id: &NodeId, stream: u64, epoch: Epoch) -> bool {
         self.epoch == epoch
             && self.role.leader().is_some_and(|l| {
-                l.leading_epoch == Some(epoch) && l.peers.get(id).is_some_and(|p| p.stream == stream)
+                l.leading_epoch == Some(epoch)
+                    && l.peers.get(id).is_some_and(|p| p.stream == stream)
             })
     }
 

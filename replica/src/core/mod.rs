@@ -340,7 +340,12 @@ impl Core {
             self.log.unflushed_since_ms = None;
         }
         fx.extend(self.recompute_commit());
-        if self.unclean && self.role.leader().is_some_and(|l| l.own_epoch_applied(self.log.applied)) {
+        if self.unclean
+            && self
+                .role
+                .leader()
+                .is_some_and(|l| l.own_epoch_applied(self.log.applied))
+        {
             // This replica's own epoch is committed: its log is the reference, it holds everything.
             self.unclean = false;
             fx.push(Action::StoreUnclean(false));
@@ -537,7 +542,10 @@ impl Core {
                 self.epoch, l.end.0
             ));
         }
-        if l.history.windows(2).any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1) {
+        if l.history
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+        {
             return Err(format!("epoch history not increasing: {:?}", l.history));
         }
         self.role.check(self.epoch)

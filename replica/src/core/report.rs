@@ -9,7 +9,9 @@ impl Core {
     /// The heartbeat to send now.
     pub fn heartbeat(&self, now: u64, seq: u64) -> Heartbeat {
         let leader = self.role.leader();
-        let waiting = leader.map(|l| self.waiting_info(l, now)).unwrap_or_default();
+        let waiting = leader
+            .map(|l| self.waiting_info(l, now))
+            .unwrap_or_default();
         Heartbeat {
             seq,
             cluster: self.cfg.cluster.clone(),
@@ -82,7 +84,9 @@ impl Core {
             health: health.into(),
             degraded: leader.is_some() && self.waited.is_empty() && self.mode == Mode::SemiSync,
             epoch_history: self.log.history.clone(),
-            waiting: leader.map(|l| self.waiting_info(l, now)).unwrap_or_default(),
+            waiting: leader
+                .map(|l| self.waiting_info(l, now))
+                .unwrap_or_default(),
             followers: self.follower_progress(now),
             upstream: self.upstream_progress(now),
             last_cut: self.last_cut.clone(),

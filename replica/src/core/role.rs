@@ -55,7 +55,9 @@ pub(super) struct Lease {
 impl LeaderState {
     /// Whether this leader's own epoch start is applied (its log is then the reference).
     pub fn own_epoch_applied(&self, applied: Lsn) -> bool {
-        self.leading_epoch.is_some() && self.leader_start_lsn.0 > 0 && applied >= self.leader_start_lsn
+        self.leading_epoch.is_some()
+            && self.leader_start_lsn.0 > 0
+            && applied >= self.leader_start_lsn
     }
 }
 

@@ -1374,7 +1374,9 @@ impl World {
                     rep.snap = None;
                     rep.meta_unclean = true;
                 }
-                Action::PersistEpoch { .. } | Action::InstallSnapshot { .. } | Action::Ignore(_) => {}
+                Action::PersistEpoch { .. }
+                | Action::InstallSnapshot { .. }
+                | Action::Ignore(_) => {}
             }
         }
     }
