@@ -1,5 +1,5 @@
 //! The replica's protocol engine: role, epoch, lease, log positions, pending writes and the
-//! applied state, as a pure state machine in the shape of openraft's `Engine`. Every input
+//! applied state, as a pure state machine in the shape of openraft's engine. Every input
 //! (`on_directive`, `propose`, `on_flushed`, `tick`, the leader's and follower's stream inputs)
 //! carries `now` (milliseconds on the runtime's suspend-proof clock) and returns one ordered list
 //! of [`Action`]s that the runtime executes in order, the persist-before-acting steps included:
