@@ -1,10 +1,10 @@
 //! The replica's side of the controller protocol: every `heartbeat_interval_ms` it sends a
-//! heartbeat to every configured controller, and feeds each answer through the core's ordering
-//! rules. A directive's epoch and rev are persisted before the core acts on it.
+//! heartbeat to every configured controller, and feeds each answer to the engine
+//! (`Core::on_directive`) through the driver. When the engine asks for the directive's epoch
+//! and rev to be persisted first, they are stored off the executor and reported back.
 //!
 //! Answers are handled one at a time by a single task, so two directives never race.
 
-use crate::core::Verdict;
 use crate::node::Node;
 use baton_common::clock;
 use baton_common::directive::Directive;
@@ -115,56 +115,48 @@ async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<Directive, 
     serde_json::from_slice(&bytes).map_err(|e| format!("malformed directive: {e}"))
 }
 
-/// Applies one controller answer through the core's ordering rules.
+/// Feeds one controller answer to the engine; persists what it asks for, then reports it.
 pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
-    let verdict = node.lock().core().check_directive(&d);
-    let persist = match verdict {
-        Verdict::Ignore(reason) => {
-            if d.active && d.cluster_id != 0 && d.cluster_id != node.lock().core().cluster_id() {
-                // A controller of another deployment (a wrong address, or this data directory
-                // belongs elsewhere): loud (once per 10 s), and nothing changes.
-                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let now = clock::now_ms();
-                let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-                if last == 0 || now.saturating_sub(last) >= 10_000 {
-                    LAST.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(epoch = %d.epoch, %reason, "directive from another deployment ignored");
-                }
-            } else {
-                tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
-            }
+    let (before, mut out) = {
+        let mut g = node.lock();
+        let before = (g.core().epoch(), g.core().role());
+        let fx = g.core_mut().on_directive(clock::now_ms(), sent_at, &d);
+        (before, node.step(g, fx))
+    };
+    if let Some(p) = out.persist.take() {
+        if !node.persist_epoch(p).await {
             return;
         }
-        Verdict::Accept { persist } => persist,
-    };
-    if let Some((epoch, rev)) = persist {
-        let n = node.clone();
-        let cluster_id = d.cluster_id;
-        let res =
-            tokio::task::spawn_blocking(move || n.persist_epoch(epoch, rev, cluster_id)).await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                node.set_fatal(format!("cannot persist epoch {epoch}: {e:#}"));
-                return;
-            }
-            Err(e) => {
-                node.set_fatal(format!("cannot persist epoch {epoch}: {e}"));
-                return;
-            }
-        }
+        out = {
+            let mut g = node.lock();
+            let fx = g
+                .core_mut()
+                .on_directive_persisted(clock::now_ms(), sent_at, &d);
+            node.step(g, fx)
+        };
     }
-    let now = clock::now_ms();
-    let mut g = node.lock();
-    // Re-check under the lock: the verdict must still hold when the directive is applied.
-    if let Verdict::Accept { .. } = g.core().check_directive(&d) {
-        let before = (g.core().epoch(), g.core().role());
-        let fx = g.core_mut().apply_directive(now, sent_at, &d);
-        let changed = before != (g.core().epoch(), g.core().role());
-        node.after_step(g, fx);
-        if changed {
-            // Report the new epoch and role at once: a promotion waits for these reports.
-            node.heartbeat_now.notify_one();
+    if let Some(reason) = out.ignored {
+        if d.active && d.cluster_id != 0 && d.cluster_id != node.lock().core().cluster_id() {
+            // A controller of another deployment (a wrong address, or this data directory
+            // belongs elsewhere): loud (once per 10 s), and nothing changes.
+            static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = clock::now_ms();
+            let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+            if last == 0 || now.saturating_sub(last) >= 10_000 {
+                LAST.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(epoch = %d.epoch, %reason, "directive from another deployment ignored");
+            }
+        } else {
+            tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
         }
+        return;
+    }
+    let after = {
+        let g = node.lock();
+        (g.core().epoch(), g.core().role())
+    };
+    if before != after {
+        // Report the new epoch and role at once: a promotion waits for these reports.
+        node.heartbeat_now.notify_one();
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod faults;
 pub mod heartbeat;
 pub mod logthread;
@@ -17,6 +18,7 @@ pub mod repl;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod tail;
 pub mod wal;
 
 use anyhow::Context;

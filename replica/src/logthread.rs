@@ -2,12 +2,13 @@
 //! appends are batched so that everything queued while one fdatasync ran shares the next one
 //! (group commit); reads serve followers that are behind the in-memory tail; truncations archive
 //! the cut records to a rollback file before cutting; resets replace the log after a snapshot.
-//! It reports durability to the node with the log generation it wrote under.
+//! It reports through the narrow [`LogEvents`] interface (durability with the log generation it
+//! wrote under, fatal errors, the meta file's `unclean` flag, compaction, size); it knows
+//! nothing of the node around it. [`Gate`] is what it shares with background snapshots.
 //!
 //! A failed write or sync is fatal: the thread reports it and stops; nothing is retried.
 
 use crate::faults::fault;
-use crate::node::Node;
 use crate::snapshot;
 use crate::wal::disk::sync_dir;
 use crate::wal::{LogError, LogStore, Record};
@@ -15,9 +16,10 @@ use baton_common::{Epoch, Lsn};
 use bytes::BytesMut;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Records cut from the log, and where they were archived.
@@ -60,6 +62,42 @@ pub enum LogCmd {
         lsn: Lsn,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+}
+
+/// What the log thread reports, in the order it happens. Called on the log thread; an
+/// implementation must not block on the log thread itself.
+pub trait LogEvents: Send + Sync + 'static {
+    /// Everything up to `lsn` is durable, written under log generation `gen`.
+    fn flushed(&self, lsn: Lsn, gen: u64);
+    /// The log cannot go on; the thread stops after this.
+    fn fatal(&self, reason: String);
+    /// Store the `unclean` flag durably in the meta file.
+    fn store_unclean(&self, unclean: bool) -> anyhow::Result<()>;
+    /// Compaction removed records below `first`; the log now holds `log_bytes`.
+    fn compacted(&self, first: Lsn, log_bytes: u64);
+    /// One batch was appended and synced.
+    fn synced(&self, took: Duration, records: usize, log_bytes: u64);
+}
+
+/// Shared by the log thread and background snapshots: the log generation the thread has
+/// executed (truncations and resets), and a lock the thread holds while it truncates or resets
+/// and a snapshot holds while it decides whether to commit.
+#[derive(Default)]
+pub struct Gate {
+    pub lock: Mutex<()>,
+    gen: AtomicU64,
+}
+
+impl Gate {
+    pub fn gen(&self) -> u64 {
+        self.gen.load(Ordering::SeqCst)
+    }
+    fn bump(&self) -> u64 {
+        self.gen.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Name of the marker that makes a resync atomic across crashes.
@@ -134,11 +172,17 @@ impl Dirs {
 }
 
 /// Runs until the channel closes or the log fails.
-pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCmd>, dirs: Dirs) {
+pub fn run(
+    events: std::sync::Arc<dyn LogEvents>,
+    gate: std::sync::Arc<Gate>,
+    mut log: Box<dyn LogStore>,
+    rx: mpsc::Receiver<LogCmd>,
+    dirs: Dirs,
+) {
     const MAX_BATCH: usize = 4096;
     let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
-    let mut gen: u64 = 0;
-    let fail = |e: LogError| node.set_fatal(describe(&e));
+    let mut gen: u64 = gate.gen();
+    let fail = |e: String| events.fatal(e);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut compact: Option<Lsn> = None;
@@ -168,15 +212,12 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
             let t0 = Instant::now();
             let last = batch.last().map(|r| r.lsn).expect("non-empty");
             if let Err(e) = log.append(&batch).and_then(|_| log.sync()) {
-                fail(e);
+                fail(describe(&e));
                 return;
             }
-            node.metrics
-                .fsync_seconds
-                .observe(t0.elapsed().as_secs_f64());
-            node.metrics.batch_records.observe(batch.len() as f64);
+            events.synced(t0.elapsed(), batch.len(), log.size_bytes());
             batch.clear();
-            node.on_flushed(last, gen);
+            events.flushed(last, gen);
         }
         for r in reads {
             if let LogCmd::Read {
@@ -195,14 +236,14 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
             }
         }
         if let Some(u) = unclean {
-            if let Err(e) = node.update_meta(|m| m.unclean = u) {
-                node.set_fatal(format!("cannot store the meta file: {e:#}"));
+            if let Err(e) = events.store_unclean(u) {
+                fail(format!("cannot store the meta file: {e:#}"));
                 return;
             }
         }
         if let Some(c) = compact {
             match compact_through(log.as_mut(), c) {
-                Ok(()) => node.lock().core_mut().set_log_start(log.first_lsn()),
+                Ok(()) => events.compacted(log.first_lsn(), log.size_bytes()),
                 Err(e) => {
                     tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
                 }
@@ -215,10 +256,8 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 records,
                 reply,
             }) => {
-                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
-                gen += 1;
-                node.log_thread_gen
-                    .store(gen, std::sync::atomic::Ordering::SeqCst);
+                let _gate = gate.lock();
+                gen = gate.bump();
                 let res = archive(&dirs.rollback, &records).and_then(|a| {
                     fault!("truncate.after_archive", |e| LogError::io(
                         format!("truncate the log from LSN {from}"),
@@ -229,45 +268,40 @@ pub fn run(node: Arc<Node>, mut log: Box<dyn LogStore>, rx: mpsc::Receiver<LogCm
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
                 if let Some(e) = failed {
-                    node.set_fatal(format!("cannot truncate the log: {e}"));
+                    fail(format!("cannot truncate the log: {e}"));
                     return;
                 }
             }
             Some(LogCmd::Resync { from, reply }) => {
-                let _gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
-                gen += 1;
-                node.log_thread_gen
-                    .store(gen, std::sync::atomic::Ordering::SeqCst);
+                let _gate = gate.lock();
+                gen = gate.bump();
                 let res = resync(log.as_mut(), &dirs, from);
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
                 if let Some(e) = failed {
-                    node.set_fatal(format!("cannot resync the log: {e}"));
+                    fail(format!("cannot resync the log: {e}"));
                     return;
                 }
             }
             Some(LogCmd::InstallSnapshot { tmp, lsn, reply }) => {
-                let gate = node.snap_gate.lock().unwrap_or_else(|p| p.into_inner());
-                gen += 1;
-                node.log_thread_gen
-                    .store(gen, std::sync::atomic::Ordering::SeqCst);
+                let g = gate.lock();
+                gen = gate.bump();
                 let res = install(log.as_mut(), &dirs, &tmp, lsn);
-                drop(gate);
+                drop(g);
                 if let Err(e) = res {
                     let msg = e.to_string();
                     let _ = reply.send(Err(e));
-                    node.set_fatal(format!("cannot install the snapshot: {msg}"));
+                    fail(format!("cannot install the snapshot: {msg}"));
                     return;
                 }
                 // Only now does a crash keep the snapshot: report it durable like a flush, so
                 // that the follower acknowledges it (the core held `flushed` below it so far).
                 // Outside the gate: the step may start a snapshot, which takes the gate.
-                node.on_flushed(lsn, gen);
+                events.flushed(lsn, gen);
                 let _ = reply.send(Ok(()));
             }
             Some(_) => unreachable!("only truncations and resets are barriers"),
         }
-        node.set_log_bytes(log.size_bytes());
     }
 }
 

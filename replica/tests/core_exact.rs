@@ -14,7 +14,7 @@ use baton_common::directive::{Directive, LeaderRef, Member, MemberRef, Mode, Rep
 use baton_common::ids::Expect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
 use baton_replica::core::{
-    Consistency, Core, CoreConfig, Effect, ReadOk, Recovered, Verdict, WriteReject, WriteReq,
+    Action, Consistency, Core, CoreConfig, ReadOk, Recovered, Verdict, WriteReject, WriteReq,
 };
 use baton_replica::snapshot::{self, Snapshot};
 use baton_replica::state::{Entry, KvState};
@@ -121,33 +121,59 @@ fn follow(epoch: u64, rev: u64) -> Directive {
     directive(epoch, rev, Some(Role::Follower), Some(other_ref()))
 }
 
-/// The runtime's directive path: check, and apply only if accepted.
-fn offer(core: &mut Core, now: u64, sent_at: u64, d: &Directive) -> (Verdict, Vec<Effect>) {
+/// The runtime's directive path: `on_directive`, whose list is exactly what the ordering rules
+/// (`check_directive`) decided — `[Ignore(why)]`, `[PersistEpoch]` (then, the epoch stored,
+/// `on_directive_persisted`) or the directive's actions at once. Returns the verdict and the
+/// actions of the directive itself (empty when ignored).
+fn offer(core: &mut Core, now: u64, sent_at: u64, d: &Directive) -> (Verdict, Vec<Action>) {
     let v = core.check_directive(d);
-    let fx = match v {
-        Verdict::Accept { .. } => core.apply_directive(now, sent_at, d),
-        Verdict::Ignore(_) => Vec::new(),
+    let first = core.on_directive(now, sent_at, d);
+    checked(core, "on_directive");
+    let fx = match &v {
+        Verdict::Ignore(why) => {
+            assert_eq!(first, vec![Action::Ignore(why.clone())]);
+            Vec::new()
+        }
+        Verdict::Accept {
+            persist: Some((epoch, rev)),
+        } => {
+            assert_eq!(
+                first,
+                vec![Action::PersistEpoch {
+                    epoch: *epoch,
+                    rev: Some(*rev),
+                    cluster_id: d.cluster_id
+                }]
+            );
+            let fx = core.on_directive_persisted(now, sent_at, d);
+            checked(core, "on_directive_persisted");
+            fx
+        }
+        Verdict::Accept { persist: None } => first,
     };
-    checked(core, "a directive");
     (v, fx)
 }
 
-fn tick(core: &mut Core, now: u64) -> Vec<Effect> {
+fn tick(core: &mut Core, now: u64) -> Vec<Action> {
     let fx = core.tick(now);
     checked(core, "tick");
     fx
 }
 
-fn flushed(core: &mut Core, now: u64, lsn: u64) -> Vec<Effect> {
-    let fx = core.on_flushed(now, Lsn(lsn));
+fn flushed(core: &mut Core, now: u64, lsn: u64) -> Vec<Action> {
+    let fx = core.on_flushed(now, Lsn(lsn), core.log_gen());
     checked(core, "on_flushed");
     fx
 }
 
+/// An accepted write is exactly one append; returns its record.
 fn propose(core: &mut Core, now: u64, req: WriteReq) -> Result<Record, WriteReject> {
     let r = core.propose(now, req);
     checked(core, "propose");
-    r
+    r.map(|fx| match fx.as_slice() {
+        [Action::Append(rec)] => rec.clone(),
+        other => panic!("an accepted write appends one record, not {other:?}"),
+    })
 }
 
 fn b(s: &str) -> Bytes {
@@ -250,7 +276,7 @@ fn started_leader_with(now: u64, d: Directive) -> Core {
             persist: Some((d.epoch, d.rev))
         }
     );
-    assert_eq!(fx, vec![Effect::Append(start_rec(d.epoch.0, 1, d.lossy))]);
+    assert_eq!(fx, vec![Action::Append(start_rec(d.epoch.0, 1, d.lossy))]);
     assert_eq!(flushed(&mut core, now, 1), vec![]);
     assert_eq!(core.applied(), Lsn(1));
     core
@@ -479,7 +505,7 @@ fn leader_directive_naming_another_boot_does_not_lead() {
     assert_eq!(core.role(), ReportedRole::None);
     // The directive for this boot does.
     let (_, fx) = offer(&mut core, 103, 103, &lead(2, 3));
-    assert_eq!(fx, vec![Effect::Append(start_rec(2, 1, false))]);
+    assert_eq!(fx, vec![Action::Append(start_rec(2, 1, false))]);
     assert_eq!(core.role(), ReportedRole::Leader);
 }
 
@@ -528,7 +554,7 @@ fn leader_start_waits_for_start_after_then_writes_wait_for_its_commit() {
 
     assert_eq!(
         tick(&mut core, 1300),
-        vec![Effect::Append(start_rec(3, 1, true))]
+        vec![Action::Append(start_rec(3, 1, true))]
     );
     assert_eq!(core.log_end(), (Epoch(3), Lsn(1)));
     assert_eq!(core.history(), &[(Epoch(3), Lsn(1))]);
@@ -606,7 +632,7 @@ fn lease_runs_from_heartbeat_send_time_shortened_by_drift_and_is_renewed_at_same
     // Heartbeat sent at 1000, answer received at 1040: the lease counts from 1000.
     let mut core = fresh();
     let (_, fx) = offer(&mut core, 1040, 1000, &lead(1, 1));
-    assert_eq!(fx, vec![Effect::Append(start_rec(1, 1, false))]);
+    assert_eq!(fx, vec![Action::Append(start_rec(1, 1, false))]);
     assert_eq!(flushed(&mut core, 1041, 1), vec![]);
     let until = 1000 + GRANT_MS;
     assert_eq!(core.heartbeat(1041, 1).lease_left_ms, Some(until - 1041));
@@ -964,7 +990,7 @@ fn stepping_down_with_pending_writes_fails_them() {
             Verdict::Accept {
                 persist: Some((Epoch(2), 2))
             },
-            vec![Effect::FailPending("stepped down at epoch 2".into())]
+            vec![Action::FailPending("stepped down at epoch 2".into())]
         )
     );
     assert_eq!(core.role(), ReportedRole::Follower);
@@ -1000,7 +1026,7 @@ fn fenced_leader_fails_pending_writes_and_keeps_serving_any_reads() {
     let d = directive(2, 2, Some(Role::Fenced), None);
     assert_eq!(
         offer(&mut core, 104, 104, &d).1,
-        vec![Effect::FailPending("stepped down at epoch 2".into())]
+        vec![Action::FailPending("stepped down at epoch 2".into())]
     );
     assert_eq!(core.role(), ReportedRole::Fenced);
     assert_eq!(
@@ -1018,8 +1044,8 @@ fn leading_a_new_epoch_while_leading_fails_the_old_epochs_pending_writes() {
     assert_eq!(
         offer(&mut core, 102, 102, &lead(2, 2)).1,
         vec![
-            Effect::FailPending("leadership moved to epoch 2".into()),
-            Effect::Append(start_rec(2, 3, false)),
+            Action::FailPending("leadership moved to epoch 2".into()),
+            Action::Append(start_rec(2, 3, false)),
         ]
     );
     assert_eq!(core.history(), &[(Epoch(1), Lsn(1)), (Epoch(2), Lsn(3))]);
@@ -1080,7 +1106,7 @@ fn refuses_to_re_lead_an_epoch_whose_records_are_in_the_recovered_log() {
             Verdict::Accept {
                 persist: Some((Epoch(5), 9))
             },
-            vec![Effect::Append(start_rec(5, 3, false))]
+            vec![Action::Append(start_rec(5, 3, false))]
         )
     );
     assert_eq!(core.role(), ReportedRole::Leader);
@@ -1113,7 +1139,7 @@ fn a_fatal_log_error_fails_pending_writes_and_stops_everything() {
     assert_eq!(offer(&mut core, 0, 0, &d).1, vec![]);
     let fx = core.on_fatal("fsync failed: EIO".into());
     checked(&core, "on_fatal");
-    assert_eq!(fx, vec![Effect::FailPending("fsync failed: EIO".into())]);
+    assert_eq!(fx, vec![Action::FailPending("fsync failed: EIO".into())]);
     assert!(core.is_fatal());
     assert_eq!(tick(&mut core, 100), vec![], "a fatal core starts no epoch");
     assert_eq!(
@@ -1187,10 +1213,10 @@ fn recovery_from_snapshot_plus_records_then_leading_applies_all_and_clears_uncle
             Verdict::Accept {
                 persist: Some((Epoch(3), 13))
             },
-            vec![Effect::Append(start_rec(3, 8, false))]
+            vec![Action::Append(start_rec(3, 8, false))]
         )
     );
-    assert_eq!(flushed(&mut core, 51, 8), vec![Effect::PersistMeta]);
+    assert_eq!(flushed(&mut core, 51, 8), vec![Action::StoreUnclean(false)]);
     assert!(!core.unclean());
     assert_eq!(
         (core.flushed(), core.commit(), core.applied()),
@@ -1236,7 +1262,7 @@ fn new_leader_with_a_waited_set_takes_no_writes_until_its_leader_start_commits()
     d.waited = vec![r2()];
     assert_eq!(
         offer(&mut core, 10, 10, &d).1,
-        vec![Effect::Append(start_rec(2, 3, false))]
+        vec![Action::Append(start_rec(2, 3, false))]
     );
     // With a waited set the leader-start does not commit on the own flush: no writes yet.
     assert_eq!(flushed(&mut core, 11, 3), vec![]);
@@ -1453,7 +1479,7 @@ fn snapshot_replay_case(
         }
     );
     let start = end.0 + 1;
-    prop_assert_eq!(fx, vec![Effect::Append(start_rec(2, start, false))]);
+    prop_assert_eq!(fx, vec![Action::Append(start_rec(2, start, false))]);
     prop_assert_eq!(flushed(&mut again, now + 3, start), vec![]);
     prop_assert_eq!(again.applied(), Lsn(start));
 

@@ -17,8 +17,8 @@ use baton_common::api::LeaderHint;
 use baton_common::directive::{Directive, LeaderRef, MemberRef, Mode, ReportedRole, Role};
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use baton_replica::core::{
-    AppendHeader, Consistency, Core, CoreConfig, Effect, Exchange, FetchStart, FollowerNext,
-    Recovered, Truncation, Verdict, WriteReject, WriteReq,
+    Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext, Recovered,
+    Truncation, Verdict, WriteReject, WriteReq,
 };
 use baton_replica::snapshot::Snapshot;
 use baton_replica::wal::{Op, Record};
@@ -80,8 +80,8 @@ fn start_rec(epoch: u64, lsn: u64, leader: usize, lossy: bool) -> Record {
     }
 }
 
-fn appended(records: &[Record]) -> Vec<Effect> {
-    records.iter().cloned().map(Effect::Append).collect()
+fn appended(records: &[Record]) -> Vec<Action> {
+    records.iter().cloned().map(Action::Append).collect()
 }
 
 fn fetch(from: u64, prev_epoch: u64) -> FollowerNext {
@@ -91,22 +91,33 @@ fn fetch(from: u64, prev_epoch: u64) -> FollowerNext {
     }
 }
 
-fn next(next: FollowerNext) -> Result<Exchange, String> {
-    Ok(Exchange::Next {
-        next,
-        truncation: None,
-    })
+type Exchanged = Result<(FollowerNext, Vec<Action>), String>;
+
+fn next(next: FollowerNext) -> Exchanged {
+    Ok((next, vec![]))
 }
 
-fn cut_then(next: FollowerNext, from: u64, records: Vec<Record>) -> Result<Exchange, String> {
-    Ok(Exchange::Next {
+fn cut_then(next: FollowerNext, from: u64, records: Vec<Record>) -> Exchanged {
+    Ok((
         next,
-        truncation: Some(Truncation {
+        vec![Action::Truncate(Truncation {
             from: Lsn(from),
             records,
             below_commit: false,
-        }),
-    })
+        })],
+    ))
+}
+
+/// A divergence at or below what was applied: the follower marks itself unclean (stored
+/// first), resets, and fetches everything again.
+fn resync_from(from: u64) -> Exchanged {
+    Ok((
+        fetch(1, 0),
+        vec![
+            Action::StoreUnclean(true),
+            Action::Resync { from: Lsn(from) },
+        ],
+    ))
 }
 
 fn hint(i: usize, epoch: u64) -> Option<LeaderHint> {
@@ -125,8 +136,8 @@ fn not_committed(i: usize, epoch: u64, start_lsn: u64) -> WriteReject {
     }
 }
 
-fn stepped_down(epoch: u64, from: usize) -> Effect {
-    Effect::FailPending(format!(
+fn stepped_down(epoch: u64, from: usize) -> Action {
+    Action::FailPending(format!(
         "epoch {epoch} seen from follower {}: this leader stepped down",
         NAMES[from]
     ))
@@ -187,7 +198,7 @@ struct Replica {
     core: Core,
     data_id: DataId,
     boot_id: BootId,
-    /// The log as the runtime's writer holds it: records handed over by `Effect::Append` and
+    /// The log as the runtime's writer holds it: records handed over by `Action::Append` and
     /// accepted proposals, minus what truncations and resets cut. It starts after `base`.
     log: Vec<Record>,
     /// Position of the snapshot the log starts after ((0, 0) without one) and its epoch history.
@@ -196,6 +207,8 @@ struct Replica {
     /// Highest commit LSN and epoch seen so far: neither may move back.
     commit_floor: Lsn,
     epoch_floor: Epoch,
+    /// The newest stream this replica started as a follower (what a snapshot arrives on).
+    stream: u64,
 }
 
 impl Replica {
@@ -226,6 +239,7 @@ impl Replica {
             base,
             base_history,
             commit_floor: Lsn(0),
+            stream: 0,
         }
     }
 
@@ -360,23 +374,27 @@ impl Net {
         )
     }
 
-    fn apply(&mut self, i: usize, fx: &[Effect]) {
+    fn apply(&mut self, i: usize, fx: &[Action]) {
         for e in fx {
-            if let Effect::Append(rec) = e {
+            if let Action::Append(rec) = e {
                 self.r[i].push(rec);
             }
         }
     }
 
     /// The runtime's directive path; the directive must be accepted. The lease counts from `now`.
-    fn offer(&mut self, i: usize, now: u64, d: &Directive) -> Vec<Effect> {
+    fn offer(&mut self, i: usize, now: u64, d: &Directive) -> Vec<Action> {
         let v = self.r[i].core.check_directive(d);
         assert!(
             matches!(v, Verdict::Accept { .. }),
             "{} ignored a directive: {v:?}",
             NAMES[i]
         );
-        let fx = self.r[i].core.apply_directive(now, now, d);
+        let mut fx = self.r[i].core.on_directive(now, now, d);
+        if let Some(Action::PersistEpoch { .. }) = fx.last() {
+            assert_eq!(fx.len(), 1, "a persist comes alone: {fx:?}");
+            fx = self.r[i].core.on_directive_persisted(now, now, d);
+        }
         self.apply(i, &fx);
         self.check("apply_directive");
         fx
@@ -389,7 +407,7 @@ impl Net {
         epoch: u64,
         rev: u64,
         waited: &[usize],
-    ) -> Vec<Effect> {
+    ) -> Vec<Action> {
         let d = self.lead_d(i, epoch, rev, waited);
         self.offer(i, now, &d)
     }
@@ -401,13 +419,14 @@ impl Net {
         leader: usize,
         epoch: u64,
         rev: u64,
-    ) -> Vec<Effect> {
+    ) -> Vec<Action> {
         let d = self.follow_d(leader, epoch, rev);
         self.offer(i, now, &d)
     }
 
-    fn flush(&mut self, i: usize, now: u64, lsn: u64) -> Vec<Effect> {
-        let fx = self.r[i].core.on_flushed(now, Lsn(lsn));
+    fn flush(&mut self, i: usize, now: u64, lsn: u64) -> Vec<Action> {
+        let gen = self.r[i].core.log_gen();
+        let fx = self.r[i].core.on_flushed(now, Lsn(lsn), gen);
         self.apply(i, &fx);
         self.check("on_flushed");
         fx
@@ -428,6 +447,10 @@ impl Net {
                 expect: None,
             },
         );
+        let res = res.map(|fx| match fx.as_slice() {
+            [Action::Append(rec)] => rec.clone(),
+            other => panic!("an accepted write appends one record, not {other:?}"),
+        });
         if let Ok(rec) = &res {
             self.r[i].push(rec);
         }
@@ -441,7 +464,7 @@ impl Net {
         leader: usize,
         follower: usize,
         now: u64,
-    ) -> (Result<u64, String>, Vec<Effect>) {
+    ) -> (Result<u64, String>, Vec<Action>) {
         let (data_id, epoch) = (self.r[follower].data_id, self.core(follower).epoch());
         let (res, fx) = self.r[leader]
             .core
@@ -472,6 +495,9 @@ impl Net {
         let res = self.r[follower]
             .core
             .follower_start(now, &id(leader), Epoch(leader_epoch));
+        if let Ok((s, _)) = &res {
+            self.r[follower].stream = *s;
+        }
         self.check("follower_start");
         res
     }
@@ -487,39 +513,49 @@ impl Net {
         now: u64,
         fstream: u64,
         epoch: u64,
-    ) -> ((Epoch, Lsn, bool), Result<Exchange, String>) {
+    ) -> ((Epoch, Lsn, bool), Exchanged) {
         let answer = self.core(leader).epoch_end(Epoch(epoch));
         let commit_before = self.core(follower).commit();
         let (e, end, lossy) = answer;
         let res = self.r[follower]
             .core
             .follower_on_epoch_end(now, fstream, e, end, lossy);
-        if let Ok(Exchange::Next {
-            truncation: Some(t),
-            ..
-        }) = &res
-        {
-            let r = &mut self.r[follower];
-            let keep = r
-                .log
-                .iter()
-                .position(|x| x.lsn >= t.from)
-                .expect("the cut lies inside the log");
-            assert_eq!(
-                &r.log[keep..],
-                &t.records[..],
-                "the truncation does not name the log's suffix"
-            );
-            if t.below_commit {
-                r.commit_floor = r.core.commit();
-            } else {
-                assert!(
-                    t.from > commit_before,
-                    "cut from {} below the commit LSN {commit_before} without saying so",
-                    t.from
-                );
+        if let Ok((_, fx)) = &res {
+            if fx.iter().any(|a| matches!(a, Action::Resync { .. })) {
+                let r = &mut self.r[follower];
+                r.log.clear();
+                r.base = (Epoch(0), Lsn(0));
+                r.base_history.clear();
+                r.commit_floor = Lsn(0);
             }
-            r.log.truncate(keep);
+        }
+        if let Ok((_, fx)) = &res {
+            for t in fx.iter().filter_map(|a| match a {
+                Action::Truncate(t) => Some(t),
+                _ => None,
+            }) {
+                let r = &mut self.r[follower];
+                let keep = r
+                    .log
+                    .iter()
+                    .position(|x| x.lsn >= t.from)
+                    .expect("the cut lies inside the log");
+                assert_eq!(
+                    &r.log[keep..],
+                    &t.records[..],
+                    "the truncation does not name the log's suffix"
+                );
+                if t.below_commit {
+                    r.commit_floor = r.core.commit();
+                } else {
+                    assert!(
+                        t.from > commit_before,
+                        "cut from {} below the commit LSN {commit_before} without saying so",
+                        t.from
+                    );
+                }
+                r.log.truncate(keep);
+            }
         }
         self.check("follower_on_epoch_end");
         (answer, res)
@@ -553,7 +589,7 @@ impl Net {
         fstream: u64,
         from: u64,
         to: u64,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         let l = self.core(leader);
         assert!(
             Lsn(from) >= l.log_start(),
@@ -589,7 +625,7 @@ impl Net {
         fstream: u64,
         header: AppendHeader,
         records: Vec<Record>,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         let res = self.r[follower]
             .core
             .follower_on_append(now, fstream, header, records);
@@ -607,7 +643,7 @@ impl Net {
         follower: usize,
         now: u64,
         fstream: u64,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         let l = self.core(leader);
         let (epoch, commit, end) = (l.epoch(), l.commit(), l.log_end().1);
         self.keepalive_raw(follower, now, fstream, epoch.0, commit.0, end.0)
@@ -621,7 +657,7 @@ impl Net {
         epoch: u64,
         commit: u64,
         end: u64,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         let res = self.r[follower].core.follower_on_keepalive(
             now,
             fstream,
@@ -638,7 +674,7 @@ impl Net {
     }
 
     /// The follower acknowledges its flushed LSN in the leader's epoch (as the runtime does).
-    fn ack(&mut self, leader: usize, follower: usize, now: u64, lstream: u64) -> Vec<Effect> {
+    fn ack(&mut self, leader: usize, follower: usize, now: u64, lstream: u64) -> Vec<Action> {
         let (epoch, flushed) = (self.core(leader).epoch(), self.core(follower).flushed());
         self.ack_raw(leader, follower, now, lstream, epoch.0, flushed.0)
     }
@@ -651,7 +687,7 @@ impl Net {
         lstream: u64,
         epoch: u64,
         flushed: u64,
-    ) -> Vec<Effect> {
+    ) -> Vec<Action> {
         let fx = self.r[leader].core.leader_on_ack(
             now,
             &id(follower),
@@ -662,20 +698,6 @@ impl Net {
         self.apply(leader, &fx);
         self.check("leader_on_ack");
         fx
-    }
-
-    /// A resync: the runtime archives the log and drops it with the state.
-    fn reset(&mut self, follower: usize, fstream: u64) -> Result<(), String> {
-        let res = self.r[follower].core.follower_reset(fstream);
-        if res.is_ok() {
-            let r = &mut self.r[follower];
-            r.log.clear();
-            r.base = (Epoch(0), Lsn(0));
-            r.base_history.clear();
-            r.commit_floor = Lsn(0);
-        }
-        self.check("follower_reset");
-        res
     }
 
     /// The leader's snapshot was made durable on the follower, which restarts its log after it:
@@ -692,7 +714,14 @@ impl Net {
     fn install_begin(&mut self, follower: usize, now: u64, snap: Snapshot) {
         let (base, history) = ((snap.epoch, snap.lsn), snap.history.clone());
         let flushed_before = self.core(follower).flushed();
-        self.r[follower].core.follower_install_snapshot(now, snap);
+        let stream = self.r[follower].stream;
+        let lsn = snap.lsn;
+        assert_eq!(
+            self.r[follower]
+                .core
+                .follower_install_snapshot(now, stream, snap),
+            vec![Action::InstallSnapshot { lsn }]
+        );
         let r = &mut self.r[follower];
         r.log.clear();
         r.base = base;
@@ -708,7 +737,7 @@ impl Net {
 
     /// The log thread renamed the snapshot into place, fsynced the directory and restarted the
     /// log after it: it reports the snapshot's LSN durable, as it reports a flush.
-    fn install_durable(&mut self, follower: usize, now: u64, lsn: Lsn) -> Vec<Effect> {
+    fn install_durable(&mut self, follower: usize, now: u64, lsn: Lsn) -> Vec<Action> {
         self.flush(follower, now, lsn.0)
     }
 
@@ -725,10 +754,7 @@ impl Net {
             match n {
                 FollowerNext::Fetch { from, prev_epoch } => break (from, prev_epoch),
                 FollowerNext::Query(e) => match self.query(leader, follower, now, fstream, e.0).1 {
-                    Ok(Exchange::Next {
-                        next,
-                        truncation: None,
-                    }) => n = next,
+                    Ok((next, fx)) if fx.is_empty() => n = next,
                     other => panic!("attach is for exchanges that cut nothing: {other:?}"),
                 },
             }
@@ -808,7 +834,7 @@ fn fresh_follower_fetches_from_one_and_semi_sync_commit_waits_for_every_waited_m
     let start1 = start_rec(1, 1, A, false);
     assert_eq!(
         net.direct_lead(A, 100, 1, 1, &[B, C]),
-        vec![Effect::Append(start1.clone())]
+        vec![Action::Append(start1.clone())]
     );
     assert_eq!(net.direct_follow(B, 100, A, 1, 1), vec![]);
     assert_eq!(net.direct_follow(C, 100, A, 1, 1), vec![]);
@@ -832,7 +858,7 @@ fn fresh_follower_fetches_from_one_and_semi_sync_commit_waits_for_every_waited_m
     // The leader-start reaches B, which flushes and acknowledges: C is still missing.
     assert_eq!(
         net.ship(A, B, 110, 1, 1, 1),
-        Ok(vec![Effect::Append(start1.clone())])
+        Ok(vec![Action::Append(start1.clone())])
     );
     assert_eq!(net.flush(B, 111, 1), vec![]);
     assert_eq!(net.ack(A, B, 112, 1), vec![]);
@@ -840,7 +866,7 @@ fn fresh_follower_fetches_from_one_and_semi_sync_commit_waits_for_every_waited_m
     assert_eq!(net.propose(A, 112, "k1", "v1"), Err(not_committed(A, 1, 1)));
     assert_eq!(
         net.ship(A, C, 113, 1, 1, 1),
-        Ok(vec![Effect::Append(start1.clone())])
+        Ok(vec![Action::Append(start1.clone())])
     );
     assert_eq!(net.flush(C, 114, 1), vec![]);
     assert_eq!(net.ack(A, C, 115, 2), vec![]);
@@ -908,7 +934,7 @@ fn follower_commit_follows_the_leaders_commit_capped_by_its_own_flush() {
     d.mode = Mode::Async;
     assert_eq!(
         net.offer(A, 100, &d),
-        vec![Effect::Append(start_rec(1, 1, A, false))]
+        vec![Action::Append(start_rec(1, 1, A, false))]
     );
     assert_eq!(net.direct_follow(B, 100, A, 1, 1), vec![]);
     assert_eq!(net.flush(A, 101, 1), vec![]);
@@ -950,7 +976,7 @@ fn follower_commit_follows_the_leaders_commit_capped_by_its_own_flush() {
         (None, 1, Some(0)),
         "one record is known committed but not applied"
     );
-    assert_eq!(net.ship(A, B, 113, 1, 4, 4), Ok(vec![Effect::Append(r4)]));
+    assert_eq!(net.ship(A, B, 113, 1, 4, 4), Ok(vec![Action::Append(r4)]));
     assert_eq!(net.pos(B), pos((1, 4), 3, 3, 3));
     assert_eq!(net.flush(B, 114, 4), vec![]);
     assert_eq!(net.pos(B), pos((1, 4), 4, 4, 4));
@@ -1006,7 +1032,7 @@ fn follower_with_a_prefix_of_the_same_epoch_fetches_from_its_end_without_truncat
     );
     assert_eq!(net.fetch(A, B, 2, 3, 1), Ok(FetchStart::Log(Lsn(3))));
     net.streaming(B, 1);
-    assert_eq!(net.ship(A, B, 203, 1, 3, 3), Ok(vec![Effect::Append(r3)]));
+    assert_eq!(net.ship(A, B, 203, 1, 3, 3), Ok(vec![Action::Append(r3)]));
     // The header's commit (2) commits and applies the recovered records.
     assert_eq!(net.pos(B), pos((1, 3), 2, 2, 2));
     assert_eq!(net.flush(B, 204, 3), vec![]);
@@ -1059,12 +1085,12 @@ fn old_leader_truncates_its_unreplicated_suffix_after_one_failover() {
     let start2 = start_rec(2, 3, B, false);
     assert_eq!(
         net.direct_lead(B, 1000, 2, 2, &[A]),
-        vec![Effect::Append(start2.clone())]
+        vec![Action::Append(start2.clone())]
     );
     assert_eq!(net.flush(B, 1001, 3), vec![]);
     assert_eq!(
         net.direct_follow(A, 1002, B, 2, 2),
-        vec![Effect::FailPending("stepped down at epoch 2".into())]
+        vec![Action::FailPending("stepped down at epoch 2".into())]
     );
     assert_eq!(net.core(A).role(), ReportedRole::Follower);
     // Stream ids come from one counter per replica: B's stream 1 was its follower stream.
@@ -1085,7 +1111,7 @@ fn old_leader_truncates_its_unreplicated_suffix_after_one_failover() {
     net.streaming(A, 2);
     assert_eq!(
         net.ship(B, A, 1005, 2, 3, 3),
-        Ok(vec![Effect::Append(start2)])
+        Ok(vec![Action::Append(start2)])
     );
     assert_eq!(
         net.core(A).history(),
@@ -1101,7 +1127,7 @@ fn old_leader_truncates_its_unreplicated_suffix_after_one_failover() {
     let w = put_rec(2, 4, "k2", "b2");
     assert_eq!(net.propose(B, 1008, "k2", "b2"), Ok(w.clone()));
     assert_eq!(net.flush(B, 1009, 4), vec![]);
-    assert_eq!(net.ship(B, A, 1010, 2, 4, 4), Ok(vec![Effect::Append(w)]));
+    assert_eq!(net.ship(B, A, 1010, 2, 4, 4), Ok(vec![Action::Append(w)]));
     assert_eq!(net.flush(A, 1011, 4), vec![]);
     assert_eq!(net.ack(B, A, 1012, 2), vec![]);
     assert_eq!(net.keepalive(B, A, 1013, 2), Ok(vec![]));
@@ -1171,7 +1197,7 @@ fn kip_279_two_quick_failovers_cut_the_middle_epoch_and_the_surplus_records_in_o
     d.lossy = true;
     assert_eq!(
         net.offer(B, 1000, &d),
-        vec![Effect::Append(b_start.clone())]
+        vec![Action::Append(b_start.clone())]
     );
     assert_eq!(net.flush(B, 1001, 4), vec![]);
     assert_eq!(net.pos(B), pos((2, 4), 4, 2, 2));
@@ -1180,12 +1206,12 @@ fn kip_279_two_quick_failovers_cut_the_middle_epoch_and_the_surplus_records_in_o
     let c_start = start_rec(3, 3, C, false);
     assert_eq!(
         net.direct_lead(C, 2000, 3, 3, &[B]),
-        vec![Effect::Append(c_start.clone())]
+        vec![Action::Append(c_start.clone())]
     );
     assert_eq!(net.flush(C, 2001, 3), vec![]);
     assert_eq!(
         net.direct_follow(B, 2002, C, 3, 3),
-        vec![Effect::FailPending("stepped down at epoch 3".into())]
+        vec![Action::FailPending("stepped down at epoch 3".into())]
     );
     assert_eq!(net.accept(C, B, 2003), (Ok(2), vec![]));
     assert_eq!(
@@ -1207,7 +1233,7 @@ fn kip_279_two_quick_failovers_cut_the_middle_epoch_and_the_surplus_records_in_o
     net.streaming(B, 2);
     assert_eq!(
         net.ship(C, B, 2005, 2, 3, 3),
-        Ok(vec![Effect::Append(c_start)])
+        Ok(vec![Action::Append(c_start)])
     );
     assert_eq!(net.flush(B, 2006, 3), vec![]);
     assert_eq!(net.ack(C, B, 2007, 2), vec![]);
@@ -1215,7 +1241,7 @@ fn kip_279_two_quick_failovers_cut_the_middle_epoch_and_the_surplus_records_in_o
     let w = put_rec(3, 4, "k4", "c4");
     assert_eq!(net.propose(C, 2008, "k4", "c4"), Ok(w.clone()));
     assert_eq!(net.flush(C, 2009, 4), vec![]);
-    assert_eq!(net.ship(C, B, 2010, 2, 4, 4), Ok(vec![Effect::Append(w)]));
+    assert_eq!(net.ship(C, B, 2010, 2, 4, 4), Ok(vec![Action::Append(w)]));
     assert_eq!(net.flush(B, 2011, 4), vec![]);
     assert_eq!(net.ack(C, B, 2012, 2), vec![]);
     assert_eq!(net.keepalive(C, B, 2013, 2), Ok(vec![]));
@@ -1242,14 +1268,14 @@ fn kip_279_leader_lacking_the_followers_last_epoch_takes_two_query_rounds() {
     let c_start2 = start_rec(2, 3, C, false);
     assert_eq!(
         net.direct_lead(C, 1000, 2, 2, &[B]),
-        vec![Effect::Append(c_start2.clone())]
+        vec![Action::Append(c_start2.clone())]
     );
     assert_eq!(net.flush(C, 1001, 3), vec![]);
     // Epoch 3: B leads (C unreachable) without epoch 2, waits for C; reaches nobody either.
     let b_start3 = start_rec(3, 4, B, false);
     assert_eq!(
         net.direct_lead(B, 2000, 3, 3, &[C]),
-        vec![Effect::Append(b_start3.clone())]
+        vec![Action::Append(b_start3.clone())]
     );
     assert_eq!(net.flush(B, 2001, 4), vec![]);
     // Epoch 4: C leads again, waiting for A and B.
@@ -1257,8 +1283,8 @@ fn kip_279_leader_lacking_the_followers_last_epoch_takes_two_query_rounds() {
     assert_eq!(
         net.direct_lead(C, 3000, 4, 4, &[A, B]),
         vec![
-            Effect::FailPending("leadership moved to epoch 4".into()),
-            Effect::Append(c_start4.clone())
+            Action::FailPending("leadership moved to epoch 4".into()),
+            Action::Append(c_start4.clone())
         ]
     );
     assert_eq!(net.flush(C, 3001, 4), vec![]);
@@ -1269,7 +1295,7 @@ fn kip_279_leader_lacking_the_followers_last_epoch_takes_two_query_rounds() {
     for f in [A, B] {
         assert_eq!(
             net.direct_follow(f, 3002, C, 4, 4),
-            vec![Effect::FailPending("stepped down at epoch 4".into())]
+            vec![Action::FailPending("stepped down at epoch 4".into())]
         );
     }
 
@@ -1333,7 +1359,7 @@ fn kip_279_leader_lacking_the_followers_last_epoch_takes_two_query_rounds() {
     for (f, ls, fs) in [(A, 3, 3), (B, 2, 2)] {
         assert_eq!(
             net.ship(C, f, 3015, fs, 5, 5),
-            Ok(vec![Effect::Append(w.clone())])
+            Ok(vec![Action::Append(w.clone())])
         );
         assert_eq!(net.flush(f, 3016, 5), vec![]);
         assert_eq!(net.ack(C, f, 3017, ls), vec![]);
@@ -1370,19 +1396,19 @@ fn kip_279_follower_cuts_at_its_own_epoch_end_when_the_leader_has_more_of_that_e
     let b_start = start_rec(2, 3, B, false);
     assert_eq!(
         net.direct_lead(B, 1000, 2, 2, &[C]),
-        vec![Effect::Append(b_start.clone())]
+        vec![Action::Append(b_start.clone())]
     );
     assert_eq!(net.flush(B, 1001, 3), vec![]);
     // Epoch 3: C leads (B unreachable) with epoch-1 records only, waits for B.
     let c_start = start_rec(3, 4, C, false);
     assert_eq!(
         net.direct_lead(C, 2000, 3, 3, &[B]),
-        vec![Effect::Append(c_start.clone())]
+        vec![Action::Append(c_start.clone())]
     );
     assert_eq!(net.flush(C, 2001, 4), vec![]);
     assert_eq!(
         net.direct_follow(B, 2002, C, 3, 3),
-        vec![Effect::FailPending("stepped down at epoch 3".into())]
+        vec![Action::FailPending("stepped down at epoch 3".into())]
     );
     assert_eq!(net.accept(C, B, 2003), (Ok(2), vec![]));
     assert_eq!(
@@ -1508,7 +1534,7 @@ fn cut_below_commit_is_refused_without_a_lossy_leader_start_and_resyncs_with_one
     // Epoch 2: C is made leader without the lossy flag although it lacks the committed LSN 3.
     assert_eq!(
         net.direct_lead(C, 1000, 2, 2, &[]),
-        vec![Effect::Append(start_rec(2, 3, C, false))]
+        vec![Action::Append(start_rec(2, 3, C, false))]
     );
     assert_eq!(net.flush(C, 1001, 3), vec![]);
     assert_eq!(net.direct_follow(B, 1002, C, 2, 2), vec![]);
@@ -1543,8 +1569,8 @@ fn cut_below_commit_is_refused_without_a_lossy_leader_start_and_resyncs_with_one
     assert_eq!(
         net.offer(C, 2000, &d),
         vec![
-            Effect::FailPending("leadership moved to epoch 3".into()),
-            Effect::Append(c_start3.clone())
+            Action::FailPending("leadership moved to epoch 3".into()),
+            Action::Append(c_start3.clone())
         ]
     );
     assert_eq!(net.flush(C, 2001, 4), vec![]);
@@ -1562,16 +1588,13 @@ fn cut_below_commit_is_refused_without_a_lossy_leader_start_and_resyncs_with_one
     // committed record at once (applied == commit after every step), so a cut at or below the
     // commit LSN is at or below the applied LSN and always resyncs.
     assert_eq!(net.core(B).applied(), net.core(B).commit());
-    assert_eq!(
-        net.query(C, B, 2004, 3, 1),
-        (
-            (Epoch(1), Lsn(3), true),
-            Ok(Exchange::Resync { from: Lsn(3) })
-        )
-    );
     assert_eq!(net.pos(B), pos((1, 3), 3, 3, 3));
     assert_eq!(net.core(B).log_gen(), 0);
-    assert_eq!(net.reset(B, 3), Ok(()));
+    assert_eq!(
+        net.query(C, B, 2004, 3, 1),
+        ((Epoch(1), Lsn(3), true), resync_from(3))
+    );
+    assert!(net.core(B).unclean());
     assert_eq!(net.pos(B), pos((0, 0), 0, 0, 0));
     assert_eq!(net.core(B).history(), &[]);
     assert_eq!(net.core(B).log_start(), Lsn(1));
@@ -1582,7 +1605,9 @@ fn cut_below_commit_is_refused_without_a_lossy_leader_start_and_resyncs_with_one
     net.streaming(B, 3);
     let all = net.log(C).to_vec();
     assert_eq!(net.ship(C, B, 2005, 3, 1, 4), Ok(appended(&all)));
-    assert_eq!(net.flush(B, 2006, 4), vec![]);
+    // Holding the first commit LSN heard since the resync makes it clean again.
+    assert_eq!(net.flush(B, 2006, 4), vec![Action::StoreUnclean(false)]);
+    assert!(!net.core(B).unclean());
     assert_eq!(net.ack(C, B, 2007, 3), vec![]);
     assert_eq!(net.pos(B), pos((3, 4), 4, 4, 4));
     assert_eq!(net.log(B), net.log(C));
@@ -1636,7 +1661,7 @@ fn lossy_leader_start_above_the_cut_does_not_mark_a_cut_above_commit() {
     d.lossy = true;
     assert_eq!(
         net.offer(B, 100, &d),
-        vec![Effect::Append(start_rec(2, 3, B, true))]
+        vec![Action::Append(start_rec(2, 3, B, true))]
     );
     assert_eq!(net.direct_follow(A, 100, B, 2, 2), vec![]);
     assert_eq!(net.accept(B, A, 101), (Ok(1), vec![]));
@@ -1682,7 +1707,7 @@ fn leader_restarted_from_a_snapshot_over_its_lossy_leader_start_still_lets_follo
     d.lossy = true;
     assert_eq!(
         net.offer(C, 1000, &d),
-        vec![Effect::Append(start_rec(2, 3, C, true))]
+        vec![Action::Append(start_rec(2, 3, C, true))]
     );
     assert_eq!(net.flush(C, 1001, 3), vec![]);
     assert_eq!(
@@ -1708,7 +1733,7 @@ fn leader_restarted_from_a_snapshot_over_its_lossy_leader_start_still_lets_follo
     assert_eq!(net.pos(C), pos((2, 4), 4, 4, 4));
     assert_eq!(
         net.direct_lead(C, 2000, 3, 3, &[]),
-        vec![Effect::Append(start_rec(3, 5, C, false))]
+        vec![Action::Append(start_rec(3, 5, C, false))]
     );
     assert_eq!(net.flush(C, 2001, 5), vec![]);
 
@@ -1722,21 +1747,18 @@ fn leader_restarted_from_a_snapshot_over_its_lossy_leader_start_still_lets_follo
     );
     assert_eq!(
         net.query(C, B, 2004, 2, 1),
-        (
-            (Epoch(1), Lsn(3), true),
-            Ok(Exchange::Resync { from: Lsn(3) })
-        )
+        ((Epoch(1), Lsn(3), true), resync_from(3))
     );
-    assert_eq!(net.reset(B, 2), Ok(()));
     assert_eq!(net.fetch(C, B, 1, 1, 0), Ok(FetchStart::Snapshot));
     net.streaming(B, 2);
     net.install(B, 2005, snap);
     assert_eq!(net.pos(B), pos((2, 4), 4, 4, 4));
     assert_eq!(
         net.ship(C, B, 2006, 2, 5, 5),
-        Ok(vec![Effect::Append(start_rec(3, 5, C, false))])
+        Ok(vec![Action::Append(start_rec(3, 5, C, false))])
     );
-    assert_eq!(net.flush(B, 2007, 5), vec![]);
+    // Unclean since the resync; holding the first commit LSN heard makes it clean again.
+    assert_eq!(net.flush(B, 2007, 5), vec![Action::StoreUnclean(false)]);
     assert_eq!(net.pos(B), pos((3, 5), 5, 5, 5));
     assert_eq!(net.core(B).history(), net.core(C).history());
     assert_eq!(net.core(B).state().digest(), net.core(C).state().digest());
@@ -2049,7 +2071,7 @@ fn follower_rejects_messages_of_another_epoch_and_of_replaced_streams() {
     assert_eq!(net.start(B, A, 107), Ok((2, fetch(1, 0))));
     assert!(!net.core(B).follower_stream_current(1));
     assert!(net.core(B).follower_stream_current(2));
-    let stale = Err::<Vec<Effect>, String>("the stream is no longer current".into());
+    let stale = Err::<Vec<Action>, String>("the stream is no longer current".into());
     assert_eq!(net.append(B, 108, 1, header(0, 1), vec![r1.clone()]), stale);
     assert_eq!(net.keepalive_raw(B, 108, 1, 1, 0, 1), stale);
     assert_eq!(
@@ -2058,10 +2080,6 @@ fn follower_rejects_messages_of_another_epoch_and_of_replaced_streams() {
     );
     assert_eq!(
         net.r[B].core.follower_begin_streaming(1),
-        Err("the stream is no longer current".into())
-    );
-    assert_eq!(
-        net.reset(B, 1),
         Err("the stream is no longer current".into())
     );
     assert_eq!(net.core(B).log_gen(), 0);
@@ -2076,7 +2094,7 @@ fn follower_rejects_messages_of_another_epoch_and_of_replaced_streams() {
     // The current stream works.
     assert_eq!(net.fetch(A, B, 2, 1, 0), Ok(FetchStart::Log(Lsn(1))));
     net.streaming(B, 2);
-    assert_eq!(net.ship(A, B, 109, 2, 1, 1), Ok(vec![Effect::Append(r1)]));
+    assert_eq!(net.ship(A, B, 109, 2, 1, 1), Ok(vec![Action::Append(r1)]));
     assert_eq!(net.flush(B, 110, 1), vec![]);
     assert_eq!(
         net.ack(A, B, 111, 1),
@@ -2106,7 +2124,7 @@ fn new_leader_takes_no_writes_until_the_waited_set_acks_its_leader_start() {
     let start2 = start_rec(2, 4, B, false);
     assert_eq!(
         net.direct_lead(B, 1000, 2, 2, &[C]),
-        vec![Effect::Append(start2.clone())]
+        vec![Action::Append(start2.clone())]
     );
     assert_eq!(net.propose(B, 1001, "k", "b"), Err(not_committed(B, 2, 4)));
     assert_eq!(
@@ -2133,7 +2151,7 @@ fn new_leader_takes_no_writes_until_the_waited_set_acks_its_leader_start() {
     net.streaming(C, 2);
     assert_eq!(
         net.ship(B, C, 1006, 2, 4, 4),
-        Ok(vec![Effect::Append(start2)])
+        Ok(vec![Action::Append(start2)])
     );
     assert_eq!(net.ack(B, C, 1007, 2), vec![]);
     assert_eq!(net.pos(B), pos((2, 4), 4, 3, 3));
@@ -2267,7 +2285,7 @@ fn log_gen_counts_cuts_and_snapshot_installs_not_appends_or_compaction() {
     }
     assert_eq!(
         net.direct_lead(A, 100, 2, 2, &[]),
-        vec![Effect::Append(start_rec(2, 3, A, false))]
+        vec![Action::Append(start_rec(2, 3, A, false))]
     );
     assert_eq!(net.flush(A, 101, 3), vec![]);
     assert_eq!(net.pos(A), pos((2, 3), 3, 3, 3));
@@ -2328,7 +2346,7 @@ fn log_gen_counts_cuts_and_snapshot_installs_not_appends_or_compaction() {
     assert!(net.propose(A, 123, "k5", "v5").is_ok());
     assert_eq!(net.ship(A, B, 124, 2, 6, 6).map(|f| f.len()), Ok(1));
     assert_eq!(net.core(B).log_gen(), 2);
-    // (`follower_reset` bumps it too: see the resync in `cut_below_commit_is_refused_...`.)
+    // (A resync bumps it too: see `cut_below_commit_is_refused_...`.)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2372,7 +2390,7 @@ fn unclean_follower_is_cleared_once_its_flush_reaches_the_first_commit_heard() {
     let rest = net.log(A)[2..].to_vec();
     assert_eq!(net.ship(A, B, 117, 1, 3, 5), Ok(appended(&rest)));
     assert!(net.core(B).unclean(), "appended, not flushed");
-    assert_eq!(net.flush(B, 118, 3), vec![Effect::PersistMeta]);
+    assert_eq!(net.flush(B, 118, 3), vec![Action::StoreUnclean(false)]);
     assert!(!net.core(B).unclean());
     assert_eq!(net.pos(B), pos((1, 5), 3, 3, 3));
     assert!(!net.core(B).heartbeat(118, 2).unclean);
@@ -2425,7 +2443,7 @@ fn waited_member_with_another_data_id_does_not_count_and_dropping_it_commits_at_
     for (f, s) in [(B, 1), (C, 2)] {
         assert_eq!(
             net.ship(A, f, 110, 1, 2, 2),
-            Ok(vec![Effect::Append(r2.clone())])
+            Ok(vec![Action::Append(r2.clone())])
         );
         assert_eq!(net.flush(f, 111, 2), vec![]);
         assert_eq!(net.ack(A, f, 112, s), vec![]);
@@ -2457,7 +2475,7 @@ fn waited_member_with_another_data_id_does_not_count_and_dropping_it_commits_at_
     for f in [B, C] {
         assert_eq!(
             net.ship(A, f, 123, 1, 3, 3),
-            Ok(vec![Effect::Append(r3.clone())])
+            Ok(vec![Action::Append(r3.clone())])
         );
     }
     assert_eq!(net.flush(B, 124, 3), vec![]);

@@ -1,15 +1,17 @@
-//! The follower's side of log shipping, as part of the pure [`Core`]: the divergence exchange
-//! (Kafka's leader-epoch algorithm, DESIGN.md §5), appending the leader's records only when they
-//! follow the local log exactly, learning the commit LSN, installing a snapshot, and clearing
-//! `unclean` once caught up. Truncation decisions are made here; the runtime archives the cut
+//! The follower's side of log shipping, as part of the engine: the leader's welcome (a higher
+//! epoch is persisted before it counts), the divergence exchange (Kafka's leader-epoch
+//! algorithm, DESIGN.md §5) with its truncations and resyncs as actions, appending the
+//! leader's records only when they follow the local log exactly, learning the commit LSN,
+//! installing a snapshot, and clearing `unclean` once caught up. The runtime archives the cut
 //! records to a rollback file and truncates the files.
 
-use super::{note_overlay, Core, Effect};
+use super::role::RoleState;
+use super::{note_overlay, Action, Core};
 use crate::snapshot::Snapshot;
 use crate::state::KvState;
 use crate::wal::{Op, Record};
 use baton_common::api::UpstreamProgress;
-use baton_common::directive::{LeaderRef, ReportedRole};
+use baton_common::directive::LeaderRef;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use std::collections::{HashMap, VecDeque};
 
@@ -19,8 +21,11 @@ pub(super) struct Upstream {
     pub leader: NodeId,
     pub stream: u64,
     pub phase: Phase,
+    /// Highest commit LSN the leader reported on this stream.
     pub leader_commit: Lsn,
+    /// Highest log end the leader reported on this stream.
     pub leader_end: Lsn,
+    /// When the leader was last heard on this stream (an instant on the runtime's clock).
     pub last_msg_ms: u64,
 }
 
@@ -60,39 +65,67 @@ pub struct AppendHeader {
     pub end: Lsn,
 }
 
-/// Result of one round of the exchange.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exchange {
-    Next {
-        next: FollowerNext,
-        truncation: Option<Truncation>,
-    },
-    /// The divergence point lies at or below what this replica already applied (a lossy
-    /// failover): archive the log from `from`, drop local state and log, and fetch everything
-    /// again from the leader.
-    Resync { from: Lsn },
-}
-
 impl Core {
     /// The leader this replica should follow now, with the epoch it follows it in.
     pub fn follower_target(&self) -> Option<(LeaderRef, Epoch)> {
-        if self.role != ReportedRole::Follower || self.fatal.is_some() {
+        if !matches!(self.role, RoleState::Follower(_)) || self.fatal.is_some() {
             return None;
         }
         let l = self.leader.as_ref()?;
         (l.id != self.cfg.id && !l.addr.is_empty()).then(|| (l.clone(), self.epoch))
     }
 
-    /// A leader's stream showed a higher epoch; the runtime persisted it first.
-    pub fn adopt_epoch(&mut self, epoch: Epoch) {
+    /// The leader answered the hello: checks it against the leader the directive named (id,
+    /// boot, data directory) and this replica's cluster — a wrong address or a reused port must
+    /// not make this follower adopt a foreign epoch or splice in a foreign log — and against the
+    /// epoch this replica was directed in. A higher leader epoch must be stored first:
+    /// `[PersistEpoch]`, then [`follower_epoch_persisted`](Self::follower_epoch_persisted).
+    /// The stream starts with [`follower_start`](Self::follower_start) afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn follower_on_welcome(
+        &mut self,
+        expected: &LeaderRef,
+        directed_epoch: Epoch,
+        id: &NodeId,
+        boot_id: BootId,
+        data_id: DataId,
+        cluster: &str,
+        cluster_id: u64,
+        leader_epoch: Epoch,
+    ) -> Result<Vec<Action>, String> {
+        if let Err(why) =
+            self.follower_check_leader(expected, id, boot_id, data_id, cluster, cluster_id)
+        {
+            self.note_refused(why.clone());
+            return Err(format!("refusing the stream: {why}"));
+        }
+        if leader_epoch < directed_epoch {
+            return Err(format!(
+                "{} leads epoch {leader_epoch}, below this replica's epoch {directed_epoch}",
+                expected.id
+            ));
+        }
+        if leader_epoch > self.epoch {
+            // A leader's stream may bring a higher epoch; it is persisted before it counts.
+            return Ok(vec![Action::PersistEpoch {
+                epoch: leader_epoch,
+                rev: None,
+                cluster_id: 0,
+            }]);
+        }
+        Ok(Vec::new())
+    }
+
+    /// The higher epoch a leader's stream brought was stored.
+    pub fn follower_epoch_persisted(&mut self, epoch: Epoch) {
         if epoch > self.epoch {
             self.epoch = epoch;
         }
+        self.checked("follower_epoch_persisted");
     }
 
     /// Checks the leader's answer to `Hello` against the leader the directive named (id, boot,
-    /// data directory) and this replica's cluster: a wrong address or a reused port must not
-    /// make this follower adopt a foreign epoch or splice in a foreign log.
+    /// data directory) and this replica's cluster.
     pub fn follower_check_leader(
         &self,
         expected: &LeaderRef,
@@ -142,15 +175,15 @@ impl Core {
                 self.epoch
             ));
         }
-        if self.role != ReportedRole::Follower {
+        let stream = self.next_stream + 1;
+        let RoleState::Follower(f) = &mut self.role else {
             return Err(format!(
                 "this replica is not a follower (role {:?})",
-                self.role
+                self.role.reported()
             ));
-        }
-        self.next_stream += 1;
-        let stream = self.next_stream;
-        self.upstream = Some(Upstream {
+        };
+        self.next_stream = stream;
+        f.upstream = Some(Upstream {
             leader: leader.clone(),
             stream,
             phase: Phase::Exchange,
@@ -162,37 +195,40 @@ impl Core {
     }
 
     fn exchange_next(&self) -> FollowerNext {
-        if self.log_end.1 .0 == 0 {
+        if self.log.end.1 .0 == 0 {
             FollowerNext::Fetch {
                 from: Lsn(1),
                 prev_epoch: Epoch(0),
             }
         } else {
-            FollowerNext::Query(self.log_end.0)
+            FollowerNext::Query(self.log.end.0)
         }
     }
 
     pub fn follower_stream_current(&self, stream: u64) -> bool {
-        self.role == ReportedRole::Follower
-            && self.upstream.as_ref().is_some_and(|u| u.stream == stream)
+        self.role.upstream().is_some_and(|u| u.stream == stream)
     }
 
     fn upstream_mut(&mut self, stream: u64) -> Result<&mut Upstream, String> {
-        match self.upstream.as_mut() {
-            Some(u) if u.stream == stream && self.role == ReportedRole::Follower => Ok(u),
+        match self.role.upstream_mut() {
+            Some(u) if u.stream == stream => Ok(u),
             _ => Err("the stream is no longer current".into()),
         }
     }
 
     /// First LSN after this log's records of `epoch`.
     fn own_end_of(&self, epoch: Epoch) -> Lsn {
-        self.history
+        self.log
+            .history
             .iter()
             .find(|(e, _)| *e > epoch)
-            .map_or(self.log_end.1.next(), |(_, first)| *first)
+            .map_or(self.log.end.1.next(), |(_, first)| *first)
     }
 
-    /// The leader answered an epoch query with (`epoch`, `end`).
+    /// The leader answered an epoch query with (`epoch`, `end`): the next request, and what the
+    /// runtime does first. A divergent suffix above what was applied is cut
+    /// (`[Truncate]`); a divergence at or below what was applied (a lossy failover) makes this
+    /// replica unclean, resets it and fetches everything again (`[StoreUnclean(true), Resync]`).
     pub fn follower_on_epoch_end(
         &mut self,
         now: u64,
@@ -200,57 +236,77 @@ impl Core {
         epoch: Epoch,
         end: Lsn,
         lossy_above: bool,
-    ) -> Result<Exchange, String> {
+    ) -> Result<(FollowerNext, Vec<Action>), String> {
         let u = self.upstream_mut(stream)?;
         u.last_msg_ms = now;
         let cut = end.min(self.own_end_of(epoch));
-        let mut truncation = None;
-        if cut <= self.log_end.1 {
-            let below_commit = cut <= self.commit;
+        let mut fx = Vec::new();
+        if cut <= self.log.end.1 {
+            let below_commit = cut <= self.log.commit;
             if below_commit && !lossy_above {
                 return Err(format!(
                     "refusing to truncate committed records: the logs diverge at LSN {cut}, at or below the commit LSN {} \
                      and no lossy leader-start lies above it",
-                    self.commit
+                    self.log.commit
                 ));
             }
-            if cut <= self.applied {
-                return Ok(Exchange::Resync { from: cut });
+            if cut <= self.log.applied {
+                tracing::warn!(from = %cut, "the divergence point is below what this replica applied: \
+                    archiving and fetching everything again (unclean until caught up)");
+                // A resync drops records this replica had flushed and fetches them again: it is
+                // unclean until it holds everything again (DESIGN.md §3).
+                self.unclean = true;
+                self.unclean_target = None;
+                self.reset_log();
+                self.checked("follower_on_epoch_end");
+                let fetch = FollowerNext::Fetch {
+                    from: Lsn(1),
+                    prev_epoch: Epoch(0),
+                };
+                return Ok((
+                    fetch,
+                    vec![Action::StoreUnclean(true), Action::Resync { from: cut }],
+                ));
             }
             let records = self.truncate_suffix(cut);
-            truncation = Some(Truncation {
+            fx.push(Action::Truncate(Truncation {
                 from: cut,
                 records,
                 below_commit,
-            });
+            }));
         }
-        let next = if self.log_end.0 == epoch || self.log_end.1 .0 == 0 {
+        let next = if self.log.end.0 == epoch || self.log.end.1 .0 == 0 {
             FollowerNext::Fetch {
-                from: self.log_end.1.next(),
-                prev_epoch: self.log_end.0,
+                from: self.log.end.1.next(),
+                prev_epoch: self.log.end.0,
             }
         } else {
-            FollowerNext::Query(self.log_end.0)
+            FollowerNext::Query(self.log.end.0)
         };
-        Ok(Exchange::Next { next, truncation })
+        self.checked("follower_on_epoch_end");
+        Ok((next, fx))
     }
 
     /// Removes the records with LSN ≥ `from` (all above `applied`) from memory.
     fn truncate_suffix(&mut self, from: Lsn) -> Vec<Record> {
-        debug_assert!(from > self.applied);
-        self.log_gen += 1;
-        let keep = (from.0 - self.applied.0 - 1) as usize;
-        let cut: Vec<Record> = self.pending.drain(keep..).collect();
-        self.history.retain(|(_, first)| *first < from);
+        debug_assert!(from > self.log.applied);
         let prev = Lsn(from.0 - 1);
-        let prev_epoch = self.epoch_of(prev).unwrap_or(Epoch(0));
-        self.log_end = (prev_epoch, prev);
-        self.flushed = self.flushed.min(prev);
-        self.commit = self.commit.min(prev);
-        self.lossy_epochs.retain(|e| *e <= prev_epoch);
-        self.overlay = HashMap::new();
-        for r in &self.pending {
-            note_overlay(&mut self.overlay, r);
+        let prev_epoch = {
+            self.log.history.retain(|(_, first)| *first < from);
+            self.log.history.last().map_or(Epoch(0), |(e, _)| *e)
+        };
+        let prev_epoch = if prev.0 == 0 { Epoch(0) } else { prev_epoch };
+        let l = &mut self.log;
+        l.gen += 1;
+        let keep = (from.0 - l.applied.0 - 1) as usize;
+        let cut: Vec<Record> = l.pending.drain(keep..).collect();
+        l.end = (prev_epoch, prev);
+        l.flushed = l.flushed.min(prev);
+        l.commit = l.commit.min(prev);
+        l.lossy_epochs.retain(|e| *e <= prev_epoch);
+        l.overlay = HashMap::new();
+        for r in &l.pending {
+            note_overlay(&mut l.overlay, r);
         }
         cut
     }
@@ -296,7 +352,7 @@ impl Core {
         stream: u64,
         a: AppendHeader,
         records: Vec<Record>,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         let AppendHeader {
             leader_epoch,
             prev,
@@ -304,14 +360,14 @@ impl Core {
             end,
         } = a;
         self.note_leader_position(now, stream, leader_epoch, commit, end)?;
-        if prev != self.log_end {
+        if prev != self.log.end {
             return Err(format!(
                 "append does not follow this log: it continues ({}, {}) but the log ends at ({}, {})",
-                prev.0, prev.1, self.log_end.0, self.log_end.1
+                prev.0, prev.1, self.log.end.0, self.log.end.1
             ));
         }
-        let mut expect = self.log_end.1.next();
-        let mut last_epoch = self.log_end.0;
+        let mut expect = self.log.end.1.next();
+        let mut last_epoch = self.log.end.0;
         for r in &records {
             if r.lsn != expect || r.epoch < last_epoch || r.epoch > leader_epoch {
                 return Err(format!(
@@ -325,12 +381,13 @@ impl Core {
         let mut fx = Vec::with_capacity(records.len() + 1);
         for r in records {
             if let Op::LeaderStart { lossy: true, .. } = r.op {
-                self.lossy_epochs.insert(r.epoch);
+                self.log.lossy_epochs.insert(r.epoch);
             }
             self.push_appended(now, r.clone());
-            fx.push(Effect::Append(r));
+            fx.push(Action::Append(r));
         }
         fx.extend(self.recompute_commit());
+        self.checked("follower_on_append");
         Ok(fx)
     }
 
@@ -342,67 +399,77 @@ impl Core {
         leader_epoch: Epoch,
         commit: Lsn,
         end: Lsn,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Action>, String> {
         self.note_leader_position(now, stream, leader_epoch, commit, end)?;
-        Ok(self.recompute_commit())
+        let fx = self.recompute_commit();
+        self.checked("follower_on_keepalive");
+        Ok(fx)
     }
 
-    /// The runtime is about to drop the local log and state (resync) or replace them with a
-    /// snapshot: forget everything in memory. The caller archives the log first.
-    pub fn follower_reset(&mut self, stream: u64) -> Result<(), String> {
-        self.upstream_mut(stream)?;
-        self.log_gen += 1;
-        self.state = KvState::default();
-        self.pending = VecDeque::new();
-        self.overlay = HashMap::new();
-        self.history.clear();
-        self.lossy_epochs.clear();
-        self.log_end = (Epoch(0), Lsn(0));
-        self.flushed = Lsn(0);
-        self.commit = Lsn(0);
-        self.applied = Lsn(0);
-        self.snapshot_lsn = Lsn(0);
-        self.log_start = Lsn(1);
-        self.bytes_since_snapshot = 0;
-        Ok(())
+    /// Forgets the log and state in memory (a resync); the runtime archives the log first.
+    fn reset_log(&mut self) {
+        let l = &mut self.log;
+        l.gen += 1;
+        l.state = KvState::default();
+        l.pending = VecDeque::new();
+        l.overlay = HashMap::new();
+        l.history.clear();
+        l.lossy_epochs.clear();
+        l.end = (Epoch(0), Lsn(0));
+        l.flushed = Lsn(0);
+        l.commit = Lsn(0);
+        l.applied = Lsn(0);
+        l.start = Lsn(1);
+        self.snap.lsn = Lsn(0);
+        self.snap.bytes_since = 0;
     }
 
-    /// A snapshot from the leader replaces the log and state; the runtime hands the log thread
-    /// the matching reset in the same critical section. Applies whatever the stream's fate:
-    /// the disk is about to hold this snapshot either way.
+    /// A snapshot from the leader (received in full on the stream `stream`, verified) replaces
+    /// the log and state: `[InstallSnapshot]`, which the runtime hands the log thread in the
+    /// same critical section. A stream that is no longer current installs nothing (`[]`, and
+    /// the runtime discards the file).
     ///
     /// Nothing of it is durable yet: until the log thread has renamed it into place, fsynced the
     /// directory and restarted the log after it, a crash keeps the old log instead. So `flushed`
     /// (what this replica acknowledges and reports) keeps what the old log made durable, which
     /// is below the snapshot, and reaches the snapshot's LSN only when the runtime reports the
     /// install durable through [`on_flushed`](Core::on_flushed) (I2; issue 10, item 5).
-    pub fn follower_install_snapshot(&mut self, now: u64, snap: Snapshot) {
-        if let Some(u) = self.upstream.as_mut() {
-            u.last_msg_ms = now;
-        }
-        self.log_gen += 1;
+    pub fn follower_install_snapshot(
+        &mut self,
+        now: u64,
+        stream: u64,
+        snap: Snapshot,
+    ) -> Vec<Action> {
+        let Ok(u) = self.upstream_mut(stream) else {
+            return Vec::new();
+        };
+        u.last_msg_ms = now;
         let lsn = snap.lsn;
-        self.state = snap.state;
-        self.history = snap.history;
-        self.pending = VecDeque::new();
-        self.overlay = HashMap::new();
-        self.lossy_epochs = snap.lossy_epochs.into_iter().collect();
-        self.log_end = (snap.epoch, lsn);
-        self.flushed = self.flushed.min(lsn);
-        self.commit = lsn;
-        self.applied = lsn;
-        self.snapshot_lsn = lsn;
-        self.log_start = lsn.next();
-        self.bytes_since_snapshot = 0;
+        let l = &mut self.log;
+        l.gen += 1;
+        l.state = snap.state;
+        l.history = snap.history;
+        l.pending = VecDeque::new();
+        l.overlay = HashMap::new();
+        l.lossy_epochs = snap.lossy_epochs.into_iter().collect();
+        l.end = (snap.epoch, lsn);
+        l.flushed = l.flushed.min(lsn);
+        l.commit = lsn;
+        l.applied = lsn;
+        l.start = lsn.next();
+        self.snap.lsn = lsn;
+        self.snap.bytes_since = 0;
+        self.checked("follower_install_snapshot");
+        vec![Action::InstallSnapshot { lsn }]
     }
 
     pub(super) fn upstream_progress(&self, now: u64) -> Option<UpstreamProgress> {
-        let u = self.upstream.as_ref()?;
+        let u = self.role.upstream()?;
         Some(UpstreamProgress {
             leader: u.leader.clone(),
             leader_log_end: u.leader_end,
             leader_commit: u.leader_commit,
-            records_behind: u.leader_end.0.saturating_sub(self.flushed.0),
+            records_behind: u.leader_end.0.saturating_sub(self.log.flushed.0),
             since_leader_ms: now.saturating_sub(u.last_msg_ms),
             phase: match u.phase {
                 Phase::Exchange => "exchange",

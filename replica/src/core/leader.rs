@@ -1,12 +1,14 @@
-//! The leader's side of log shipping, as part of the pure [`Core`]: accepting follower streams,
+//! The leader's side of log shipping, as part of the engine: accepting follower streams,
 //! answering the divergence exchange from the epoch history, checking where a fetch starts,
-//! and turning flush acknowledgements of the waited set into the commit LSN.
+//! turning flush acknowledgements of the waited set into the commit LSN, and stepping down when
+//! a higher epoch shows on the data path.
 //!
 //! No I/O: the runtime (`repl/leader.rs`) moves the bytes.
 
-use super::{Core, Effect};
+use super::role::{LeaderState, RoleState};
+use super::{Action, Core};
 use baton_common::api::FollowerProgress;
-use baton_common::directive::{Mode, ReportedRole, WaitInfo};
+use baton_common::directive::{Mode, WaitInfo};
 use baton_common::{DataId, Epoch, Lsn, NodeId};
 
 /// A follower streaming from this leader.
@@ -17,6 +19,7 @@ pub(super) struct Peer {
     pub stream: u64,
     /// Flushed LSN acknowledged on this stream, in this leader's epoch.
     pub flushed: Lsn,
+    /// When this stream last acknowledged (an instant on the runtime's clock).
     pub last_ack_ms: u64,
 }
 
@@ -38,7 +41,7 @@ impl Core {
         id: &NodeId,
         data_id: DataId,
         follower_epoch: Epoch,
-    ) -> (Result<u64, String>, Vec<Effect>) {
+    ) -> (Result<u64, String>, Vec<Action>) {
         if follower_epoch > self.epoch {
             let fx = self.observe_epoch(follower_epoch, &format!("follower {id}"));
             return (
@@ -49,21 +52,26 @@ impl Core {
                 fx,
             );
         }
-        if self.role != ReportedRole::Leader || self.leading_epoch != Some(self.epoch) {
-            return (
-                Err(format!(
-                    "this replica does not lead epoch {} (role {:?})",
-                    self.epoch, self.role
-                )),
-                Vec::new(),
-            );
-        }
-        if *id == self.cfg.id {
+        let epoch = self.epoch;
+        let me = self.cfg.id.clone();
+        let stream = self.next_stream + 1;
+        let l = match self.role.leader_mut() {
+            Some(l) if l.leading_epoch == Some(epoch) => l,
+            _ => {
+                return (
+                    Err(format!(
+                        "this replica does not lead epoch {} (role {:?})",
+                        self.epoch,
+                        self.role.reported()
+                    )),
+                    Vec::new(),
+                )
+            }
+        };
+        if *id == me {
             return (Err("a replica cannot follow itself".into()), Vec::new());
         }
-        self.next_stream += 1;
-        let stream = self.next_stream;
-        self.peers.insert(
+        l.peers.insert(
             id.clone(),
             Peer {
                 data_id,
@@ -72,6 +80,8 @@ impl Core {
                 last_ack_ms: now,
             },
         );
+        self.next_stream = stream;
+        self.checked("leader_accept");
         (Ok(stream), Vec::new())
     }
 
@@ -109,15 +119,18 @@ impl Core {
     /// Whether a stream is still the current one of its follower, in this leader's epoch.
     pub fn leader_stream_alive(&self, id: &NodeId, stream: u64, epoch: Epoch) -> bool {
         self.epoch == epoch
-            && self.role == ReportedRole::Leader
-            && self.leading_epoch == Some(epoch)
-            && self.peers.get(id).is_some_and(|p| p.stream == stream)
+            && self.role.leader().is_some_and(|l| {
+                l.leading_epoch == Some(epoch)
+                    && l.peers.get(id).is_some_and(|p| p.stream == stream)
+            })
     }
 
     /// A stream closed.
     pub fn leader_detach(&mut self, id: &NodeId, stream: u64) {
-        if self.peers.get(id).is_some_and(|p| p.stream == stream) {
-            self.peers.remove(id);
+        if let Some(l) = self.role.leader_mut() {
+            if l.peers.get(id).is_some_and(|p| p.stream == stream) {
+                l.peers.remove(id);
+            }
         }
     }
 
@@ -126,10 +139,11 @@ impl Core {
         if lsn.0 == 0 {
             return Some(Epoch(0));
         }
-        if lsn > self.log_end.1 {
+        if lsn > self.log.end.1 {
             return None;
         }
-        self.history
+        self.log
+            .history
             .iter()
             .rev()
             .find(|(_, first)| *first <= lsn)
@@ -139,24 +153,22 @@ impl Core {
     /// Divergence exchange (Kafka's leader-epoch request): the largest epoch ≤ `queried` in this
     /// log's history, the first LSN after it, and whether a lossy leader-start lies above it.
     pub fn epoch_end(&self, queried: Epoch) -> (Epoch, Lsn, bool) {
-        let idx = self.history.iter().rposition(|(e, _)| *e <= queried);
+        let h = &self.log.history;
+        let idx = h.iter().rposition(|(e, _)| *e <= queried);
         let (epoch, end) = match idx {
             Some(i) => {
-                let end = self
-                    .history
+                let end = h
                     .get(i + 1)
-                    .map_or(self.log_end.1.next(), |(_, first)| *first);
-                (self.history[i].0, end)
+                    .map_or(self.log.end.1.next(), |(_, first)| *first);
+                (h[i].0, end)
             }
             // Nothing of ours is that old: the follower's log diverges from our first record.
             None => (
                 Epoch(0),
-                self.history
-                    .first()
-                    .map_or(self.log_end.1.next(), |(_, f)| *f),
+                h.first().map_or(self.log.end.1.next(), |(_, f)| *f),
             ),
         };
-        let lossy = self.lossy_epochs.iter().any(|e| *e > epoch);
+        let lossy = self.log.lossy_epochs.iter().any(|e| *e > epoch);
         (epoch, end, lossy)
     }
 
@@ -171,10 +183,10 @@ impl Core {
         if !self.leader_stream_alive(id, stream, self.epoch) {
             return Err("the stream is no longer current".into());
         }
-        if from.0 == 0 || from > self.log_end.1.next() {
+        if from.0 == 0 || from > self.log.end.1.next() {
             return Err(format!(
                 "fetch from LSN {from} is outside this log (it ends at {})",
-                self.log_end.1
+                self.log.end.1
             ));
         }
         let prev = Lsn(from.0 - 1);
@@ -184,7 +196,7 @@ impl Core {
                 self.epoch_of(prev)
             ));
         }
-        if from < self.log_start {
+        if from < self.log.start {
             return Ok(FetchStart::Snapshot);
         }
         Ok(FetchStart::Log(from))
@@ -198,31 +210,33 @@ impl Core {
         stream: u64,
         epoch: Epoch,
         flushed: Lsn,
-    ) -> Vec<Effect> {
+    ) -> Vec<Action> {
         if epoch > self.epoch {
             return self.observe_epoch(epoch, &format!("follower {id}"));
         }
         if epoch < self.epoch {
             return Vec::new();
         }
-        let end = self.log_end.1;
-        match self.peers.get_mut(id) {
+        let end = self.log.end.1;
+        match self.role.leader_mut().and_then(|l| l.peers.get_mut(id)) {
             Some(p) if p.stream == stream => {
                 p.flushed = p.flushed.max(flushed.min(end));
                 p.last_ack_ms = now;
             }
             _ => return Vec::new(),
         }
-        self.recompute_commit()
+        let fx = self.recompute_commit();
+        self.checked("leader_on_ack");
+        fx
     }
 
     /// Commit target of a leader: its own flush, and in semi-sync mode the flush acknowledged by
     /// every member of the waited set (a member with another data_id counts as absent).
-    pub(super) fn leader_commit_target(&self) -> Lsn {
-        let mut c = self.flushed;
+    pub(super) fn leader_commit_target(&self, l: &LeaderState) -> Lsn {
+        let mut c = self.log.flushed;
         if self.mode == Mode::SemiSync {
             for m in &self.waited {
-                let f = self
+                let f = l
                     .peers
                     .get(&m.id)
                     .filter(|p| p.data_id == m.data_id)
@@ -235,28 +249,26 @@ impl Core {
 
     /// A higher epoch was seen on the data path: a leader stops leading at once (it does not
     /// adopt the epoch; the next directive or leader stream brings it).
-    pub fn observe_epoch(&mut self, epoch: Epoch, from: &str) -> Vec<Effect> {
-        if epoch <= self.epoch || self.role != ReportedRole::Leader {
+    pub fn observe_epoch(&mut self, epoch: Epoch, from: &str) -> Vec<Action> {
+        if epoch <= self.epoch || self.role.leader().is_none() {
             return Vec::new();
         }
         tracing::warn!(epoch = %self.epoch, seen = %epoch, %from, "a higher epoch exists: stepping down");
-        self.role = ReportedRole::None;
-        self.lease = None;
-        self.start_at_ms = None;
-        self.leading_epoch = None;
-        self.peers.clear();
-        vec![Effect::FailPending(format!(
-            "epoch {epoch} seen from {from}: this leader stepped down"
-        ))]
+        let fx = self.stop_leading(
+            RoleState::None,
+            format!("epoch {epoch} seen from {from}: this leader stepped down"),
+        );
+        self.checked("observe_epoch");
+        fx
     }
 
     /// The members this leader waits for, for heartbeats and status.
-    pub(super) fn waiting_info(&self, now: u64) -> Vec<WaitInfo> {
+    pub(super) fn waiting_info(&self, l: &LeaderState, now: u64) -> Vec<WaitInfo> {
         self.waited
             .iter()
             .map(|m| {
-                let (since_lsn, since_ms) = self.since.get(m).copied().unwrap_or((Lsn(0), now));
-                let peer = self.peers.get(&m.id).filter(|p| p.data_id == m.data_id);
+                let (since_lsn, since_ms) = l.since.get(m).copied().unwrap_or((Lsn(0), now));
+                let peer = l.peers.get(&m.id).filter(|p| p.data_id == m.data_id);
                 WaitInfo {
                     id: m.id.clone(),
                     data_id: m.data_id,
@@ -271,17 +283,20 @@ impl Core {
 
     /// Every follower streaming from this leader.
     pub(super) fn follower_progress(&self, now: u64) -> Vec<FollowerProgress> {
-        let mut v: Vec<_> = self
+        let Some(l) = self.role.leader() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = l
             .peers
             .iter()
             .map(|(id, p)| {
-                let behind = self.log_end.1 .0.saturating_sub(p.flushed.0);
+                let behind = self.log.end.1 .0.saturating_sub(p.flushed.0);
                 FollowerProgress {
                     id: id.clone(),
                     data_id: p.data_id,
                     flushed_lsn: p.flushed,
                     records_behind: behind,
-                    approx_bytes_behind: behind * self.avg_record_bytes,
+                    approx_bytes_behind: behind * self.log.avg_record_bytes,
                     last_ack_ms: now.saturating_sub(p.last_ack_ms),
                 }
             })

@@ -1,11 +1,13 @@
-//! The follower's side of the replication stream: while the core says "follow L at epoch E",
-//! keep one stream to L — connect and upgrade, hello, adopt a higher epoch only after
-//! persisting it, run the divergence exchange (archiving and cutting what the core decides),
-//! install a snapshot when the leader sends one, append records, and acknowledge every flush.
-//! Any error ends the stream; the loop reconnects after a short pause.
+//! The follower's side of the replication stream: while the engine says "follow L at epoch E",
+//! keep one stream to L — connect and upgrade, hello, feed the welcome, the divergence
+//! exchange, snapshots, appends and keepalives to the engine and hand its actions to the
+//! driver (which persists, cuts, resyncs and installs in the engine's order), and acknowledge
+//! every flush. Waits are on the node's watch channels, never on sleeps; the received snapshot
+//! is written off the executor. Any error ends the stream; the loop reconnects after a short
+//! pause.
 
 use super::wire::{self, Msg, PROTOCOL};
-use crate::core::{AppendHeader, Exchange, FollowerNext};
+use crate::core::{AppendHeader, FollowerNext};
 use crate::faults::fault;
 use crate::logthread::Archived;
 use crate::node::Node;
@@ -16,9 +18,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +36,12 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         if cancel.is_cancelled() {
             return;
         }
+        // Subscribed before the check: a step after it wakes the wait below.
+        let mut progress = node.progress.subscribe();
         let target = node.lock().core().follower_target();
         let Some((leader, epoch)) = target else {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                r = progress.changed() => if r.is_err() { return },
                 _ = cancel.cancelled() => return,
             }
             continue;
@@ -160,13 +164,25 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
             cluster,
             cluster_id,
         } => {
-            let mut g = node.lock();
-            if let Err(why) = g
-                .core()
-                .follower_check_leader(leader, &who, boot_id, data_id, &cluster, cluster_id)
-            {
-                g.core_mut().note_refused(why.clone());
-                return Err(format!("refusing the stream: {why}"));
+            let persist = {
+                let mut g = node.lock();
+                let fx = g.core_mut().follower_on_welcome(
+                    leader,
+                    directed_epoch,
+                    &who,
+                    boot_id,
+                    data_id,
+                    &cluster,
+                    cluster_id,
+                    epoch,
+                )?;
+                node.step(g, fx).persist
+            };
+            if let Some(p) = persist {
+                if !node.persist_epoch(p).await {
+                    return Err(format!("cannot persist epoch {epoch}"));
+                }
+                node.lock().core_mut().follower_epoch_persisted(epoch);
             }
             epoch
         }
@@ -175,24 +191,6 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
         }
         other => return Err(format!("unexpected answer to hello: {other:?}")),
     };
-    if leader_epoch < directed_epoch {
-        return Err(format!(
-            "{} leads epoch {leader_epoch}, below this replica's epoch {directed_epoch}",
-            leader.id
-        ));
-    }
-    if leader_epoch > node.lock().core().epoch() {
-        // A leader's stream may bring a higher epoch; persist it before acting on it.
-        let n = node.clone();
-        tokio::task::spawn_blocking(move || n.update_meta(|m| m.epoch = m.epoch.max(leader_epoch)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| {
-                node.set_fatal(format!("cannot persist epoch {leader_epoch}: {e:#}"));
-                format!("cannot persist epoch {leader_epoch}")
-            })?;
-        node.lock().core_mut().adopt_epoch(leader_epoch);
-    }
     let (stream, mut next) =
         node.lock()
             .core_mut()
@@ -212,46 +210,20 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                 else {
                     return Err("expected an epoch-end answer".into());
                 };
-                // The core's cut and the log command happen in one critical section, so no
+                // The engine's cut and the log command happen in one critical section, so no
                 // append (say, a leader-start) can slip between them.
-                let (n, pending) = {
+                let (n, out) = {
                     let mut g = node.lock();
-                    let res = g.core_mut().follower_on_epoch_end(
+                    let (n, fx) = g.core_mut().follower_on_epoch_end(
                         clock::now_ms(),
                         stream,
                         epoch,
                         end,
                         lossy_above,
                     )?;
-                    match res {
-                        Exchange::Next {
-                            next: n,
-                            truncation: None,
-                        } => (n, None),
-                        Exchange::Next {
-                            next: n,
-                            truncation: Some(t),
-                        } => {
-                            let below = t.below_commit;
-                            (
-                                n,
-                                Some((node.send_truncate(&mut g, t.from, t.records), below)),
-                            )
-                        }
-                        Exchange::Resync { from } => {
-                            tracing::warn!(from = %from, "the divergence point is below what this replica applied: \
-                                archiving and fetching everything again (unclean until caught up)");
-                            g.core_mut().mark_unclean();
-                            g.core_mut().follower_reset(stream)?;
-                            let fetch = FollowerNext::Fetch {
-                                from: baton_common::Lsn(1),
-                                prev_epoch: Epoch(0),
-                            };
-                            (fetch, Some((node.send_resync(&mut g, from), true)))
-                        }
-                    }
+                    (n, node.step(g, fx))
                 };
-                if let Some((reply, below)) = pending {
+                if let Some((reply, below)) = out.archive {
                     if let Some(a) = reply.wait().await.map_err(|e| e.to_string())? {
                         note_cut(node, &a, below);
                     }
@@ -267,9 +239,11 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
     let acker = {
         let node = node.clone();
         let mut flushed = node.flushed.subscribe();
+        let mut progress = node.progress.subscribe();
         tokio::spawn(async move {
             loop {
                 flushed.borrow_and_update();
+                progress.borrow_and_update();
                 // Acknowledge what the core holds durable now (never a stale watch value), and
                 // only while this stream is the current one: a fenced replica stops at once.
                 let f = {
@@ -293,10 +267,11 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                 {
                     return;
                 }
+                // A flush, or any step (a keepalive, a role change): acknowledge again, so the
+                // leader hears from an idle follower at its keepalive rate.
                 tokio::select! {
                     r = flushed.changed() => if r.is_err() { return },
-                    // Also notice a role change without a flush.
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    r = progress.changed() => if r.is_err() { return },
                 }
             }
         })
@@ -313,9 +288,11 @@ async fn stream_loop(
     stream: u64,
     silence: Duration,
 ) -> Result<(), String> {
-    let mut snapshot_in: Option<(std::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> = None;
+    let mut snapshot_in: Option<(tokio::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> =
+        None;
     let mut last_progress_log = std::time::Instant::now();
-    let mut last_frame = std::time::Instant::now();
+    let mut last_frame = tokio::time::Instant::now();
+    let mut progress = node.progress.subscribe();
     loop {
         if last_progress_log.elapsed() >= Duration::from_secs(5) {
             last_progress_log = std::time::Instant::now();
@@ -325,17 +302,21 @@ async fn stream_loop(
                     leader_log_end = %u.leader_log_end, "catching up with the leader");
             }
         }
+        progress.borrow_and_update();
         if !node.lock().core().follower_stream_current(stream) {
             return Ok(());
         }
         let frame = tokio::select! {
             f = source.next() => f,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                // Notice a role or leader change, or a silent leader, without a frame.
-                if last_frame.elapsed() >= silence {
-                    return Err(format!("the leader sent nothing for {silence:?}"));
+            // Notice a role or leader change without a frame.
+            r = progress.changed() => {
+                if r.is_err() {
+                    return Ok(());
                 }
                 continue;
+            }
+            _ = tokio::time::sleep_until(last_frame + silence) => {
+                return Err(format!("the leader sent nothing for {silence:?}"));
             }
         };
         let frame = match frame {
@@ -343,7 +324,7 @@ async fn stream_loop(
             Some(Err(e)) => return Err(format!("stream error: {e}")),
             Some(Ok(f)) => f.freeze(),
         };
-        last_frame = std::time::Instant::now();
+        last_frame = tokio::time::Instant::now();
         let (msg, tail) = wire::decode(frame).map_err(|e| e.to_string())?;
         let now = clock::now_ms();
         match msg {
@@ -373,7 +354,7 @@ async fn stream_loop(
                 let fx = g
                     .core_mut()
                     .follower_on_append(now, stream, header, records)?;
-                node.after_step(g, fx);
+                node.step(g, fx);
             }
             Msg::Keepalive { epoch, commit, end } => {
                 node.before_apply_up_to(commit);
@@ -381,13 +362,17 @@ async fn stream_loop(
                 let fx = g
                     .core_mut()
                     .follower_on_keepalive(now, stream, epoch, commit, end)?;
-                node.after_step(g, fx);
+                node.step(g, fx);
             }
             Msg::SnapshotBegin { lsn, bytes, .. } => {
-                let dir = node.data_dir().join("snap");
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                let path = dir.join("incoming.snap.tmp");
-                let f = std::fs::File::create(&path)
+                let path = node.incoming_snapshot_path();
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                }
+                let f = tokio::fs::File::create(&path)
+                    .await
                     .map_err(|e| format!("create {}: {e}", path.display()))?;
                 tracing::info!(lsn = %lsn, bytes, "receiving a snapshot from the leader");
                 snapshot_in = Some((f, path, lsn, bytes));
@@ -397,13 +382,18 @@ async fn stream_loop(
                     return Err("a snapshot chunk outside a snapshot".into());
                 };
                 f.write_all(&tail)
+                    .await
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
             }
             Msg::SnapshotEnd => {
-                let Some((f, path, lsn, bytes)) = snapshot_in.take() else {
+                let Some((mut f, path, lsn, bytes)) = snapshot_in.take() else {
                     return Err("a snapshot end outside a snapshot".into());
                 };
+                f.flush()
+                    .await
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
                 f.sync_all()
+                    .await
                     .map_err(|e| format!("fsync {}: {e}", path.display()))?;
                 drop(f);
                 let p = path.clone();
@@ -417,14 +407,15 @@ async fn stream_loop(
                         snap.lsn
                     ));
                 }
-                let reply = {
+                let out = {
                     let mut g = node.lock();
-                    if !g.core().follower_stream_current(stream) {
-                        let _ = std::fs::remove_file(&path);
-                        return Ok(());
-                    }
-                    g.core_mut().follower_install_snapshot(now, snap);
-                    node.send_install(&mut g, path, lsn)
+                    let fx = g.core_mut().follower_install_snapshot(now, stream, snap);
+                    node.step(g, fx)
+                };
+                let Some(reply) = out.install else {
+                    // The stream was replaced meanwhile: nothing was installed.
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Ok(());
                 };
                 reply.wait().await.map_err(|e| e.to_string())?;
                 node.metrics.repl_snapshots_received.inc();

@@ -83,7 +83,7 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
         };
         let epoch = g.core().epoch();
         let me = (g.core().data_id(), g.core().cluster_id());
-        node.after_step(g, fx);
+        node.step(g, fx);
         (res, epoch, me)
     };
     let stream = match accepted {
@@ -168,7 +168,7 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
                             epoch,
                             flushed,
                         );
-                        node.after_step(g, fx);
+                        node.step(g, fx);
                     }
                     Ok((other, _)) => {
                         tracing::debug!(follower = %id, ?other, "unexpected message from a follower");
@@ -275,7 +275,11 @@ async fn send_snapshot<S>(node: &Arc<Node>, sink: &mut S, epoch: Epoch) -> Resul
 where
     S: futures_util::Sink<Bytes, Error = std::io::Error> + Unpin,
 {
-    let snaps = snapshot::list(&node.data_dir().join("snap")).map_err(|e| e.to_string())?;
+    let dir = node.data_dir().join("snap");
+    let snaps = tokio::task::spawn_blocking(move || snapshot::list(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let (lsn, path) = snaps
         .last()
         .cloned()

@@ -23,8 +23,8 @@ use baton_controller::core::{ClusterCfg, ClusterCore, Now, Observed, Write, Writ
 use baton_controller::journal::Entry;
 use baton_controller::state::ClusterState;
 use baton_replica::core::{
-    AppendHeader, Consistency, Core, CoreConfig, Effect, Exchange, FetchStart, FollowerNext,
-    Recovered, Verdict, WriteReject, WriteReq,
+    Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext, Recovered,
+    WriteReject, WriteReq,
 };
 use baton_replica::snapshot::Snapshot;
 use baton_replica::wal::{Op as WOp, Record};
@@ -1327,11 +1327,13 @@ impl World {
         }
     }
 
-    fn run_effects(&mut self, r: usize, fx: Vec<Effect>) {
+    /// Executes the engine's actions in list order, as the replica's driver does (the
+    /// `PersistEpoch` and `InstallSnapshot` steps are executed where they are asked for).
+    fn run_effects(&mut self, r: usize, fx: Vec<Action>) {
         for e in fx {
             match e {
-                Effect::Append(rec) => self.append_local(r, rec),
-                Effect::FailPending(reason) => {
+                Action::Append(rec) => self.append_local(r, rec),
+                Action::FailPending(reason) => {
                     let rep = &mut self.replicas[r];
                     let waiters = std::mem::take(&mut rep.waiters);
                     let barriers = std::mem::take(&mut rep.barriers);
@@ -1342,8 +1344,7 @@ impl World {
                         self.reply(r, op, Res::NotApplied(reason.clone()));
                     }
                 }
-                Effect::PersistMeta => {
-                    let u = self.core(r).unclean();
+                Action::StoreUnclean(u) => {
                     let rep = &mut self.replicas[r];
                     if rep.install.is_some() {
                         rep.queued_unclean = Some(u);
@@ -1351,12 +1352,37 @@ impl World {
                         rep.meta_unclean = u;
                     }
                 }
+                Action::Truncate(t) => {
+                    self.note(format!(
+                        "r{} truncates from LSN {} ({} records archived, below_commit {})",
+                        r + 1,
+                        t.from,
+                        t.records.len(),
+                        t.below_commit
+                    ));
+                    self.truncate_disk(r, t.from);
+                }
+                Action::Resync { from } => {
+                    self.note(format!("r{} resyncs from LSN {from}", r + 1));
+                    self.truncate_disk(r, from);
+                    let rep = &mut self.replicas[r];
+                    let rest: Vec<Record> = rep.log.drain(..).collect();
+                    rep.rollbacks.extend(rest);
+                    rep.durable = 0;
+                    rep.log_start = 1;
+                    // Snapshots are set aside with the log.
+                    rep.snap = None;
+                    rep.meta_unclean = true;
+                }
+                Action::PersistEpoch { .. }
+                | Action::InstallSnapshot { .. }
+                | Action::Ignore(_) => {}
             }
         }
     }
 
     /// After any core step: acknowledge what committed, run the effects, feed the streams.
-    fn after_step(&mut self, r: usize, fx: Vec<Effect>) {
+    fn after_step(&mut self, r: usize, fx: Vec<Action>) {
         let now = self.rms(r);
         let commit = if self.cfg.broken_ack_on_flush {
             self.core(r).flushed()
@@ -1409,7 +1435,8 @@ impl World {
         rep.durable = rep.log.len();
         let lsn = Lsn(rep.log_start + rep.durable as u64 - 1);
         let now = self.rms(r);
-        let fx = self.core(r).on_flushed(now, lsn);
+        let gen = self.core(r).log_gen();
+        let fx = self.core(r).on_flushed(now, lsn, gen);
         self.after_step(r, fx);
         // A follower acknowledges its flush on its stream.
         if let Some(s) = &self.replicas[r].stream {
@@ -1515,18 +1542,20 @@ impl World {
             return;
         }
         let sent_at = self.replicas[r].hb_sent_at;
-        let verdict = self.core(r).check_directive(&d);
-        let Verdict::Accept { persist } = verdict else {
-            return;
-        };
-        if let Some((e, rev)) = persist {
-            let rep = &mut self.replicas[r];
-            rep.meta_epoch = rep.meta_epoch.max(e);
-            rep.meta_rev = rev;
-        }
         let now = self.rms(r);
         let before = (self.core(r).epoch(), self.core(r).role());
-        let fx = self.core(r).apply_directive(now, sent_at, &d);
+        let mut fx = self.core(r).on_directive(now, sent_at, &d);
+        if let Some(Action::PersistEpoch { epoch, rev, .. }) = fx.last() {
+            let rep = &mut self.replicas[r];
+            rep.meta_epoch = rep.meta_epoch.max(*epoch);
+            if let Some(rev) = rev {
+                rep.meta_rev = *rev;
+            }
+            fx = self.core(r).on_directive_persisted(now, sent_at, &d);
+        }
+        if let Some(Action::Ignore(_)) = fx.first() {
+            return;
+        }
         let after = (self.core(r).epoch(), self.core(r).role());
         if before != after {
             self.note(format!(
@@ -1660,7 +1689,7 @@ impl World {
                     if epoch > self.core(r).epoch() {
                         let rep = &mut self.replicas[r];
                         rep.meta_epoch = rep.meta_epoch.max(epoch);
-                        self.core(r).adopt_epoch(epoch);
+                        self.core(r).follower_epoch_persisted(epoch);
                     }
                     let lid = self.members[leader].id.clone();
                     let (sid, next) = self.core(r).follower_start(now, &lid, epoch)?;
@@ -1670,47 +1699,11 @@ impl World {
                 Repl::Refused(reason) => return Err(reason),
                 Repl::EpochEnd { epoch, end, lossy } => {
                     let sid = sid.ok_or("no stream id")?;
-                    match self
+                    let (next, fx) = self
                         .core(r)
-                        .follower_on_epoch_end(now, sid, epoch, end, lossy)?
-                    {
-                        Exchange::Next { next, truncation } => {
-                            if let Some(t) = truncation {
-                                self.note(format!(
-                                    "r{} truncates from LSN {} ({} records archived, below_commit {})",
-                                    r + 1,
-                                    t.from,
-                                    t.records.len(),
-                                    t.below_commit
-                                ));
-                                self.truncate_disk(r, t.from);
-                            }
-                            self.follower_next(r, conn, sid, next);
-                        }
-                        Exchange::Resync { from } => {
-                            self.note(format!("r{} resyncs from LSN {from}", r + 1));
-                            self.core(r).mark_unclean();
-                            self.core(r).follower_reset(sid)?;
-                            self.truncate_disk(r, from);
-                            let rep = &mut self.replicas[r];
-                            let rest: Vec<Record> = rep.log.drain(..).collect();
-                            rep.rollbacks.extend(rest);
-                            rep.durable = 0;
-                            rep.log_start = 1;
-                            // Snapshots are set aside with the log.
-                            rep.snap = None;
-                            rep.meta_unclean = true;
-                            self.follower_next(
-                                r,
-                                conn,
-                                sid,
-                                FollowerNext::Fetch {
-                                    from: Lsn(1),
-                                    prev_epoch: Epoch(0),
-                                },
-                            );
-                        }
-                    }
+                        .follower_on_epoch_end(now, sid, epoch, end, lossy)?;
+                    self.run_effects(r, fx);
+                    self.follower_next(r, conn, sid, next);
                 }
                 Repl::Append { h, records } => {
                     let sid = sid.ok_or("no stream id")?;
@@ -1976,7 +1969,10 @@ impl World {
                     expect,
                 };
                 match self.core(r).propose(now, w) {
-                    Ok(rec) => {
+                    Ok(fx) => {
+                        let Some(Action::Append(rec)) = fx.into_iter().next() else {
+                            unreachable!("an accepted write is one append")
+                        };
                         let version = Version {
                             epoch: rec.epoch,
                             lsn: rec.lsn,

@@ -146,7 +146,9 @@ impl World {
         let lsn = snap.lsn;
         // A second install queued behind a first one: the first is done by then.
         self.finish_install_now(r);
-        self.core(r).follower_install_snapshot(now, snap.clone());
+        let _install = self
+            .core(r)
+            .follower_install_snapshot(now, sid, snap.clone());
         self.report.installs += 1;
         self.note(format!(
             "r{} installs a snapshot at LSN {lsn} from r{}",
