@@ -56,7 +56,10 @@ async fn cap_rejects_one_too_many_and_cancel_drains() {
     assert!(answer.contains("limits.connections_max = 1"), "{answer}");
     assert_eq!(m.rejected.get(), 1);
     let text = baton_runtime::metrics::render(&registry);
-    assert!(text.contains("baton_test_connections_rejected_total 1"), "{text}");
+    assert!(
+        text.contains("baton_test_connections_rejected_total 1"),
+        "{text}"
+    );
 
     // The first connection is idle (keep-alive): the cancel closes it and the server returns
     // well before the drain bound.
@@ -69,7 +72,10 @@ async fn cap_rejects_one_too_many_and_cancel_drains() {
     let n = first.read_to_end(&mut rest).await.expect("read");
     assert_eq!(n, 0, "the idle connection was closed without an answer");
     assert_eq!(m.open.get(), 0);
-    assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +89,9 @@ async fn header_read_timeout_closes_a_slow_request_head() {
     let server = tokio::spawn(serve(listener, router, opts, cancel.clone()));
 
     let mut slow = TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(b"GET / HTTP/1.1\r\nhost:").await.expect("write");
+    slow.write_all(b"GET / HTTP/1.1\r\nhost:")
+        .await
+        .expect("write");
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
         .await
