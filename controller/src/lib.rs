@@ -18,7 +18,6 @@ pub mod runtime;
 pub mod state;
 pub mod upkeep;
 
-use anyhow::Context;
 use api::Api;
 use baton_runtime::metrics::ConnMetrics;
 use baton_runtime::ServeOpts;
@@ -36,10 +35,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs a controller on `cfg.listen` until `shutdown` completes.
 pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
-    serve(listener, cfg, shutdown).await
+    serve(baton_runtime::bind(cfg.listen).await?, cfg, shutdown).await
 }
 
 /// Runs a controller on an already bound `listener` (tests bind port 0) until `shutdown`

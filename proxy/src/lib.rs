@@ -22,7 +22,6 @@ pub mod retry;
 pub mod shared;
 pub mod view;
 
-use anyhow::Context;
 use baton_runtime::ServeOpts;
 use std::future::Future;
 use std::sync::Arc;
@@ -35,10 +34,7 @@ pub async fn run(
     cfg: config::ProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
-    serve(listener, cfg, shutdown).await
+    serve(baton_runtime::bind(cfg.listen).await?, cfg, shutdown).await
 }
 
 /// Runs a proxy on an already bound `listener` (tests bind port 0) until `shutdown` completes:

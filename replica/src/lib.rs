@@ -19,7 +19,6 @@ pub mod snapshot;
 pub mod state;
 pub mod wal;
 
-use anyhow::Context;
 use baton_runtime::ServeOpts;
 use std::future::Future;
 use std::time::Duration;
@@ -30,9 +29,7 @@ pub async fn run(
     cfg: config::ReplicaConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    let listener = baton_runtime::bind(cfg.listen).await?;
     let (node, report) = tokio::task::spawn_blocking(move || node::Node::open(cfg)).await??;
     tracing::info!(
         id = %node.id,

@@ -17,5 +17,5 @@ pub mod server;
 pub mod signal;
 
 pub use process::main;
-pub use server::{serve, ServeOpts};
+pub use server::{bind, serve, ServeOpts};
 pub use signal::{shutdown_signal, Shutdown};

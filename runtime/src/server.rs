@@ -52,6 +52,13 @@ impl ServeOpts {
     }
 }
 
+/// Binds a server's `listen` address; the error names the config key.
+pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (listen): {e}"))
+}
+
 /// Serves `router` on `listener` until `cancel` fires, then drains (see the file header).
 pub async fn serve(
     listener: TcpListener,
