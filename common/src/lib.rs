@@ -10,6 +10,5 @@ pub mod clock;
 pub mod config;
 pub mod directive;
 pub mod ids;
-pub mod logging;
 
 pub use ids::{BootId, DataId, Epoch, Lsn, NodeId, Version};

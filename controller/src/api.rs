@@ -26,6 +26,8 @@ pub struct Api {
     pub etcd_health: Arc<Mutex<EtcdHealth>>,
     pub id: String,
     pub addr: String,
+    /// Metrics kept outside the clusters' cores (the accept loop's connections).
+    pub registry: prometheus::Registry,
 }
 
 type S = State<Arc<Api>>;
@@ -416,7 +418,8 @@ async fn metrics(State(api): S) -> Response {
             ));
         }
     }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    out.push_str(&baton_runtime::metrics::render(&api.registry));
+    baton_runtime::metrics::response(out)
 }
 
 #[cfg(test)]

@@ -23,7 +23,26 @@ pub struct ControllerConfig {
     pub etcd: Vec<String>,
     #[serde(default)]
     pub timing: Timing,
+    #[serde(default)]
+    pub limits: Limits,
     pub clusters: Vec<ClusterConfig>,
+}
+
+/// Limits of the HTTP API.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections (replicas' heartbeats, proxies' long-polls, `batonctl`); one more is
+    /// answered 503 `overloaded` and closed. Default 1024, as the replicas and the proxy.
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: 1024,
+        }
+    }
 }
 
 /// The longest a failure timeout or sync wait may be (10 minutes): longer is a typo, and
@@ -215,6 +234,9 @@ impl ControllerConfig {
                 format!("{} is above the maximum of {MAX_MS}", t.sync_wait_ms),
             );
         }
+        if self.limits.connections_max == 0 {
+            return bad("limits.connections_max", "must be positive".into());
+        }
         if self.clusters.is_empty() {
             return bad(
                 "clusters",
@@ -300,6 +322,24 @@ mod tests {
         let d = Timing::default();
         assert_eq!(c.timing.failure_timeout_ms, d.failure_timeout_ms);
         assert_eq!(c.timing.lease_ms, d.lease_ms);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn connections_max_defaults_and_must_be_positive() {
+        let base = include_str!("../../deploy/controller.toml");
+        let without = base.replace("connections_max = 1024\n", "");
+        assert_ne!(without, base, "the example sets limits.connections_max");
+        let c = ControllerConfig::parse(Path::new("c.toml"), &without).expect("parses");
+        assert_eq!(c.limits.connections_max, 1024);
+        let e = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &base.replace("connections_max = 1024", "connections_max = 0"),
+        )
+        .expect_err("zero connections")
+        .to_string();
+        assert!(e.starts_with("c.toml: limits.connections_max: "), "{e}");
+        assert!(e.contains("positive"), "{e}");
     }
 
     #[test]

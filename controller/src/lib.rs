@@ -1,18 +1,142 @@
 //! The failover controller (`baton-controller`, `batonctl`): etcd-backed election, heartbeats,
 //! failure detection, promotion and fencing (DESIGN.md §5).
 //!
-//! The pure parts: the cluster state as stored in etcd (`state.rs`), the decision journal and
-//! anti-flapping budget (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster
-//! state machine that uses them (`core/`). The I/O around them: the etcd runtime
-//! (`runtime.rs`, `upkeep.rs`), the HTTP API (`api.rs`), configuration (`config.rs`) and the
-//! local launcher behind `batonctl local` (`local.rs`).
+//! Pure: the cluster state as stored in etcd (`state.rs`), the journal and failover budget
+//! (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster state machine
+//! (`core/`). Runtime: the etcd session, election and guarded writes (`runtime.rs`), etcd
+//! upkeep (`upkeep.rs`), the HTTP API (`api.rs`), and `run` here, the whole process minus
+//! argument parsing and signals, so tests can start a controller in-process and stop it by
+//! completing the `shutdown` future. `batonctl` is a binary of this crate
+//! (`src/bin/batonctl/`).
 
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod decide;
 pub mod journal;
-pub mod local;
 pub mod runtime;
 pub mod state;
 pub mod upkeep;
+
+use api::Api;
+use baton_runtime::metrics::ConnMetrics;
+use baton_runtime::ServeOpts;
+use config::ControllerConfig;
+use runtime::{ClusterRt, Keys, Session};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use upkeep::EtcdHealth;
+
+/// How long open requests (long-polls included) get to finish once the controller stops.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs a controller on `cfg.listen` until `shutdown` completes.
+pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve(baton_runtime::bind(cfg.listen).await?, cfg, shutdown).await
+}
+
+/// Runs a controller on an already bound `listener` (tests bind port 0) until `shutdown`
+/// completes: it connects to etcd (retrying), campaigns for every configured cluster, serves
+/// the API and, on shutdown, stops granting at once, resigns every election (deletes its
+/// election keys, revokes its etcd lease) so a standby takes over, and drains the API.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ControllerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    let cfg = Arc::new(cfg);
+    let etcd = tokio::select! {
+        c = connect(&cfg) => c,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let local = listener.local_addr().ok();
+    tracing::info!(id = %cfg.id, listen = ?local, etcd = ?cfg.etcd, "controller started");
+    let cancel = CancellationToken::new();
+    let session = Arc::new(Mutex::new(Session::default()));
+    let session_task = tokio::spawn(runtime::run_session(
+        etcd.clone(),
+        cfg.timing.election_ttl_s,
+        cfg.timing.clock_drift,
+        session.clone(),
+        cancel.clone(),
+    ));
+    let mut clusters = Vec::new();
+    let mut tasks = Vec::new();
+    for c in &cfg.clusters {
+        let rt = Arc::new(ClusterRt {
+            name: c.name.clone(),
+            keys: Keys::new(&c.name),
+            core: Mutex::new(core::ClusterCore::new(cfg.cluster_cfg(c))),
+            rev_tx: tokio::sync::watch::channel(0).0,
+        });
+        tasks.push(tokio::spawn(runtime::run_cluster(
+            rt.clone(),
+            etcd.clone(),
+            cfg.clone(),
+            session.clone(),
+            cancel.clone(),
+        )));
+        clusters.push(rt);
+    }
+    let etcd_health = Arc::new(Mutex::new(EtcdHealth::default()));
+    tasks.push(tokio::spawn(upkeep::run_etcd_upkeep(
+        etcd.clone(),
+        clusters.clone(),
+        etcd_health.clone(),
+        cancel.clone(),
+    )));
+    let registry = prometheus::Registry::new();
+    let conn_metrics = ConnMetrics::register(&registry, "controller");
+    let api = Arc::new(Api {
+        clusters: clusters.clone(),
+        etcd: etcd.clone(),
+        etcd_health,
+        id: cfg.id.clone(),
+        addr: cfg.advertised(),
+        registry,
+    });
+    let router = api::router(api);
+    #[cfg(feature = "failpoints")]
+    let router = router.merge(runtime::faults::router());
+    let opts = ServeOpts::new(cfg.limits.connections_max, DRAIN).with_metrics(conn_metrics);
+    let server = tokio::spawn(baton_runtime::serve(listener, router, opts, cancel.clone()));
+    shutdown.await;
+    tracing::info!("stopping: resigning");
+    // Stop granting at once, before the lease is revoked and a standby may take over.
+    for rt in &clusters {
+        rt.lock().on_election(runtime::now(), None, None);
+    }
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = session_task.await;
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// An etcd client; retries until etcd answers (warning once).
+async fn connect(cfg: &ControllerConfig) -> etcd_client::Client {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+    let mut warned = false;
+    loop {
+        match etcd_client::Client::connect(&cfg.etcd, Some(opts.clone())).await {
+            Ok(c) => return c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(etcd = ?cfg.etcd, error = %e, "cannot reach etcd; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use crate::forward::{self, Outgoing, MIN_EPOCH};
 use crate::shared::Shared;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -191,10 +191,5 @@ async fn metrics(State(sh): S) -> Response {
     sh.metrics
         .controllers_reachable
         .set(sh.controllers_reachable() as i64);
-    let mut r = sh.metrics.render().into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
+    baton_runtime::metrics::response(sh.metrics.render())
 }

@@ -9,8 +9,9 @@
 //! minus argument parsing and signals, so tests can run a proxy in-process.
 //!
 //! Layout: `view.rs` and `retry.rs` are pure (the cluster view, the re-send decision table);
-//! `controllers.rs` (leader long-polls), `forward.rs` (attempts and holding), `api.rs`,
-//! `server.rs` and `metrics.rs` are the runtime around them.
+//! `controllers.rs` (leader long-polls), `forward.rs` (attempts and holding), `api.rs` and
+//! `metrics.rs` are the runtime around them; the accept loop (`limits.connections_max`, the
+//! drain) is `baton_runtime::serve`.
 
 pub mod api;
 pub mod config;
@@ -18,11 +19,10 @@ pub mod controllers;
 pub mod forward;
 pub mod metrics;
 pub mod retry;
-pub mod server;
 pub mod shared;
 pub mod view;
 
-use anyhow::Context;
+use baton_runtime::ServeOpts;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +34,7 @@ pub async fn run(
     cfg: config::ProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
-    serve(listener, cfg, shutdown).await
+    serve(baton_runtime::bind(cfg.listen).await?, cfg, shutdown).await
 }
 
 /// Runs a proxy on an already bound `listener` (tests bind port 0) until `shutdown` completes:
@@ -54,12 +51,16 @@ pub async fn serve(
     let poll_cancel = CancellationToken::new();
     let poller = tokio::spawn(controllers::run(sh.clone(), poll_cancel.clone()));
     let server_cancel = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let conn_metrics = baton_runtime::metrics::ConnMetrics {
+        open: sh.metrics.connections.clone(),
+        rejected: sh.metrics.connections_rejected.clone(),
+    };
+    let opts = ServeOpts::new(sh.cfg.limits.connections_max, drain).with_metrics(conn_metrics);
+    let server = tokio::spawn(baton_runtime::serve(
         listener,
         api::router(sh.clone()),
-        sh.clone(),
+        opts,
         server_cancel.clone(),
-        drain,
     ));
     tracing::info!(listen = ?local, controllers = ?sh.cfg.controllers, cluster = %sh.cfg.cluster, "serving");
     shutdown.await;

@@ -3,10 +3,7 @@
 //! reachable controllers). Counters are updated where things happen; gauges of the view are set when `/metrics` is
 //! scraped. Nothing here decides anything.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     registry: Registry,
@@ -112,10 +109,6 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(%e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        baton_runtime::metrics::render(&self.registry)
     }
 }

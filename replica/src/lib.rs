@@ -2,7 +2,8 @@
 //! its role (leader, follower, fenced) only from the active controller's directives.
 //!
 //! `run` is the whole process minus argument parsing and signal handling, so tests can start a
-//! replica in-process and stop it by completing the `shutdown` future.
+//! replica in-process and stop it by completing the `shutdown` future. The accept loop (with
+//! `limits.connections_max` and the drain) is `baton_runtime::serve`.
 
 pub mod api;
 pub mod config;
@@ -15,13 +16,12 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod repl;
-pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tail;
 pub mod wal;
 
-use anyhow::Context;
+use baton_runtime::ServeOpts;
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,9 +31,7 @@ pub async fn run(
     cfg: config::ReplicaConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    let listener = baton_runtime::bind(cfg.listen).await?;
     let (node, report) = tokio::task::spawn_blocking(move || node::Node::open(cfg)).await??;
     tracing::info!(
         id = %node.id,
@@ -62,13 +60,16 @@ pub async fn run(
         })
     };
     let server_cancel = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let conn_metrics = baton_runtime::metrics::ConnMetrics {
+        open: node.metrics.connections.clone(),
+        rejected: node.metrics.connections_rejected.clone(),
+    };
+    let server = tokio::spawn(baton_runtime::serve(
         listener,
         api::router(node.clone()),
-        node.cfg.limits.connections_max,
-        Some(node.metrics.clone()),
+        ServeOpts::new(node.cfg.limits.connections_max, Duration::from_secs(2))
+            .with_metrics(conn_metrics),
         server_cancel.clone(),
-        Duration::from_secs(2),
     ));
     tracing::info!(listen = %node.cfg.listen, boot_id = %node.boot_id, "serving");
     if node.fatal().is_none() {

@@ -2,11 +2,18 @@
 //! ports for a newcomer, scripts and tests — a private single-node etcd (unless `--etcd` is
 //! given), controllers, replicas and the proxy as processes, their configs, logs and data under
 //! DIR, and `DIR/cluster.json` describing it. Binaries are found next to `batonctl`.
+//!
+//! This file is the subcommands (`run` is `main`'s entry for them); `layout.rs` is
+//! `cluster.json`, `procs.rs` starting, finding and signalling the processes.
 
-use serde::{Deserialize, Serialize};
-use std::os::unix::process::CommandExt;
+pub mod layout;
+mod procs;
+
+use crate::client::Ctl;
+use layout::{layout_path, read_layout, write_layout, Layout, Node};
+use procs::{alive, bin, free_port, http, last_line, signal, spawn, which};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The `local` subcommands.
@@ -52,204 +59,64 @@ pub enum LocalCmd {
     },
 }
 
-/// One process of the deployment, as `cluster.json` records it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Node {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub url: String,
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<String>,
-    /// The command line that starts it (for `local start`).
-    pub cmd: Vec<String>,
-    pub log: String,
-}
-
-/// `DIR/cluster.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Layout {
-    pub etcd: Vec<String>,
-    /// The private etcd, when `local up` started one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etcd_node: Option<Node>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<Node>,
-    pub controllers: Vec<Node>,
-    pub replicas: Vec<Node>,
-}
-
-impl Layout {
-    fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
-        self.etcd_node
-            .iter_mut()
-            .chain(self.controllers.iter_mut())
-            .chain(self.replicas.iter_mut())
-            .chain(self.proxy.iter_mut())
-    }
-    fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.etcd_node
-            .iter()
-            .chain(self.controllers.iter())
-            .chain(self.replicas.iter())
-            .chain(self.proxy.iter())
-    }
-    fn find_mut(&mut self, id: &str) -> Option<&mut Node> {
-        self.nodes_mut().find(|n| n.id == id)
-    }
-}
-
-fn layout_path(dir: &Path) -> PathBuf {
-    dir.join("cluster.json")
-}
-
-pub fn read_layout(dir: &Path) -> Result<Layout, String> {
-    let p = layout_path(dir);
-    let text = std::fs::read_to_string(&p).map_err(|e| {
-        format!(
-            "{}: {e} (was `batonctl local up --dir {}` run?)",
-            p.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a cluster description: {e}", p.display()))
-}
-
-fn write_layout(dir: &Path, l: &Layout) -> Result<(), String> {
-    let p = layout_path(dir);
-    let tmp = dir.join("cluster.json.tmp");
-    let body = serde_json::to_vec_pretty(l).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
-}
-
-/// Whether `pid` is a live process running one of our binaries (not a reused pid).
-fn alive(pid: u32) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let text = String::from_utf8_lossy(&cmdline);
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
-    exists && (text.contains("baton") || text.contains("etcd")) && !is_zombie(pid)
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free loopback port: {e}"))
-}
-
-fn bin(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("{} not found next to batonctl ({}); build the workspace: cargo build --release --workspace --bins", name, p.display()))
-    }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var("PATH")
-        .ok()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-/// Starts a node detached from batonctl's terminal (its own process group).
-fn spawn(cmd: &[String], log: &Path) -> Result<u32, String> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    Ok(child.id())
-}
-
-fn last_line(log: &str) -> String {
-    std::fs::read_to_string(log)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn signal(pid: u32, sig: &str) -> Result<(), String> {
-    let s = match sig.to_ascii_uppercase().as_str() {
-        "KILL" => libc::SIGKILL,
-        "TERM" => libc::SIGTERM,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        other => {
-            return Err(format!(
-                "unknown signal {other:?}: use KILL, TERM, STOP or CONT"
-            ))
+/// `local …`: after `up`, print the status table; without `--detach` stay in the foreground
+/// and stop everything on Ctrl-C or SIGTERM.
+pub async fn run(cmd: LocalCmd, cluster: String) -> ExitCode {
+    let up = match launch(cmd).await {
+        Ok(up) => up,
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            return ExitCode::from(1);
         }
     };
-    // SAFETY: kill(2) on a pid read from cluster.json and checked to be one of ours.
-    if unsafe { libc::kill(pid as i32, s) } != 0 {
-        return Err(format!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
+    let Some((controllers, dir, detach)) = up else {
+        return ExitCode::SUCCESS;
+    };
+    let ctl = Ctl::new(controllers, cluster);
+    // Let a few heartbeats reach the controllers so the table shows current positions.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    println!();
+    if let Err(crate::Fail(m)) = crate::status::status(&ctl, false).await {
+        eprintln!("batonctl: status: {m}");
     }
-    Ok(())
-}
-
-async fn http(method: &str, url: &str, body: &str) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let b = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&b).into_owned()))
+    if detach {
+        println!(
+            "\nStop it with: batonctl local down --dir {}",
+            dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\nRunning in the foreground; Ctrl-C stops everything (the data stays).");
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut t) => {
+                t.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    match tokio::task::spawn_blocking(move || down(&dir)).await {
+        Ok(Ok(())) => {
+            println!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("batonctl: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Runs a `local` subcommand. `up` returns the controller URLs for the caller's status table.
-pub async fn run(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, String> {
+async fn launch(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, String> {
     match cmd {
         LocalCmd::Up {
             dir,
@@ -314,7 +181,7 @@ pub async fn run(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, 
 }
 
 /// Stops every node of DIR: proxy, replicas, controllers, etcd; TERM, then KILL after 10 s.
-pub fn down(dir: &Path) -> Result<(), String> {
+fn down(dir: &Path) -> Result<(), String> {
     let mut l = read_layout(dir)?;
     let order: Vec<u32> = l
         .proxy

@@ -1,0 +1,428 @@
+//! The HTTP side of `batonctl`: one request to one controller (`Ctl::call`, with connect and
+//! answer timeouts, failures sorted into unreachable / broken / bad answer), reads that prefer
+//! the active controller's answer (`Ctl::read`), and operations sent to the active controller
+//! only, following a standby's `503 not_active` to the address it names and never re-sending a
+//! request that may have arrived (`Ctl::operate`). What the answers mean is the commands' job.
+
+use crate::targets::{active_from_message, normalize_url, Whose};
+use crate::Fail;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Per-request limit (connect + answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an operation is retried while the active controller answers `503 busy`.
+pub const BUSY_RETRY: Duration = Duration::from_secs(3);
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// A controller's answer: its HTTP status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// `(error, message)` of an error answer.
+    pub fn error(&self) -> Option<(String, String)> {
+        if self.ok() {
+            return None;
+        }
+        let code = self.body.get("error").and_then(Value::as_str);
+        let msg = self.body.get("message").and_then(Value::as_str);
+        Some((
+            code.unwrap_or("http_error").to_string(),
+            msg.map_or_else(
+                || format!("HTTP {}: {}", self.status, self.body),
+                str::to_string,
+            ),
+        ))
+    }
+
+    pub fn is(&self, status: u16, code: &str) -> bool {
+        self.status == status && self.error().is_some_and(|(c, _)| c == code)
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection: the request was never sent, so another controller may be asked.
+    Unreachable {
+        url: String,
+        refused: bool,
+        detail: String,
+    },
+    /// The request may have been sent; its outcome is unknown.
+    Broken { url: String, detail: String },
+    /// The answer was not what a controller sends.
+    BadAnswer { url: String, detail: String },
+}
+
+impl CallError {
+    pub fn message(&self) -> String {
+        match self {
+            CallError::Unreachable {
+                url,
+                refused: true,
+                ..
+            } => format!(
+                "cannot reach the controller at {url} (is baton-controller running? set --controller or BATON_CONTROLLER)"
+            ),
+            CallError::Unreachable { url, detail, .. } => format!(
+                "cannot reach the controller at {url}: {detail} (is baton-controller running? set --controller or BATON_CONTROLLER)"
+            ),
+            CallError::Broken { url, detail } => {
+                format!("the request to the controller at {url} failed: {detail}")
+            }
+            CallError::BadAnswer { url, detail } => {
+                format!("the controller at {url} gave an unexpected answer: {detail}")
+            }
+        }
+    }
+}
+
+/// Why an operation reached no active controller.
+#[derive(Debug, Default)]
+pub struct NoActive {
+    pub unreachable: Vec<CallError>,
+    /// `(url, message)` of each standby that answered `not_active`.
+    pub standby: Vec<(String, String)>,
+}
+
+impl NoActive {
+    pub fn message(&self, cluster: &str) -> String {
+        if self.standby.is_empty() {
+            return failures_message(&self.unreachable);
+        }
+        let mut parts: Vec<String> = self
+            .standby
+            .iter()
+            .map(|(u, m)| format!("{u}: {m}"))
+            .collect();
+        if !self.unreachable.is_empty() {
+            parts.push(failures_message(&self.unreachable));
+        }
+        format!(
+            "no active controller for cluster {cluster:?} answered (an election may be under way; retry in a few seconds): {}",
+            parts.join("; ")
+        )
+    }
+}
+
+/// One message for several failed requests; refused connections are named together.
+pub fn failures_message(errors: &[CallError]) -> String {
+    let refused: Vec<&str> = errors
+        .iter()
+        .filter_map(|e| match e {
+            CallError::Unreachable {
+                url, refused: true, ..
+            } => Some(url.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    if !refused.is_empty() {
+        parts.push(format!(
+            "cannot reach the controller at {} (is baton-controller running? set --controller or BATON_CONTROLLER)",
+            refused.join(", ")
+        ));
+    }
+    parts.extend(
+        errors
+            .iter()
+            .filter(|e| !matches!(e, CallError::Unreachable { refused: true, .. }))
+            .map(CallError::message),
+    );
+    parts.join("; ")
+}
+
+pub struct Ctl {
+    pub controllers: Vec<String>,
+    pub cluster: String,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Ctl {
+    pub fn new(controllers: Vec<String>, cluster: String) -> Ctl {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        conn.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(conn);
+        Ctl {
+            controllers,
+            cluster,
+            client,
+        }
+    }
+
+    pub fn path(&self, tail: &str) -> String {
+        format!("/v1/clusters/{}{tail}", self.cluster)
+    }
+
+    /// One request to one controller.
+    pub async fn call(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, CallError> {
+        let bad = |detail: String| CallError::BadAnswer {
+            url: base.to_string(),
+            detail,
+        };
+        let uri = format!("{base}{path}")
+            .parse::<hyper::Uri>()
+            .map_err(|e| bad(format!("cannot form a request URL: {e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| bad(format!("cannot form the request: {e}")))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| classify(base, &e))?;
+            let status = resp.status().as_u16();
+            let raw = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CallError::Broken {
+                    url: base.to_string(),
+                    detail: format!("reading the answer: {e}"),
+                })?
+                .to_bytes();
+            Ok::<_, CallError>((status, raw))
+        };
+        let (status, raw) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| CallError::Broken {
+                url: base.to_string(),
+                detail: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+            })??;
+        match serde_json::from_slice::<Value>(&raw) {
+            Ok(body) => Ok(Answer { status, body }),
+            Err(_) if !(200..300).contains(&status) => {
+                // Not from our API (a proxy, another service on the port): keep its text.
+                let text = String::from_utf8_lossy(&raw);
+                Ok(Answer {
+                    status,
+                    body: serde_json::json!({
+                        "error": format!("http_{status}"),
+                        "message": format!("{base} answered HTTP {status}: {}", text.trim()),
+                    }),
+                })
+            }
+            Err(e) => Err(bad(format!("not JSON ({e})"))),
+        }
+    }
+
+    /// A read: the first controller (`prefer` first, then the configured order) that answers,
+    /// except that an answer its `whose` calls a standby's is kept only if no active
+    /// controller (among the others and the one the standby names) answers: a standby's view
+    /// may be a state poll behind, and its dry run is not the active controller's.
+    pub async fn read(
+        &self,
+        path: &str,
+        prefer: Option<&str>,
+        whose: fn(&Value) -> Whose,
+    ) -> Result<(String, Value), Fail> {
+        let mut order: Vec<String> = prefer.into_iter().map(str::to_string).collect();
+        for u in &self.controllers {
+            if !order.contains(u) {
+                order.push(u.clone());
+            }
+        }
+        let mut standby: Option<(String, Value)> = None;
+        let mut errors = Vec::new();
+        let mut i = 0;
+        // Bounded: each address is queued once.
+        while i < order.len() && i < 16 {
+            let url = order[i].clone();
+            i += 1;
+            match self.call(&url, Method::GET, path, None).await {
+                Ok(a) => {
+                    if let Some((_, m)) = a.error() {
+                        if standby.is_some() {
+                            continue;
+                        }
+                        return Err(m.into());
+                    }
+                    match whose(&a.body) {
+                        Whose::Standby(named) => {
+                            if let Some(n) = named.and_then(|n| normalize_url(&n).ok()) {
+                                if !order.contains(&n) {
+                                    order.insert(i, n);
+                                }
+                            }
+                            standby.get_or_insert((url, a.body));
+                        }
+                        Whose::Active | Whose::Any => return Ok((url, a.body)),
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        standby.ok_or_else(|| failures_message(&errors).into())
+    }
+
+    /// An operation: sent to each controller in turn until one that is active answers.
+    /// Standbys (`503 not_active`) are skipped and the address they name is tried next; an
+    /// unreachable controller is skipped; a request that may have arrived is never re-sent.
+    pub async fn operate(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<(String, Answer), NoActive>, Fail> {
+        let mut queue: Vec<String> = self.controllers.clone();
+        let mut no = NoActive::default();
+        let mut i = 0;
+        // Bounded: each address is queued once.
+        while i < queue.len() && i < 16 {
+            let url = queue[i].clone();
+            i += 1;
+            match self.call(&url, Method::POST, path, body).await {
+                Ok(a) if a.is(503, "not_active") => {
+                    let msg = a.error().map(|(_, m)| m).unwrap_or_default();
+                    if let Some(active) = active_from_message(&msg) {
+                        if !queue.contains(&active) {
+                            queue.insert(i, active);
+                        }
+                    }
+                    no.standby.push((url, msg));
+                }
+                Ok(a) => return Ok(Ok((url, a))),
+                Err(e @ CallError::Unreachable { .. }) => no.unreachable.push(e),
+                Err(e) => {
+                    return Err(format!(
+                        "{}; the operation may or may not have been applied: check `batonctl status` and `batonctl history`",
+                        e.message()
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(Err(no))
+    }
+
+    /// An operation retried while the active controller is busy writing another change.
+    pub async fn operate_retrying(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(String, Answer), Fail> {
+        let start = Instant::now();
+        loop {
+            match self.operate(path, body).await? {
+                Ok((_, a)) if a.is(503, "busy") && start.elapsed() < BUSY_RETRY => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Ok((url, a)) => {
+                    if let Some((_, m)) = a.error() {
+                        return Err(m.into());
+                    }
+                    return Ok((url, a));
+                }
+                Err(no) => return Err(no.message(&self.cluster).into()),
+            }
+        }
+    }
+}
+
+/// Sorts a client error into "never connected" (safe to try elsewhere) and "broken".
+pub fn classify(url: &str, e: &hyper_util::client::legacy::Error) -> CallError {
+    let mut refused = false;
+    let mut detail = e.to_string();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        detail = s.to_string();
+        src = s.source();
+    }
+    if e.is_connect() || refused {
+        CallError::Unreachable {
+            url: url.to_string(),
+            refused,
+            detail,
+        }
+    } else {
+        CallError::Broken {
+            url: url.to_string(),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_controllers_are_named_in_one_message() {
+        let refused = |u: &str| CallError::Unreachable {
+            url: u.into(),
+            refused: true,
+            detail: "Connection refused (os error 111)".into(),
+        };
+        let errs = [
+            refused("http://a:1"),
+            refused("http://b:2"),
+            CallError::Unreachable {
+                url: "http://c:3".into(),
+                refused: false,
+                detail: "timed out".into(),
+            },
+        ];
+        assert_eq!(
+            failures_message(&errs),
+            "cannot reach the controller at http://a:1, http://b:2 (is baton-controller running? \
+             set --controller or BATON_CONTROLLER); cannot reach the controller at http://c:3: \
+             timed out (is baton-controller running? set --controller or BATON_CONTROLLER)"
+        );
+        let no = NoActive {
+            unreachable: vec![refused("http://a:1")],
+            standby: vec![("http://b:2".into(), "this controller is not active".into())],
+        };
+        assert!(no
+            .message("main")
+            .starts_with("no active controller for cluster \"main\" answered"));
+    }
+
+    #[test]
+    fn error_answers_give_code_and_message() {
+        let a = Answer {
+            status: 503,
+            body: serde_json::json!({"error": "not_active", "message": "m"}),
+        };
+        assert!(a.is(503, "not_active"));
+        assert_eq!(a.error(), Some(("not_active".into(), "m".into())));
+        let ok = Answer {
+            status: 200,
+            body: serde_json::json!({"ok": true}),
+        };
+        assert_eq!(ok.error(), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The processes of a local deployment: finding our binaries, starting one detached from the
+//! terminal with its log, telling whether a recorded pid is still ours and alive, signalling it,
+//! free loopback ports, and the small HTTP client `up` uses before any controller runs.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Whether `pid` is a live process running one of our binaries (not a reused pid).
+pub fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&cmdline);
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
+    exists && (text.contains("baton") || text.contains("etcd")) && !is_zombie(pid)
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+}
+
+pub fn bin(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{} not found next to batonctl ({}); build the workspace: cargo build --release --workspace --bins", name, p.display()))
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Starts a node detached from batonctl's terminal (its own process group).
+pub fn spawn(cmd: &[String], log: &Path) -> Result<u32, String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
+    Ok(child.id())
+}
+
+pub fn last_line(log: &str) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|t| t.lines().last().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let s = match sig.to_ascii_uppercase().as_str() {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => {
+            return Err(format!(
+                "unknown signal {other:?}: use KILL, TERM, STOP or CONT"
+            ))
+        }
+    };
+    // SAFETY: kill(2) on a pid read from cluster.json and checked to be one of ours.
+    if unsafe { libc::kill(pid as i32, s) } != 0 {
+        return Err(format!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+pub async fn http(method: &str, url: &str, body: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let b = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&b).into_owned()))
+}

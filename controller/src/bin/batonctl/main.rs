@@ -1,0 +1,200 @@
+//! `batonctl`, the operator CLI over the controller's HTTP API (DESIGN.md §7): `status`,
+//! `leader`, `history`, `dry-run`, `rollbacks` (reads: the first controller that answers,
+//! though a standby's answer is kept only when no active controller answers) and `init`,
+//! `switchover`, `failover`, `pause`, `resume`, `recover` (operations, sent to the active
+//! controller: a standby's `503 not_active` sends them on to the others and to the address it
+//! names), and `local` (DESIGN.md §8: a whole deployment on this machine). It owns the
+//! rendering of the controller's answers as plain text and the mapping of failures to messages
+//! a person can act on; it decides nothing about the cluster itself, and it never replays an
+//! operation whose request may have reached a controller.
+//!
+//! This file is the command line and the dispatch. One module per command family: `status.rs`
+//! (the reads), `ops.rs` (switchover, failover, pause, resume, recover), `init.rs`, `local/`
+//! (the launcher); shared by them: `client.rs` (requests to controllers), `targets.rs` (which
+//! controllers, whose answer) and `output.rs` (printing, times).
+
+mod client;
+mod init;
+mod local;
+mod ops;
+mod output;
+mod status;
+mod targets;
+
+use clap::{Parser, Subcommand};
+use client::Ctl;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Baton operator CLI: cluster status and operations through the failover controller.
+#[derive(Parser, Debug)]
+#[command(name = "batonctl", version)]
+struct Cli {
+    /// Controller URL; repeat it or separate several with commas. Default: the
+    /// comma-separated list in BATON_CONTROLLER, else http://127.0.0.1:7001.
+    #[arg(long = "controller", value_name = "URL", global = true)]
+    controller: Vec<String>,
+    /// The cluster to act on.
+    #[arg(long, value_name = "NAME", default_value = "main", global = true)]
+    cluster: String,
+    /// A `batonctl local up` directory: its controllers are used unless --controller is given.
+    #[arg(
+        long = "local-dir",
+        value_name = "DIR",
+        global = true,
+        env = "BATON_LOCAL_DIR"
+    )]
+    local_dir: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Members with role, health, epoch, positions, lag, sync set and unclean flag.
+    Status {
+        /// Print the controller's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned, lossless change of leader.
+    Switchover {
+        /// The member to hand over to (default: the controller picks the best sync member).
+        #[arg(long, value_name = "MEMBER")]
+        to: Option<String>,
+        /// Abort (the old leader keeps leading) if the target has not caught up by then.
+        #[arg(long, value_name = "N")]
+        timeout_ms: Option<u64>,
+    },
+    /// Forced promotion of a member.
+    Failover {
+        /// The member to promote.
+        #[arg(long, value_name = "MEMBER")]
+        to: String,
+        /// Accept promoting a member that may lack acknowledged writes.
+        #[arg(long)]
+        force: bool,
+        /// Also accept promoting an unclean member.
+        #[arg(long)]
+        allow_data_loss: bool,
+    },
+    /// Stop automatic failover (a running promotion still finishes).
+    Pause,
+    /// Turn automatic failover back on.
+    Resume,
+    /// After etcd was restored from an old backup or lost: write a new epoch, leaderless and
+    /// promoting with an empty sync set, above everything the members report. Then promote
+    /// with `failover --to`, which states the possible loss of acknowledged writes.
+    Recover,
+    /// Write the first cluster state once every member reported an empty log.
+    Init {
+        /// Keep retrying this long while members are missing or no controller is ready.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        wait_s: u64,
+    },
+    /// The decision journal, oldest first.
+    History {
+        /// How many of the newest entries to show.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// Print the entries as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What automatic failover would do now, and why.
+    DryRun {
+        /// Print the controller's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current leader and its address.
+    Leader,
+    /// Rollback files on every member: records cut from a replica's log because they diverged
+    /// from the leader's (an old leader's unreplicated writes), never silently erased.
+    Rollbacks {
+        /// Print the answers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A whole deployment on this machine: `local up|stop|start|down --dir DIR` (DESIGN.md §8).
+    /// It talks to no controller until it has started them, so `main` dispatches it first.
+    Local {
+        #[command(subcommand)]
+        cmd: local::LocalCmd,
+    },
+}
+
+/// A failure to report: the message is printed as is, and the process exits 1.
+#[derive(Debug)]
+pub struct Fail(pub String);
+
+impl<T: Into<String>> From<T> for Fail {
+    fn from(s: T) -> Fail {
+        Fail(s.into())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Local { cmd } = cli.cmd {
+        return local::run(cmd, cli.cluster).await;
+    }
+    let mut env = std::env::var("BATON_CONTROLLER").ok();
+    if let (true, Some(dir)) = (cli.controller.is_empty(), &cli.local_dir) {
+        match local::layout::read_layout(dir) {
+            Ok(l) => {
+                env = Some(
+                    l.controllers
+                        .iter()
+                        .map(|c| c.url.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            }
+            Err(e) => {
+                eprintln!("batonctl: --local-dir: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let controllers = match targets::controller_list(&cli.controller, env.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ctl = Ctl::new(controllers, cli.cluster);
+    match run(&ctl, cli.cmd).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(m)) => {
+            eprintln!("batonctl: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one command that talks to the controllers.
+async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
+    match cmd {
+        Cmd::Local { .. } => Err(Fail(
+            "`local` is handled before any controller is contacted".into(),
+        )),
+        Cmd::Status { json } => status::status(ctl, json).await,
+        Cmd::Leader => status::leader(ctl).await,
+        Cmd::Rollbacks { json } => status::rollbacks(ctl, json).await,
+        Cmd::History { limit, json } => status::history(ctl, limit, json).await,
+        Cmd::DryRun { json } => status::dry_run(ctl, json).await,
+        Cmd::Pause => ops::simple_op(ctl, "/pause").await,
+        Cmd::Resume => ops::simple_op(ctl, "/resume").await,
+        Cmd::Recover => ops::simple_op(ctl, "/recover").await,
+        Cmd::Init { wait_s } => init::init(ctl, Duration::from_secs(wait_s)).await,
+        Cmd::Switchover { to, timeout_ms } => ops::switchover(ctl, to, timeout_ms).await,
+        Cmd::Failover {
+            to,
+            force,
+            allow_data_loss,
+        } => ops::failover(ctl, to, force, allow_data_loss).await,
+    }
+}

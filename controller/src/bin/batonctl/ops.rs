@@ -1,0 +1,160 @@
+//! The operations that change the cluster, sent to the active controller: `pause`, `resume`,
+//! `recover` (one request, its answer printed), and `switchover` / `failover`, which then watch
+//! the cluster until the operation ended and say whether it happened, with the journal's reason
+//! when it did not. `init` is `init.rs`.
+
+use crate::client::{Ctl, POLL};
+use crate::output::{leader_id, print_lines, unix_ms};
+use crate::status::parse_history;
+use crate::targets::{whose_any, whose_view};
+use crate::Fail;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// How long `failover` waits for the promotion to finish before handing back.
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+/// The controller's default switchover timeout (api.rs), for our own wait.
+pub const SWITCHOVER_DEFAULT_MS: u64 = 10_000;
+
+pub async fn simple_op(ctl: &Ctl, tail: &str) -> Result<(), Fail> {
+    let (_, a) = ctl.operate_retrying(&ctl.path(tail), None).await?;
+    print_lines(&[answer_message(&a.body)]);
+    Ok(())
+}
+
+pub fn answer_message(v: &Value) -> String {
+    v.get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| v.to_string(), str::to_string)
+}
+
+pub async fn switchover(
+    ctl: &Ctl,
+    to: Option<String>,
+    timeout_ms: Option<u64>,
+) -> Result<(), Fail> {
+    let (_, before) = ctl.read(&ctl.path(""), None, whose_view).await?;
+    let old_leader = leader_id(&before);
+    let old_epoch = before.get("epoch").and_then(Value::as_u64).unwrap_or(0);
+    let mut body = serde_json::Map::new();
+    if let Some(t) = &to {
+        body.insert("to".into(), Value::from(t.as_str()));
+    }
+    if let Some(t) = timeout_ms {
+        body.insert("timeout_ms".into(), Value::from(t));
+    }
+    let started = unix_ms();
+    let (url, a) = ctl
+        .operate_retrying(&ctl.path("/switchover"), Some(&Value::Object(body)))
+        .await?;
+    print_lines(&[answer_message(&a.body)]);
+    let wait = Duration::from_millis(timeout_ms.unwrap_or(SWITCHOVER_DEFAULT_MS) + 5_000);
+    let v = wait_for_op(ctl, &url, wait, started).await?;
+    let leader = leader_id(&v);
+    let epoch = v.get("epoch").and_then(Value::as_u64).unwrap_or(0);
+    let done = leader.is_some()
+        && leader != old_leader
+        && epoch > old_epoch
+        && (to.is_none() || leader == to);
+    let who = leader.unwrap_or_else(|| "no member".into());
+    if done {
+        print_lines(&[format!("switchover done: {who} leads epoch {epoch}")]);
+        return Ok(());
+    }
+    let why = last_journal_message(ctl, &url, started, &["abort", "refusal", "blocked"]).await;
+    Err(format!(
+        "the switchover did not happen: {who} leads epoch {epoch}{}",
+        why.map(|w| format!(" ({w})")).unwrap_or_default()
+    )
+    .into())
+}
+
+pub async fn failover(
+    ctl: &Ctl,
+    to: String,
+    force: bool,
+    allow_data_loss: bool,
+) -> Result<(), Fail> {
+    let body = serde_json::json!({ "to": to, "force": force, "allow_data_loss": allow_data_loss });
+    let started = unix_ms();
+    let (url, a) = ctl
+        .operate_retrying(&ctl.path("/failover"), Some(&body))
+        .await?;
+    print_lines(&[answer_message(&a.body)]);
+    let v = wait_for_op(ctl, &url, FAILOVER_WAIT, started).await?;
+    let leader = leader_id(&v);
+    let epoch = v.get("epoch").and_then(Value::as_u64).unwrap_or(0);
+    if leader.as_deref() == Some(to.as_str()) {
+        print_lines(&[format!("failover done: {to} leads epoch {epoch}")]);
+        return Ok(());
+    }
+    let why = last_journal_message(ctl, &url, started, &["blocked", "refusal", "abort"]).await;
+    Err(format!(
+        "the failover did not happen: {} leads epoch {epoch}{}",
+        leader.unwrap_or_else(|| "no member".into()),
+        why.map(|w| format!(" ({w})")).unwrap_or_default()
+    )
+    .into())
+}
+
+/// Polls the cluster until no operation runs and the phase is steady (or `wait` passes),
+/// printing each new blocking reason the journal gives meanwhile. Returns the last view.
+pub async fn wait_for_op(
+    ctl: &Ctl,
+    url: &str,
+    wait: Duration,
+    since_unix_ms: u64,
+) -> Result<Value, Fail> {
+    let start = Instant::now();
+    let mut said = String::new();
+    let mut asked = Instant::now();
+    loop {
+        let (_, v) = ctl.read(&ctl.path(""), Some(url), whose_view).await?;
+        let steady = v.get("phase").and_then(Value::as_str) == Some("steady");
+        if steady && v.get("op").is_none_or(Value::is_null) {
+            return Ok(v);
+        }
+        if start.elapsed() >= wait {
+            let phase = v.get("phase").and_then(Value::as_str).unwrap_or("unknown");
+            return Err(format!(
+                "still {phase} after {} s; watch `batonctl status` and `batonctl history`",
+                wait.as_secs()
+            )
+            .into());
+        }
+        if asked.elapsed() >= Duration::from_secs(1) {
+            asked = Instant::now();
+            if let Some(m) =
+                last_journal_message(ctl, url, since_unix_ms, &["blocked", "refusal"]).await
+            {
+                if m != said {
+                    print_lines(&[format!("waiting: {m}")]);
+                    said = m;
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The message of the newest journal entry of one of `kinds` seen since `since_unix_ms`.
+pub async fn last_journal_message(
+    ctl: &Ctl,
+    url: &str,
+    since_unix_ms: u64,
+    kinds: &[&str],
+) -> Option<String> {
+    let (_, v) = ctl
+        .read(&ctl.path("/history?limit=20"), Some(url), whose_any)
+        .await
+        .ok()?;
+    let entries = parse_history(v).ok()?;
+    entries
+        .iter()
+        .rev()
+        .find(|e| {
+            kinds.contains(&e.kind.as_str())
+                && e.last_unix_ms.unwrap_or(e.at_unix_ms) + 1_000 >= since_unix_ms
+        })
+        .map(|e| e.message.clone())
+}

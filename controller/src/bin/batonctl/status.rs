@@ -1,0 +1,515 @@
+//! The reads: `status` (a header line and a `patronictl list`-shaped table, etcd alarms after
+//! it), `leader`, `history` (the decision journal), `dry-run` and `rollbacks` (asked of every
+//! member). Each prints the answer as text, or as JSON with `--json`; none changes anything.
+
+use crate::client::Ctl;
+use crate::output::{
+    leader_id, local_time, num_or_dash, print_json, print_lines, s_or, secs, unix_ms,
+};
+use crate::targets::{whose_any, whose_dry_run, whose_leader, whose_view};
+use crate::Fail;
+use baton_controller::journal::Entry;
+use hyper::Method;
+use serde_json::Value;
+
+/// `batonctl status [--json]`.
+pub async fn status(ctl: &Ctl, json: bool) -> Result<(), Fail> {
+    let (url, v) = ctl.read(&ctl.path(""), None, whose_view).await?;
+    if json {
+        print_json(&v);
+    } else {
+        print_lines(&status_lines(&v, &url, unix_ms()));
+    }
+    Ok(())
+}
+
+/// `batonctl leader`.
+pub async fn leader(ctl: &Ctl) -> Result<(), Fail> {
+    let (_, v) = ctl.read(&ctl.path("/leader"), None, whose_leader).await?;
+    print_lines(&[leader_line(&v)]);
+    Ok(())
+}
+
+/// `batonctl rollbacks [--json]`: every member's rollback files.
+pub async fn rollbacks(ctl: &Ctl, json: bool) -> Result<(), Fail> {
+    let (_, view) = ctl.read(&ctl.path(""), None, whose_view).await?;
+    let members = view["members"].as_array().cloned().unwrap_or_default();
+    let mut all = Vec::new();
+    let mut lines = Vec::new();
+    for m in &members {
+        let (Some(id), Some(addr)) = (m["id"].as_str(), m["addr"].as_str()) else {
+            continue;
+        };
+        match ctl
+            .call(
+                &format!("http://{addr}"),
+                Method::GET,
+                "/v1/rollbacks",
+                None,
+            )
+            .await
+        {
+            Ok(a) if a.ok() => {
+                for f in a.body.as_array().into_iter().flatten() {
+                    lines.push(format!(
+                        "{id:<8} epoch {:<4} LSN {}..={}  {} bytes  {}",
+                        f["epoch"],
+                        f["from_lsn"],
+                        f["to_lsn"],
+                        f["bytes"],
+                        f["file"].as_str().unwrap_or("?")
+                    ));
+                }
+                all.push(serde_json::json!({ "member": id, "rollbacks": a.body }));
+            }
+            Ok(a) => lines.push(format!("{id:<8} (answered HTTP {})", a.status)),
+            Err(_) => lines.push(format!("{id:<8} (unreachable at {addr})")),
+        }
+    }
+    if json {
+        print_json(&Value::Array(all));
+    } else {
+        if lines.is_empty() {
+            lines.push("(no member has rollback files)".into());
+        }
+        print_lines(&lines);
+    }
+    Ok(())
+}
+
+/// `batonctl history [--limit N] [--json]`: the newest entries of the journal, oldest first.
+pub async fn history(ctl: &Ctl, limit: usize, json: bool) -> Result<(), Fail> {
+    let (_, v) = ctl
+        .read(
+            &ctl.path(&format!("/history?limit={limit}")),
+            None,
+            whose_any,
+        )
+        .await?;
+    if json {
+        print_json(&v);
+    } else {
+        let entries = parse_history(v)?;
+        if entries.is_empty() {
+            print_lines(&["(the journal is empty)".to_string()]);
+        }
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| history_line(e, &local_time))
+            .collect();
+        print_lines(&lines);
+    }
+    Ok(())
+}
+
+/// `batonctl dry-run [--json]`: what automatic failover would do now.
+pub async fn dry_run(ctl: &Ctl, json: bool) -> Result<(), Fail> {
+    let (_, v) = ctl.read(&ctl.path("/dry-run"), None, whose_dry_run).await?;
+    if json {
+        print_json(&v);
+    } else {
+        print_lines(&dry_run_lines(&v));
+    }
+    Ok(())
+}
+
+/// The `status` text: one header line, then a table with one row per member.
+pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<String> {
+    let cluster = s_or(v, "cluster", "?");
+    let mut head = vec![format!("Cluster: {cluster}")];
+    if v.get("initialized").and_then(Value::as_bool) == Some(false) {
+        head.push("not initialized (run `batonctl init`)".into());
+    } else {
+        head.push(format!("epoch {}", num_or_dash(v, "epoch")));
+        head.push(format!(
+            "leader {}",
+            leader_id(v).unwrap_or_else(|| "none".into())
+        ));
+        head.push(format!("phase {}", s_or(v, "phase", "?")));
+        let control = s_or(v, "control", "?");
+        if control == "manual" {
+            head.push("control manual (PAUSED: failover is manual only)".into());
+        } else {
+            head.push(format!("control {control}"));
+        }
+        head.push(format!("mode {}", s_or(v, "mode", "?")));
+    }
+    let active = v.get("active").and_then(Value::as_bool).unwrap_or(false);
+    let active_addr = v.get("active_controller").and_then(Value::as_str);
+    head.push(match (active, active_addr) {
+        (true, Some(a)) => format!("active controller {a}"),
+        (true, None) => format!("active controller {answered_by}"),
+        (false, Some(a)) => format!("active controller {a} (answered by standby {answered_by})"),
+        (false, None) => format!("active controller unknown (answered by standby {answered_by})"),
+    });
+    if let Some(op) = v.get("op").filter(|o| !o.is_null()) {
+        let deadline = op.get("deadline_ms").and_then(Value::as_u64).unwrap_or(0);
+        let when = if deadline >= now_unix_ms {
+            format!("deadline in {}", secs(deadline - now_unix_ms))
+        } else {
+            format!("deadline passed {} ago", secs(now_unix_ms - deadline))
+        };
+        head.push(format!(
+            "op {} {} ({when})",
+            s_or(op, "id", "?"),
+            s_or(op, "kind", "?")
+        ));
+    }
+    let mut lines = vec![head.join(" | ")];
+
+    let adding = v
+        .get("adding")
+        .and_then(|a| a.get("id"))
+        .and_then(Value::as_str);
+    let empty = Vec::new();
+    let members = v.get("members").and_then(Value::as_array).unwrap_or(&empty);
+    let tags = members.iter().any(|m| {
+        m.get("no_failover").and_then(Value::as_bool) == Some(true)
+            || m.get("priority").and_then(Value::as_i64).unwrap_or(0) != 0
+    });
+    let mut headers = vec![
+        "Member", "Host", "Role", "Health", "Epoch", "LSN", "Lag", "Sync", "Unclean",
+    ];
+    let mut right = vec![false, false, false, false, true, true, true, false, false];
+    if tags {
+        headers.push("Tags");
+        right.push(false);
+    }
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let id = s_or(m, "id", "?");
+            let health = match (
+                s_or(m, "health", "?"),
+                m.get("heard_ms_ago").and_then(Value::as_u64),
+            ) {
+                ("unreachable", Some(ago)) => format!("unreachable {}", secs(ago)),
+                (h, _) => h.to_string(),
+            };
+            let sync = if m.get("sync").and_then(Value::as_bool) == Some(true) {
+                "sync"
+            } else if adding == Some(id) {
+                "adding"
+            } else {
+                ""
+            };
+            let unclean = if m.get("unclean").and_then(Value::as_bool) == Some(true) {
+                "yes"
+            } else {
+                ""
+            };
+            let mut row = vec![
+                id.to_string(),
+                s_or(m, "addr", "?").to_string(),
+                s_or(m, "role", "-").to_string(),
+                health,
+                num_or_dash(m, "epoch"),
+                num_or_dash(m, "log_end_lsn"),
+                num_or_dash(m, "lag_records"),
+                sync.to_string(),
+                unclean.to_string(),
+            ];
+            if tags {
+                let mut t = Vec::new();
+                if let Some(p) = m
+                    .get("priority")
+                    .and_then(Value::as_i64)
+                    .filter(|p| *p != 0)
+                {
+                    t.push(format!("priority={p}"));
+                }
+                if m.get("no_failover").and_then(Value::as_bool) == Some(true) {
+                    t.push("no_failover".into());
+                }
+                row.push(t.join(" "));
+            }
+            row
+        })
+        .collect();
+    lines.extend(table(&headers, &right, &rows));
+    lines.extend(etcd_alarm_lines(v));
+    lines
+}
+
+/// Lines for etcd's raised alarms (none when there are none): under NOSPACE etcd refuses every
+/// write, so no decision, election or new lease happens until it is cleared.
+pub fn etcd_alarm_lines(v: &Value) -> Vec<String> {
+    let alarms = v["etcd"]["alarms"].as_array().cloned().unwrap_or_default();
+    alarms
+        .iter()
+        .map(|a| {
+            let a = a.as_str().unwrap_or("?");
+            if a.starts_with("NOSPACE") {
+                format!(
+                    "etcd ALARM {a}: etcd's space quota is exhausted and it refuses every write (no \
+                     decision, election or new lease); compact and defragment etcd, then \
+                     `etcdctl alarm disarm`"
+                )
+            } else {
+                format!("etcd ALARM {a}: see etcd's log; `etcdctl alarm list`")
+            }
+        })
+        .collect()
+}
+
+/// A bordered ASCII table in `patronictl list`'s shape.
+pub fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> Vec<String> {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let rule = format!(
+        "+{}+",
+        w.iter()
+            .map(|n| "-".repeat(n + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    let line = |cells: Vec<&str>| {
+        let cells: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let n = w.get(i).copied().unwrap_or(0);
+                if right.get(i).copied().unwrap_or(false) {
+                    format!(" {c:>n$} ")
+                } else {
+                    format!(" {c:<n$} ")
+                }
+            })
+            .collect();
+        format!("|{}|", cells.join("|"))
+    };
+    let mut out = vec![rule.clone(), line(headers.to_vec()), rule.clone()];
+    for r in rows {
+        out.push(line(r.iter().map(String::as_str).collect()));
+    }
+    out.push(rule);
+    out
+}
+
+pub fn leader_line(v: &Value) -> String {
+    let epoch = num_or_dash(v, "epoch");
+    let rev = num_or_dash(v, "rev");
+    let standby = if v.get("from_active").and_then(Value::as_bool) == Some(false) {
+        ", from a standby controller"
+    } else {
+        ""
+    };
+    match v.get("id").and_then(Value::as_str) {
+        Some(id) => format!(
+            "{id} {} (epoch {epoch}, rev {rev}{standby})",
+            s_or(v, "addr", "?")
+        ),
+        None => format!("no leader (epoch {epoch}, rev {rev}{standby})"),
+    }
+}
+
+pub fn parse_history(v: Value) -> Result<Vec<Entry>, Fail> {
+    serde_json::from_value::<Vec<Entry>>(v).map_err(|e| {
+        Fail(format!(
+            "the controller's journal is not in the expected shape: {e}"
+        ))
+    })
+}
+
+/// One journal entry: local time, kind, epoch, message, and `×count` when coalesced.
+pub fn history_line(e: &Entry, time: &dyn Fn(u64) -> String) -> String {
+    let mut s = format!(
+        "{}  {:<15} e{:<4} {}",
+        time(e.at_unix_ms),
+        e.kind,
+        e.epoch,
+        e.message
+    );
+    if e.count > 1 {
+        s.push_str(&format!("  ×{}", e.count));
+        if let Some(last) = e.last_unix_ms {
+            s.push_str(&format!(" (last {})", time(last)));
+        }
+    }
+    s
+}
+
+pub fn dry_run_lines(v: &Value) -> Vec<String> {
+    let yes = v.get("would_fail_over").and_then(Value::as_bool) == Some(true);
+    let mut out = vec![
+        format!("leader health:   {}", s_or(v, "leader_health", "?")),
+        format!("would fail over: {}", if yes { "yes" } else { "no" }),
+    ];
+    match v.get("candidate").and_then(Value::as_str) {
+        Some(c) => {
+            let loss = v
+                .get("expected_loss_records")
+                .and_then(Value::as_u64)
+                .map_or_else(|| "unknown".to_string(), |n| format!("{n} records"));
+            out.push(format!("candidate:       {c} (expected loss: {loss})"));
+        }
+        None => out.push("candidate:       none".into()),
+    }
+    let blocking: Vec<&str> = v
+        .get("blocking")
+        .and_then(Value::as_array)
+        .map(|b| b.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if blocking.is_empty() {
+        out.push("blocking:        nothing".into());
+    } else {
+        out.push("blocking:".into());
+        out.extend(blocking.iter().map(|b| format!("  - {b}")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn sample() -> Value {
+        serde_json::json!({
+            "cluster": "main", "initialized": true, "epoch": 4, "rev": 31, "phase": "steady",
+            "leader": {"id": "r3", "data_id": "x", "boot_id": "y"}, "prev_leader": null,
+            "sync_set": [{"id": "r1", "data_id": "a"}], "adding": {"id": "r2", "data_id": "b"},
+            "control": "auto", "mode": "semi-sync", "op": null,
+            "members": [
+                {"id": "r1", "addr": "127.0.0.1:7101", "priority": 0, "no_failover": false,
+                 "role": "follower", "health": "ok", "heard_ms_ago": 40, "unclean": false,
+                 "epoch": 4, "log_end_lsn": 1042, "flushed_lsn": 1042, "applied_lsn": 1042,
+                 "sync": true, "lag_records": 0},
+                {"id": "r2", "addr": "127.0.0.1:7102", "priority": 0, "no_failover": false,
+                 "role": "follower", "health": "unreachable", "heard_ms_ago": 2500,
+                 "unclean": true, "epoch": 3, "log_end_lsn": 980, "flushed_lsn": 980,
+                 "applied_lsn": 975, "sync": false, "lag_records": 62},
+                {"id": "r3", "addr": "127.0.0.1:7103", "priority": 0, "no_failover": false,
+                 "role": "leader", "health": "ok", "heard_ms_ago": 10, "unclean": false,
+                 "epoch": 4, "log_end_lsn": 1042, "flushed_lsn": 1042, "applied_lsn": 1042,
+                 "sync": false, "lag_records": 0},
+                {"id": "r4", "addr": "127.0.0.1:7104", "priority": 0, "no_failover": false,
+                 "role": null, "health": "never heard", "heard_ms_ago": null, "unclean": null,
+                 "epoch": null, "log_end_lsn": null, "flushed_lsn": null, "applied_lsn": null,
+                 "sync": false, "lag_records": null}
+            ],
+            "active": true, "active_controller": "127.0.0.1:7001"
+        })
+    }
+
+    #[test]
+    fn status_renders_a_header_and_one_row_per_member() {
+        let got = status_lines(&sample(), "http://127.0.0.1:7001", 0);
+        let want = [
+            "Cluster: main | epoch 4 | leader r3 | phase steady | control auto | mode semi-sync | active controller 127.0.0.1:7001",
+            "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
+            "| Member | Host           | Role     | Health            | Epoch |  LSN | Lag | Sync   | Unclean |",
+            "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
+            "| r1     | 127.0.0.1:7101 | follower | ok                |     4 | 1042 |   0 | sync   |         |",
+            "| r2     | 127.0.0.1:7102 | follower | unreachable 2.5 s |     3 |  980 |  62 | adding | yes     |",
+            "| r3     | 127.0.0.1:7103 | leader   | ok                |     4 | 1042 |   0 |        |         |",
+            "| r4     | 127.0.0.1:7104 | -        | never heard       |     - |    - |   - |        |         |",
+            "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn status_says_paused_names_the_op_and_a_standby_answer() {
+        let mut v = sample();
+        v["control"] = "manual".into();
+        v["phase"] = "switching".into();
+        v["op"] =
+            serde_json::json!({"id": "op-0000abcd", "kind": "switchover:r1", "deadline_ms": 9_500});
+        v["active"] = false.into();
+        v["members"][3]["no_failover"] = true.into();
+        let got = status_lines(&v, "http://127.0.0.1:7002", 2_000);
+        assert_eq!(
+            got[0],
+            "Cluster: main | epoch 4 | leader r3 | phase switching | control manual (PAUSED: failover is manual only) \
+             | mode semi-sync | active controller 127.0.0.1:7001 (answered by standby http://127.0.0.1:7002) \
+             | op op-0000abcd switchover:r1 (deadline in 7.5 s)"
+        );
+        assert!(got[2].ends_with("| Unclean | Tags        |"), "{}", got[2]);
+        assert!(got[7].ends_with("|         | no_failover |"), "{}", got[7]);
+    }
+
+    #[test]
+    fn status_names_an_etcd_alarm_after_the_table() {
+        let mut v = sample();
+        v["etcd"] = serde_json::json!({"alarms": ["NOSPACE (member 8e9e05c52164694d)"], "db_size": 2147483648u64});
+        let got = status_lines(&v, "http://127.0.0.1:7001", 0);
+        assert_eq!(got.len(), 10);
+        assert!(
+            got[9].starts_with(
+                "etcd ALARM NOSPACE (member 8e9e05c52164694d): etcd's space quota is exhausted"
+            ),
+            "{}",
+            got[9]
+        );
+        v["etcd"]["alarms"] = serde_json::json!([]);
+        assert_eq!(status_lines(&v, "http://127.0.0.1:7001", 0).len(), 9);
+    }
+
+    #[test]
+    fn status_of_an_uninitialized_cluster_says_to_run_init() {
+        let v = serde_json::json!({
+            "cluster": "main", "initialized": false, "epoch": null, "phase": null, "leader": null,
+            "control": null, "mode": null, "op": null, "members": [], "active": true,
+            "active_controller": null
+        });
+        let got = status_lines(&v, "http://127.0.0.1:7001", 0);
+        assert_eq!(
+            got[0],
+            "Cluster: main | not initialized (run `batonctl init`) | active controller http://127.0.0.1:7001"
+        );
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn history_lines_show_time_kind_epoch_message_and_count() {
+        let t = |ms: u64| format!("T{}", ms / 1000);
+        let mut e = Entry {
+            seq: 0,
+            at_unix_ms: 5_000,
+            last_unix_ms: None,
+            kind: "promoted".into(),
+            message: "promoted r2 at epoch 3".into(),
+            epoch: 3,
+            inputs: Value::Null,
+            count: 1,
+        };
+        assert_eq!(
+            history_line(&e, &t),
+            "T5  promoted        e3    promoted r2 at epoch 3"
+        );
+        e.count = 4;
+        e.last_unix_ms = Some(9_000);
+        assert_eq!(
+            history_line(&e, &t),
+            "T5  promoted        e3    promoted r2 at epoch 3  ×4 (last T9)"
+        );
+    }
+
+    #[test]
+    fn dry_run_lists_candidate_and_blocking_reasons() {
+        let v = serde_json::json!({
+            "leader_health": "healthy", "would_fail_over": false, "candidate": "r2",
+            "expected_loss_records": 0, "blocking": ["paused: automatic failover is off"]
+        });
+        assert_eq!(
+            dry_run_lines(&v),
+            s(&[
+                "leader health:   healthy",
+                "would fail over: no",
+                "candidate:       r2 (expected loss: 0 records)",
+                "blocking:",
+                "  - paused: automatic failover is off",
+            ])
+        );
+    }
+}

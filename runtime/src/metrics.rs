@@ -1,0 +1,61 @@
+//! Prometheus plumbing shared by the servers: the text exposition of a registry, the `/metrics`
+//! response around it, and the two connection metrics the accept loop keeps. Which metrics a
+//! server has, and when its gauges are refreshed, stays with the server.
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// The content type of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The text exposition of everything in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::warn!(%e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// A `/metrics` answer: `text` with the Prometheus content type.
+pub fn response(text: String) -> Response {
+    let mut r = text.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    r
+}
+
+/// What the accept loop counts (`server::serve`): open connections, and connections refused
+/// over the cap. Cheap to clone (handles onto the registered metrics).
+#[derive(Clone)]
+pub struct ConnMetrics {
+    /// Connections open right now.
+    pub open: IntGauge,
+    /// Connections answered 503 `overloaded` and closed because `connections_max` were open.
+    pub rejected: IntCounter,
+}
+
+impl ConnMetrics {
+    /// Registers `baton_{component}_connections` and
+    /// `baton_{component}_connections_rejected_total` in `registry`.
+    pub fn register(registry: &Registry, component: &str) -> ConnMetrics {
+        let open = IntGauge::new(
+            format!("baton_{component}_connections"),
+            "Open client connections",
+        )
+        .expect("valid gauge");
+        let rejected = IntCounter::new(
+            format!("baton_{component}_connections_rejected_total"),
+            "Connections refused over limits.connections_max",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(open.clone()))
+            .expect("metric registers once");
+        registry
+            .register(Box::new(rejected.clone()))
+            .expect("metric registers once");
+        ConnMetrics { open, rejected }
+    }
+}

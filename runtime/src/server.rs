@@ -1,0 +1,146 @@
+//! The HTTP/1.1 accept loop every server uses: serves an axum router with hyper (upgrades
+//! allowed, so the replica's replication streams share its port), caps open connections (one
+//! more is answered 503 `overloaded` JSON naming `limits.connections_max`, and closed) and
+//! shuts down gracefully: on cancel it stops accepting, closes idle keep-alive connections and
+//! gives open requests `drain` to finish.
+//!
+//! It owns no routes and no protocol; what a server does on shutdown before or after the drain
+//! (refusing new writes, resigning) stays in that server's `run`.
+
+use crate::metrics::ConnMetrics;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How one server is served.
+#[derive(Clone)]
+pub struct ServeOpts {
+    /// Most connections open at once (`limits.connections_max`, validated positive).
+    pub connections_max: usize,
+    /// After cancel, how long open requests may take to finish before they are dropped.
+    pub drain: Duration,
+    /// Closes a connection whose request head has not fully arrived this long after hyper began
+    /// waiting for it. `None` (every server today) keeps hyper without a timer: note that the
+    /// wait includes an idle keep-alive connection waiting for its next request, so this also
+    /// closes idle connections, which pooled clients must then tolerate.
+    pub header_read_timeout: Option<Duration>,
+    /// Open and refused connections, when the server keeps metrics.
+    pub metrics: Option<ConnMetrics>,
+}
+
+impl ServeOpts {
+    /// A cap and a drain, no header timeout, no metrics.
+    pub fn new(connections_max: usize, drain: Duration) -> ServeOpts {
+        ServeOpts {
+            connections_max,
+            drain,
+            header_read_timeout: None,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, m: ConnMetrics) -> ServeOpts {
+        self.metrics = Some(m);
+        self
+    }
+}
+
+/// Binds a server's `listen` address; the error names the config key.
+pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (listen): {e}"))
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then drains (see the file header).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    opts: ServeOpts,
+    cancel: CancellationToken,
+) {
+    let max = opts.connections_max;
+    let sem = Arc::new(Semaphore::new(max));
+    let tracker = TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true);
+    if let Some(t) = opts.header_read_timeout {
+        builder.timer(TokioTimer::new()).header_read_timeout(t);
+    }
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            if let Some(m) = &opts.metrics {
+                m.rejected.inc();
+            }
+            tokio::spawn(reject(stream, max));
+            continue;
+        };
+        if let Some(m) = &opts.metrics {
+            m.open.inc();
+        }
+        let svc = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        let metrics = opts.metrics.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+            if let Some(m) = &metrics {
+                m.open.dec();
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(opts.drain, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = opts.drain.as_millis() as u64,
+            "some requests were still open at the end of the shutdown drain"
+        );
+    }
+}
+
+/// The answer to one connection over the cap: 503 `overloaded`, then close.
+async fn reject(mut stream: tokio::net::TcpStream, max: usize) {
+    let body = format!(
+        "{{\"error\":\"overloaded\",\"message\":\"too many open connections (limits.connections_max = {max})\"}}"
+    );
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,123 @@
+//! The controller started in-process with `baton_controller::run` against a private etcd (no
+//! controller binary): it wins the election and serves its API, refuses a connection over
+//! `limits.connections_max` with 503 `overloaded`, and when its `shutdown` future completes it
+//! resigns (its election key is deleted) and `run` returns `Ok`.
+
+use baton_controller::config::ControllerConfig;
+use baton_tests::client::Client;
+use baton_tests::cluster::EtcdProc;
+use baton_tests::procs::{free_port, wait_for};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_runs_in_process_caps_connections_and_resigns_on_shutdown() -> anyhow::Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let etcd = EtcdProc::start(&tmp.path().join("etcd")).await?;
+    let port = free_port();
+    let text = format!(
+        "id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[limits]\nconnections_max = 2\n\
+         [[clusters]]\nname = \"main\"\n[[clusters.members]]\nid = \"r1\"\naddr = \"127.0.0.1:{}\"\n",
+        etcd.url,
+        free_port()
+    );
+    let cfg = ControllerConfig::parse(Path::new("controller.toml"), &text)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(baton_controller::run(cfg, async {
+        let _ = stopped.await;
+    }));
+
+    // Active, and serving the cluster view and the metrics.
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::new(Duration::from_secs(2));
+    let view = wait_for(
+        Duration::from_secs(20),
+        "the controller to become active",
+        || async {
+            let r = client
+                .call(
+                    "GET",
+                    &format!("{base}/v1/clusters/main"),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .ok()?;
+            let v = r.json();
+            (r.status == 200 && v["active"] == true).then_some(v)
+        },
+    )
+    .await?;
+    assert_eq!(view["cluster"], "main");
+    assert_eq!(view["initialized"], false);
+    let metrics = client
+        .call("GET", &format!("{base}/metrics"), &[], bytes::Bytes::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("GET /metrics: {e:?}"))?;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("baton_controller_active{cluster=\"main\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    assert!(metrics
+        .text()
+        .contains("baton_controller_connections_rejected_total 0"));
+
+    let mut etcd_client = etcd_client::Client::connect([etcd.url.as_str()], None).await?;
+    let key = "/baton/main/election";
+    let held = etcd_client.get(key, None).await?;
+    assert_eq!(
+        held.kvs().len(),
+        1,
+        "the active controller holds its election key"
+    );
+
+    // The cap: two idle connections open, the third is answered 503 and closed. (The client
+    // above may still hold a pooled connection: drop it first.)
+    drop(client);
+    let a = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let b = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let answer = wait_for(
+        Duration::from_secs(5),
+        "a connection over the cap to be refused",
+        || async {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(2), c.read_to_string(&mut text))
+                .await
+                .ok()?
+                .ok()?;
+            text.starts_with("HTTP/1.1 503").then_some(text)
+        },
+    )
+    .await?;
+    assert!(answer.contains("\"error\":\"overloaded\""), "{answer}");
+    assert!(answer.contains("limits.connections_max = 2"), "{answer}");
+    drop((a, b));
+
+    // Shutdown: `run` returns Ok, and the election key is gone (resigned, not left to expire).
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .map_err(|_| anyhow::anyhow!("run did not return within 10 s of shutdown"))??;
+    result?;
+    let after = etcd_client.get(key, None).await?;
+    assert!(
+        after.kvs().is_empty(),
+        "the election key was deleted on shutdown"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "no longer listening"
+    );
+    Ok(())
+}
