@@ -129,7 +129,9 @@ pub fn assess_leader(
     // (b) at least one eligible candidate reports.
     let eligible: Vec<&NodeId> = reporting
         .iter()
-        .filter(|(id, h)| may_be_candidate(state, id, &h.hb))
+        // The leader judged here is the one a promotion would replace (`promotion.rs` then
+        // records it as `prev_leader`); the leader before it holds nothing this one acknowledged.
+        .filter(|(id, h)| may_be_candidate(state, state.leader.as_ref(), id, &h.hb))
         .map(|(id, _)| *id)
         .collect();
     if eligible.is_empty() {
@@ -147,7 +149,13 @@ pub fn assess_leader(
 }
 
 /// Whether a member could be promoted, judged before fencing (no positions compared yet).
-fn may_be_candidate(state: &ClusterState, id: &NodeId, hb: &Heartbeat) -> bool {
+/// `replaced`: the leader a promotion replaces (it holds what it acknowledged itself).
+fn may_be_candidate(
+    state: &ClusterState,
+    replaced: Option<&LeaderRecord>,
+    id: &NodeId,
+    hb: &Heartbeat,
+) -> bool {
     let Some(m) = state.member(id) else {
         return false;
     };
@@ -155,7 +163,7 @@ fn may_be_candidate(state: &ClusterState, id: &NodeId, hb: &Heartbeat) -> bool {
         return false;
     }
     match state.mode {
-        Mode::SemiSync => holds_acked(state, state.prev_leader.as_ref(), id, Some(hb.data_id)),
+        Mode::SemiSync => holds_acked(state, replaced, id, Some(hb.data_id)),
         Mode::Async => true,
     }
 }
@@ -210,7 +218,8 @@ pub enum Choice {
 pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag: u64) -> Choice {
     let eligible: Vec<&Fenced> = fenced
         .iter()
-        .filter(|f| may_be_candidate(state, &f.id, &f.hb))
+        // During a promotion the replaced leader is recorded as `prev_leader`.
+        .filter(|f| may_be_candidate(state, state.prev_leader.as_ref(), &f.id, &f.hb))
         .collect();
     let best_end = fenced
         .iter()

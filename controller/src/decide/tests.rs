@@ -244,6 +244,48 @@ fn leader_failure_detection_table() {
     }
 }
 
+/// Regression (found while splitting the core): in the steady phase `prev_leader` is the leader
+/// *before* the current one. It lacks what the current leader acknowledged, and the promotion
+/// that detection starts takes the current leader as the replaced one, so it could never pick
+/// `prev_leader`. Detection counted it as an eligible candidate anyway: the failing leader was
+/// fenced by a promotion that then had no candidate.
+#[test]
+fn the_leader_before_the_current_one_is_no_candidate() {
+    let st = state(Mode::SemiSync, &["r3"], Some("r2"));
+    let now = 100_000;
+    let heard: Vec<(NodeId, Option<Heard>)> = vec![
+        (
+            id("r1"),
+            Some(Heard {
+                at_ms: now - 5000,
+                hb: hb("r1", None, (5, 10), false),
+            }),
+        ),
+        (
+            id("r2"),
+            Some(Heard {
+                at_ms: now - 50,
+                hb: hb("r2", Some(5000), (4, 8), false),
+            }),
+        ),
+        (id("r3"), None),
+    ];
+    let got = assess_leader(
+        now,
+        0,
+        &st,
+        &heard,
+        0,
+        Timing {
+            failure_timeout_ms: FT,
+        },
+    );
+    assert!(
+        matches!(&got, LeaderHealth::Unproven(why) if why.contains("no eligible candidate")),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn leader_restart_is_detected_by_boot_or_data_id() {
     let st = state(Mode::SemiSync, &["r2"], None);
