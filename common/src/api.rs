@@ -124,6 +124,7 @@ pub struct FollowerProgress {
     pub records_behind: u64,
     /// Records behind times the average record size of the leader's log.
     pub approx_bytes_behind: u64,
+    /// Milliseconds since its last acknowledgement.
     pub last_ack_ms: u64,
 }
 

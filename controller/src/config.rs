@@ -1,7 +1,7 @@
 //! `baton-controller`'s config: identity, etcd endpoints, timing, and the clusters it manages
 //! with their declared members. Validated once at start; errors name file, key and problem.
 
-use crate::core::ClusterCfg;
+use crate::core::ClusterParams;
 use baton_common::config::{self, ConfigError};
 use baton_common::directive::{Member, Mode};
 use baton_common::NodeId;
@@ -291,8 +291,8 @@ impl ControllerConfig {
     }
 
     /// The core's view of one cluster.
-    pub fn cluster_cfg(&self, c: &ClusterConfig) -> ClusterCfg {
-        ClusterCfg {
+    pub fn cluster_cfg(&self, c: &ClusterConfig) -> ClusterParams {
+        ClusterParams {
             name: c.name.clone(),
             members: c.members.clone(),
             mode: c.mode,

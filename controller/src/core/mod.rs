@@ -35,9 +35,10 @@ use baton_common::{BootId, Epoch, NodeId};
 use directive::Run;
 use std::collections::BTreeMap;
 
-/// Tunables of one cluster (from the controller's config).
+/// What the core decides with for one cluster: its members and tunables, taken from the
+/// config file's `[[clusters]]` table (`config::ClusterConfig`) and the timing section.
 #[derive(Clone, Debug)]
-pub struct ClusterCfg {
+pub struct ClusterParams {
     pub name: String,
     pub members: Vec<Member>,
     pub mode: Mode,
@@ -147,7 +148,7 @@ struct TermState {
 
 /// The per-cluster controller core.
 pub struct ClusterCore {
-    pub cfg: ClusterCfg,
+    pub cfg: ClusterParams,
     /// `Some(term)` while this controller is active (term: its election key's create revision).
     term: Option<u64>,
     /// CLOCK_BOOTTIME ms until which this controller's etcd lease is certainly alive; past it
@@ -190,7 +191,7 @@ pub struct ClusterCore {
 }
 
 impl ClusterCore {
-    pub fn new(cfg: ClusterCfg) -> ClusterCore {
+    pub fn new(cfg: ClusterParams) -> ClusterCore {
         ClusterCore {
             cfg,
             term: None,

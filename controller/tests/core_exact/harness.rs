@@ -7,7 +7,7 @@ pub use baton_common::directive::{
 };
 pub use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 pub use baton_controller::core::{
-    ClusterCfg, ClusterCore, ErrorCode, Now, Observed, OpError, Write, WriteOutcome,
+    ClusterCore, ClusterParams, ErrorCode, Now, Observed, OpError, Write, WriteOutcome,
 };
 pub use baton_controller::journal::{self, Entry, Kind};
 pub use baton_controller::state::{ClusterState, Control, LeaderRecord, Op, OpRecord, Phase};
@@ -89,8 +89,8 @@ pub fn member(s: &str, priority: i32) -> Member {
     }
 }
 
-pub fn cfg() -> ClusterCfg {
-    ClusterCfg {
+pub fn cfg() -> ClusterParams {
+    ClusterParams {
         name: "main".into(),
         members: vec![member("r1", 0), member("r2", 0), member("r3", 0)],
         mode: Mode::SemiSync,
@@ -257,7 +257,7 @@ pub struct Sim {
 impl Sim {
     /// An active controller (since `active_at`) that has read `state` at [`REV0`].
     pub fn active(
-        cfg: ClusterCfg,
+        cfg: ClusterParams,
         state: ClusterState,
         journal: Vec<Entry>,
         active_at: u64,
@@ -278,7 +278,7 @@ impl Sim {
     }
 
     /// An active controller that read no state key (the cluster is not initialized).
-    pub fn absent(cfg: ClusterCfg, active_at: u64) -> Sim {
+    pub fn absent(cfg: ClusterParams, active_at: u64) -> Sim {
         let mut core = ClusterCore::new(cfg);
         core.on_election(at(active_at), Some(TERM), Some(ADDR.into()));
         core.on_observed(at(active_at), Observed::Absent, vec![]);

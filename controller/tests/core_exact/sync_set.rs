@@ -6,7 +6,7 @@ use crate::harness::*;
 
 /// r2 (sync) stops reporting after 10 000; r1 (and r3 when `r3_reports`) go on until 11 000,
 /// when r2 has been silent, and unacknowledged, for a failure timeout.
-fn sync_member_lost(cfg: ClusterCfg, r3_reports: bool) -> Sim {
+fn sync_member_lost(cfg: ClusterParams, r3_reports: bool) -> Sim {
     let mut s = Sim::active(cfg, steady(), vec![], 0);
     s.hb(10_000, follower("r2"));
     for t in [10_000, 10_500, 11_000] {

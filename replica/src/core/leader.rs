@@ -19,8 +19,9 @@ pub(super) struct Peer {
     pub stream: u64,
     /// Flushed LSN acknowledged on this stream, in this leader's epoch.
     pub flushed: Lsn,
-    /// When this stream last acknowledged (an instant on the runtime's clock).
-    pub last_ack_ms: u64,
+    /// When this stream last acknowledged (an instant on the runtime's clock; the reports
+    /// carry ages, named `last_ack_ms`).
+    pub acked_at_ms: u64,
 }
 
 /// Where a follower's stream starts.
@@ -77,7 +78,7 @@ impl Core {
                 data_id,
                 stream,
                 flushed: Lsn(0),
-                last_ack_ms: now,
+                acked_at_ms: now,
             },
         );
         self.next_stream = stream;
@@ -221,7 +222,7 @@ impl Core {
         match self.role.leader_mut().and_then(|l| l.peers.get_mut(id)) {
             Some(p) if p.stream == stream => {
                 p.flushed = p.flushed.max(flushed.min(end));
-                p.last_ack_ms = now;
+                p.acked_at_ms = now;
             }
             _ => return Vec::new(),
         }
@@ -275,7 +276,7 @@ impl Core {
                     since_lsn,
                     flushed_lsn: peer.map_or(Lsn(0), |p| p.flushed),
                     last_ack_ms: now
-                        .saturating_sub(peer.map_or(since_ms, |p| p.last_ack_ms.max(since_ms))),
+                        .saturating_sub(peer.map_or(since_ms, |p| p.acked_at_ms.max(since_ms))),
                 }
             })
             .collect()
@@ -297,7 +298,7 @@ impl Core {
                     flushed_lsn: p.flushed,
                     records_behind: behind,
                     approx_bytes_behind: behind * self.log.avg_record_bytes,
-                    last_ack_ms: now.saturating_sub(p.last_ack_ms),
+                    last_ack_ms: now.saturating_sub(p.acked_at_ms),
                 }
             })
             .collect();

@@ -19,7 +19,7 @@ use crate::history::{self, AckedWrite, Stored};
 use baton_common::directive::{Directive, Heartbeat, Member, Mode, ReportedRole};
 use baton_common::ids::Expect as VExpect;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId, Version};
-use baton_controller::core::{ClusterCfg, ClusterCore, Now, Observed, Write, WriteOutcome};
+use baton_controller::core::{ClusterCore, ClusterParams, Now, Observed, Write, WriteOutcome};
 use baton_controller::journal::Entry;
 use baton_controller::state::ClusterState;
 use baton_replica::core::{
@@ -796,7 +796,7 @@ impl World {
                 max_epoch: Epoch(0),
             })
             .collect();
-        let ccfg = ClusterCfg {
+        let ccfg = ClusterParams {
             name: "main".into(),
             members: members.clone(),
             mode: cfg.mode,
