@@ -702,6 +702,11 @@ struct World {
     /// may lack acknowledged writes): writes acknowledged in lower epochs may be lost by the
     /// operator's choice (accepted loss).
     forced_epoch: u64,
+    /// Every epoch a forced failover promoted to a member that may lack acknowledged writes.
+    forced_epochs: std::collections::BTreeSet<u64>,
+    /// Each epoch's leader-start: when its leader appended it (µs) and what every key held
+    /// in that leader's log just below it (the state a forced promotion resets to).
+    start_states: HashMap<u64, (u64, Vec<Option<String>>)>,
     /// The next snapshot install crashes its replica right after (`crash-after-install`).
     crash_after_install: bool,
     /// Snapshot threshold of this run's replicas (bytes of log; `u64::MAX` without snapshots).
@@ -857,6 +862,8 @@ impl World {
             acked_deletes: HashMap::new(),
             leader_acked: Vec::new(),
             forced_epoch: 0,
+            forced_epochs: Default::default(),
+            start_states: HashMap::new(),
             crash_after_install: false,
             snapshot_bytes,
             idle_etcd_writes: 0,
@@ -1296,6 +1303,9 @@ impl World {
                 Some(_) => {}
                 None => {
                     self.epoch_starts.insert(rec.epoch.0, me);
+                    let values = self.values_below(r, rec.lsn);
+                    self.start_states
+                        .insert(rec.epoch.0, (self.now, values));
                 }
             }
         }
@@ -1325,6 +1335,39 @@ impl World {
             let d = self.rng.random_range(200..3000);
             self.after_us(d, Ev::Flush { r, inc });
         }
+    }
+
+    /// What every key holds in replica `r`'s log just below `lsn`: its applied state and the
+    /// records it holds after it (behind an unfinished install, the queued ones).
+    fn values_below(&self, r: usize, lsn: Lsn) -> Vec<Option<String>> {
+        let rep = &self.replicas[r];
+        let core = rep.core.as_ref().expect("up");
+        let mut v: Vec<Option<String>> = (0..self.cfg.keys)
+            .map(|k| {
+                core.state()
+                    .get(key_of(k).as_bytes())
+                    .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+            })
+            .collect();
+        let tail = if rep.install.is_some() {
+            &rep.queued
+        } else {
+            &rep.log
+        };
+        for rec in tail
+            .iter()
+            .filter(|x| x.lsn > core.applied() && x.lsn < lsn)
+        {
+            let (key, val) = match &rec.op {
+                WOp::Put { key, value } => (key, Some(String::from_utf8_lossy(value).into_owned())),
+                WOp::Delete { key } => (key, None),
+                WOp::LeaderStart { .. } => continue,
+            };
+            if let Some(k) = (0..self.cfg.keys).find(|k| key_of(*k).as_bytes() == &key[..]) {
+                v[k] = val;
+            }
+        }
+        v
     }
 
     fn run_effects(&mut self, r: usize, fx: Vec<Effect>) {
@@ -3191,12 +3234,11 @@ impl World {
                 self.violation(f);
             }
         }
+        history.extend(self.forced_resets());
         match checker::check_history(&history) {
             Ok(()) => {}
             Err(v) if v.is_inconclusive() => {}
             Err(_) if self.cfg.mode == Mode::Async => {}
-            // Writes the operator agreed to lose were seen, then vanished.
-            Err(_) if accepted_loss > 0 => {}
             Err(v) => self.violation(format!("not linearizable: {v}")),
         }
         if self.cfg.idle {
@@ -3227,6 +3269,86 @@ impl World {
 }
 
 impl World {
+    /// A forced promotion (to a member that may lack acknowledged writes) resets every key to
+    /// what the lineage that survives holds below it: the values of the final leader's log
+    /// just below the first leader-start at or above that epoch that it holds (the forced
+    /// epoch's own, unless that one never committed and a later promotion replaced it). The
+    /// reset happens somewhere between the forced leader-start and a lease after that later
+    /// one (the old leader may serve what it had until its lease ends). Without a final
+    /// leader, the forced leader's own log at its leader-start decides.
+    fn forced_resets(&self) -> Vec<HOp> {
+        let final_core = self
+            .leader_replica()
+            .filter(|_| !self.blocked)
+            .and_then(|l| self.replicas[l].core.as_ref());
+        let mut out = Vec::new();
+        for &e in &self.forced_epochs {
+            let Some((at, own)) = self.start_states.get(&e) else {
+                continue;
+            };
+            if *at < self.history_from {
+                continue;
+            }
+            let held = final_core.and_then(|core| {
+                let mut starts: Vec<(&u64, &(String, u64))> =
+                    self.epoch_starts.iter().filter(|(g, _)| **g >= e).collect();
+                starts.sort();
+                starts
+                    .into_iter()
+                    .find(|(g, (_, lsn))| core.epoch_of(Lsn(*lsn)) == Some(Epoch(**g)))
+                    .map(|(g, (_, lsn))| (core, *g, *lsn))
+            });
+            let (values, until) = match held {
+                Some((core, g, lsn)) => {
+                    let until = self.start_states.get(&g).map_or(*at, |s| s.0);
+                    (self.lineage_values(core, Lsn(lsn)), until)
+                }
+                None => (own.clone(), *at),
+            };
+            for (k, v) in values.into_iter().enumerate() {
+                out.push(HOp {
+                    id: 2_000_000 + e * 100 + k as u64,
+                    key: key_of(k),
+                    invoke: *at,
+                    complete: Some(until + 2 * LEASE_MS * 1000),
+                    kind: OpKind::Reset { value: v },
+                    outcome: Outcome::Ok(OpResult::Applied(true)),
+                });
+            }
+        }
+        out
+    }
+
+    /// What every key holds in `core`'s lineage just below `lsn` (by its epoch history and
+    /// the records written anywhere).
+    fn lineage_values(&self, core: &Core, lsn: Lsn) -> Vec<Option<String>> {
+        let mut v: Vec<Option<Option<String>>> = vec![None; self.cfg.keys];
+        let mut at = lsn.0;
+        while at > 1 && v.iter().any(Option::is_none) {
+            at -= 1;
+            let Some(e) = core.epoch_of(Lsn(at)) else {
+                break;
+            };
+            let Some(content) = self.written.get(&(e.0, at)) else {
+                continue;
+            };
+            let (key, val) = if let Some(kv) = content.strip_prefix("put ") {
+                let Some((k, val)) = kv.split_once('=') else {
+                    continue;
+                };
+                (k, Some(val.to_string()))
+            } else if let Some(k) = content.strip_prefix("del ") {
+                (k, None)
+            } else {
+                continue;
+            };
+            if let Some(k) = (0..self.cfg.keys).find(|k| key_of(*k) == key) {
+                v[k].get_or_insert(val);
+            }
+        }
+        v.into_iter().map(Option::flatten).collect()
+    }
+
     /// A long quiet run: nothing wedges (every operation after the start-up succeeds), the
     /// controllers leave etcd alone, and compaction keeps the logs bounded.
     fn check_idle(&mut self) {

@@ -124,6 +124,9 @@ impl World {
                 .prev_leader
                 .as_ref()
                 .is_some_and(|p| p.id == l.id && p.data_id == l.data_id);
+        if !holder {
+            self.forced_epochs.insert(new.epoch.0);
+        }
         if !holder && new.epoch.0 > self.forced_epoch {
             self.note(format!(
                 "forced promotion of {} at epoch {}: earlier acknowledged writes may be lost (accepted)",
@@ -154,6 +157,8 @@ impl World {
         self.acked_deletes.clear();
         self.leader_acked.clear();
         self.forced_epoch = 0;
+        self.forced_epochs.clear();
+        self.start_states.clear();
         self.history_from = self.now;
         for c in &mut self.clients {
             c.last_read.clear();
