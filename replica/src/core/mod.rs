@@ -966,7 +966,11 @@ impl Core {
                 self.applied, self.commit, self.flushed, self.log_end.1
             ));
         }
-        if self.commit > self.flushed && self.role == ReportedRole::Leader {
+        // A leader acknowledges nothing above its own flush. A commit LSN inherited from a
+        // snapshot installed before it was made leader (committed by the leader that sent it)
+        // may stand above its flush until the install is durable: nothing of its own epoch
+        // commits meanwhile, its leader-start waiting behind the install.
+        if self.commit > self.flushed.max(self.snapshot_lsn) && self.role == ReportedRole::Leader {
             return Err(format!(
                 "leader commit {} above its own flush {}",
                 self.commit, self.flushed
