@@ -10,6 +10,7 @@
 //! convergence and checks the history (linearizability, lost writes, one writer per epoch).
 //! The same seed always replays the same run.
 
+mod impostor;
 mod net;
 mod ops;
 mod snap;
@@ -45,29 +46,32 @@ const TICK_MS: u64 = 20;
 const STREAM_SILENCE_MS: u64 = 1000;
 const BATCH: u64 = 64;
 
-/// The fault kinds of issue 10 whose known product bugs are not fixed yet. Each one is off in
-/// `all` (so that `main` stays green) until its flag here is flipped to `true`, by the engineer
-/// who merges the fix; `--faults all,forced,snapshot,restore-ops` turns them on meanwhile.
-/// - `forced`: `failover --to M --force` in semi-sync mode writes a leader-start that is not
-///   marked lossy, so the returning holders of the cut records refuse to truncate for ever and
-///   the run never converges (issue 10 item 2).
+/// The fault kinds of issue 10, each on in `all` once its known product bugs were fixed (a
+/// kind whose bug is open again is turned off here, with the bug named, so that `main` stays
+/// green; `--faults all,KIND` turns it on meanwhile). All of them are on today:
+/// - `forced`: `failover --to M --force`; the forced leader-start is marked lossy in the
+///   cluster state (issue 10 item 2), and the checks reset every key to what the surviving
+///   lineage holds at a forced promotion (`World::forced_resets`).
 /// - `snapshot`: replicas snapshot and compact, leaders send snapshots, followers install
-///   them. The follower acknowledges a snapshot's LSN before the snapshot is durable (issue 10
-///   item 5); see [`ACK_SNAPSHOT_BEFORE_DURABLE`].
-/// - `restore_ops`: etcd restores followed by operator actions (pause, resume, switchover,
-///   `failover --to` without force); after a same-epoch restore a pause/resume lifts the
-///   "etcd state behind replicas" refusal and the stale sync set is used (issue 10 item 3).
+///   them and acknowledge the snapshot's LSN only once the install is durable (item 5; see
+///   [`ACK_SNAPSHOT_BEFORE_DURABLE`]).
+/// - `restore_ops`: etcd restores followed by operator actions (item 3).
+/// - `foreign`: a member restarts on another deployment's data directory, or on its own
+///   restored from an older copy (items 1 and 7).
+/// - `dup_id`: a second process claims a member's id for a while (item 9).
 pub const NEW_KINDS_ENABLED: NewKinds = NewKinds {
-    forced: false,
-    snapshot: false,
+    forced: true,
+    snapshot: true,
     restore_ops: true,
+    foreign: true,
+    dup_id: true,
 };
 
 /// The simulated follower acknowledges an installed snapshot's LSN as soon as the core installed
-/// it, before the log thread renamed the file into place (what `repl/follower.rs` and
-/// `Node::send_install` do today: the flushed watch is published in the same critical section
-/// that queues the install). Set to `false` when the runtime acknowledges only after the
-/// install is durable, so that the simulation keeps modelling the real order.
+/// it, before the log thread renamed the file into place, when `true` (the runtime before issue
+/// 10 item 5). `false` models the runtime today: the log thread reports the install durable
+/// like a flush (`logthread.rs` calls `Node::on_flushed` with the snapshot's LSN after the
+/// rename), and only then does the acker send it.
 pub const ACK_SNAPSHOT_BEFORE_DURABLE: bool = false;
 
 /// See [`NEW_KINDS_ENABLED`].
@@ -76,6 +80,8 @@ pub struct NewKinds {
     pub forced: bool,
     pub snapshot: bool,
     pub restore_ops: bool,
+    pub foreign: bool,
+    pub dup_id: bool,
 }
 
 /// Which faults the nemesis may inject.
@@ -102,6 +108,13 @@ pub struct Faults {
     /// Every etcd restore is followed by operator actions (pause, resume, switchover,
     /// `failover --to` without force). Implies `restore`.
     pub restore_ops: bool,
+    /// A member restarts on another deployment's data directory (another cluster id, maybe a
+    /// higher epoch and a longer log), or on its own restored from an older copy; its own
+    /// comes back later. Refused, journaled, and nothing else changes.
+    pub foreign: bool,
+    /// A second process claims a member's id (another boot and data directory) for a while.
+    /// Refused, journaled; no endless "restart" promotions.
+    pub dup_id: bool,
 }
 
 const BASE_KINDS: [&str; 8] = [
@@ -114,7 +127,14 @@ const BASE_KINDS: [&str; 8] = [
     "wipe",
     "operator",
 ];
-const EXTRA_KINDS: [&str; 4] = ["restore", "forced", "snapshot", "restore-ops"];
+const EXTRA_KINDS: [&str; 6] = [
+    "restore",
+    "forced",
+    "snapshot",
+    "restore-ops",
+    "foreign",
+    "dup-id",
+];
 
 impl Faults {
     /// Every fault kind whose known bugs are fixed (see [`NEW_KINDS_ENABLED`]).
@@ -133,6 +153,8 @@ impl Faults {
             forced: n.forced,
             snapshot: n.snapshot,
             restore_ops: n.restore_ops,
+            foreign: n.foreign,
+            dup_id: n.dup_id,
         }
     }
     /// Every fault kind, the gated ones included.
@@ -157,6 +179,8 @@ impl Faults {
             forced: false,
             snapshot: false,
             restore_ops: false,
+            foreign: false,
+            dup_id: false,
         }
     }
     fn flag(&mut self, name: &str) -> Option<&mut bool> {
@@ -173,6 +197,8 @@ impl Faults {
             "forced" => &mut self.forced,
             "snapshot" => &mut self.snapshot,
             "restore-ops" => &mut self.restore_ops,
+            "foreign" => &mut self.foreign,
+            "dup-id" => &mut self.dup_id,
             _ => return None,
         })
     }
@@ -309,6 +335,8 @@ impl SimConfig {
         c.faults.snapshot = false;
         c.faults.restore_ops = false;
         c.faults.restore = false;
+        c.faults.foreign = false;
+        c.faults.dup_id = false;
         c
     }
     /// A long idle run of `duration_ms` (see [`SimConfig::idle`]); snapshots on when
@@ -479,6 +507,10 @@ enum Heal {
     EtcdTimeouts,
     Restart(Proc),
     Resume(Proc),
+    /// A member running on another directory gets its own back (`foreign`).
+    OwnDisk(usize),
+    /// The second process claiming a member's id stops (`dup-id`).
+    StopDup(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -543,6 +575,10 @@ enum Ev {
         r: usize,
         inc: u64,
     },
+    /// The heartbeat timer of the second process claiming a member's id (`dup-id`).
+    DupTimer {
+        inc: u64,
+    },
     Heal(Heal),
     EndFaults,
     Probe,
@@ -577,6 +613,9 @@ struct Replica {
     paused_until: u64,
     // The disk.
     data_id: DataId,
+    /// The deployment the directory belongs to (0: adopted from the first directive, as a
+    /// fresh or this cluster's own directory does here).
+    meta_cluster_id: u64,
     meta_epoch: Epoch,
     meta_rev: u64,
     meta_unclean: bool,
@@ -593,6 +632,9 @@ struct Replica {
     /// A snapshot install queued to the log thread and not done yet: records appended after
     /// it (and an `unclean` change) wait behind it, as in the log thread's channel.
     install: Option<Box<Snapshot>>,
+    /// The core's log generation right after that install (`Node::on_flushed` reports the
+    /// install durable only if it did not change since).
+    install_log_gen: u64,
     queued: Vec<Record>,
     queued_unclean: Option<bool>,
     /// The disk stalls (every fsync, rename and install waits) until then (µs).
@@ -702,13 +744,18 @@ struct World {
     /// may lack acknowledged writes): writes acknowledged in lower epochs may be lost by the
     /// operator's choice (accepted loss).
     forced_epoch: u64,
-    /// Every epoch a forced failover promoted to a member that may lack acknowledged writes.
-    forced_epochs: std::collections::BTreeSet<u64>,
+    /// Every epoch a forced failover promoted to a member that may lack acknowledged writes,
+    /// and when its promotion was recorded (µs).
+    forced_epochs: BTreeMap<u64, u64>,
+    /// Epochs whose leader-start their leader saw committed (it served them).
+    committed_starts: std::collections::HashSet<u64>,
     /// Each epoch's leader-start: when its leader appended it (µs) and what every key held
     /// in that leader's log just below it (the state a forced promotion resets to).
     start_states: HashMap<u64, (u64, Vec<Option<String>>)>,
     /// The next snapshot install crashes its replica right after (`crash-after-install`).
     crash_after_install: bool,
+    /// Foreign directories, older copies and second processes (`impostor.rs`).
+    imp: impostor::Impostors,
     /// Snapshot threshold of this run's replicas (bytes of log; `u64::MAX` without snapshots).
     snapshot_bytes: u64,
     /// Idle runs: etcd state writes since the run settled.
@@ -776,6 +823,7 @@ impl World {
                 inc: 0,
                 paused_until: 0,
                 data_id: DataId(rng.random()),
+                meta_cluster_id: 0,
                 meta_epoch: Epoch(0),
                 meta_rev: 0,
                 meta_unclean: true,
@@ -786,6 +834,7 @@ impl World {
                 rollbacks: Vec::new(),
                 disk_gen: 0,
                 install: None,
+                install_log_gen: 0,
                 queued: Vec::new(),
                 queued_unclean: None,
                 stall_until: 0,
@@ -864,7 +913,9 @@ impl World {
             forced_epoch: 0,
             forced_epochs: Default::default(),
             start_states: HashMap::new(),
+            committed_starts: Default::default(),
             crash_after_install: false,
+            imp: Default::default(),
             snapshot_bytes,
             idle_etcd_writes: 0,
             initialized: false,
@@ -1095,6 +1146,7 @@ impl World {
                     };
                     self.etcd_backups.push(b);
                 }
+                self.maybe_copy_disk();
                 if self.faults_on {
                     if !self.cfg.idle {
                         self.nemesis();
@@ -1104,6 +1156,7 @@ impl World {
                 }
             }
             Ev::Heal(h) => self.heal(h),
+            Ev::DupTimer { inc } => self.dup_timer(inc),
             Ev::ManualFailover => self.manual_failover(),
             Ev::Operator(a) => self.operator(a),
             Ev::SnapWritten { r, inc, snap, gen } => {
@@ -1184,7 +1237,7 @@ impl World {
         };
         let skip = (snap_lsn + 1 - rep.log_start) as usize;
         let rec = Recovered {
-            cluster_id: 0,
+            cluster_id: rep.meta_cluster_id,
             epoch: rep.meta_epoch,
             applied_rev: rep.meta_rev,
             unclean: rep.meta_unclean,
@@ -1252,6 +1305,7 @@ impl World {
         let id = DataId(self.rng.random());
         let rep = &mut self.replicas[r];
         rep.data_id = id;
+        rep.meta_cluster_id = 0;
         rep.meta_epoch = Epoch(0);
         rep.meta_rev = 0;
         rep.meta_unclean = true;
@@ -1407,6 +1461,16 @@ impl World {
             self.core(r).commit()
         };
         let ack = self.core(r).may_acknowledge(now);
+        if self.core(r).role() == ReportedRole::Leader {
+            let e = self.core(r).epoch().0;
+            if self
+                .epoch_starts
+                .get(&e)
+                .is_some_and(|(_, lsn)| commit.0 >= *lsn)
+            {
+                self.committed_starts.insert(e);
+            }
+        }
         loop {
             let rep = &mut self.replicas[r];
             let Some(entry) = rep.waiters.first_entry() else {
@@ -1961,20 +2025,27 @@ impl World {
                 if !self.ctls[c].up {
                     return;
                 }
-                if let (Msg::Heartbeat(hb, inc), Proc::Replica(r)) = (msg, from) {
-                    let n = self.cnow(c);
-                    let d = self.ctls[c].core.on_heartbeat(n, *hb);
-                    self.send(
-                        Proc::Controller(c),
-                        Proc::Replica(r),
-                        Some(inc),
-                        Msg::Directive(Box::new(d)),
-                    );
+                if let Msg::Heartbeat(hb, inc) = msg {
+                    if matches!(from, Proc::Replica(_) | Proc::Dup) {
+                        let n = self.cnow(c);
+                        let d = self.ctls[c].core.on_heartbeat(n, *hb);
+                        self.send(
+                            Proc::Controller(c),
+                            from,
+                            Some(inc),
+                            Msg::Directive(Box::new(d)),
+                        );
+                    }
                 }
             }
             Proc::Client(_) => {
                 if let Msg::Reply { op, res } = msg {
                     self.on_reply(op, res);
+                }
+            }
+            Proc::Dup => {
+                if let Msg::Directive(d) = msg {
+                    self.dup_directive(to_inc, *d);
                 }
             }
             Proc::Etcd => {}
@@ -2426,6 +2497,7 @@ impl World {
                     if let Some(s) = &w.state {
                         let prior = self.etcd.state.as_ref().map(|(p, _)| p.clone());
                         self.note_promotion(prior.as_ref(), s);
+                        self.check_impostors(prior.as_ref(), s, &w.journal);
                         if prior.is_none() {
                             self.note_init();
                         }
@@ -2589,6 +2661,12 @@ impl World {
         }
         if f.snapshot {
             kinds.extend(["crash-after-install", "disk-stall", "lag"]);
+        }
+        if f.foreign {
+            kinds.push("foreign");
+        }
+        if f.dup_id {
+            kinds.push("dup-id");
         }
         if kinds.is_empty() {
             return;
@@ -2915,11 +2993,14 @@ impl World {
             Heal::Resume(Proc::Replica(r)) if self.replicas[r].paused_until <= self.now => {
                 self.note(format!("r{} resumes", r + 1))
             }
+            Heal::OwnDisk(r) => self.restore_own_disk(r),
+            Heal::StopDup(inc) => self.stop_dup_inc(inc),
             _ => {}
         }
     }
 
     fn heal_all(&mut self) {
+        self.restore_all_disks();
         self.net.heal();
         self.etcd.up = true;
         self.etcd.timeout_p = 0.0;
@@ -3235,6 +3316,13 @@ impl World {
             }
         }
         history.extend(self.forced_resets());
+        if let Ok(k) = std::env::var("SIMDUMP") {
+            let mut h: Vec<&HOp> = history.iter().filter(|o| o.key == k).collect();
+            h.sort_by_key(|o| o.invoke);
+            for o in h {
+                eprintln!("{} [{} {:?}] {:?} {:?}", o.id, o.invoke / 1000, o.complete.map(|c| c / 1000), o.kind, o.outcome);
+            }
+        }
         match checker::check_history(&history) {
             Ok(()) => {}
             Err(v) if v.is_inconclusive() => {}
@@ -3244,6 +3332,7 @@ impl World {
         if self.cfg.idle {
             self.check_idle();
         }
+        self.check_impostor_journal();
         for o in &self.ops {
             self.report.ops += 1;
             match o.h.outcome {
@@ -3270,26 +3359,29 @@ impl World {
 
 impl World {
     /// A forced promotion (to a member that may lack acknowledged writes) resets every key to
-    /// what the lineage that survives holds below it: the values of the final leader's log
-    /// just below the first leader-start at or above that epoch that it holds (the forced
-    /// epoch's own, unless that one never committed and a later promotion replaced it). The
-    /// reset happens somewhere between the forced leader-start and a lease after that later
-    /// one (the old leader may serve what it had until its lease ends). Without a final
-    /// leader, the forced leader's own log at its leader-start decides.
+    /// what its new leader's log holds below its leader-start, within a lease of it (the old
+    /// leader may serve what it had until its lease ends). A forced epoch whose leader-start
+    /// never committed served nothing; what it made others cut shows in the lineage that
+    /// survives: the values of the final leader's log just below the first leader-start at or
+    /// above that epoch that it holds, reset to somewhere up to a lease after that one.
     fn forced_resets(&self) -> Vec<HOp> {
         let final_core = self
             .leader_replica()
             .filter(|_| !self.blocked)
             .and_then(|l| self.replicas[l].core.as_ref());
         let mut out = Vec::new();
-        for &e in &self.forced_epochs {
-            let Some((at, own)) = self.start_states.get(&e) else {
+        for (&e, &recorded) in &self.forced_epochs {
+            let Some((started, own)) = self.start_states.get(&e) else {
                 continue;
             };
+            // Its leader may append its leader-start late (it waits out the old lease, or it
+            // was paused): the reset may come as soon as the promotion is recorded.
+            let at = &recorded.min(*started);
             if *at < self.history_from {
                 continue;
             }
-            let held = final_core.and_then(|core| {
+            // Served: its own log decides (a later forced promotion may undo it in turn).
+            let held = final_core.filter(|_| !self.committed_starts.contains(&e)).and_then(|core| {
                 let mut starts: Vec<(&u64, &(String, u64))> =
                     self.epoch_starts.iter().filter(|(g, _)| **g >= e).collect();
                 starts.sort();
@@ -3300,17 +3392,17 @@ impl World {
             });
             let (values, until) = match held {
                 Some((core, g, lsn)) => {
-                    let until = self.start_states.get(&g).map_or(*at, |s| s.0);
+                    let until = self.start_states.get(&g).map_or(*started, |s| s.0);
                     (self.lineage_values(core, Lsn(lsn)), until)
                 }
-                None => (own.clone(), *at),
+                None => (own.clone(), *started),
             };
             for (k, v) in values.into_iter().enumerate() {
                 out.push(HOp {
                     id: 2_000_000 + e * 100 + k as u64,
                     key: key_of(k),
                     invoke: *at,
-                    complete: Some(until + 2 * LEASE_MS * 1000),
+                    complete: Some(until.max(*at) + 2 * LEASE_MS * 1000),
                     kind: OpKind::Reset { value: v },
                     outcome: Outcome::Ok(OpResult::Applied(true)),
                 });
