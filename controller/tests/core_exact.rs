@@ -3045,6 +3045,57 @@ fn two_processes_claiming_the_leaders_id_do_not_move_the_epoch() {
     );
 }
 
+/// Item 9, found by the simulation (`baton-sim --seed 54`, `dup-id`): a twin of the leader was
+/// refused as a second process, then the leader went quiet for a moment (a partition shorter
+/// than the failure timeout) and the twin was taken for a restart of r1: a "restart" promotion
+/// moved the epoch, and a later `failover --to r1` promoted the twin's empty directory. A run
+/// refused as a second claimant stays refused while the run it was refused against is
+/// remembered (a real restart comes with a new boot).
+#[test]
+fn a_twin_refused_once_is_not_taken_for_a_restart_when_the_leader_goes_quiet() {
+    let mut s = steady_sim();
+    let twin = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        addr: "10.0.0.9:7000".into(),
+        ..follower("r1")
+    };
+    let mut journaled = Vec::new();
+    // Both alive: the twin is refused and journaled.
+    for t in (10_050..=10_600).step_by(50) {
+        if t % 100 == 0 {
+            s.hb(t, leader_hb());
+        } else {
+            s.hb(t, twin.clone());
+        }
+        s.hb(t, follower("r2"));
+        s.hb(t, follower("r3"));
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "no state change: {}", w.why);
+            journaled.push(last(&w).1.to_string());
+            s.commit(t, &w);
+        }
+    }
+    assert_eq!(journaled.len(), 1, "{journaled:?}");
+    // The leader is cut from the controller for less than the failure timeout: only the twin
+    // speaks for r1. It still gets nothing, and the epoch does not move.
+    for t in (10_650..10_600 + FT - 100).step_by(50) {
+        let d = s.hb(t, twin.clone());
+        assert!(!d.active && d.role.is_none(), "the twin gets nothing ({t})");
+        s.hb(t, follower("r2"));
+        s.hb(t, follower("r3"));
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "no state change at {t}: {}", w.why);
+            s.commit(t, &w);
+        }
+    }
+    // The leader is back and keeps leading at its epoch.
+    let t = 10_600 + FT - 50;
+    let d = s.hb(t, leader_hb());
+    assert_eq!(d.role, Some(Role::Leader));
+    assert_eq!(d.epoch, s.state().epoch);
+}
+
 /// Item 3: while the state is behind, every operation is refused (a pause or resume used to move
 /// the state's revision past what the replicas applied and lift the refusal for good, and
 /// `failover --to` without force was accepted against the stale sync set); `recover` writes a
