@@ -3006,6 +3006,68 @@ fn foreign_data_directory_is_refused_journaled_once_and_changes_nothing() {
     );
 }
 
+/// Items 1 and 7, found by the simulation (`baton-sim --seed 372`, `foreign`): a controller that
+/// became active while etcd was down heard a member on another deployment's directory before
+/// it knew the state's cluster id; once the state was read, that member's epoch made the state
+/// "behind" (remembered for its rev) and the cluster never decided again. What was heard from
+/// another deployment before the state was known is forgotten when the state is read.
+#[test]
+fn foreign_directory_heard_before_the_state_is_read_is_forgotten_when_it_is() {
+    let st = ClusterState {
+        cluster_id: 7,
+        strict: Some(false),
+        ..steady()
+    };
+    let mut core = ClusterCore::new(cfg());
+    core.on_election(at(0), Some(TERM), Some(ADDR.into()));
+    let mut s = Sim::wrap(core);
+    let foreign = Heartbeat {
+        cluster_id: 9,
+        epoch: Epoch(50),
+        log_end_epoch: Epoch(50),
+        data_id: DataId(4242),
+        ..follower("r3")
+    };
+    let d = s.hb(5_000, foreign.clone());
+    assert!(d.role.is_none(), "nothing known yet: {d:?}");
+    s.core.on_observed(
+        at(9_000),
+        Observed::Present {
+            state: st,
+            rev: REV0,
+        },
+        vec![],
+    );
+    for t in [10_000, 10_100, 10_200] {
+        let d = s.hb(
+            t,
+            Heartbeat {
+                cluster_id: 7,
+                ..leader_hb()
+            },
+        );
+        assert_eq!(
+            (d.role, d.lease_ms),
+            (Some(Role::Leader), LEASE),
+            "the leader keeps its lease ({t})"
+        );
+        s.hb(
+            t,
+            Heartbeat {
+                cluster_id: 7,
+                ..follower("r2")
+            },
+        );
+        let d = s.hb(t, foreign.clone());
+        assert!(!d.active && d.role.is_none(), "the stranger gets nothing");
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "{}", w.why);
+            assert!(!last(&w).1.contains("behind"), "{}", last(&w).1);
+            s.commit(t, &w);
+        }
+    }
+}
+
 /// Item 9: two processes claiming one member id (here the leader's) — the second is refused and
 /// journaled; no "restart" promotion, no write gap.
 #[test]
