@@ -44,6 +44,12 @@ pub(super) struct Disk {
 pub(super) struct Dup {
     member: usize,
     core: Core,
+    boot: BootId,
+    data: DataId,
+    /// A controller journaled it as a second claimant (it saw both alive): from then on it
+    /// must never be heard as the member. Before that, the real one may have been quiet when
+    /// it started, and a restart is all a controller can take it for.
+    known: bool,
     inc: u64,
     hb_seq: u64,
     hb_sent_at: u64,
@@ -66,7 +72,10 @@ pub(super) struct Impostors {
     bad_boots: HashSet<BootId>,
     pub(super) dup: Option<Dup>,
     next_dup_inc: u64,
-    /// Foreign directories and dup boots that ran (episodes), for the journal check.
+    /// How often a controller became active (each run of one journals a refusal once).
+    pub(super) activations: u64,
+    /// Foreign directories and second processes that ran (the member, and what names the
+    /// impostor as the refused one in a journal entry), for the journal check.
     episodes: Vec<(NodeId, String)>,
 }
 
@@ -162,7 +171,7 @@ impl World {
         self.imp.bad_data.insert(foreign.data_id);
         self.imp
             .episodes
-            .push((self.replicas[r].id.clone(), foreign.data_id.to_string()));
+            .push((self.replicas[r].id.clone(), format!("(data {}, at", foreign.data_id)));
         self.imp.own.insert(r, own);
         self.put_disk(r, foreign);
         self.start_replica(r);
@@ -275,6 +284,11 @@ impl World {
             Some(l) if self.rng.random_bool(0.7) => l,
             _ => self.rng.random_range(0..self.replicas.len()),
         };
+        // The member is alive and heard: a controller can tell the two apart.
+        let heard = (0..self.ctls.len()).all(|c| !self.net.is_cut(Proc::Replica(m), Proc::Controller(c)));
+        if !self.replicas[m].up || self.replicas[m].paused_until > self.now || !heard {
+            return;
+        }
         let id = self.replicas[m].id.clone();
         let boot = BootId(self.rng.random());
         let data_id = DataId(self.rng.random());
@@ -302,9 +316,9 @@ impl World {
         };
         self.imp.next_dup_inc += 1;
         let inc = self.imp.next_dup_inc;
-        self.imp.bad_boots.insert(boot);
-        self.imp.bad_data.insert(data_id);
-        self.imp.episodes.push((id.clone(), boot.to_string()));
+        self.imp
+            .episodes
+            .push((id.clone(), format!("and boot {boot} at {id}-dup")));
         self.note(format!(
             "a second process claims {id} (boot {boot}) for {} ms",
             hold / 1000
@@ -312,6 +326,9 @@ impl World {
         self.imp.dup = Some(Dup {
             member: m,
             core: Core::new(cfg, rec),
+            boot,
+            data: data_id,
+            known: false,
             inc,
             hb_seq: 0,
             hb_sent_at: 0,
@@ -423,8 +440,22 @@ impl World {
         }
     }
 
+    /// Every journal write: a second process journaled as refused is known to the controller
+    /// as one from then on.
+    pub(super) fn note_impostor_journal(&mut self, journal: &[Entry]) {
+        if let Some(d) = self.imp.dup.as_mut() {
+            let id = &self.replicas[d.member].id;
+            let refused = format!("and boot {} at {id}-dup", d.boot);
+            if !d.known && journal.iter().any(|e| e.message.contains(&refused)) {
+                d.known = true;
+                self.imp.bad_boots.insert(d.boot);
+                self.imp.bad_data.insert(d.data);
+            }
+        }
+    }
+
     /// At the end: each foreign directory or second process was journaled at most once per
-    /// controller (the refusal is journaled once per episode).
+    /// controller activation (a controller journals a refusal once per episode).
     pub(super) fn check_impostor_journal(&mut self) {
         let mut errs = Vec::new();
         for (id, what) in &self.imp.episodes {
@@ -440,9 +471,10 @@ impl World {
                 .fault_kinds
                 .entry("impostor-refusals-journaled".into())
                 .or_insert(0) += n.min(1);
-            if n > self.ctls.len() as u64 {
+            if n > self.imp.activations {
                 errs.push(format!(
-                    "the refusal of {id} ({what}) was journaled {n} times (once per episode and controller expected)"
+                    "the refusal of {id} ({what}) was journaled {n} times in {} controller activations (once per episode and activation expected)",
+                    self.imp.activations
                 ));
             }
         }

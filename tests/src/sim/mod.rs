@@ -2419,6 +2419,7 @@ impl World {
             let term = (owner == c && olease == lease).then_some(cr);
             if term.is_some() && !self.ctls[c].core.is_active() {
                 self.note(format!("c{} active, term {cr}", c + 1));
+                self.imp.activations += 1;
             }
             let active = format!("c{}:8000", owner + 1);
             self.ctls[c].core.on_election(
@@ -2513,6 +2514,7 @@ impl World {
                         w.expect_rev
                     };
                     baton_controller::journal::apply(&mut self.etcd.journal, &w.journal);
+                    self.note_impostor_journal(&w.journal);
                     if let Some(s) = &w.state {
                         self.note(format!(
                         "c{} wrote state rev {rev}: epoch {} leader {:?} phase {:?} sync {:?} ({})",
