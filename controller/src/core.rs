@@ -315,9 +315,8 @@ impl ClusterCore {
             // cluster id) was known is forgotten: `admit` refuses it from now on, and its epoch
             // must not make this state look behind.
             if state.cluster_id != 0 {
-                self.heard.retain(|_, h| {
-                    h.hb.cluster_id == 0 || h.hb.cluster_id == state.cluster_id
-                });
+                self.heard
+                    .retain(|_, h| h.hb.cluster_id == 0 || h.hb.cluster_id == state.cluster_id);
             }
             match (&state.adding, self.adding_rev) {
                 (Some(_), None) => {
@@ -690,11 +689,10 @@ impl ClusterCore {
             .as_ref()
             .is_some_and(|i| i.last_ms >= me.first_ms + quiet);
         if dup {
-            if let Some(r) = self
-                .runs
-                .get_mut(&hb.id)
-                .and_then(|runs| runs.iter_mut().find(|r| r.boot == me.boot && r.data == me.data))
-            {
+            if let Some(r) = self.runs.get_mut(&hb.id).and_then(|runs| {
+                runs.iter_mut()
+                    .find(|r| r.boot == me.boot && r.data == me.data)
+            }) {
                 r.refused_against = Some((cb, cd));
             }
             let msg = format!(

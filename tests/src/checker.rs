@@ -590,11 +590,7 @@ mod tests {
         h.r(20, 21, None);
         h.ok();
         let mut h = H::default();
-        h.op(
-            (10, None),
-            OpKind::Reset { value: None },
-            Outcome::Unknown,
-        );
+        h.op((10, None), OpKind::Reset { value: None }, Outcome::Unknown);
         assert!(matches!(
             check_history(&h.0),
             Err(Violation::Malformed { .. })

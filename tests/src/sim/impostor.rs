@@ -169,9 +169,10 @@ impl World {
             hold / 1000
         ));
         self.imp.bad_data.insert(foreign.data_id);
-        self.imp
-            .episodes
-            .push((self.replicas[r].id.clone(), format!("(data {}, at", foreign.data_id)));
+        self.imp.episodes.push((
+            self.replicas[r].id.clone(),
+            format!("(data {}, at", foreign.data_id),
+        ));
         self.imp.own.insert(r, own);
         self.put_disk(r, foreign);
         self.start_replica(r);
@@ -285,7 +286,8 @@ impl World {
             _ => self.rng.random_range(0..self.replicas.len()),
         };
         // The member is alive and heard: a controller can tell the two apart.
-        let heard = (0..self.ctls.len()).all(|c| !self.net.is_cut(Proc::Replica(m), Proc::Controller(c)));
+        let heard =
+            (0..self.ctls.len()).all(|c| !self.net.is_cut(Proc::Replica(m), Proc::Controller(c)));
         if !self.replicas[m].up || self.replicas[m].paused_until > self.now || !heard {
             return;
         }
@@ -394,7 +396,12 @@ impl World {
 
     /// Every cluster state written to etcd: no impostor holds a role in it, and a claimed id
     /// does not make its leader restart again and again.
-    pub(super) fn check_impostors(&mut self, prior: Option<&ClusterState>, s: &ClusterState, journal: &[Entry]) {
+    pub(super) fn check_impostors(
+        &mut self,
+        prior: Option<&ClusterState>,
+        s: &ClusterState,
+        journal: &[Entry],
+    ) {
         let bad = |data: &DataId, boot: Option<&BootId>| {
             self.imp.bad_data.contains(data) || boot.is_some_and(|b| self.imp.bad_boots.contains(b))
         };
@@ -451,6 +458,17 @@ impl World {
                 self.imp.bad_boots.insert(d.boot);
                 self.imp.bad_data.insert(d.data);
             }
+        }
+    }
+
+    /// A controller restarted: what it knew of a second process is gone, and a fresh one takes
+    /// whichever of two live processes it hears first for the member (it cannot tell them
+    /// apart), until it sees both alive.
+    pub(super) fn forget_dup(&mut self) {
+        if let Some(d) = self.imp.dup.as_mut() {
+            d.known = false;
+            self.imp.bad_boots.remove(&d.boot);
+            self.imp.bad_data.remove(&d.data);
         }
     }
 

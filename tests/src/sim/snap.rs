@@ -224,7 +224,9 @@ impl World {
         // As the log thread (`logthread.rs`): the install is durable, reported like a flush
         // of its LSN unless the core truncated or reset its log since (`Node::on_flushed`
         // compares the generations).
-        if !ACK_SNAPSHOT_BEFORE_DURABLE && self.core(r).log_gen() == self.replicas[r].install_log_gen {
+        if !ACK_SNAPSHOT_BEFORE_DURABLE
+            && self.core(r).log_gen() == self.replicas[r].install_log_gen
+        {
             let now = self.rms(r);
             let fx = self.core(r).on_flushed(now, snap_lsn);
             self.after_step(r, fx);
