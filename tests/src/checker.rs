@@ -854,6 +854,10 @@ mod tests {
                         }
                         OpResult::Applied(ok)
                     }
+                    OpKind::Reset { value } => {
+                        state = value.clone();
+                        OpResult::Applied(true)
+                    }
                 };
                 if fate < 20 {
                     (Outcome::Unknown, None)

@@ -137,8 +137,7 @@ impl World {
             .get(&r)
             .filter(|(at, d)| *at + 1_000_000 < self.now && d.data_id == self.replicas[r].data_id)
             .map(|(_, d)| d.clone());
-        if copy.is_some() && self.rng.random_bool(0.3) {
-            let old = copy.expect("checked");
+        if let Some(old) = copy.filter(|_| self.rng.random_bool(0.3)) {
             self.crash_replica(r);
             self.note(format!(
                 "r{} restarts on its own directory restored from an older copy (log to LSN {}, epoch {})",
