@@ -1917,6 +1917,59 @@ fn snapshot_install_is_acknowledged_only_once_the_runtime_reports_it_durable() {
     );
 }
 
+/// Found by the simulation (`baton-sim --seed 10222`): a wiped member installs the leader's
+/// snapshot, and before its log thread made it durable an operator forces it to lead
+/// (`failover --to --force --allow-data-loss`). Its commit LSN is the snapshot's (committed by
+/// the leader that sent it) while its own flush is still below it: that is no broken commit
+/// rule, since nothing of its own epoch commits (no write, no leader read) until the install
+/// and its leader-start are durable.
+#[test]
+fn member_led_before_its_snapshot_install_is_durable_commits_nothing_until_it_is() {
+    let mut net = Net::new(2);
+    assert_eq!(net.direct_lead(A, 100, 1, 1, &[]).len(), 1);
+    assert_eq!(net.flush(A, 101, 1), vec![]);
+    for (k, v) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        assert!(net.propose(A, 102, k, v).is_ok());
+    }
+    assert_eq!(net.flush(A, 103, 4), vec![]);
+    let snap = net.r[A].core.begin_snapshot();
+    net.r[A].core.end_snapshot(Some(snap.lsn));
+    net.r[A].core.set_log_start(Lsn(5));
+    net.check("set_log_start");
+    net.recover(
+        B,
+        declared(B),
+        Recovered {
+            unclean: true,
+            ..Recovered::default()
+        },
+    );
+    assert_eq!(net.direct_lead(A, 104, 1, 2, &[B]), vec![]);
+    assert_eq!(net.direct_follow(B, 105, A, 1, 2), vec![]);
+    assert_eq!(net.accept(A, B, 106), (Ok(1), vec![]));
+    assert_eq!(net.start(B, A, 106), Ok((1, fetch(1, 0))));
+    assert_eq!(net.fetch(A, B, 1, 1, 0), Ok(FetchStart::Snapshot));
+    net.streaming(B, 1);
+    net.install_begin(B, 107, snap);
+    assert_eq!(net.pos(B), pos((1, 4), 0, 4, 4));
+
+    // Forced to lead epoch 2 (lossy: it is unclean) while the install is still queued.
+    let mut d = net.lead_d(B, 2, 3, &[]);
+    d.lossy = true;
+    let fx = net.offer(B, 108, &d);
+    assert_eq!(fx.len(), 1, "its leader-start: {fx:?}");
+    assert_eq!(net.pos(B), pos((2, 5), 0, 4, 4));
+    assert!(
+        net.propose(B, 109, "k9", "v9").is_err(),
+        "no write before its leader-start is durable and committed"
+    );
+    // The install becomes durable, then the leader-start: epoch 2 commits.
+    assert_eq!(net.install_durable(B, 110, Lsn(4)), vec![]);
+    assert_eq!(net.pos(B), pos((2, 5), 4, 4, 4));
+    net.flush(B, 111, 5);
+    assert_eq!(net.pos(B), pos((2, 5), 5, 5, 5));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Stale epochs and stale streams, both ways.
 // ---------------------------------------------------------------------------------------------

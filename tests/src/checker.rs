@@ -36,6 +36,13 @@ pub enum OpKind {
     Delete { expect: Option<Expect> },
     /// GET with leader (or linearizable) consistency.
     Read,
+    /// Not a client operation: the key's state becomes `value` at one instant between invoke
+    /// and complete. A forced promotion that may drop acknowledged writes (`failover --force`)
+    /// is recorded as one per key, with the value the new leader's log holds: writes it lacks
+    /// are undone there, precisely, and every era between two such promotions is checked
+    /// as strictly as a run without one. Its outcome must be `Ok(Applied(true))`; its value
+    /// need not be unique (it is some earlier write's).
+    Reset { value: Option<Value> },
 }
 
 /// The observed result of an operation that definitely completed.
@@ -190,6 +197,7 @@ enum PKind {
     Cas(Vid, Vid),
     Delete(Option<Vid>),
     Read,
+    Reset(Vid),
 }
 
 #[derive(Clone, Copy)]
@@ -210,6 +218,7 @@ fn step(state: Vid, kind: PKind, res: PRes) -> Option<Vid> {
     match (kind, res) {
         (PKind::Read, PRes::Read(v)) => (state == v).then_some(state),
         (PKind::Read, _) => Some(state),
+        (PKind::Reset(v), _) => Some(v),
         (PKind::Write(v), _) => Some(v),
         (PKind::Cas(e, v), PRes::Applied(true)) => (state == e).then_some(v),
         (PKind::Cas(e, _), PRes::Applied(false)) => (state != e).then_some(state),
@@ -245,6 +254,7 @@ pub fn check_key(key: &str, ops: &[Op], max_steps: u64) -> Result<(), Violation>
             OpKind::Delete {
                 expect: Some(Expect::Value(e)),
             } => vec![e],
+            OpKind::Reset { value: Some(v) } => vec![v],
             _ => vec![],
         };
         let read = match &op.outcome {
@@ -276,6 +286,12 @@ pub fn check_key(key: &str, ops: &[Op], max_steps: u64) -> Result<(), Violation>
             OpKind::Cas { expect, value } => PKind::Cas(vid(expect), intern(value)),
             OpKind::Delete { expect } => PKind::Delete(expect.as_ref().map(vid)),
             OpKind::Read => PKind::Read,
+            OpKind::Reset { value } => {
+                if op.outcome != Outcome::Ok(OpResult::Applied(true)) || op.complete.is_none() {
+                    return Err(malformed(op, "a reset that did not surely happen"));
+                }
+                PKind::Reset(value.as_deref().map_or(ABSENT, intern))
+            }
         };
         let res = match (&op.outcome, kind) {
             (Outcome::Failed, _) | (Outcome::Unknown, PKind::Read) => continue,
@@ -524,6 +540,61 @@ mod tests {
                 other => panic!("expected a violation, got {other:?}\n{:#?}", self.0),
             }
         }
+    }
+
+    fn reset(h: &mut H, a: u64, b: u64, v: Option<&str>) {
+        h.op(
+            (a, Some(b)),
+            OpKind::Reset {
+                value: v.map(Into::into),
+            },
+            Outcome::Ok(OpResult::Applied(true)),
+        );
+    }
+
+    /// A forced promotion drops "b" (acknowledged and read) and the key goes back to "a":
+    /// linearizable only with the reset there, and each era stays strict.
+    #[test]
+    fn a_reset_undoes_lost_writes_and_nothing_else() {
+        let mut h = H::default();
+        h.w(0, 1, "a").w(2, 3, "b").r(4, 5, Some("b"));
+        h.r(20, 21, Some("a"));
+        h.bad();
+        let mut h = H::default();
+        h.w(0, 1, "a").w(2, 3, "b").r(4, 5, Some("b"));
+        reset(&mut h, 10, 12, Some("a"));
+        h.r(20, 21, Some("a")).w(22, 23, "c").r(24, 25, Some("c"));
+        h.ok();
+        // A lost write after the reset is still a violation.
+        let mut h = H::default();
+        h.w(0, 1, "a");
+        reset(&mut h, 10, 12, Some("a"));
+        h.w(22, 23, "c").r(24, 25, Some("a"));
+        h.bad();
+        // Reads of the lost value after the reset completed are violations.
+        let mut h = H::default();
+        h.w(0, 1, "a").w(2, 3, "b");
+        reset(&mut h, 10, 12, Some("a"));
+        h.r(20, 21, Some("b"));
+        h.bad();
+        // ... but not while it may not have happened yet.
+        let mut h = H::default();
+        h.w(0, 1, "a").w(2, 3, "b");
+        reset(&mut h, 10, 12, Some("a"));
+        h.r(9, 11, Some("b")).r(20, 21, Some("a"));
+        h.ok();
+        // A reset to absent, and one that is not certain, is malformed.
+        let mut h = H::default();
+        h.w(0, 1, "a");
+        reset(&mut h, 10, 12, None);
+        h.r(20, 21, None);
+        h.ok();
+        let mut h = H::default();
+        h.op((10, None), OpKind::Reset { value: None }, Outcome::Unknown);
+        assert!(matches!(
+            check_history(&h.0),
+            Err(Violation::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -783,6 +854,10 @@ mod tests {
                         }
                         OpResult::Applied(ok)
                     }
+                    OpKind::Reset { value } => {
+                        state = value.clone();
+                        OpResult::Applied(true)
+                    }
                 };
                 if fate < 20 {
                     (Outcome::Unknown, None)
@@ -959,6 +1034,7 @@ mod tests {
                 let o = ops[i];
                 let next: Option<Option<Value>> = match (&o.kind, &o.outcome) {
                     (OpKind::Read, Outcome::Ok(OpResult::Read(v))) => (v == &s).then(|| s.clone()),
+                    (OpKind::Reset { value }, _) => Some(value.clone()),
                     (OpKind::Write { value }, _) => Some(Some(value.clone())),
                     (OpKind::Cas { expect, value }, Outcome::Ok(OpResult::Applied(a))) => {
                         (holds(expect, &s) == *a).then(|| {

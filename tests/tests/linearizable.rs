@@ -196,6 +196,7 @@ fn kind_name(k: &OpKind) -> &'static str {
         OpKind::Cas { .. } => "cas",
         OpKind::Write { .. } => "write",
         OpKind::Delete { .. } => "delete",
+        OpKind::Reset { .. } => "reset",
     }
 }
 

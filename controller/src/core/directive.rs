@@ -22,6 +22,8 @@ pub(super) struct Run {
     addr: String,
     first_ms: u64,
     pub(super) last_ms: u64,
+    /// The run this one was refused against as a second claimant of the id, if it was.
+    refused_against: Option<(BootId, DataId)>,
 }
 
 impl ClusterCore {
@@ -191,11 +193,25 @@ impl ClusterCore {
                     addr: hb.addr.clone(),
                     first_ms: now.ms,
                     last_ms: now.ms,
+                    refused_against: None,
                 });
                 runs.len() - 1
             }
         };
         let me = runs[pos].clone();
+        // A run once refused as a second claimant stays refused while the run it was refused
+        // against is remembered: that one going quiet for a moment (a partition, a pause) does
+        // not hand it the id. A real restart comes with a new boot.
+        if let Some((ab, ad)) = me.refused_against {
+            if let Some(a) = runs.iter().find(|r| r.boot == ab && r.data == ad) {
+                let msg = format!(
+                    "two processes claim member {}: boot {ab} at {} (heard) and boot {} at {} (refused); \
+                     stop the wrong one",
+                    hb.id, a.addr, me.boot, me.addr
+                );
+                return Some(self.notice(now, format!("dup:{}:{}", hb.id, me.boot), msg));
+            }
+        }
         // The run currently heard for this id (the incumbent), if another one.
         let cur = self
             .heard
@@ -213,6 +229,12 @@ impl ClusterCore {
             .as_ref()
             .is_some_and(|i| i.last_ms >= me.first_ms + quiet);
         if dup {
+            if let Some(r) = self.runs.get_mut(&hb.id).and_then(|runs| {
+                runs.iter_mut()
+                    .find(|r| r.boot == me.boot && r.data == me.data)
+            }) {
+                r.refused_against = Some((cb, cd));
+            }
             let msg = format!(
                 "two processes claim member {}: boot {} at {} (heard) and boot {} at {} (refused); \
                  stop the wrong one",

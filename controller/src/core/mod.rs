@@ -299,6 +299,13 @@ impl ClusterCore {
             }
         }
         if let Observed::Present { state, rev } = &observed {
+            // What was heard from another deployment's directory before the state (and its
+            // cluster id) was known is forgotten: `admit` refuses it from now on, and its epoch
+            // must not make this state look behind.
+            if state.cluster_id != 0 {
+                self.heard
+                    .retain(|_, h| h.hb.cluster_id == 0 || h.hb.cluster_id == state.cluster_id);
+            }
             let ts = &mut self.ts;
             match (&state.adding, ts.adding_rev) {
                 (Some(_), None) => {

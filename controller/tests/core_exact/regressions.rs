@@ -845,3 +845,116 @@ fn operation_timeout_ignores_wall_clock_steps() {
         "not expired by a wall-clock step"
     );
 }
+
+/// Items 1 and 7, found by the simulation (`baton-sim --seed 372`, `foreign`): a controller that
+/// became active while etcd was down heard a member on another deployment's directory before
+/// it knew the state's cluster id; once the state was read, that member's epoch made the state
+/// "behind" (remembered for its rev) and the cluster never decided again. What was heard from
+/// another deployment before the state was known is forgotten when the state is read.
+#[test]
+fn foreign_directory_heard_before_the_state_is_read_is_forgotten_when_it_is() {
+    let st = ClusterState {
+        cluster_id: 7,
+        strict: Some(false),
+        ..steady()
+    };
+    let mut core = ClusterCore::new(cfg());
+    core.on_election(at(0), Some(TERM), Some(ADDR.into()));
+    let mut s = Sim::wrap(core);
+    let foreign = Heartbeat {
+        cluster_id: 9,
+        epoch: Epoch(50),
+        log_end_epoch: Epoch(50),
+        data_id: DataId(4242),
+        ..follower("r3")
+    };
+    let d = s.hb(5_000, foreign.clone());
+    assert!(d.role.is_none(), "nothing known yet: {d:?}");
+    s.core.on_observed(
+        at(9_000),
+        Observed::Present {
+            state: st,
+            rev: REV0,
+        },
+        vec![],
+    );
+    for t in [10_000, 10_100, 10_200] {
+        let d = s.hb(
+            t,
+            Heartbeat {
+                cluster_id: 7,
+                ..leader_hb()
+            },
+        );
+        assert_eq!(
+            (d.role, d.lease_ms),
+            (Some(Role::Leader), LEASE),
+            "the leader keeps its lease ({t})"
+        );
+        s.hb(
+            t,
+            Heartbeat {
+                cluster_id: 7,
+                ..follower("r2")
+            },
+        );
+        let d = s.hb(t, foreign.clone());
+        assert!(!d.active && d.role.is_none(), "the stranger gets nothing");
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "{}", w.why);
+            assert!(!says(&w).contains("behind"), "{}", says(&w));
+            s.commit(t, &w);
+        }
+    }
+}
+
+/// Item 9, found by the simulation (`baton-sim --seed 54`, `dup-id`): a twin of the leader was
+/// refused as a second process, then the leader went quiet for a moment (a partition shorter
+/// than the failure timeout) and the twin was taken for a restart of r1: a "restart" promotion
+/// moved the epoch, and a later `failover --to r1` promoted the twin's empty directory. A run
+/// refused as a second claimant stays refused while the run it was refused against is
+/// remembered (a real restart comes with a new boot).
+#[test]
+fn a_twin_refused_once_is_not_taken_for_a_restart_when_the_leader_goes_quiet() {
+    let mut s = steady_sim();
+    let twin = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        addr: "10.0.0.9:7000".into(),
+        ..follower("r1")
+    };
+    let mut journaled = Vec::new();
+    // Both alive: the twin is refused and journaled.
+    for t in (10_050..=10_600).step_by(50) {
+        if t % 100 == 0 {
+            s.hb(t, leader_hb());
+        } else {
+            s.hb(t, twin.clone());
+        }
+        s.hb(t, follower("r2"));
+        s.hb(t, follower("r3"));
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "no state change: {}", w.why);
+            journaled.push(says(&w).to_string());
+            s.commit(t, &w);
+        }
+    }
+    assert_eq!(journaled.len(), 1, "{journaled:?}");
+    // The leader is cut from the controller for less than the failure timeout: only the twin
+    // speaks for r1. It still gets nothing, and the epoch does not move.
+    for t in (10_650..10_600 + FT - 100).step_by(50) {
+        let d = s.hb(t, twin.clone());
+        assert!(!d.active && d.role.is_none(), "the twin gets nothing ({t})");
+        s.hb(t, follower("r2"));
+        s.hb(t, follower("r3"));
+        if let Some(w) = s.tick(t) {
+            assert_eq!(w.state, None, "no state change at {t}: {}", w.why);
+            s.commit(t, &w);
+        }
+    }
+    // The leader is back and keeps leading at its epoch.
+    let t = 10_600 + FT - 50;
+    let d = s.hb(t, leader_hb());
+    assert_eq!(d.role, Some(Role::Leader));
+    assert_eq!(d.epoch, s.state().epoch);
+}

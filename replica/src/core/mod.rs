@@ -522,7 +522,11 @@ impl Core {
                 l.applied, l.commit, l.flushed, l.end.1
             ));
         }
-        if l.commit > l.flushed && self.role.reported() == ReportedRole::Leader {
+        // A leader acknowledges nothing above its own flush. A commit LSN inherited from a
+        // snapshot installed before it was made leader (committed by the leader that sent it)
+        // may stand above its flush until the install is durable: nothing of its own epoch
+        // commits meanwhile, its leader-start waiting behind the install.
+        if l.commit > l.flushed.max(self.snap.lsn) && self.role.reported() == ReportedRole::Leader {
             return Err(format!(
                 "leader commit {} above its own flush {}",
                 l.commit, l.flushed

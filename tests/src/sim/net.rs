@@ -11,6 +11,8 @@ pub enum Proc {
     Controller(usize),
     Etcd,
     Client(usize),
+    /// The second process of a `dup-id` episode (`impostor.rs`).
+    Dup,
 }
 
 /// The event queue: `(time µs, seq) → event`.

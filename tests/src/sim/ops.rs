@@ -119,6 +119,9 @@ impl World {
                 .prev_leader
                 .as_ref()
                 .is_some_and(|p| p.id == l.id && p.data_id == l.data_id);
+        if !holder {
+            self.forced_epochs.insert(new.epoch.0, self.now);
+        }
         if !holder && new.epoch.0 > self.forced_epoch {
             self.note(format!(
                 "forced promotion of {} at epoch {}: earlier acknowledged writes may be lost (accepted)",
@@ -149,6 +152,9 @@ impl World {
         self.acked_deletes.clear();
         self.leader_acked.clear();
         self.forced_epoch = 0;
+        self.forced_epochs.clear();
+        self.start_states.clear();
+        self.committed_starts.clear();
         self.history_from = self.now;
         for c in &mut self.clients {
             c.last_read.clear();
@@ -171,7 +177,7 @@ impl World {
         }
     }
 
-    /// The nemesis kinds of issue 10 (`forced`, `snapshot`); `false` if `kind` is not one.
+    /// The nemesis kinds of issue 10 (`forced`, `snapshot`, `foreign`, `dup-id`); `false` if `kind` is not one.
     pub(super) fn nemesis_new(&mut self, kind: &str, hold: u64) -> bool {
         let nr = self.replicas.len();
         match kind {
@@ -214,6 +220,8 @@ impl World {
                     }),
                 );
             }
+            "foreign" => self.nemesis_foreign(hold + 500_000),
+            "dup-id" => self.nemesis_dup(hold + 500_000),
             "crash-after-install" => {
                 self.crash_after_install = true;
             }

@@ -155,8 +155,10 @@ impl World {
             r + 1,
             leader + 1
         ));
+        let log_gen = self.core(r).log_gen();
         let rep = &mut self.replicas[r];
         rep.install = Some(Box::new(snap));
+        rep.install_log_gen = log_gen;
         rep.queued.clear();
         rep.queued_unclean = None;
         let inc = rep.inc;
@@ -208,6 +210,7 @@ impl World {
         };
         rep.disk_gen += 1;
         rep.log_start = snap.lsn.0 + 1;
+        let snap_lsn = snap.lsn;
         rep.log = std::mem::take(&mut rep.queued);
         rep.durable = 0;
         rep.snap = Some(*snap);
@@ -219,6 +222,15 @@ impl World {
             let inc = rep.inc;
             let d = self.rng.random_range(200..3000);
             self.after_us(d, Ev::Flush { r, inc });
+        }
+        // As the log thread (`logthread.rs`): the install is durable, reported like a flush
+        // of its LSN unless the core truncated or reset its log since (`Node::on_flushed`
+        // compares the generations).
+        let gen = self.replicas[r].install_log_gen;
+        if !ACK_SNAPSHOT_BEFORE_DURABLE && self.core(r).log_gen() == gen {
+            let now = self.rms(r);
+            let fx = self.core(r).on_flushed(now, snap_lsn, gen);
+            self.after_step(r, fx);
         }
         if !ACK_SNAPSHOT_BEFORE_DURABLE {
             if let Some(s) = &self.replicas[r].stream {
