@@ -311,6 +311,21 @@ fn known_bug_forced_leader_lost_before_its_lossy_leader_start() {
     const { assert!(!NEW_KINDS_ENABLED.forced) };
 }
 
+/// Every seed of `KNOWN_BUG_SEEDS` still shows its bug under the default mix (when one no
+/// longer does, remove it from the list and pin it as a regression test).
+#[test]
+fn known_bug_seeds_still_fail() {
+    for (seed, what) in sim::KNOWN_BUG_SEEDS {
+        let cfg = SimConfig::new(*seed);
+        let rep = sim::run(cfg.clone());
+        assert!(
+            !rep.violations.is_empty(),
+            "seed {seed} ({}) no longer shows the known bug ({what})",
+            cfg.replay_command()
+        );
+    }
+}
+
 /// A long idle run (TESTING row 23): one simulated hour without faults, clients writing about
 /// once a second, snapshots on. Nothing wedges (every operation succeeds), the controllers do
 /// not keep rewriting etcd, and compaction keeps the logs short. (Before the simulated
