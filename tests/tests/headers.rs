@@ -107,6 +107,15 @@ fn defined(files: &[(PathBuf, String)]) -> BTreeSet<String> {
                     }
                 }
             }
+            // Wire names written as string literals (`"not_active"`, a JSON error code).
+            for (i, part) in line.split('"').enumerate() {
+                if i % 2 == 1
+                    && !part.is_empty()
+                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                {
+                    names.insert(part.to_string());
+                }
+            }
             // Fields (`pub name: T`) and enum variants (`Name,` / `Name {` / `Name(`).
             let word: String = l
                 .trim_start_matches("pub(crate) ")
@@ -255,10 +264,15 @@ fn the_header_check_catches_a_missing_file_and_a_missing_item() {
     assert!(!file_exists(&all, "replica/headers.rs"));
     let files = vec![(
         here.clone(),
-        "//! x\npub struct Present;\nfn helper_fn() {}\n".to_string(),
+        "//! x\npub struct Present;\nfn helper_fn() {}\nconst C: &str = \"wire_name\";\n"
+            .to_string(),
     )];
     let names = defined(&files);
     assert!(names.contains("Present") && names.contains("helper_fn"));
+    assert!(
+        names.contains("wire_name"),
+        "string literals name wire values"
+    );
     assert_eq!(
         item_like("Absent::go"),
         Some(vec!["Absent".into(), "go".into()])

@@ -42,7 +42,10 @@ impl ClusterCore {
         s.leader = None;
         s.phase = Phase::Promoting;
         s.op = op;
-        s.lossy = false;
+        // While promoting, `lossy` says the epoch being replaced was lossy: its leader may have
+        // died before writing its lossy leader-start, and then the next one must be lossy too
+        // (`step_promotion`). No leader is directed meanwhile, so no leader-start reads it.
+        s.lossy = state.lossy;
         let msg = format!("{why}; promoting at epoch {}", s.epoch);
         self.write(now, Some(s), kind, msg, self.inputs(now))
     }
@@ -140,6 +143,11 @@ impl ClusterCore {
                 s.op = None;
                 // Recorded with the epoch: every directive of it says so, and the leader-start
                 // is written lossy, so returning holders of cut records archive them and rejoin.
+                // A lossy epoch being replaced carries over while the new leader's log holds
+                // nothing of it (its lossy leader-start may never have been written): the
+                // holders of what that promotion cut still hold it.
+                let carried = state.lossy && f.hb.log_end_epoch.0 < state.epoch.0.saturating_sub(1);
+                let lossy = lossy || carried;
                 s.lossy = lossy || state.mode == Mode::Async;
                 let msg = format!(
                     "promoted {id} at epoch {} (log end {}/{}{}); sync set [{}]",

@@ -958,3 +958,107 @@ fn a_twin_refused_once_is_not_taken_for_a_restart_when_the_leader_goes_quiet() {
     assert_eq!(d.role, Some(Role::Leader));
     assert_eq!(d.epoch, s.state().epoch);
 }
+
+/// Issue 10 item 2, found by the simulation (`baton-sim --seed 10232 --faults all,forced`): a
+/// forced leader (epoch 5, lossy) died before writing its lossy leader-start; the next promotion
+/// picked it again as the replaced leader and wrote epoch 6 *not* lossy, so the holders of the
+/// records the forced failover cut refused to truncate them for ever. The lossy flag carries
+/// into the next epoch while the new leader's log has nothing of the lossy epoch.
+#[test]
+fn a_lossy_epoch_whose_leader_never_wrote_its_start_makes_the_next_one_lossy() {
+    let st = ClusterState {
+        lossy: true,
+        ..steady()
+    };
+    let mut s = Sim::active(cfg(), st.clone(), vec![], 0);
+    s.hb(9_800, leader_hb());
+    s.hb(9_800, follower("r2"));
+    // r1 comes back as a new run that never wrote epoch 5's leader-start (its log ends at 4).
+    let r1b = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        log_end_epoch: Epoch(4),
+        log_end_lsn: Lsn(90),
+        ..follower("r1")
+    };
+    s.hb(10_100, r1b.clone());
+    let w = s.tick(10_100).expect("restart write");
+    assert_eq!(last(&w).0, Kind::Restart);
+    s.commit(10_100, &w);
+    s.hb(
+        10_200,
+        Heartbeat {
+            boot_id: boot2("r1"),
+            ..fenced("r1", 6, (4, 90))
+        },
+    );
+    let mut promoted = None;
+    for t in (10_200..12_000).step_by(100) {
+        s.hb(
+            t,
+            Heartbeat {
+                boot_id: boot2("r1"),
+                ..fenced("r1", 6, (4, 90))
+            },
+        );
+        if let Some(w) = s.tick(t) {
+            let kind = last(&w).0;
+            s.commit(t, &w);
+            if kind == Kind::Promoted {
+                promoted = w.state;
+                break;
+            }
+        }
+    }
+    let promoted = promoted.expect("r1 promoted at epoch 6");
+    assert_eq!(
+        (
+            promoted.epoch,
+            promoted.leader.as_ref().map(|l| l.id.clone())
+        ),
+        (Epoch(6), Some(NodeId("r1".into())))
+    );
+    assert!(promoted.lossy, "epoch 6 must be lossy: {promoted:?}");
+}
+
+/// The carried flag ends once a leader's log holds the lossy epoch's start: a candidate at the
+/// lossy epoch is promoted without it.
+#[test]
+fn a_lossy_epoch_whose_start_the_new_leader_holds_is_not_carried() {
+    let st = ClusterState {
+        lossy: true,
+        ..steady()
+    };
+    let mut s = Sim::active(cfg(), st.clone(), vec![], 0);
+    s.hb(9_800, leader_hb());
+    s.hb(9_800, follower("r2"));
+    let r1b = Heartbeat {
+        boot_id: boot2("r1"),
+        role: ReportedRole::None,
+        ..follower("r1")
+    };
+    s.hb(10_100, r1b.clone());
+    let w = s.tick(10_100).expect("restart write");
+    s.commit(10_100, &w);
+    let mut promoted = None;
+    for t in (10_200..12_000).step_by(100) {
+        s.hb(
+            t,
+            Heartbeat {
+                boot_id: boot2("r1"),
+                ..fenced("r1", 6, (5, 100))
+            },
+        );
+        s.hb(t, fenced("r2", 6, (5, 100)));
+        if let Some(w) = s.tick(t) {
+            let kind = last(&w).0;
+            s.commit(t, &w);
+            if kind == Kind::Promoted {
+                promoted = w.state;
+                break;
+            }
+        }
+    }
+    let promoted = promoted.expect("promoted at epoch 6");
+    assert!(!promoted.lossy, "{promoted:?}");
+}
