@@ -119,16 +119,14 @@ fn main() {
     let (mut steps, mut nfaults, mut ops, mut violations, mut blocked, mut failing) =
         (0, 0, 0, 0, 0, Vec::new());
     let (mut known, mut fixed) = (Vec::new(), Vec::new());
-    // Known bugs are known for the default mix only (see `sim::KNOWN_BUG_SEEDS`).
-    let default_mix = args.faults == "all"
-        && !async_mode
-        && !args.classic
-        && args.idle_ms.is_none()
-        && args.duration_ms == 10_000;
+    // Known bugs are known for their own mix only (see `sim::KNOWN_BUG_SEEDS`).
+    let plain =
+        !async_mode && !args.classic && args.idle_ms.is_none() && args.duration_ms == 10_000;
     let known_bug = |seed: u64| {
-        default_mix
-            .then(|| sim::KNOWN_BUG_SEEDS.iter().find(|(s, _)| *s == seed))
-            .flatten()
+        sim::KNOWN_BUG_SEEDS
+            .iter()
+            .find(|(s, mix, _)| plain && *s == seed && *mix == args.faults)
+            .map(|(_, _, what)| *what)
     };
     for (cfg, rep) in &reports {
         let seed = cfg.seed;
@@ -136,7 +134,7 @@ fn main() {
         nfaults += rep.faults;
         ops += rep.ops;
         blocked += u64::from(rep.blocked);
-        if let Some((_, what)) = known_bug(seed) {
+        if let Some(what) = known_bug(seed) {
             if rep.violations.is_empty() {
                 eprintln!(
                     "seed {seed} is listed in KNOWN_BUG_SEEDS but passes now: remove it there and \

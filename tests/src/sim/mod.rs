@@ -46,13 +46,14 @@ const TICK_MS: u64 = 20;
 const STREAM_SILENCE_MS: u64 = 1000;
 const BATCH: u64 = 64;
 
-/// Seeds of the default fault mix (`--faults all`, semi-sync, 10 s) that show a known product
-/// bug, each with what it shows. `baton-sim` reports such a seed as a known bug (loudly, with
-/// its replay command) instead of failing the sweep, and fails when one of them passes (the
-/// bug is fixed: remove the seed here, pin it as a regression test). `simulation.rs`
+/// Seeds that show a known product bug: (seed, `--faults` mix, what it shows); semi-sync,
+/// 10 s. `baton-sim` run with that mix reports such a seed as a known bug (loudly, with its
+/// replay command) instead of failing, and fails when one of them passes (the bug is fixed:
+/// remove the seed here, pin it as a regression test). `simulation.rs`
 /// `known_bug_*` asserts each one still fails. Adding a seed here needs an issue that names it.
-pub const KNOWN_BUG_SEEDS: &[(u64, &str)] = &[(
+pub const KNOWN_BUG_SEEDS: &[(u64, &str, &str)] = &[(
     11159,
+    "all,no-forced",
     "etcd restored to an epoch-1 backup while every replica that knew epoch 2 was down or \
      paused: nothing can tell the controller epoch 2 was used, it starts epoch 2 again with \
      another leader (two leaders of epoch 2, I1). Needs a store identity the replicas check \
@@ -62,13 +63,11 @@ pub const KNOWN_BUG_SEEDS: &[(u64, &str)] = &[(
 /// The fault kinds of issue 10, each on in `all` once its known product bugs were fixed (a
 /// kind whose bug is open again is turned off here, with the bug named, so that `main` stays
 /// green; `--faults all,KIND` turns it on meanwhile):
-/// - `forced` (OFF): `failover --to M --force`; the forced leader-start is marked lossy in the
+/// - `forced`: `failover --to M --force`; the forced leader-start is marked lossy in the
 ///   cluster state (issue 10 item 2), and the checks reset every key to what the surviving
-///   lineage holds at a forced promotion (`World::forced_resets`). Open bug: when the forced
-///   leader dies before its lossy leader-start is written, the next promotion picks it again
-///   (it is the previous leader) without marking its leader-start lossy, and the holders of
-///   the records it lacks refuse to truncate them for ever (`--seed 10232 --faults all,forced`;
-///   10644 and 11433 of 10001–12000 too).
+///   lineage holds at a forced promotion (`World::forced_resets`). A forced leader that dies
+///   before writing its lossy leader-start makes the next epoch lossy too (seeds 10232,
+///   11433), and that completes the accepted loss.
 /// - `snapshot`: replicas snapshot and compact, leaders send snapshots, followers install
 ///   them and acknowledge the snapshot's LSN only once the install is durable (item 5; see
 ///   [`ACK_SNAPSHOT_BEFORE_DURABLE`]).
@@ -77,7 +76,7 @@ pub const KNOWN_BUG_SEEDS: &[(u64, &str)] = &[(
 ///   restored from an older copy (items 1 and 7).
 /// - `dup_id`: a second process claims a member's id for a while (item 9).
 pub const NEW_KINDS_ENABLED: NewKinds = NewKinds {
-    forced: false,
+    forced: true,
     snapshot: true,
     restore_ops: true,
     foreign: true,

@@ -100,25 +100,37 @@ impl World {
     /// Called when a state write reaches etcd: a promotion recorded for a forced failover
     /// whose target was not known to hold every acknowledged write (not a recorded sync member
     /// nor the replaced leader, by data directory) makes earlier acknowledged writes
-    /// losable with the operator's consent.
+    /// losable with the operator's consent; so does the lossy promotion that completes one
+    /// whose leader never wrote its leader-start.
     pub(super) fn note_promotion(&mut self, prior: Option<&ClusterState>, new: &ClusterState) {
         let Some(prior) = prior else { return };
         if prior.phase != Phase::Promoting || new.phase != Phase::Steady {
             return;
         }
-        let Some(op) = prior.op.as_ref() else { return };
-        if !matches!(op.op, Op::Failover { force: true, .. }) {
+        let Some(l) = &new.leader else { return };
+        // A lossy epoch whose leader never wrote its leader-start makes the next promotion
+        // lossy too (`promotion.rs`): the loss the operator accepted at the forced epoch is
+        // completed there, so it is accepted the same way.
+        let carried = new.mode == baton_common::directive::Mode::SemiSync
+            && new.lossy
+            && prior.lossy
+            && !self.forced_epochs.is_empty();
+        let forced = prior
+            .op
+            .as_ref()
+            .is_some_and(|op| matches!(op.op, Op::Failover { force: true, .. }));
+        if !forced && !carried {
             return;
         }
-        let Some(l) = &new.leader else { return };
-        let holder = prior
-            .sync_set
-            .iter()
-            .any(|m| m.id == l.id && m.data_id == l.data_id)
-            || prior
-                .prev_leader
-                .as_ref()
-                .is_some_and(|p| p.id == l.id && p.data_id == l.data_id);
+        let holder = !carried
+            && (prior
+                .sync_set
+                .iter()
+                .any(|m| m.id == l.id && m.data_id == l.data_id)
+                || prior
+                    .prev_leader
+                    .as_ref()
+                    .is_some_and(|p| p.id == l.id && p.data_id == l.data_id));
         if !holder {
             self.forced_epochs.insert(new.epoch.0, self.now);
         }
