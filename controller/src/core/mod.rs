@@ -225,7 +225,8 @@ impl ClusterCore {
         self.term.is_some() && self.term_lease == self.session_lease && now.ms < self.valid_until_ms
     }
 
-    /// The runtime's session: the lease may be trusted until `ms` (CLOCK_BOOTTIME).
+    /// The trusted window alone, for a driver that does not track lease ids (the exact tests):
+    /// any term counts as won under the current session. Runtimes use [`Self::set_session`].
     pub fn set_valid_until(&mut self, ms: u64) {
         self.valid_until_ms = ms
     }
