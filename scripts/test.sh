@@ -23,3 +23,6 @@ fi
 # Tier 1 at scale: 2000 more seeds of the simulation (the test suite runs about 600 of its own), on
 # every core; prints `simulation: … violations 0 …` and, for a failing seed, its replay command.
 cargo run -q --locked -p baton-tests --bin baton-sim -- --seeds 2000 --start 10001
+# The write-availability bounds (issue 12): one bounded fault at a time, each fault's longest
+# write gap held against its bound in simulated time; prints the per-fault table.
+cargo run -q --locked -p baton-tests --bin baton-sim -- --bounds --seeds 16 --start 101 --duration-ms 60000

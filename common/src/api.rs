@@ -29,6 +29,9 @@ pub enum ErrorCode {
     StaleEpoch,
     /// 500: the replica hit an error it cannot recover from and is stopping.
     Fatal,
+    /// 507: the replica's disk is full; the write was **not** appended (DESIGN.md §6). The
+    /// replica keeps serving reads and resumes by itself once space is freed.
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -44,6 +47,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::TooLarge => 413,
             ErrorCode::Fatal => 500,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 }
@@ -102,6 +106,12 @@ pub struct ReplicaStatus {
     pub health: String,
     /// Leading with an empty waited set (non-strict semi-sync): acknowledged writes have one copy.
     pub degraded: bool,
+    /// How long the current degraded period has lasted (0: not degraded), and every degraded
+    /// period of this process together: how long one disk held acknowledged writes alone.
+    #[serde(default)]
+    pub degraded_for_ms: u64,
+    #[serde(default)]
+    pub degraded_total_ms: u64,
     /// `(epoch, first LSN)` pairs.
     pub epoch_history: Vec<(Epoch, Lsn)>,
     /// Leader: the members it waits for and their acknowledged positions.
@@ -113,6 +123,14 @@ pub struct ReplicaStatus {
     pub upstream: Option<UpstreamProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cut: Option<CutRange>,
+    /// A leader serving on follower promises alone: no grant from a controller is valid (etcd
+    /// or every controller unreachable), every follower still sees it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_promises: bool,
+    /// The log could not be written for lack of space (ENOSPC): writes are refused with 507
+    /// until a retry succeeds; reads are served (DESIGN.md §6).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// A follower as its leader sees it.

@@ -89,6 +89,11 @@ pub struct Directive {
     /// A new leader waits this long from receipt before starting its epoch.
     #[serde(default)]
     pub start_after_ms: u64,
+    /// The previous epoch's leader reported persisting this epoch (or stopped for a
+    /// switchover): it serves nothing of its own any more, so the follower promises made to it
+    /// do not hold the new leader back (DESIGN.md §5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promises_void: bool,
     /// Replication mode of the cluster.
     #[serde(default)]
     pub mode: Mode,
@@ -164,6 +169,22 @@ pub struct Heartbeat {
     /// deployment, not a member, not the directed leader), if any in this run; journaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_peer: Option<String>,
+    /// The replica's log cannot be written for lack of space (ENOSPC): it refuses writes with
+    /// 507, a follower stops taking and acknowledging records, and it resumes by itself once a
+    /// retry succeeds. A leader reporting it is to be replaced (DESIGN.md §6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
+    /// A leader: how long it has run degraded (acknowledging alone) so far (0: not degraded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub degraded_for_ms: u64,
+    /// A leader serving on its followers' promises alone (no valid grant from a controller:
+    /// etcd or every controller out of reach, DESIGN §5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_promises: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A member a leader waits for (DESIGN.md §4, sync-set add protocol).
@@ -177,6 +198,11 @@ pub struct WaitInfo {
     pub flushed_lsn: Lsn,
     /// Milliseconds since the member's last acknowledgement (or since waiting began).
     pub last_ack_ms: u64,
+    /// Milliseconds the member has owed the oldest record it has not acknowledged (0: it holds
+    /// everything the leader appended). Its acks may be fresh while this grows: a follower
+    /// whose disk stalls still acknowledges keepalives.
+    #[serde(default)]
+    pub owed_ms: u64,
 }
 
 /// Records a follower cut from its log and archived in a rollback file.
@@ -230,6 +256,7 @@ mod tests {
             }],
             lease_ms: 800,
             start_after_ms: 0,
+            promises_void: false,
             mode: Mode::Async,
             strict: false,
             lossy: true,

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use baton_common::directive::Heartbeat;
+use baton_common::directive::{Directive, Heartbeat, Role};
 use baton_common::NodeId;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -101,13 +101,73 @@ fn find(api: &Api, c: &str) -> Result<Arc<ClusterRt>, Box<Response>> {
         })
 }
 
-async fn heartbeat(State(api): S, Path(c): Path<String>, Json(hb): Json<Heartbeat>) -> Response {
+/// What the replica last got from this controller (`?wait_ms=…&rev=…&term=…`): while the
+/// answer would be the same, the heartbeat is held up to `wait_ms`.
+#[derive(Deserialize)]
+struct HeartbeatQuery {
+    wait_ms: Option<u64>,
+    rev: Option<u64>,
+    term: Option<u64>,
+}
+
+/// The longest a heartbeat is held, whatever a replica asks.
+const HOLD_MAX: Duration = Duration::from_secs(1);
+
+/// A heartbeat (DESIGN.md §5 "Directives reach replicas promptly"): heard at once; answered
+/// at once unless the replica asked to be held and already has this active answer (same rev
+/// and term), then answered as soon as the directives may have changed (`ClusterRt::changed`)
+/// or the hold runs out — computed afresh then, without hearing the heartbeat again. Only
+/// active answers are held: a standby's, a refusal's, or a leader's whose lease is revoked
+/// (a switchover waits for its reports) go back at once.
+async fn heartbeat(
+    State(api): S,
+    Path(c): Path<String>,
+    Query(q): Query<HeartbeatQuery>,
+    Json(hb): Json<Heartbeat>,
+) -> Response {
     let rt = match find(&api, &c) {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    let d = rt.lock().on_heartbeat(now(), hb);
-    Json(d).into_response()
+    let mut changed = rt.changed.subscribe();
+    let (d, wake) = {
+        let mut core = rt.lock();
+        let before = core.heard().get(&hb.id).map(|h| {
+            (
+                h.hb.boot_id,
+                h.hb.epoch,
+                h.hb.role,
+                h.hb.lease_left_ms == Some(0),
+            )
+        });
+        let after = Some((hb.boot_id, hb.epoch, hb.role, hb.lease_left_ms == Some(0)));
+        let d = core.on_heartbeat(now(), hb.clone());
+        (d, before != after)
+    };
+    if wake {
+        // A new role, epoch or lease state: a promotion or switchover step may be due now.
+        rt.wake.notify_one();
+    }
+    let same =
+        |d: &Directive| d.active && Some(d.rev) == q.rev && Some(d.controller_term) == q.term;
+    let revoked = d.role == Some(Role::Leader) && d.lease_ms == 0;
+    let hold = match q.wait_ms {
+        Some(w) if w > 0 && same(&d) && !revoked => Duration::from_millis(w).min(HOLD_MAX),
+        _ => return Json(d).into_response(),
+    };
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => {
+                let d = rt.lock().answer(now(), &hb);
+                if !same(&d) {
+                    return Json(d).into_response();
+                }
+            }
+            // The hold ran out (or the controller is stopping): the current answer.
+            _ => return Json(rt.lock().answer(now(), &hb)).into_response(),
+        }
+    }
 }
 
 fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
@@ -121,11 +181,22 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
         Observed::Present { state, rev } => (Some(state.clone()), *rev),
         _ => (None, 0),
     };
-    let leader_end = state
+    let leader_hb = state
         .as_ref()
         .and_then(|s| s.leader.as_ref())
         .and_then(|l| core.heard().get(&l.id))
-        .map(|h| h.hb.log_end_lsn.0);
+        .map(|h| &h.hb);
+    let leader_end = leader_hb.map(|h| h.log_end_lsn.0);
+    // What the leader waits for: each member's ages as the leader reports them (a stalled
+    // disk shows as a growing `owed_ms` behind fresh acks).
+    let waiting: Vec<serde_json::Value> = leader_hb
+        .map(|h| {
+            h.waiting
+                .iter()
+                .map(|w| serde_json::json!({"id": w.id, "last_ack_ms": w.last_ack_ms, "owed_ms": w.owed_ms}))
+                .collect()
+        })
+        .unwrap_or_default();
     let members: Vec<serde_json::Value> = core
         .cfg
         .members
@@ -142,6 +213,8 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
                 "log_end_lsn": h.map(|h| h.hb.log_end_lsn), "flushed_lsn": h.map(|h| h.hb.flushed_lsn),
                 "applied_lsn": h.map(|h| h.hb.applied_lsn), "sync": in_sync,
                 "lag_records": match (leader_end, h) { (Some(e), Some(h)) => Some(e.saturating_sub(h.hb.flushed_lsn.0)), _ => None },
+                "disk_full": h.map(|h| h.hb.disk_full), "degraded_for_ms": h.map(|h| h.hb.degraded_for_ms),
+                "on_promises": h.map(|h| h.hb.on_promises), "since_leader_ms": h.and_then(|h| h.hb.since_leader_ms),
             })
         })
         .collect();
@@ -159,7 +232,13 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
         "mode": state.as_ref().map(|s| s.mode),
         "op": state.as_ref().and_then(|s| s.op.clone()),
         "members": members,
-        "active": core.is_active(),
+        "leader_waiting": waiting,
+        // Since when this controller's etcd session has failed (keepalives, lease grants).
+        "etcd_unreachable_ms": core.etcd_failing_since_ms.map(|t| n.ms.saturating_sub(t)),
+        // Acting as the active controller now: elected, within its etcd lease's trusted window.
+        "active": core.active_at(n),
+        // The election key's create revision this controller was elected with (its term).
+        "term": core.term(),
         "active_controller": core.active_addr,
         "etcd": etcd,
     })

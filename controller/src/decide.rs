@@ -264,7 +264,7 @@ pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag
             lossy: true,
         };
     }
-    let sync_set = promotion_sync_set(state, fenced, w, sync_size);
+    let sync_set = promotion_sync_set(state, fenced, w, sync_size, true);
     Choice::Promote {
         id: w.id.clone(),
         log_end: end,
@@ -275,12 +275,17 @@ pub fn choose(state: &ClusterState, fenced: &[Fenced], sync_size: usize, max_lag
 
 /// The sync set recorded with a new leader `w` (DESIGN.md §4): reachable members of the old
 /// set, then followers whose log end has the new leader's last epoch and an LSN ≥ its end
-/// (they hold all of its log), up to `sync_size`; never `no_failover` members or `w` itself.
+/// (they hold all of its log) — the old leader's followers before the old leader — up to
+/// `sync_size`; never `no_failover` members or `w` itself. The old leader is left out when
+/// `with_old_leader` is false (a planned failover: what made it fail over keeps it from
+/// acknowledging); the new leader then adds a follower it reaches (DESIGN.md §4: it holds writes
+/// up to `sync_wait_ms` while one is added) instead of waiting a failure timeout for it.
 pub fn promotion_sync_set(
     state: &ClusterState,
     fenced: &[Fenced],
     w: &Fenced,
     sync_size: usize,
+    with_old_leader: bool,
 ) -> Vec<MemberRef> {
     let end = (w.hb.log_end_epoch, w.hb.log_end_lsn);
     let mut sync_set: Vec<MemberRef> = Vec::new();
@@ -304,11 +309,25 @@ pub fn promotion_sync_set(
             add(f);
         }
     }
-    for f in fenced {
-        // Flushed, not merely appended: a member joins on what survives its own crash.
-        if promotable(f) && f.hb.log_end_epoch == end.0 && f.hb.flushed_lsn >= end.1 {
-            add(f);
-        }
+    // Flushed, not merely appended: a member joins on what survives its own crash. Followers
+    // of the old leader first: the old leader itself must first cut its unreplicated tail, and
+    // after a planned failover it may be the one cut off from everyone.
+    let holds =
+        |f: &&Fenced| promotable(f) && f.hb.log_end_epoch == end.0 && f.hb.flushed_lsn >= end.1;
+    let old_leader = |f: &Fenced| {
+        (state.leader.as_ref())
+            .or(state.prev_leader.as_ref())
+            .is_some_and(|l| l.id == f.id)
+    };
+    for f in fenced.iter().filter(holds).filter(|f| !old_leader(f)) {
+        add(f);
+    }
+    for f in fenced
+        .iter()
+        .filter(holds)
+        .filter(|f| with_old_leader && old_leader(f))
+    {
+        add(f);
     }
     sync_set
 }

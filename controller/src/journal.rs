@@ -76,6 +76,9 @@ pub enum Kind {
     Abort,
     /// The active controller wrote its configuration into the state (`strict`).
     Config,
+    /// The active controller heard fewer members than a standby for a failure timeout and
+    /// resigned its election so that the standby takes over.
+    Handover,
     /// A kind written by another (newer) controller.
     Other(String),
 }
@@ -99,6 +102,7 @@ impl Kind {
             Kind::Recover => "recover",
             Kind::Abort => "abort",
             Kind::Config => "config",
+            Kind::Handover => "handover",
             Kind::Other(s) => s,
         }
     }
@@ -122,6 +126,7 @@ impl From<&str> for Kind {
             "recover" => Kind::Recover,
             "abort" => Kind::Abort,
             "config" => Kind::Config,
+            "handover" => Kind::Handover,
             other => Kind::Other(other.to_string()),
         }
     }
@@ -281,6 +286,7 @@ mod tests {
             "recover",
             "abort",
             "config",
+            "handover",
         ];
         for s in all {
             let k = Kind::from(s);

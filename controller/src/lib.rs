@@ -22,7 +22,7 @@ use api::Api;
 use baton_runtime::metrics::ConnMetrics;
 use baton_runtime::ServeOpts;
 use config::ControllerConfig;
-use runtime::{ClusterRt, Keys, Session};
+use runtime::{ClusterRt, Session};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,22 +57,26 @@ pub async fn serve(
     tracing::info!(id = %cfg.id, listen = ?local, etcd = ?cfg.etcd, "controller started");
     let cancel = CancellationToken::new();
     let session = Arc::new(Mutex::new(Session::default()));
+    let clusters: Vec<Arc<ClusterRt>> = cfg
+        .clusters
+        .iter()
+        .map(|c| {
+            Arc::new(ClusterRt::new(
+                &c.name,
+                core::ClusterCore::new(cfg.cluster_cfg(c)),
+            ))
+        })
+        .collect();
     let session_task = tokio::spawn(runtime::run_session(
         etcd.clone(),
         cfg.timing.election_ttl_s,
         cfg.timing.clock_drift,
         session.clone(),
+        clusters.clone(),
         cancel.clone(),
     ));
-    let mut clusters = Vec::new();
     let mut tasks = Vec::new();
-    for c in &cfg.clusters {
-        let rt = Arc::new(ClusterRt {
-            name: c.name.clone(),
-            keys: Keys::new(&c.name),
-            core: Mutex::new(core::ClusterCore::new(cfg.cluster_cfg(c))),
-            rev_tx: tokio::sync::watch::channel(0).0,
-        });
+    for rt in &clusters {
         tasks.push(tokio::spawn(runtime::run_cluster(
             rt.clone(),
             etcd.clone(),
@@ -80,7 +84,6 @@ pub async fn serve(
             session.clone(),
             cancel.clone(),
         )));
-        clusters.push(rt);
     }
     let etcd_health = Arc::new(Mutex::new(EtcdHealth::default()));
     tasks.push(tokio::spawn(upkeep::run_etcd_upkeep(
@@ -109,6 +112,7 @@ pub async fn serve(
     // Stop granting at once, before the lease is revoked and a standby may take over.
     for rt in &clusters {
         rt.lock().on_election(runtime::now(), None, None);
+        rt.bump();
     }
     cancel.cancel();
     for t in tasks {

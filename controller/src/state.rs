@@ -48,6 +48,12 @@ pub enum Op {
         to: NodeId,
         force: bool,
         allow_data_loss: bool,
+        /// Started by the controller itself (a planned failover, DESIGN.md §5: the leader cut
+        /// from its followers, its flush stuck, its disk full), not by an operator. The old
+        /// leader is then no sync member of its successor: whatever made it fail over keeps
+        /// it from acknowledging, and the new leader would wait a failure timeout for it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        planned: bool,
     },
 }
 
@@ -81,6 +87,7 @@ impl Op {
             allow_data_loss: flag(allow)?,
             force: flag(force)?,
             to: NodeId(to.ok_or_else(bad)?.to_string()),
+            planned: false,
         })
     }
 }
@@ -95,6 +102,7 @@ impl std::fmt::Display for Op {
                 to,
                 force,
                 allow_data_loss,
+                ..
             } => write!(
                 f,
                 "failover:{to}:{}:{}",
@@ -229,7 +237,8 @@ mod tests {
                 op: Op::Failover {
                     to: NodeId("r2".into()),
                     force: true,
-                    allow_data_loss: false
+                    allow_data_loss: false,
+                    planned: false,
                 },
                 deadline_unix_ms: 9500,
                 timeout_ms: Some(60_000),
@@ -256,6 +265,7 @@ mod tests {
                 to: NodeId("r2".into()),
                 force: false,
                 allow_data_loss: true,
+                planned: false,
             },
             deadline_unix_ms: 9500,
             timeout_ms: Some(60_000),
@@ -304,8 +314,32 @@ mod tests {
             Some(Op::Failover {
                 to: NodeId("r2".into()),
                 force: false,
-                allow_data_loss: false
+                allow_data_loss: false,
+                planned: false,
             })
         );
+    }
+
+    #[test]
+    fn a_planned_failover_says_so_and_an_operators_omits_it() {
+        let planned = Op::Failover {
+            to: NodeId("r2".into()),
+            force: false,
+            allow_data_loss: false,
+            planned: true,
+        };
+        let v = serde_json::to_value(&planned).expect("serializes");
+        assert_eq!(v["planned"], true);
+        assert_eq!(serde_json::from_value::<Op>(v).expect("reads"), planned);
+        let op = Op::Failover {
+            to: NodeId("r2".into()),
+            force: false,
+            allow_data_loss: false,
+            planned: false,
+        };
+        assert!(serde_json::to_value(&op)
+            .expect("serializes")
+            .get("planned")
+            .is_none());
     }
 }

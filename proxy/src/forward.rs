@@ -221,7 +221,44 @@ async fn attempt(sh: &Shared, base: &str, req: &Outgoing, min_epoch: u64) -> Tri
         })
     };
     let budget = Duration::from_millis(sh.cfg.timing.request_timeout_ms);
-    let res = tokio::time::timeout(budget, send).await;
+    // A request to the leader stops waiting once the controllers have named another one for
+    // `MOVED_GRACE`: the old leader may be cut off and never answer, and the client learns
+    // "outcome unknown" in a failover's time instead of the whole request timeout (issue 12: a
+    // leader cut from everyone held writes through the proxy for the whole cut). The grace
+    // lets a reachable old leader answer first: after a switchover it refuses with a 503, which
+    // is re-sent, so a rolling restart still fails no write.
+    let mut view = sh.view.subscribe();
+    let leader_moved = async {
+        if req.any_read {
+            return std::future::pending::<String>().await;
+        }
+        loop {
+            if view.changed().await.is_err() {
+                return std::future::pending::<String>().await;
+            }
+            let moved = view
+                .borrow()
+                .leader_url()
+                .filter(|u| *u != base)
+                .map(str::to_string);
+            if let Some(url) = moved {
+                tokio::time::sleep(MOVED_GRACE).await;
+                return url;
+            }
+        }
+    };
+    let res = tokio::select! {
+        res = tokio::time::timeout(budget, send) => res,
+        to = leader_moved => {
+            return Tried {
+                attempt: Attempt::TimedOut,
+                reply: None,
+                detail: format!(
+                    "the controllers named another leader ({to}) while waiting for {base}"
+                ),
+            };
+        }
+    };
     if let Ok(Err((Attempt::ConnectFailed | Attempt::Broken, _))) = &res {
         // Its other pooled connections are likely dead too (see `shared.rs`).
         sh.suspect(base, Instant::now());
@@ -261,6 +298,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// How long a request to a leader keeps waiting after the controllers named another one.
+const MOVED_GRACE: Duration = Duration::from_millis(500);
 
 /// Forwards `req` and answers the client (see the file comment).
 pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
@@ -467,5 +507,78 @@ mod tests {
         };
         assert_eq!(odd.result_label(), "http_502");
         assert!(odd.epochs().is_empty());
+    }
+
+    /// Issue 12: a write waiting on a leader that stops answering (cut off from everyone) is
+    /// answered `504 outcome_unknown` once the controllers have named another leader for
+    /// `MOVED_GRACE`, not after the whole request timeout (10 s by default).
+    #[tokio::test]
+    async fn a_request_waiting_on_a_replaced_leader_is_answered_once_another_is_named() {
+        use crate::config::ProxyConfig;
+        use crate::view::LeaderAnswer;
+        // A "leader" that accepts connections and never answers.
+        let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = hang.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hang.accept().await {
+                held.push(s);
+            }
+        });
+        let cfg = ProxyConfig::parse(
+            std::path::Path::new("p.toml"),
+            "listen = \"127.0.0.1:0\"\ncontrollers = [\"http://127.0.0.1:1\"]\n",
+        )
+        .expect("config");
+        assert!(cfg.timing.request_timeout_ms >= 5_000);
+        let sh = Shared::new(cfg);
+        let answer = |id: &str, addr: String, epoch: u64, rev: u64| LeaderAnswer {
+            id: Some(id.into()),
+            addr: Some(addr),
+            epoch: Some(epoch),
+            rev,
+            from_active: true,
+            state_id: None,
+        };
+        let now = sh.now_ms();
+        sh.view.send_modify(|v| {
+            assert!(matches!(
+                v.on_leader_answer(now, &answer("r1", addr.clone(), 5, 10)),
+                crate::view::Applied::Changed { .. }
+            ))
+        });
+        let req = Outgoing {
+            method: Method::PUT,
+            path_and_query: "/v1/kv/k".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"v"),
+            any_read: false,
+            client_min_epoch: 0,
+        };
+        let t0 = Instant::now();
+        let replace = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = sh.now_ms();
+            sh.view.send_modify(|v| {
+                let a = answer("r2", "127.0.0.1:9".into(), 6, 11);
+                assert!(matches!(
+                    v.on_leader_answer(now, &a),
+                    crate::view::Applied::Changed { .. }
+                ))
+            });
+        };
+        let (resp, ()) = tokio::join!(forward(&sh, req), replace);
+        let waited = t0.elapsed();
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("outcome_unknown"), "{text}");
+        assert!(text.contains("named another leader"), "{text}");
+        assert!(
+            waited >= Duration::from_millis(300) + MOVED_GRACE && waited < Duration::from_secs(3),
+            "answered after {waited:?}"
+        );
     }
 }

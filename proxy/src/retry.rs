@@ -19,7 +19,8 @@ pub enum Attempt {
     /// A connection was made (or reused) and broke before a whole reply arrived: the request
     /// may have been written, in part or in full.
     Broken,
-    /// No whole reply within `timing.request_timeout_ms`.
+    /// No whole reply within `timing.request_timeout_ms`, or the controllers named another
+    /// leader while waiting (the old one is cut off or fenced: its reply may never come).
     TimedOut,
     /// A whole reply with this status (`code`: the `error` of a JSON error body, if any).
     Replied { status: u16, code: Option<String> },
@@ -45,6 +46,9 @@ pub fn classify(a: &Attempt) -> Disposition {
         // Every 503 of the client API means "not appended" (not_leader, stale_epoch,
         // shutting_down, overloaded); a 504 is the replica's own outcome_unknown.
         Attempt::Replied { status: 503, .. } => Disposition::Resend,
+        // 507 insufficient_storage: the leader's disk is full, the write was not appended; the
+        // controller replaces that leader (DESIGN §6), so hold it for the next one.
+        Attempt::Replied { status: 507, .. } => Disposition::Resend,
         Attempt::Replied { .. } => Disposition::PassThrough,
     }
 }
@@ -57,7 +61,11 @@ pub fn resend_reason(a: &Attempt) -> &str {
         Attempt::Replied {
             code: Some(code), ..
         } => match code.as_str() {
-            "not_leader" | "stale_epoch" | "shutting_down" | "overloaded" => code,
+            "not_leader"
+            | "stale_epoch"
+            | "shutting_down"
+            | "overloaded"
+            | "insufficient_storage" => code,
             _ => "unavailable",
         },
         _ => "unavailable",
@@ -94,6 +102,11 @@ mod tests {
             (replied(503, Some("shutting_down")), Resend, "shutting_down"),
             (replied(503, Some("overloaded")), Resend, "overloaded"),
             (replied(503, None), Resend, "unavailable"),
+            (
+                replied(507, Some("insufficient_storage")),
+                Resend,
+                "insufficient_storage",
+            ),
             // May have been applied: never re-sent.
             (Attempt::Broken, OutcomeUnknown, ""),
             (Attempt::TimedOut, OutcomeUnknown, ""),

@@ -203,7 +203,7 @@ async fn kv(
         };
         let epoch = node.lock().core().epoch();
         if epoch.0 < min {
-            node.heartbeat_now.notify_one();
+            node.heartbeat_soon();
             return error(
                 ErrorCode::StaleEpoch,
                 format!(
@@ -388,6 +388,7 @@ fn reject_label(r: &WriteReject) -> &'static str {
         WriteReject::NotFound => "not_found",
         WriteReject::ShuttingDown => "shutting_down",
         WriteReject::Overloaded(_) => "overloaded",
+        WriteReject::InsufficientStorage(_) => "insufficient_storage",
         WriteReject::Fatal(_) => "fatal",
     }
 }
@@ -409,6 +410,9 @@ fn reject_response(r: WriteReject) -> Response {
             None,
         ),
         WriteReject::Overloaded(reason) => error(ErrorCode::Overloaded, reason, None),
+        WriteReject::InsufficientStorage(reason) => {
+            error(ErrorCode::InsufficientStorage, reason, None)
+        }
         WriteReject::Fatal(reason) => error(
             ErrorCode::Fatal,
             format!("the replica stopped: {reason}"),

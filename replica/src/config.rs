@@ -51,6 +51,11 @@ pub struct Timing {
     pub write_timeout_ms: u64,
     /// On SIGTERM a leader waits up to this long for pending writes to commit.
     pub shutdown_drain_ms: u64,
+    /// Follower promise carried by every acknowledgement (DESIGN.md §5): this replica leads no
+    /// higher epoch within this long of an acknowledgement (nor of its own start). A leader
+    /// holding unexpired promises from every other member keeps serving without a controller.
+    /// 0 turns promises off; at most the controllers' `lease_ms` keeps promotions as fast.
+    pub promise_ms: u64,
 }
 
 impl Default for Timing {
@@ -61,6 +66,7 @@ impl Default for Timing {
             clock_drift: 0.01,
             write_timeout_ms: 5000,
             shutdown_drain_ms: 1000,
+            promise_ms: 800,
         }
     }
 }
@@ -206,6 +212,15 @@ impl ReplicaConfig {
                     "{} is above the maximum of 60000 (a service manager kills a process that \
                      takes longer to stop)",
                     t.shutdown_drain_ms
+                ),
+            );
+        }
+        if t.promise_ms > 60_000 {
+            return bad(
+                "timing.promise_ms",
+                format!(
+                    "{} is above the maximum of 60000 (a promoted replica waits out its own promise)",
+                    t.promise_ms
                 ),
             );
         }

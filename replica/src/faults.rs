@@ -11,11 +11,15 @@
 //!   [`CRASH_EXIT_CODE`].
 //! - `return(error)`: the operation fails with an injected I/O error (`EIO`) where the point
 //!   says so below, taking the same path a real failure takes.
+//! - `return(enospc)`: the same with `ENOSPC` (a full disk): at `wal.before_append` the write
+//!   is refused and retried every 500 ms, the replica answering writes `507` meanwhile; at
+//!   `wal.before_fsync` it is an fsync error like any other (fatal, DESIGN.md §6).
 //! - `sleep(ms)`, `delay(ms)`, `pause`: as the `fail` crate defines them (they block the thread).
+//!   A slow disk is `wal.before_fsync=sleep(3000)`: every fdatasync of the log stalls 3 s.
 //!
 //! | point | where | `error` means |
 //! |---|---|---|
-//! | `wal.before_append` | log thread, before a batch is written to the segment | write error: fatal |
+//! | `wal.before_append` | log thread, before a batch is written to the segment | write error: fatal (`enospc`: disk full, retried) |
 //! | `wal.after_append` | after the batch was written, before its fsync | write error: fatal |
 //! | `wal.before_fsync` | before the segment's fdatasync | fsync error: fatal, never retried |
 //! | `wal.after_fsync` | after fdatasync returned, before anyone learns of it | fsync error: fatal |
@@ -34,10 +38,12 @@
 //! | `install.after_reset` | follower, snapshot renamed into place and the log restarted after it (durable), before that is reported and acknowledged | fatal: cannot install |
 //!
 //! The controller's points (`promotion.*`, `lease.before_renew`) are in
-//! `controller/src/runtime.rs`.
+//! `controller/src/runtime/faults.rs`; evaluating a point, the `FAILPOINTS` set-up and the
+//! router are shared, in `baton_runtime::faults`.
 
-/// Exit status of a process crashed by a `return(crash)` action.
-pub const CRASH_EXIT_CODE: i32 = 86;
+pub use baton_runtime::faults::CRASH_EXIT_CODE;
+#[cfg(feature = "failpoints")]
+pub use baton_runtime::faults::{hit, router};
 
 /// Marks a fault point. `fault!("name")` supports the crash (and sleep/delay/pause) actions;
 /// `fault!("name", |e: std::io::Error| -> E)` also `return(error)`: it returns `Err` built from
@@ -46,13 +52,13 @@ pub const CRASH_EXIT_CODE: i32 = 86;
 #[cfg(feature = "failpoints")]
 macro_rules! fault {
     ($name:literal) => {
-        if $crate::faults::hit($name) {
+        if $crate::faults::hit($name).is_some() {
             $crate::faults::no_error_here($name);
         }
     };
     ($name:literal, $err:expr) => {
-        if $crate::faults::hit($name) {
-            return Err($crate::faults::injected($name, $err));
+        if let Some(errno) = $crate::faults::hit($name) {
+            return Err($crate::faults::injected($name, errno, $err));
         }
     };
 }
@@ -65,39 +71,6 @@ macro_rules! fault {
 
 pub(crate) use fault;
 
-/// Evaluates the point: crashes on `return(crash)`, returns true on `return(error)`.
-#[cfg(feature = "failpoints")]
-pub fn hit(name: &str) -> bool {
-    fn eval(name: &str) -> Option<String> {
-        fail::fail_point!(name, |arg: Option<String>| Some(arg.unwrap_or_default()));
-        None
-    }
-    match eval(name).as_deref() {
-        None => false,
-        Some("crash") => crash(name),
-        Some("error") => {
-            tracing::warn!(point = name, "failpoint: injecting an I/O error");
-            true
-        }
-        Some(other) => {
-            tracing::error!(
-                point = name,
-                arg = other,
-                "failpoint: unknown return argument (use crash or error); ignored"
-            );
-            false
-        }
-    }
-}
-
-/// Ends the process at once, as `kill -9` would at this point (nothing is flushed or dropped).
-#[cfg(feature = "failpoints")]
-pub fn crash(name: &str) -> ! {
-    eprintln!("failpoint {name}: crash");
-    // SAFETY: _exit(2) ends the process without running any Rust code; that is the point.
-    unsafe { libc::_exit(CRASH_EXIT_CODE) }
-}
-
 /// `return(error)` at a point that has no error path.
 #[cfg(feature = "failpoints")]
 pub fn no_error_here(name: &str) {
@@ -107,40 +80,13 @@ pub fn no_error_here(name: &str) {
     );
 }
 
-/// The injected error: `EIO` naming the point, turned into the site's error type by `f`.
+/// The injected error: `errno` naming the point, turned into the site's error type by `f`.
+/// Its kind is the errno's (ENOSPC is `StorageFull`, which is how a full disk is recognized).
 #[cfg(feature = "failpoints")]
-pub fn injected<E>(name: &str, f: impl FnOnce(std::io::Error) -> E) -> E {
-    let eio = std::io::Error::from_raw_os_error(libc::EIO);
+pub fn injected<E>(name: &str, errno: i32, f: impl FnOnce(std::io::Error) -> E) -> E {
+    let os = std::io::Error::from_raw_os_error(errno);
     f(std::io::Error::new(
-        eio.kind(),
-        format!("{eio} (injected by failpoint {name})"),
+        os.kind(),
+        format!("{os} (injected by failpoint {name})"),
     ))
-}
-
-/// `PUT /v1/failpoints/{name}` (body: actions), `DELETE /v1/failpoints/{name}`,
-/// `GET /v1/failpoints`: arm, disarm and list points at run time.
-#[cfg(feature = "failpoints")]
-pub fn router() -> axum::Router {
-    use axum::extract::Path;
-    use axum::http::StatusCode;
-    use axum::routing::{get, put};
-    async fn arm(Path(name): Path<String>, body: String) -> (StatusCode, String) {
-        match fail::cfg(name.clone(), body.trim()) {
-            Ok(()) => {
-                tracing::info!(point = %name, actions = %body.trim(), "failpoint armed");
-                (StatusCode::OK, format!("{name}={}\n", body.trim()))
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, format!("{name}: {e}\n")),
-        }
-    }
-    async fn disarm(Path(name): Path<String>) -> StatusCode {
-        fail::remove(name);
-        StatusCode::OK
-    }
-    async fn list() -> axum::Json<Vec<(String, String)>> {
-        axum::Json(fail::list())
-    }
-    axum::Router::new()
-        .route("/v1/failpoints", get(list))
-        .route("/v1/failpoints/{name}", put(arm).delete(disarm))
 }

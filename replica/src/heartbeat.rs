@@ -1,96 +1,171 @@
-//! The replica's side of the controller protocol: every `heartbeat_interval_ms` it sends a
-//! heartbeat to every configured controller, and feeds each answer to the engine
-//! (`Core::on_directive`) through the driver. When the engine asks for the directive's epoch
-//! and rev to be persisted first, they are stored off the executor and reported back.
+//! The replica's side of the controller protocol: one loop per configured controller sends
+//! heartbeats and feeds each answer to the engine (`Core::on_directive`) through the driver.
+//! When the engine asks for the directive's epoch and rev to be persisted first, they are
+//! stored off the executor and reported back.
 //!
-//! Answers are handled one at a time by a single task, so two directives never race.
+//! Directives arrive promptly (DESIGN.md §5): a heartbeat carries what this replica last got
+//! from that controller (`?wait_ms=…&rev=…&term=…`), and an active controller holds it until its
+//! directive for this replica changes (a new state rev or term) or the hold runs out, so a new
+//! role reaches the replica one round trip after the controller decided it. A heartbeat is sent
+//! at most every `heartbeat_interval_ms` (a held one paces itself), and at once when the answer
+//! changed the directive (rev, term, role, epoch, waited set), when the node asks for one
+//! (`Node::heartbeat_soon`: a client showed a newer epoch, the disk filled), abandoning a held
+//! one. A leader whose lease was revoked (a switchover) reports every
+//! [`REVOKED_PERIOD`] and is not held, so the controller sees its successor catch up at once.
+//!
+//! Answers are handled one at a time (a lock around the driver step), so two directives never
+//! race.
 
 use crate::node::Node;
 use baton_common::clock;
-use baton_common::directive::Directive;
+use baton_common::directive::{Directive, Role};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// How often a leader whose lease was revoked (a switchover waits for its successor to catch
+/// up) reports to the controller that revoked it.
+pub const REVOKED_PERIOD: Duration = Duration::from_millis(10);
 
 /// Runs until `cancel` fires.
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build_http();
-    let (dtx, mut drx) = mpsc::channel::<(String, u64, Directive)>(256);
-    let handler_node = node.clone();
-    let handler = tokio::spawn(async move {
-        while let Some((_url, sent_at, d)) = drx.recv().await {
-            handle(&handler_node, sent_at, d).await;
-        }
-    });
+    let handling = Arc::new(tokio::sync::Mutex::new(()));
+    let loops: Vec<_> = node
+        .cfg
+        .controllers
+        .iter()
+        .map(|base| {
+            tokio::spawn(controller_loop(
+                node.clone(),
+                client.clone(),
+                base.clone(),
+                handling.clone(),
+                cancel.clone(),
+            ))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// What this replica last got from one controller: the hold is asked only while this is what
+/// the controller would answer again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Known {
+    rev: u64,
+    term: u64,
+    /// The answer revoked a leader's lease (`lease_ms` 0): report often, do not ask to be held.
+    revoked: bool,
+}
+
+/// Heartbeats to the controller at `base`, until `cancel` fires.
+async fn controller_loop(
+    node: Arc<Node>,
+    client: HttpClient,
+    base: String,
+    handling: Arc<tokio::sync::Mutex<()>>,
+    cancel: CancellationToken,
+) {
     let period = Duration::from_millis(node.cfg.timing.heartbeat_interval_ms);
     let timeout = Duration::from_millis(node.cfg.timing.heartbeat_timeout_ms);
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reach: Arc<std::sync::Mutex<HashMap<String, bool>>> = Default::default();
+    let url = format!(
+        "{}/v1/clusters/{}/heartbeat",
+        base.trim_end_matches('/'),
+        node.cfg.cluster
+    );
+    let mut soon = node.heartbeat_now.subscribe();
+    let mut known: Option<Known> = None;
+    let mut reachable: Option<bool> = None;
+    let mut next = Instant::now();
     let mut seq = 0u64;
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
-            _ = node.heartbeat_now.notified() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            _ = soon.changed() => {}
             _ = cancel.cancelled() => break,
         }
+        soon.borrow_and_update();
         seq += 1;
+        let sent = Instant::now();
         let sent_at = clock::now_ms();
         let hb = node.lock().core().heartbeat(sent_at, seq);
         let body = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
-        for base in &node.cfg.controllers {
-            let url = format!(
-                "{}/v1/clusters/{}/heartbeat",
-                base.trim_end_matches('/'),
-                node.cfg.cluster
-            );
-            let (client, body, dtx, reach, base) = (
-                client.clone(),
-                body.clone(),
-                dtx.clone(),
-                reach.clone(),
-                base.clone(),
-            );
-            tokio::spawn(async move {
-                let res = tokio::time::timeout(timeout, post(&client, &url, body)).await;
-                let res = match res {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-                };
-                let ok = res.is_ok();
-                {
-                    let mut r = reach.lock().unwrap_or_else(|p| p.into_inner());
-                    let was = r.insert(base.clone(), ok);
-                    match (&res, was) {
-                        (Err(e), Some(true) | None) => {
-                            tracing::warn!(controller = %base, error = %e, "controller unreachable")
-                        }
-                        (Ok(_), Some(false)) => {
-                            tracing::info!(controller = %base, "controller reachable again")
-                        }
-                        _ => {}
-                    }
-                }
-                if let Ok(d) = res {
-                    if d.seq == seq {
-                        let _ = dtx.send((base, sent_at, d)).await;
-                    }
-                }
-            });
+        // Held only while nothing else is expected: the controller answers at once otherwise.
+        let hold = known.filter(|k| !k.revoked).map(|_| period);
+        let target = match (hold, known) {
+            (Some(h), Some(k)) => format!(
+                "{url}?wait_ms={}&rev={}&term={}",
+                h.as_millis(),
+                k.rev,
+                k.term
+            ),
+            _ => url.clone(),
+        };
+        next = sent
+            + if known.is_some_and(|k| k.revoked) {
+                REVOKED_PERIOD
+            } else {
+                period
+            };
+        let limit = timeout + hold.unwrap_or_default();
+        let res = tokio::select! {
+            r = tokio::time::timeout(limit, post(&client, &target, body)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+            },
+            // The node wants a fresh report now: abandon the held request and send again.
+            _ = soon.changed() => {
+                next = Instant::now();
+                continue;
+            }
+            _ = cancel.cancelled() => break,
+        };
+        match (&res, reachable) {
+            (Err(e), Some(true) | None) => {
+                tracing::warn!(controller = %base, error = %e, "controller unreachable")
+            }
+            (Ok(_), Some(false)) => {
+                tracing::info!(controller = %base, "controller reachable again")
+            }
+            _ => {}
+        }
+        reachable = Some(res.is_ok());
+        let Ok(d) = res else {
+            known = None;
+            continue;
+        };
+        if d.seq != seq {
+            continue;
+        }
+        let k = Known {
+            rev: d.rev,
+            term: d.controller_term,
+            revoked: d.active && d.role == Some(Role::Leader) && d.lease_ms == 0,
+        };
+        let directive_moved =
+            d.active && known.is_some_and(|was| (was.rev, was.term) != (k.rev, k.term));
+        known = d.active.then_some(k);
+        let changed = {
+            let _one_at_a_time = handling.lock().await;
+            handle(&node, sent_at, d).await
+        };
+        if changed || directive_moved {
+            // Report the new epoch, role or waited set at once: a promotion waits for these
+            // reports (DESIGN.md §5).
+            next = Instant::now();
         }
     }
-    drop(dtx);
-    handler.abort();
 }
 
 async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<Directive, String> {
@@ -115,17 +190,26 @@ async fn post(client: &HttpClient, url: &str, body: Bytes) -> Result<Directive, 
     serde_json::from_slice(&bytes).map_err(|e| format!("malformed directive: {e}"))
 }
 
+/// What a directive may change that the controller waits to hear about.
+fn reported(node: &Node) -> impl PartialEq {
+    let g = node.lock();
+    let hb = g.core().heartbeat(clock::now_ms(), 0);
+    let waiting: Vec<_> = hb.waiting.iter().map(|w| w.id.clone()).collect();
+    (hb.epoch, hb.role, hb.lease_left_ms == Some(0), waiting)
+}
+
 /// Feeds one controller answer to the engine; persists what it asks for, then reports it.
-pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
-    let (before, mut out) = {
+/// Returns whether it changed this replica's epoch, role, waited set or lease revocation.
+pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) -> bool {
+    let before = reported(node);
+    let mut out = {
         let mut g = node.lock();
-        let before = (g.core().epoch(), g.core().role());
         let fx = g.core_mut().on_directive(clock::now_ms(), sent_at, &d);
-        (before, node.step(g, fx))
+        node.step(g, fx)
     };
     if let Some(p) = out.persist.take() {
         if !node.persist_epoch(p).await {
-            return;
+            return false;
         }
         out = {
             let mut g = node.lock();
@@ -149,14 +233,7 @@ pub async fn handle(node: &Arc<Node>, sent_at: u64, d: Directive) {
         } else {
             tracing::debug!(epoch = %d.epoch, rev = d.rev, %reason, "directive ignored");
         }
-        return;
+        return false;
     }
-    let after = {
-        let g = node.lock();
-        (g.core().epoch(), g.core().role())
-    };
-    if before != after {
-        // Report the new epoch and role at once: a promotion waits for these reports.
-        node.heartbeat_now.notify_one();
-    }
+    before != reported(node)
 }

@@ -6,7 +6,12 @@
 //! wrote under, fatal errors, the meta file's `unclean` flag, compaction, size); it knows
 //! nothing of the node around it. [`Gate`] is what it shares with background snapshots.
 //!
-//! A failed write or sync is fatal: the thread reports it and stops; nothing is retried.
+//! A failed write or sync is fatal: the thread reports it and stops; nothing is retried — except
+//! a full disk. ENOSPC from a write(2), a space reservation or the meta file's temp file
+//! ([`LogError::NoSpace`]) leaves what was written in place; the thread reports the disk full,
+//! keeps the records it was given (and every later command, in order; reads and compactions
+//! are still served) and tries again every [`NO_SPACE_RETRY`] until the write succeeds, then
+//! reports it. ENOSPC from an fsync is fatal like any fsync error (`wal/mod.rs` says why).
 
 use crate::faults::fault;
 use crate::snapshot;
@@ -14,6 +19,7 @@ use crate::wal::disk::sync_dir;
 use crate::wal::{LogError, LogStore, Record};
 use baton_common::{Epoch, Lsn};
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +83,9 @@ pub trait LogEvents: Send + Sync + 'static {
     fn compacted(&self, first: Lsn, log_bytes: u64);
     /// One batch was appended and synced.
     fn synced(&self, took: Duration, records: usize, log_bytes: u64);
+    /// The log cannot be written for lack of space (`Some(error)`; the thread keeps what it was
+    /// given and retries every [`NO_SPACE_RETRY`]), or a retry wrote (`None`).
+    fn disk_full(&self, full: Option<String>);
 }
 
 /// Shared by the log thread and background snapshots: the log generation the thread has
@@ -171,94 +180,269 @@ impl Dirs {
     }
 }
 
+/// How often a write refused for lack of space is tried again.
+pub const NO_SPACE_RETRY: Duration = Duration::from_millis(500);
+
 /// Runs until the channel closes or the log fails.
 pub fn run(
     events: std::sync::Arc<dyn LogEvents>,
     gate: std::sync::Arc<Gate>,
-    mut log: Box<dyn LogStore>,
+    log: Box<dyn LogStore>,
     rx: mpsc::Receiver<LogCmd>,
     dirs: Dirs,
 ) {
-    const MAX_BATCH: usize = 4096;
-    let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
-    let mut gen: u64 = gate.gen();
-    let fail = |e: String| events.fatal(e);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut compact: Option<Lsn> = None;
-        let mut unclean: Option<bool> = None;
-        let mut reads = Vec::new();
-        let mut barrier: Option<LogCmd> = None;
-        while let Some(cmd) = next.take() {
-            match cmd {
-                LogCmd::Append(r) => batch.push(r),
-                LogCmd::Compact(l, g) if g == gen => {
-                    compact = Some(compact.map_or(l, |c| c.max(l)))
+    let gen = gate.gen();
+    LogThread {
+        events,
+        gate,
+        log,
+        rx,
+        dirs,
+        gen,
+        deferred: VecDeque::new(),
+        full_since: None,
+    }
+    .run()
+}
+
+/// The log thread's state.
+struct LogThread {
+    events: std::sync::Arc<dyn LogEvents>,
+    gate: std::sync::Arc<Gate>,
+    log: Box<dyn LogStore>,
+    rx: mpsc::Receiver<LogCmd>,
+    dirs: Dirs,
+    /// The log generation executed here (truncations and resets).
+    gen: u64,
+    /// Commands taken off the channel while waiting for space, to be run in order afterwards.
+    deferred: VecDeque<LogCmd>,
+    /// Since when the disk is full (a write or the meta file failed with ENOSPC).
+    full_since: Option<Instant>,
+}
+
+impl LogThread {
+    fn next_blocking(&mut self) -> Option<LogCmd> {
+        self.deferred.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    fn next_ready(&mut self) -> Option<LogCmd> {
+        self.deferred
+            .pop_front()
+            .or_else(|| self.rx.try_recv().ok())
+    }
+
+    fn fail(&self, reason: String) {
+        self.events.fatal(reason)
+    }
+
+    fn run(mut self) {
+        const MAX_BATCH: usize = 4096;
+        let mut batch: Vec<Record> = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.next_blocking() {
+            let mut next = Some(first);
+            let mut compact: Option<Lsn> = None;
+            let mut unclean: Option<bool> = None;
+            let mut reads = Vec::new();
+            let mut barrier: Option<LogCmd> = None;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    LogCmd::Append(r) => batch.push(r),
+                    LogCmd::Compact(l, g) if g == self.gen => {
+                        compact = Some(compact.map_or(l, |c| c.max(l)))
+                    }
+                    LogCmd::Compact(..) => {}
+                    LogCmd::StoreUnclean(u) => unclean = Some(u),
+                    LogCmd::Read { .. } => reads.push(cmd),
+                    // Truncations and resets split batches: what came before is written first.
+                    other => {
+                        barrier = Some(other);
+                        break;
+                    }
                 }
-                LogCmd::Compact(..) => {}
-                LogCmd::StoreUnclean(u) => unclean = Some(u),
-                LogCmd::Read { .. } => reads.push(cmd),
-                // Truncations and resets split batches: what came before is written first.
-                other => {
-                    barrier = Some(other);
-                    break;
+                if batch.len() < MAX_BATCH {
+                    next = self.next_ready();
                 }
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            if !batch.is_empty() {
+                let t0 = Instant::now();
+                let last = batch.last().map(|r| r.lsn).expect("non-empty");
+                if !self.write_batch(&batch) {
+                    return;
+                }
+                self.events
+                    .synced(t0.elapsed(), batch.len(), self.log.size_bytes());
+                batch.clear();
+                self.events.flushed(last, self.gen);
+            }
+            for r in reads {
+                self.serve_read(r);
+            }
+            if let Some(u) = unclean {
+                if !self.store_unclean(u) {
+                    return;
+                }
+            }
+            if let Some(c) = compact {
+                self.compact(c);
+            }
+            if let Some(b) = barrier {
+                if !self.barrier(b) {
+                    return;
+                }
             }
         }
-        if !batch.is_empty() {
-            let t0 = Instant::now();
-            let last = batch.last().map(|r| r.lsn).expect("non-empty");
-            if let Err(e) = log.append(&batch).and_then(|_| log.sync()) {
-                fail(describe(&e));
-                return;
+    }
+
+    /// Appends what of `batch` the log does not hold yet and syncs, waiting for space as long
+    /// as the disk is full. False when the thread must stop (fatal error, or shutdown while
+    /// the disk is full).
+    fn write_batch(&mut self, batch: &[Record]) -> bool {
+        loop {
+            let next = self.log.last_lsn().next();
+            let at = batch.partition_point(|r| r.lsn < next);
+            let res = if at < batch.len() {
+                self.log.append(&batch[at..])
+            } else {
+                Ok(())
             }
-            events.synced(t0.elapsed(), batch.len(), log.size_bytes());
-            batch.clear();
-            events.flushed(last, gen);
-        }
-        for r in reads {
-            if let LogCmd::Read {
-                from,
-                max_records,
-                max_bytes,
-                reply,
-            } = r
-            {
-                let res = if from < log.first_lsn() {
-                    Err(LogError::Misuse(format!("LSN {from} was compacted away")))
-                } else {
-                    log.read(from, max_records, max_bytes)
-                };
-                let _ = reply.send(res);
-            }
-        }
-        if let Some(u) = unclean {
-            if let Err(e) = events.store_unclean(u) {
-                fail(format!("cannot store the meta file: {e:#}"));
-                return;
-            }
-        }
-        if let Some(c) = compact {
-            match compact_through(log.as_mut(), c) {
-                Ok(()) => events.compacted(log.first_lsn(), log.size_bytes()),
+            .and_then(|_| self.log.sync());
+            match res {
+                Ok(()) => {
+                    self.space_again();
+                    return true;
+                }
+                Err(e) if e.is_no_space() => {
+                    if !self.wait_for_space(e.to_string(), batch.len() - at) {
+                        return false;
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
+                    self.fail(describe(&e));
+                    return false;
                 }
             }
         }
-        match barrier {
-            None => {}
-            Some(LogCmd::Truncate {
+    }
+
+    /// Stores the `unclean` flag, waiting for space as long as the meta file cannot be
+    /// written for lack of it (the old file stays in place until the rename, so a retry is
+    /// safe). False when the thread must stop.
+    fn store_unclean(&mut self, u: bool) -> bool {
+        loop {
+            match self.events.store_unclean(u) {
+                Ok(()) => {
+                    self.space_again();
+                    return true;
+                }
+                Err(e) if crate::meta::is_no_space(&e) => {
+                    if !self.wait_for_space(format!("cannot store the meta file: {e:#}"), 0) {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(format!("cannot store the meta file: {e:#}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The disk is full: says so once, then waits [`NO_SPACE_RETRY`] while serving reads and
+    /// compactions (which may free space) and keeping every other command for later, in order.
+    /// False when the channel closed (shutdown): the records not written were never
+    /// acknowledged.
+    fn wait_for_space(&mut self, error: String, unwritten: usize) -> bool {
+        if self.full_since.is_none() {
+            self.full_since = Some(Instant::now());
+            tracing::warn!(%error, unwritten,
+                "disk full: writes are refused (507) and reads served; the write is retried every {} ms",
+                NO_SPACE_RETRY.as_millis());
+            self.events.disk_full(Some(error));
+        }
+        let deadline = Instant::now() + NO_SPACE_RETRY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match self.rx.recv_timeout(left) {
+                // With nothing deferred, nothing these could overtake is waiting.
+                Ok(cmd @ LogCmd::Read { .. }) if self.deferred.is_empty() => self.serve_read(cmd),
+                Ok(LogCmd::Compact(l, g)) if self.deferred.is_empty() => {
+                    if g == self.gen {
+                        self.compact(l);
+                    }
+                }
+                Ok(cmd) => self.deferred.push_back(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => return true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let appends = self
+                        .deferred
+                        .iter()
+                        .filter(|c| matches!(c, LogCmd::Append(_)))
+                        .count();
+                    tracing::warn!(
+                        records = unwritten + appends,
+                        "stopping while the disk is full: records handed to the log were not written (none was acknowledged)"
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// A write succeeded: if the disk was full, it is no longer.
+    fn space_again(&mut self) {
+        if let Some(t) = self.full_since.take() {
+            tracing::info!(
+                full_ms = t.elapsed().as_millis() as u64,
+                "the disk has room again: writes resume"
+            );
+            self.events.disk_full(None);
+        }
+    }
+
+    fn serve_read(&self, cmd: LogCmd) {
+        if let LogCmd::Read {
+            from,
+            max_records,
+            max_bytes,
+            reply,
+        } = cmd
+        {
+            let res = if from < self.log.first_lsn() {
+                Err(LogError::Misuse(format!("LSN {from} was compacted away")))
+            } else {
+                self.log.read(from, max_records, max_bytes)
+            };
+            let _ = reply.send(res);
+        }
+    }
+
+    fn compact(&mut self, c: Lsn) {
+        match compact_through(self.log.as_mut(), c) {
+            Ok(()) => self
+                .events
+                .compacted(self.log.first_lsn(), self.log.size_bytes()),
+            Err(e) => {
+                tracing::warn!(%e, "log compaction failed; it is retried after the next snapshot")
+            }
+        }
+    }
+
+    /// Runs a truncation, resync or snapshot install. False when the thread must stop.
+    fn barrier(&mut self, b: LogCmd) -> bool {
+        let gate = self.gate.clone();
+        match b {
+            LogCmd::Truncate {
                 from,
                 records,
                 reply,
-            }) => {
+            } => {
                 let _gate = gate.lock();
-                gen = gate.bump();
-                let res = archive(&dirs.rollback, &records).and_then(|a| {
+                self.gen = gate.bump();
+                let log = self.log.as_mut();
+                let res = archive(&self.dirs.rollback, &records).and_then(|a| {
                     fault!("truncate.after_archive", |e| LogError::io(
                         format!("truncate the log from LSN {from}"),
                         e
@@ -268,40 +452,41 @@ pub fn run(
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
                 if let Some(e) = failed {
-                    fail(format!("cannot truncate the log: {e}"));
-                    return;
+                    self.fail(format!("cannot truncate the log: {e}"));
+                    return false;
                 }
             }
-            Some(LogCmd::Resync { from, reply }) => {
+            LogCmd::Resync { from, reply } => {
                 let _gate = gate.lock();
-                gen = gate.bump();
-                let res = resync(log.as_mut(), &dirs, from);
+                self.gen = gate.bump();
+                let res = resync(self.log.as_mut(), &self.dirs, from);
                 let failed = res.as_ref().err().map(|e| e.to_string());
                 let _ = reply.send(res);
                 if let Some(e) = failed {
-                    fail(format!("cannot resync the log: {e}"));
-                    return;
+                    self.fail(format!("cannot resync the log: {e}"));
+                    return false;
                 }
             }
-            Some(LogCmd::InstallSnapshot { tmp, lsn, reply }) => {
+            LogCmd::InstallSnapshot { tmp, lsn, reply } => {
                 let g = gate.lock();
-                gen = gate.bump();
-                let res = install(log.as_mut(), &dirs, &tmp, lsn);
+                self.gen = gate.bump();
+                let res = install(self.log.as_mut(), &self.dirs, &tmp, lsn);
                 drop(g);
                 if let Err(e) = res {
                     let msg = e.to_string();
                     let _ = reply.send(Err(e));
-                    fail(format!("cannot install the snapshot: {msg}"));
-                    return;
+                    self.fail(format!("cannot install the snapshot: {msg}"));
+                    return false;
                 }
                 // Only now does a crash keep the snapshot: report it durable like a flush, so
                 // that the follower acknowledges it (the core held `flushed` below it so far).
                 // Outside the gate: the step may start a snapshot, which takes the gate.
-                events.flushed(lsn, gen);
+                self.events.flushed(lsn, self.gen);
                 let _ = reply.send(Ok(()));
             }
-            Some(_) => unreachable!("only truncations and resets are barriers"),
+            _ => unreachable!("only truncations and resets are barriers"),
         }
+        true
     }
 }
 

@@ -27,6 +27,11 @@ pub struct Meta {
     /// that names one; 0 until then. Directives of another deployment are ignored.
     #[serde(default)]
     pub cluster_id: u64,
+    /// Set when recovery cut records this replica may have acknowledged (damage inside the
+    /// log): where, for the error a leader directive then gets (DESIGN.md §6: such a log is
+    /// repaired from a leader, never led). Cleared with `unclean`, once it fetched them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,7 @@ impl Meta {
                     applied_rev: 0,
                     unclean: true,
                     cluster_id: 0,
+                    damaged: None,
                 };
                 meta.store(dir)?;
                 Ok((meta, true))
@@ -101,6 +107,15 @@ impl Meta {
             reason: e.to_string(),
         })
     }
+}
+
+/// Whether storing the meta file failed for lack of space before the rename: the old file is
+/// still in place and the store may be tried again (anything later is not retried).
+pub fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<MetaError>(),
+            Some(MetaError::Io { source, .. }) if crate::wal::is_enospc(source))
+    })
 }
 
 /// An exclusive lock on a data directory, held for the life of the process.

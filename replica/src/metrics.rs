@@ -19,6 +19,9 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub is_leader: IntGauge,
     pub degraded: IntGauge,
+    pub degraded_for_seconds: prometheus::Gauge,
+    pub degraded_seconds: prometheus::Gauge,
+    pub disk_full: IntGauge,
     pub log_end_lsn: IntGauge,
     pub flushed_lsn: IntGauge,
     pub commit_lsn: IntGauge,
@@ -102,6 +105,21 @@ impl Metrics {
             degraded: reg!(g(
                 "baton_replica_degraded",
                 "1 when leading with an empty sync set"
+            )),
+            degraded_for_seconds: reg!(prometheus::Gauge::with_opts(Opts::new(
+                "baton_replica_degraded_for_seconds",
+                "How long the current degraded period (leading alone) has lasted; 0 when not"
+            ))
+            .expect("valid")),
+            degraded_seconds: reg!(prometheus::Gauge::with_opts(Opts::new(
+                "baton_replica_degraded_seconds",
+                "Every degraded period (leading alone: one disk holds acknowledged writes) of \
+                 this process together, the current one included"
+            ))
+            .expect("valid")),
+            disk_full: reg!(g(
+                "baton_replica_disk_full",
+                "1 while the log cannot be written for lack of space (writes get 507)"
             )),
             log_end_lsn: reg!(g(
                 "baton_replica_log_end_lsn",

@@ -1,5 +1,5 @@
 //! The replica runtime around the engine ([`Core`]): recovery from disk, the write waiters, the
-//! meta file, the fatal-error path and shutdown. The driver (`driver.rs`) executes the
+//! meta file, the fatal-error path and shutdown. The driver (`driver/`) executes the
 //! engine's actions; the log thread (`logthread.rs`) owns the log store and reports through
 //! `LogEvents`; the tail of recent records for leader streams is `tail.rs`.
 //!
@@ -73,8 +73,8 @@ pub struct Node {
     /// Set once; the main task exits non-zero when it fires.
     fatal: Mutex<Option<Fatal>>,
     pub fatal_notify: Notify,
-    /// Ask the heartbeat loop to send one now (a client showed a newer epoch).
-    pub heartbeat_now: Notify,
+    /// Bumped to ask every heartbeat loop to send one now ([`Node::heartbeat_soon`]).
+    pub heartbeat_now: tokio::sync::watch::Sender<u64>,
     log_bytes: std::sync::atomic::AtomicU64,
     /// The log generation the log thread executed, and the lock snapshots commit under.
     pub(crate) gate: Arc<Gate>,
@@ -98,6 +98,13 @@ pub struct OpenReport {
 }
 
 impl Node {
+    /// Asks every heartbeat loop (one per controller) to send a heartbeat now, abandoning a
+    /// held one: a client showed a newer epoch, or something the controller must learn at once
+    /// changed (a full disk).
+    pub fn heartbeat_soon(&self) {
+        self.heartbeat_now.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Opens the data directory: lock, meta, newest snapshot, log (verified), and starts the log
     /// thread. Corruption or an unusable directory is an error naming the file.
     pub fn open(cfg: ReplicaConfig) -> anyhow::Result<(Arc<Node>, OpenReport)> {
@@ -117,8 +124,29 @@ impl Node {
             // ERROR): it is unclean until it has fetched them again (DESIGN.md §3, §6). Stored
             // before the log forgets it, so that a crash in between cannot lose the flag.
             let (mut meta, _) = Meta::load_or_create(&dir)?;
-            if !meta.unclean {
+            let damaged = match &rec.damage {
+                Some(d) => format!(
+                    "{}: offset {}: {} (LSN {} and everything after it were cut{})",
+                    d.file.display(),
+                    d.offset,
+                    d.reason,
+                    d.from,
+                    d.archived
+                        .as_ref()
+                        .map(|a| format!(", kept in {}", a.display()))
+                        .unwrap_or_default()
+                ),
+                None => meta.damaged.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}: records it had synced were cut at an earlier start (see {})",
+                        dir.join("wal").display(),
+                        dir.join("wal").join("damaged").display()
+                    )
+                }),
+            };
+            if !meta.unclean || meta.damaged.as_ref() != Some(&damaged) {
                 meta.unclean = true;
+                meta.damaged = Some(damaged);
                 meta.store(&dir)?;
             }
             tracing::warn!(
@@ -170,13 +198,14 @@ impl Node {
             drift: cfg.timing.clock_drift,
             snapshot_log_bytes: cfg.storage.snapshot_log_bytes,
         };
-        let core = Core::new(
+        let mut core = Core::new(
             core_cfg,
             Recovered {
                 cluster_id: meta.cluster_id,
                 epoch: meta.epoch,
                 applied_rev: meta.applied_rev,
                 unclean: meta.unclean,
+                damaged: meta.damaged.clone(),
                 snapshot: snap,
                 records,
                 log_start: log.first_lsn(),
@@ -184,6 +213,8 @@ impl Node {
         );
         core.check_invariants()
             .map_err(|e| anyhow::anyhow!("recovered state is inconsistent: {e}"))?;
+        // A promise given before this start may still be held: none is led within one.
+        core.set_promises(cfg.timing.promise_ms, clock::now_ms());
         let (tx, rx) = mpsc::channel();
         let log_bytes = log.size_bytes();
         let node = Arc::new_cyclic(|me| Node {
@@ -205,7 +236,7 @@ impl Node {
             metrics: Arc::new(Metrics::new()),
             fatal: Mutex::new(None),
             fatal_notify: Notify::new(),
-            heartbeat_now: Notify::new(),
+            heartbeat_now: tokio::sync::watch::channel(0).0,
             log_bytes: std::sync::atomic::AtomicU64::new(log_bytes),
             gate: Arc::new(Gate::default()),
             progress: watch::channel(0).0,
@@ -488,6 +519,10 @@ impl Node {
             st.health == "ok" && st.role == baton_common::directive::ReportedRole::Leader,
         ));
         m.degraded.set(i64::from(st.degraded));
+        m.degraded_for_seconds
+            .set(st.degraded_for_ms as f64 / 1000.0);
+        m.degraded_seconds.set(st.degraded_total_ms as f64 / 1000.0);
+        m.disk_full.set(i64::from(st.disk_full));
         m.log_end_lsn.set(st.log_end_lsn.0 as i64);
         m.flushed_lsn.set(st.flushed_lsn.0 as i64);
         m.commit_lsn.set(st.commit_lsn.0 as i64);

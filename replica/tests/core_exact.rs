@@ -106,6 +106,7 @@ fn directive(epoch: u64, rev: u64, role: Option<Role>, leader: Option<LeaderRef>
         waited: Vec::new(),
         lease_ms: LEASE_MS,
         start_after_ms: 0,
+        promises_void: false,
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
@@ -641,7 +642,8 @@ fn lease_runs_from_heartbeat_send_time_shortened_by_drift_and_is_renewed_at_same
     assert_eq!(rec.lsn, Lsn(2));
     assert!(core.may_acknowledge(until - 1));
     let no_lease = not_leader(
-        "the leader holds no lease (no recent grant from the active controller)",
+        "the leader holds no lease (no recent grant from the active controller, and not \
+         every follower's promise)",
         me_hint(1),
     );
     assert_eq!(
@@ -1149,6 +1151,135 @@ fn a_fatal_log_error_fails_pending_writes_and_stops_everything() {
     assert_eq!(core.status(101).health, "fatal");
 }
 
+const ENOSPC: &str = "write wal/00000000000000000001.seg at offset 4096: No space left on device";
+
+#[test]
+fn a_full_disk_refuses_writes_unappended_keeps_pending_ones_and_serves_reads_until_it_has_room() {
+    let mut core = started_leader(100);
+    let k = propose(&mut core, 101, put("k", "v", None)).expect("leader");
+    assert_eq!(k, put_rec(1, 2, "k", "v"));
+    assert_eq!(core.on_disk_full(102, Some(ENOSPC.into())), vec![]);
+    checked(&core, "on_disk_full");
+    assert_eq!(core.disk_full(), Some(ENOSPC));
+    assert!(core.heartbeat(102, 7).disk_full);
+    assert!(core.status(102).disk_full);
+    assert_eq!(
+        core.status(102).health,
+        "ok",
+        "a full disk is not a health verdict of its own"
+    );
+    // 507, and not appended: the log end does not move.
+    assert_eq!(
+        propose(&mut core, 103, put("j", "w", None)),
+        Err(WriteReject::InsufficientStorage(format!(
+            "the log cannot be written ({ENOSPC}): not appended; writes resume once space is freed"
+        )))
+    );
+    assert_eq!(core.log_end(), (Epoch(1), Lsn(2)));
+    // Leader reads are served (of what committed: k is still pending, not acknowledged).
+    assert_eq!(
+        core.read(103, b"k", Consistency::Leader),
+        Ok(ReadOk {
+            entry: None,
+            epoch: Epoch(1),
+            applied: Lsn(1),
+            staleness_ms: Some(0),
+            lag_records: 0,
+        })
+    );
+    // The pending write is kept (no FailPending): the retry writes it, then it commits.
+    assert_eq!(core.on_disk_full(104, None), vec![]);
+    checked(&core, "on_disk_full(None)");
+    assert!(!core.heartbeat(104, 8).disk_full);
+    assert_eq!(flushed(&mut core, 104, 2), vec![]);
+    assert_eq!(core.commit(), Lsn(2));
+    assert_eq!(read_any(&core, 104, "k"), Some(entry("v", 1, 2)));
+    assert_eq!(
+        propose(&mut core, 105, put("j", "w", None)),
+        Ok(put_rec(1, 3, "j", "w"))
+    );
+}
+
+#[test]
+fn a_follower_with_a_full_disk_drops_its_stream_and_follows_nobody_until_it_has_room() {
+    let mut core = fresh();
+    let (v, _) = offer(&mut core, 0, 0, &follow(1, 1));
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    let leader = NodeId(OTHER.into());
+    assert_eq!(core.follower_target(), Some((other_ref(), Epoch(1))));
+    let (stream, _) = core
+        .follower_start(1, &leader, Epoch(1))
+        .expect("stream starts");
+    assert!(core.follower_stream_current(stream));
+    assert!(core.heartbeat(1, 1).since_leader_ms.is_some());
+    assert_eq!(core.on_disk_full(2, Some(ENOSPC.into())), vec![]);
+    checked(&core, "on_disk_full");
+    // It takes no more records and acknowledges nothing: the stream is no longer current.
+    assert!(!core.follower_stream_current(stream));
+    assert_eq!(core.follower_target(), None);
+    assert_eq!(
+        core.follower_start(3, &leader, Epoch(1)),
+        Err(format!("the disk is full ({ENOSPC}): not taking records"))
+    );
+    let hb = core.heartbeat(3, 2);
+    assert!(hb.disk_full);
+    assert_eq!(hb.since_leader_ms, None, "it follows no stream");
+    assert_eq!(core.role(), ReportedRole::Follower, "it keeps its role");
+    assert_eq!(core.on_disk_full(4, None), vec![]);
+    assert_eq!(core.follower_target(), Some((other_ref(), Epoch(1))));
+    assert!(core.follower_start(5, &leader, Epoch(1)).is_ok());
+}
+
+const DAMAGE: &str = "wal/00000000000000000001.seg: offset 12075: checksum mismatch (LSN 53 and everything after it were cut)";
+
+fn damaged_core() -> Core {
+    recovered(Recovered {
+        epoch: Epoch(1),
+        unclean: true,
+        damaged: Some(DAMAGE.into()),
+        records: vec![start_rec(1, 1, false), put_rec(1, 2, "k", "v")],
+        log_start: Lsn(1),
+        ..Recovered::default()
+    })
+}
+
+#[test]
+fn a_log_that_lost_acknowledged_records_to_damage_refuses_to_lead_naming_where() {
+    let mut core = damaged_core();
+    assert_eq!(core.damaged(), Some(DAMAGE));
+    let (v, fx) = offer(&mut core, 100, 100, &lead(2, 2));
+    assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    let why = format!(
+        "refusing to lead epoch 2: this replica's log lost records it had acknowledged to damage at {DAMAGE}; \
+         it can only be repaired from another leader (direct another member to lead, or wipe this data directory)"
+    );
+    assert_eq!(fx, vec![Action::Fatal(why.clone())]);
+    assert!(core.is_fatal());
+    assert_eq!(core.role(), ReportedRole::None);
+    assert_eq!(tick(&mut core, 200), vec![], "no leader-start is written");
+    assert_eq!(
+        propose(&mut core, 201, put("j", "w", None)),
+        Err(WriteReject::Fatal(why))
+    );
+}
+
+#[test]
+fn a_damaged_log_may_lead_a_lossy_epoch_and_is_repaired_as_a_follower() {
+    // A forced failover (lossy epoch) accepted the loss: it leads.
+    let mut core = damaged_core();
+    let mut d = lead(2, 2);
+    d.lossy = true;
+    let (_, fx) = offer(&mut core, 100, 100, &d);
+    assert_eq!(fx, vec![Action::Append(start_rec(2, 3, true))]);
+    assert!(!core.is_fatal());
+    // Directed to follow, it keeps the damage noted until it caught up with the leader.
+    let mut core = damaged_core();
+    let (_, fx) = offer(&mut core, 100, 100, &follow(2, 2));
+    assert_eq!(fx, vec![]);
+    assert_eq!(core.damaged(), Some(DAMAGE));
+    assert!(!core.is_fatal());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Recovery.
 // ---------------------------------------------------------------------------------------------
@@ -1457,6 +1588,7 @@ fn snapshot_replay_case(
             cluster_id: 0,
             applied_rev: 1,
             unclean: false,
+            damaged: None,
             snapshot: Some(snap),
             records,
             log_start: snap_lsn.next(),

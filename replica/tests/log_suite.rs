@@ -147,9 +147,56 @@ trait Harness: Sized {
     fn crash_and_reopen(&mut self, store: Self::Store) -> Self::Store;
     /// Base LSNs of the segment files, for implementations that have segments.
     fn segment_bases(&self) -> Option<Vec<Lsn>>;
+    /// A fresh store on a disk that fills up after some hundreds of records (`None`: it cannot
+    /// be made here, e.g. mounting a small file system is not permitted).
+    fn create_small_disk() -> Option<(Self, Self::Store)>;
+    /// Gives the small disk room again.
+    fn free_space(&mut self);
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallDisk(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
 }
 
 struct DiskHarness {
+    /// Unmounted before the temporary directory under it is removed (field order).
+    small: Option<SmallDisk>,
     _tmp: TempDir,
     dir: PathBuf,
 }
@@ -169,7 +216,39 @@ impl Harness for DiskHarness {
                 ..Recovery::default()
             }
         );
-        (DiskHarness { _tmp: tmp, dir }, log)
+        (
+            DiskHarness {
+                small: None,
+                _tmp: tmp,
+                dir,
+            },
+            log,
+        )
+    }
+
+    fn create_small_disk() -> Option<(Self, DiskLog)> {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let small = match SmallDisk::mount(&tmp.path().join("disk"), "256k") {
+            Ok(d) => d,
+            Err(why) => {
+                eprintln!("SKIPPED: cannot mount a small tmpfs for the disk-full case ({why})");
+                return None;
+            }
+        };
+        let dir = small.0.join("wal");
+        let (log, _) = DiskLog::open(&dir, small_segments()).expect("create a disk log");
+        Some((
+            DiskHarness {
+                small: Some(small),
+                _tmp: tmp,
+                dir,
+            },
+            log,
+        ))
+    }
+
+    fn free_space(&mut self) {
+        self.small.as_ref().expect("a small disk").resize("16m");
     }
 
     fn crash_and_reopen(&mut self, store: DiskLog) -> DiskLog {
@@ -219,6 +298,16 @@ impl Harness for MemHarness {
 
     fn segment_bases(&self) -> Option<Vec<Lsn>> {
         None
+    }
+
+    fn create_small_disk() -> Option<(Self, MemLog)> {
+        let (h, log) = Self::create();
+        h.disk.set_space(Some(500));
+        Some((h, log))
+    }
+
+    fn free_space(&mut self) {
+        self.disk.set_space(None);
     }
 }
 
@@ -610,6 +699,56 @@ fn compaction_beyond_the_end<H: Harness>() {
     }
 }
 
+/// ENOSPC: an append that does not fit fails with [`LogError::NoSpace`] (never a fatal error)
+/// and leaves a consistent log holding a prefix of the batch; it fails the same way while the
+/// disk stays full; once space is freed the rest is appended, synced, and survives a crash.
+fn a_full_disk_leaves_a_written_prefix_and_the_rest_appends_once_space_is_freed<H: Harness>() {
+    let Some((mut h, mut log)) = H::create_small_disk() else {
+        return;
+    };
+    let mut all = Vec::new();
+    let mut next = 1u64;
+    let err = loop {
+        assert!(next < 100_000, "the small disk never filled");
+        let batch = recs(next, next + 9, 1);
+        all.extend(batch.iter().cloned());
+        next += 10;
+        match log.append(&batch) {
+            Ok(()) => log.sync().expect("sync on a disk with room"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        err.is_no_space(),
+        "ENOSPC on append is retryable, got {err}"
+    );
+    let held = log.last_lsn().0;
+    assert!(
+        held + 10 >= next - 1 && held < next,
+        "the log holds a prefix of the failed batch {}..={}: it ends at {held}",
+        next - 10,
+        next - 1
+    );
+    assert_eq!(read_all(&log), all[..held as usize]);
+    let again = log
+        .append(&all[held as usize..])
+        .expect_err("the disk is still full");
+    assert!(again.is_no_space(), "{again}");
+    assert_eq!(read_all(&log), all[..log.last_lsn().0 as usize]);
+    h.free_space();
+    let held = log.last_lsn().0 as usize;
+    log.append(&all[held..])
+        .expect("the rest appends once space is freed");
+    log.sync().expect("sync");
+    let more = recs(next, next + 29, 2);
+    append_in_batches(&mut log, &more, 7);
+    log.sync().expect("sync");
+    all.extend(more);
+    assert_eq!(log.last_epoch(), Some(Epoch(2)));
+    let log = h.crash_and_reopen(log);
+    assert_eq!(read_all(&log), all);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod disk_conformance {
@@ -636,6 +775,7 @@ conformance!(
     truncation_of_unsynced_records_is_durable,
     compaction_keeps_everything_above,
     compaction_beyond_the_end,
+    a_full_disk_leaves_a_written_prefix_and_the_rest_appends_once_space_is_freed,
 );
 
 // ---------------------------------------------------------------------------------------------

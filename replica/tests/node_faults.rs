@@ -1,6 +1,8 @@
 //! The replica runtime under storage faults, with the in-memory log and its fault injection:
 //! an fsync error is never retried — the write in flight is answered outcome-unknown, the node
-//! turns fatal and refuses everything after, and `run` would exit with the reason.
+//! turns fatal and refuses everything after, and `run` would exit with the reason. A full disk
+//! (ENOSPC) is not fatal: writes are refused with 507, reads served, the write in flight is
+//! retried until space is freed, and shutdown still ends while the disk is full.
 
 use baton_common::directive::{Directive, LeaderRef, Mode, Role};
 use baton_common::{Epoch, NodeId};
@@ -42,6 +44,8 @@ fn lead(node: &Node, epoch: u64) -> Directive {
         waited: vec![],
         lease_ms: 60_000,
         start_after_ms: 0,
+        // A single node the test alone directs: no earlier leader holds its promises.
+        promises_void: true,
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
@@ -125,4 +129,104 @@ async fn records_lost_in_a_power_cut_were_never_acknowledged() {
             .expect("leader read");
         assert!(r.entry.is_some(), "acknowledged k{i} survives the crash");
     }
+}
+
+/// Waits until the node's core says whether the disk is full.
+async fn wait_disk_full(node: &Node, full: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.lock().core().disk_full().is_some() != full {
+        assert!(Instant::now() < deadline, "disk_full never became {full}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_with_507_serves_reads_and_resumes_when_space_is_freed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let disk = MemDisk::default();
+    let node = open_leader(tmp.path(), &disk).await;
+    node.write(put("a")).await.expect("write a");
+    disk.set_space(Some(0));
+    // A write handed to the log before the disk filled waits for the retry.
+    let pending = tokio::spawn({
+        let node = node.clone();
+        async move { node.write(put("b")).await }
+    });
+    wait_disk_full(&node, true).await;
+    assert!(node.fatal().is_none(), "a full disk is not fatal");
+    let st = node.lock().core().status(baton_common::clock::now_ms());
+    assert!(st.disk_full && st.health == "ok", "{st:?}");
+    match node.write(put("c")).await {
+        Err(WriteError::Rejected(WriteReject::InsufficientStorage(why))) => {
+            assert!(why.contains("No space left on device"), "{why}")
+        }
+        other => panic!("a write on a full disk is refused unappended (507), got {other:?}"),
+    }
+    let r = node
+        .lock()
+        .core()
+        .read(baton_common::clock::now_ms(), b"a", Consistency::Leader)
+        .expect("reads are served on a full disk");
+    assert!(r.entry.is_some());
+    // Still full after a few retries; then space is freed and the retry writes b.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!pending.is_finished(), "b waits for the disk");
+    disk.set_space(None);
+    pending
+        .await
+        .expect("task")
+        .expect("b is written by the retry and acknowledged");
+    wait_disk_full(&node, false).await;
+    node.write(put("d")).await.expect("writes resume");
+    // Nothing acknowledged is lost, across a power cut too.
+    node.shutdown().await;
+    drop(node);
+    disk.crash();
+    let node = open_leader(tmp.path(), &disk).await;
+    for k in ["a", "b", "d"] {
+        let r = node
+            .lock()
+            .core()
+            .read(
+                baton_common::clock::now_ms(),
+                k.as_bytes(),
+                Consistency::Leader,
+            )
+            .expect("leader read");
+        assert!(r.entry.is_some(), "acknowledged {k} survives");
+    }
+    assert!(node
+        .lock()
+        .core()
+        .read(baton_common::clock::now_ms(), b"c", Consistency::Leader)
+        .expect("leader read")
+        .entry
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_disk_is_full_ends_and_answers_the_pending_write_outcome_unknown() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let disk = MemDisk::default();
+    let node = open_leader(tmp.path(), &disk).await;
+    disk.set_space(Some(0));
+    let pending = tokio::spawn({
+        let node = node.clone();
+        async move { node.write(put("b")).await }
+    });
+    wait_disk_full(&node, true).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("shutdown does not hang on a full disk");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    match pending.await.expect("task") {
+        Err(WriteError::OutcomeUnknown(_)) => {}
+        other => panic!("the write handed to the log is outcome-unknown, got {other:?}"),
+    }
+    drop(node);
+    disk.crash();
+    disk.set_space(None);
+    let node = open_leader(tmp.path(), &disk).await;
+    assert!(node.fatal().is_none());
 }

@@ -2,20 +2,22 @@
 //! `baton-proxy`) share, so each binary's library holds only its own logic: the HTTP/1.1 accept
 //! loop with a connection cap and graceful drain (`server.rs`), the SIGTERM/SIGINT shutdown
 //! future (`signal.rs`), the Prometheus exposition and connection metrics (`metrics.rs`), the
-//! log set-up (`logging.rs`) and the skeleton of every `main` — config, logging, runtime, exit
-//! codes (`process.rs`).
+//! log set-up (`logging.rs`), the skeleton of every `main` — `--config FILE.toml`, config,
+//! logging, runtime, exit codes (`process.rs`) — and the shared half of the replica's and the
+//! controller's fault points (`faults.rs`, `failpoints` feature).
 //!
 //! It is a crate of its own rather than a feature of `baton-common` so that `common`, which the
 //! pure cores and the simulation build on, keeps no tokio, no sockets and no hyper in its
 //! dependency graph at all (a cargo feature would be unified on for the whole workspace). It
 //! decides nothing about the protocol and holds no state beyond one server's connections.
 
+pub mod faults;
 pub mod logging;
 pub mod metrics;
 pub mod process;
 pub mod server;
 pub mod signal;
 
-pub use process::main;
+pub use process::{main, main_with_config};
 pub use server::{bind, serve, ServeOpts};
 pub use signal::{shutdown_signal, Shutdown};

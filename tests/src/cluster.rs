@@ -153,6 +153,10 @@ pub struct Opts {
     pub inbound_relays: bool,
     /// Members of the private etcd cluster (1 or 3).
     pub etcd_members: usize,
+    /// Run the replicas as `baton-replica-failpoints` ([`ReplicaSpec::fault_points`]), so that
+    /// disk faults can be armed at run time ([`Cluster::arm`]); build them first with
+    /// [`crate::procs::build_fault_bins`].
+    pub fault_points: bool,
 }
 
 impl Default for Opts {
@@ -169,6 +173,7 @@ impl Default for Opts {
             proxy_toml: String::new(),
             inbound_relays: false,
             etcd_members: 1,
+            fault_points: false,
         }
     }
 }
@@ -318,6 +323,7 @@ impl Cluster {
             spec.advertise = inbound.get(id).map(|r| r.addr.to_string());
             spec.extra_toml = opts.replica_toml.clone();
             spec.release = opts.release;
+            spec.fault_points = opts.fault_points;
             replicas.insert(id.clone(), ReplicaProc::start(spec)?);
             relays.insert(id.clone(), rl);
         }
@@ -584,6 +590,35 @@ impl Cluster {
             .collect()
     }
 
+    /// The index (into [`Cluster::etcd_members_mut`]) of the etcd member that is raft leader
+    /// now, asked through each member's JSON gateway (`/v3/maintenance/status`).
+    pub async fn etcd_leader(&self) -> Option<usize> {
+        let c = Client::new(Duration::from_secs(1));
+        let urls: Vec<&str> = std::iter::once(&self.etcd)
+            .chain(self.etcd_peers.iter())
+            .map(|e| e.url.as_str())
+            .collect();
+        for (i, u) in urls.iter().enumerate() {
+            let Ok(r) = c
+                .call(
+                    "POST",
+                    &format!("{u}/v3/maintenance/status"),
+                    &[],
+                    bytes::Bytes::from_static(b"{}"),
+                )
+                .await
+            else {
+                continue;
+            };
+            let j = r.json();
+            let me = j["header"]["member_id"].as_str();
+            if me.is_some() && me == j["leader"].as_str() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// The pid of a replica's current process.
     pub fn replica_pid(&self, id: &str) -> Option<u32> {
         self.replicas.get(id).and_then(ReplicaProc::pid)
@@ -623,6 +658,82 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Drops every message from replica `from` to replica `to` while the other direction
+    /// flows (needs [`Opts::inbound_relays`]): on `to`'s inbound relay, what `from`'s process
+    /// sends is discarded; on `from`'s inbound relay, what goes back to `to`'s process is
+    /// discarded. As [`Cluster::cut_data_link`], the rules follow the current processes.
+    pub fn drop_data_one_way(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        use crate::relay::Mode;
+        for (relay_of, opener, mode) in [
+            (to, from, Mode::DropFromClient),
+            (from, to, Mode::DropToClient),
+        ] {
+            let relay = self.inbound.get(relay_of).ok_or_else(|| {
+                anyhow::anyhow!("cutting a data link needs Opts {{ inbound_relays: true, .. }}")
+            })?;
+            if let Some(pid) = self.replica_pid(opener) {
+                relay.cut_from(pid, mode);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts controller `i` from every replica (`mode`), while it still reaches etcd and the
+    /// proxy: every replica's link to it, and any connection its own process opens to a
+    /// replica's inbound relay (needs [`Opts::inbound_relays`] for the latter).
+    pub fn isolate_controller(&self, i: usize, mode: crate::relay::Mode) {
+        for rl in self.relays.values() {
+            rl[i].set(mode);
+        }
+        if let Some(pid) = self.controllers.get(i).and_then(|c| c.daemon.pid()) {
+            for r in self.inbound.values() {
+                r.cut_from(pid, mode);
+            }
+        }
+    }
+
+    /// Arms fault point `point` of replica `id` with `actions` (`PUT /v1/failpoints/{point}`;
+    /// needs [`Opts::fault_points`]), e.g. `wal.before_append` with `return(enospc)` (a full
+    /// disk) or `wal.before_fsync` with `sleep(2500)` (a stalled fsync). A connection error is
+    /// retried for up to 3 s; any answer but 200 is an error.
+    pub async fn arm(&self, id: &str, point: &str, actions: &str) -> anyhow::Result<()> {
+        self.failpoint_call(id, "PUT", point, actions).await
+    }
+
+    /// Disarms fault point `point` of replica `id` (`DELETE /v1/failpoints/{point}`), retried
+    /// as [`Cluster::arm`].
+    pub async fn disarm(&self, id: &str, point: &str) -> anyhow::Result<()> {
+        self.failpoint_call(id, "DELETE", point, "").await
+    }
+
+    async fn failpoint_call(
+        &self,
+        id: &str,
+        method: &str,
+        point: &str,
+        actions: &str,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/v1/failpoints/{point}", self.url(id));
+        let c = Client::new(Duration::from_secs(1));
+        let mut last = String::new();
+        for _ in 0..15 {
+            match c
+                .call(method, &url, &[], bytes::Bytes::from(actions.to_string()))
+                .await
+            {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => anyhow::bail!(
+                    "{method} {point} {actions} on {id}: {} {} (is it a fault-point build?)",
+                    r.status,
+                    r.text()
+                ),
+                Err(e) => last = format!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::bail!("{method} {point} {actions} on {id}: {last}")
     }
 
     /// Every relay back to `Pass`, every per-source rule dropped.

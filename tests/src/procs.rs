@@ -28,12 +28,93 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// A free loopback port (bound then released; good enough on a test machine).
+/// Builds the fault-enabled binaries (`baton-replica-failpoints`, `baton-controller-failpoints`)
+/// once per process, a no-op when they are fresh: the same command as `scripts/test.sh` (keep
+/// them equal, or each one rebuilds the other's), the two crates unoptimized and without debug
+/// info in the dev profile, which builds in a fraction of the time; with `--release` for
+/// `release` (what [`running_release`] says for the caller's own profile). With
+/// `BATON_BIN_DIR` set, the binaries there are taken as they are. Blocking: call it from
+/// `spawn_blocking` in async code.
+pub fn build_fault_bins(release: bool) -> anyhow::Result<()> {
+    static DEBUG: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    static RELEASE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let once = if release { &RELEASE } else { &DEBUG };
+    once.get_or_init(|| build_fault_bins_now(release))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Whether the running executable is a release build (it lives under `target/release/`).
+pub fn running_release() -> bool {
+    std::env::current_exe().is_ok_and(|exe| exe.components().any(|c| c.as_os_str() == "release"))
+}
+
+fn build_fault_bins_now(release: bool) -> Result<(), String> {
+    if std::env::var_os("BATON_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args([
+        "build",
+        "--workspace",
+        "--locked",
+        "--bin",
+        "baton-replica-failpoints",
+        "--bin",
+        "baton-controller-failpoints",
+        "--features",
+        "baton-replica/failpoints,baton-controller/failpoints",
+        "--config",
+        "profile.dev.package.baton-replica.opt-level=0",
+        "--config",
+        "profile.dev.package.baton-replica.debug=0",
+        "--config",
+        "profile.dev.package.baton-controller.opt-level=0",
+        "--config",
+        "profile.dev.package.baton-controller.debug=0",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the fault-enabled binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// A free loopback port for a process to listen on: bound then released, chosen at random
+/// below Linux's ephemeral range (32768–60999 by default), never handed out twice by this
+/// process. A port from the ephemeral range (what `bind(0)` gives) could be taken by any
+/// outgoing connection on the machine before the process binds it (seen in CI: "cannot
+/// listen: Address already in use" while the tests ran in parallel).
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..500 {
+        let port = rng.random_range(20_000..32_000);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("an ephemeral loopback port is available")
+        .expect("a loopback port is available")
 }
 
 /// How to start one replica.
@@ -51,6 +132,13 @@ pub struct ReplicaSpec {
     pub extra_toml: String,
     /// Use the release build (benchmarks).
     pub release: bool,
+    /// Run `baton-replica-failpoints` (the fault points compiled in, none armed) instead of
+    /// `baton-replica`, so that disk faults can be armed at run time over HTTP: a slow disk
+    /// is `PUT /v1/failpoints/wal.before_fsync` with body `sleep(3000)`, a full disk
+    /// `wal.before_append` with `return(enospc)`; `DELETE` ends either. Built by
+    /// `cargo build --bin baton-replica-failpoints --features baton-replica/failpoints` (with
+    /// `--release` for a release spec).
+    pub fault_points: bool,
 }
 
 impl ReplicaSpec {
@@ -63,6 +151,7 @@ impl ReplicaSpec {
             advertise: None,
             extra_toml: String::new(),
             release: false,
+            fault_points: false,
         }
     }
 
@@ -289,10 +378,15 @@ impl ReplicaProc {
         std::fs::create_dir_all(&spec.dir)?;
         let cfg_path = spec.dir.join("replica.toml");
         std::fs::write(&cfg_path, spec.config_text())?;
-        let bin = if spec.release {
-            release_bin("baton-replica")?
+        let name = if spec.fault_points {
+            "baton-replica-failpoints"
         } else {
-            bin_path("baton-replica")?
+            "baton-replica"
+        };
+        let bin = if spec.release {
+            release_bin(name)?
+        } else {
+            bin_path(name)?
         };
         let log_path = spec.dir.join("replica.log");
         let daemon = Daemon::start(

@@ -3,8 +3,12 @@
 //! the relay, and can then pass traffic, black-hole it (connections accepted, nothing
 //! forwarded, existing ones cut), or refuse it. Per-source rules ([`Relay::cut_from`]) apply
 //! a mode only to connections opened by one process, found through `/proc` (Linux): that is
-//! how one follower's link to its leader is cut while the proxy's still passes. Bounded: every
-//! connection ends with the relay.
+//! how one follower's link to its leader is cut while the proxy's still passes. The one-way
+//! modes ([`Mode::DropFromClient`], [`Mode::DropToClient`]) forward one direction of a
+//! connection and read and discard the other: messages one way are lost while the other way
+//! flows (a one-way partition as the simulation has it, at the message level; a real one-way
+//! packet drop would also stall TCP's own acknowledgements). Bounded: every connection ends
+//! with the relay.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +26,12 @@ pub enum Mode {
     Blackhole = 1,
     /// Close connections at once (a refused port).
     Refuse = 2,
+    /// Forward what the target sends, discard what the connecting side sends (its messages
+    /// are lost; it still hears the target).
+    DropFromClient = 3,
+    /// Forward what the connecting side sends, discard what the target sends back (the target
+    /// still hears it; it hears nothing).
+    DropToClient = 4,
 }
 
 impl Mode {
@@ -29,6 +39,8 @@ impl Mode {
         match x {
             1 => Mode::Blackhole,
             2 => Mode::Refuse,
+            3 => Mode::DropFromClient,
+            4 => Mode::DropToClient,
             _ => Mode::Pass,
         }
     }
@@ -119,8 +131,11 @@ impl Relay {
             .iter()
             .map(|(id, c)| (*id, c.peer))
             .collect();
+        // The tables are read once for all connections: per connection, a busy relay took
+        // seconds, and a "simultaneous" cut of two links landed seconds apart.
+        let (inodes, owners) = (tcp_inodes(), sockets_of(&[pid]));
         for (id, peer) in conns {
-            if socket_owner(peer, self.addr, &[pid]).is_some() {
+            if owner_in(&inodes, &owners, peer, self.addr).is_some() {
                 if let Some(c) = lock(&self.shared.conns).get(&id) {
                     let _ = c.cut.send(true);
                 }
@@ -192,15 +207,30 @@ async fn serve(
             ended.await;
             drop(inbound);
         }
-        Mode::Pass => {
+        Mode::Pass | Mode::DropFromClient | Mode::DropToClient => {
             if let Ok(outbound) = TcpStream::connect(target).await {
                 let _ = inbound.set_nodelay(true);
                 let _ = outbound.set_nodelay(true);
                 let (mut ri, mut wi) = inbound.into_split();
                 let (mut ro, mut wo) = outbound.into_split();
+                // A dropped direction is read and discarded, so its sender never blocks.
+                let up = async {
+                    if mode == Mode::DropFromClient {
+                        tokio::io::copy(&mut ri, &mut tokio::io::sink()).await
+                    } else {
+                        tokio::io::copy(&mut ri, &mut wo).await
+                    }
+                };
+                let down = async {
+                    if mode == Mode::DropToClient {
+                        tokio::io::copy(&mut ro, &mut tokio::io::sink()).await
+                    } else {
+                        tokio::io::copy(&mut ro, &mut wi).await
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                    _ = up => {}
+                    _ = down => {}
                     _ = ended => {}
                 }
                 let _ = wo.shutdown().await;
@@ -223,25 +253,57 @@ fn proc_addr(a: SocketAddr) -> Option<String> {
     }
 }
 
+/// The inode of every IPv4 TCP socket, by (local, remote) address in `/proc/net/tcp`
+/// notation. Read once per lookup batch: the table holds every socket of the machine.
+fn tcp_inodes() -> HashMap<(String, String), String> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return HashMap::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9).then(|| ((f[1].to_string(), f[2].to_string()), f[9].to_string()))
+        })
+        .collect()
+}
+
+/// The socket inodes each of `pids` holds open (`/proc/PID/fd` links `socket:[INODE]`).
+fn sockets_of(pids: &[u32]) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for &pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            if let Ok(l) = std::fs::read_link(e.path()) {
+                let l = l.to_string_lossy();
+                if let Some(inode) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    out.insert(inode.to_string(), pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Which process of `owners` (from [`sockets_of`]) holds the client end of the loopback
+/// connection `peer` → `local`, looked up in `inodes` (from [`tcp_inodes`]).
+fn owner_in(
+    inodes: &HashMap<(String, String), String>,
+    owners: &HashMap<String, u32>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<u32> {
+    let key = (proc_addr(peer)?, proc_addr(local)?);
+    owners.get(inodes.get(&key)?).copied()
+}
+
 /// Which of `pids` owns the client end of the loopback connection `peer` → `local`: the
 /// socket's inode from `/proc/net/tcp`, then each process's `/proc/PID/fd` links.
 pub fn socket_owner(peer: SocketAddr, local: SocketAddr, pids: &[u32]) -> Option<u32> {
-    let (want_local, want_rem) = (proc_addr(peer)?, proc_addr(local)?);
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let inode = table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 9 && f[1] == want_local && f[2] == want_rem).then(|| f[9].to_string())
-    })?;
-    let link = format!("socket:[{inode}]");
-    pids.iter().copied().find(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.flatten().any(|e| {
-                    std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == link.as_str())
-                })
-            })
-            .unwrap_or(false)
-    })
+    owner_in(&tcp_inodes(), &sockets_of(pids), peer, local)
 }
 
 impl Drop for Relay {
@@ -308,6 +370,57 @@ mod tests {
         relay.clear_rules();
         let mut s3 = TcpStream::connect(relay.addr).await.expect("connect");
         assert!(roundtrip(&mut s3).await, "passes again once cleared");
+    }
+
+    #[tokio::test]
+    async fn one_way_modes_forward_one_direction_and_discard_the_other() {
+        use std::time::Duration;
+        // A server that records what it receives and greets every connection.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = l.local_addr().expect("addr");
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"hello").await;
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = s.read(&mut b).await {
+                        if n == 0 || got_tx.send(b[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let relay = Relay::start(target).await.expect("relay");
+        let wait = Duration::from_millis(300);
+        // The client's messages are lost; it still hears the server.
+        relay.cut_from(std::process::id(), Mode::DropFromClient);
+        let mut s = TcpStream::connect(relay.addr).await.expect("connect");
+        let mut b = [0u8; 5];
+        let heard = tokio::time::timeout(wait, s.read_exact(&mut b)).await;
+        assert!(
+            matches!(heard, Ok(Ok(_))) && &b == b"hello",
+            "hears the server"
+        );
+        s.write_all(b"lost").await.expect("write");
+        assert!(
+            tokio::time::timeout(wait, got.recv()).await.is_err(),
+            "the server never receives what the client sent"
+        );
+        // The other way round: the server hears the client, the client hears nothing.
+        relay.cut_from(std::process::id(), Mode::DropToClient);
+        let mut s = TcpStream::connect(relay.addr).await.expect("connect");
+        assert!(
+            tokio::time::timeout(wait, s.read_exact(&mut b))
+                .await
+                .is_err(),
+            "the greeting is dropped"
+        );
+        s.write_all(b"kept").await.expect("write");
+        let r = tokio::time::timeout(wait, got.recv()).await;
+        assert_eq!(r.ok().flatten().as_deref(), Some(&b"kept"[..]));
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ pub struct Plan {
     pub rev: u64,
     pub lease_ms: u64,
     pub start_after_ms: u64,
+    /// Tell a new leader that its promises to the previous one are void (the test knows the
+    /// previous leader is gone or fenced).
+    pub promises_void: bool,
     pub mode: Mode,
     pub strict: bool,
     /// Followers unheard for longer leave the waited set (`None`: never).
@@ -55,6 +58,7 @@ impl Standin {
             rev: 1,
             lease_ms: 2000,
             start_after_ms: 0,
+            promises_void: false,
             mode: Mode::SemiSync,
             strict: false,
             drop_after_ms: Some(1000),
@@ -184,6 +188,7 @@ async fn heartbeat(
         waited: p.waited.clone(),
         lease_ms: p.lease_ms,
         start_after_ms: p.start_after_ms,
+        promises_void: p.promises_void,
         mode: p.mode,
         strict: p.strict,
         lossy: false,

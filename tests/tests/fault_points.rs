@@ -16,8 +16,9 @@
 //! - real etcd and two controllers: the active controller crashing at each promotion step is
 //!   finished by the standby at the same epoch (no double promotion); a failed etcd keepalive
 //!   pauses writes at most the election TTL plus the lease and changes no epoch;
-//! - ENOSPC on a small tmpfs: the replica stops naming the full disk, nothing acknowledged is
-//!   lost, and it serves everything after space is freed (skipped when mounting is refused).
+//! - ENOSPC on a small tmpfs: the replica stays up, answers writes 507 and serves reads while
+//!   the disk is full, resumes by itself once space is freed, and loses nothing acknowledged
+//!   (skipped, loudly, when mounting is refused).
 
 use baton_replica::faults::CRASH_EXIT_CODE;
 use baton_replica::wal::{Op, Record};
@@ -30,7 +31,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type Acked = BTreeMap<String, String>;
@@ -40,57 +41,14 @@ type Acked = BTreeMap<String, String>;
 /// Builds (once per test process; a no-op when fresh) and locates the fault-enabled binaries.
 /// With `BATON_BIN_DIR` set, they are taken from there as they are.
 async fn fault_bins() -> anyhow::Result<(PathBuf, PathBuf)> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = tokio::task::spawn_blocking(|| BUILT.get_or_init(build_fault_bins).clone()).await?;
-    built.map_err(anyhow::Error::msg)?;
+    tokio::task::spawn_blocking(|| {
+        baton_tests::procs::build_fault_bins(baton_tests::procs::running_release())
+    })
+    .await??;
     Ok((
         bin_path("baton-replica-failpoints")?,
         bin_path("baton-controller-failpoints")?,
     ))
-}
-
-fn build_fault_bins() -> Result<(), String> {
-    if std::env::var_os("BATON_BIN_DIR").is_some() {
-        return Ok(());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // The same command as in scripts/test.sh (keep them equal, or each one rebuilds): the two
-    // crates unoptimized and without debug info, which builds in a fraction of the time.
-    cmd.current_dir(root).args([
-        "build",
-        "--workspace",
-        "--locked",
-        "--bin",
-        "baton-replica-failpoints",
-        "--bin",
-        "baton-controller-failpoints",
-        "--features",
-        "baton-replica/failpoints,baton-controller/failpoints",
-        "--config",
-        "profile.dev.package.baton-replica.opt-level=0",
-        "--config",
-        "profile.dev.package.baton-replica.debug=0",
-        "--config",
-        "profile.dev.package.baton-controller.opt-level=0",
-        "--config",
-        "profile.dev.package.baton-controller.debug=0",
-    ]);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    if exe.components().any(|c| c.as_os_str() == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "building the fault-enabled binaries failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
 }
 
 // ----- processes -------------------------------------------------------------------------------
@@ -454,18 +412,63 @@ async fn an_injected_io_error_stops_the_replica_which_restarts_with_everything_a
     let (bin, _) = fault_bins().await?;
     let tmp = tempfile::tempdir()?;
     let (standin, mut r, c, _) = one_replica(&bin, tmp.path()).await?;
-    // (point, hits that pass, reached through a new epoch, what the fatal line must say)
-    let plan: &[(&str, u32, bool, &str)] = &[
-        ("wal.before_append", 10, false, "log I/O error: write"),
-        ("wal.after_append", 10, false, "log I/O error: write"),
-        ("wal.before_fsync", 10, false, "log I/O error: fdatasync"),
-        ("wal.after_fsync", 10, false, "log I/O error: fdatasync"),
-        ("meta.before_epoch_write", 0, true, "cannot persist epoch"),
-        ("meta.after_epoch_write", 0, true, "cannot persist epoch"),
+    // (point, hits that pass, reached through a new epoch, what the fatal line must say, the
+    // error). ENOSPC from an fsync is fatal like any fsync error (DESIGN.md §6): some file
+    // systems drop the dirty pages when they report it, so a retry could succeed falsely.
+    let plan: &[(&str, u32, bool, &str, &str)] = &[
+        (
+            "wal.before_append",
+            10,
+            false,
+            "log I/O error: write",
+            "error",
+        ),
+        (
+            "wal.after_append",
+            10,
+            false,
+            "log I/O error: write",
+            "error",
+        ),
+        (
+            "wal.before_fsync",
+            10,
+            false,
+            "log I/O error: fdatasync",
+            "error",
+        ),
+        (
+            "wal.before_fsync",
+            10,
+            false,
+            "log I/O error: fdatasync",
+            "enospc",
+        ),
+        (
+            "wal.after_fsync",
+            10,
+            false,
+            "log I/O error: fdatasync",
+            "error",
+        ),
+        (
+            "meta.before_epoch_write",
+            0,
+            true,
+            "cannot persist epoch",
+            "error",
+        ),
+        (
+            "meta.after_epoch_write",
+            0,
+            true,
+            "cannot persist epoch",
+            "error",
+        ),
     ];
     let mut all = Acked::new();
-    for (i, &(point, after, new_epoch, says)) in plan.iter().enumerate() {
-        arm(&c, &r.url, point, &nth(after, "error")).await?;
+    for (i, &(point, after, new_epoch, says, error)) in plan.iter().enumerate() {
+        arm(&c, &r.url, point, &nth(after, error)).await?;
         let load = Load::start(&r.url, &format!("e{i}"), 8, 120);
         if new_epoch {
             load.wait_acked(50, point).await?;
@@ -825,11 +828,21 @@ async fn pair_then_both_killed(
     dir: &Path,
     writes: usize,
 ) -> anyhow::Result<(Standin, Replica, Replica, Client, Acked)> {
+    pair_then_both_killed_with(bin, dir, writes, DAMAGE_TOML).await
+}
+
+/// [`pair_then_both_killed`] with the given replica config.
+async fn pair_then_both_killed_with(
+    bin: &Path,
+    dir: &Path,
+    writes: usize,
+    toml: &str,
+) -> anyhow::Result<(Standin, Replica, Replica, Client, Acked)> {
     let standin = Standin::start("r1").await?;
     standin.with(|p| p.drop_after_ms = None);
     let spec = |id: &str| {
         let mut s = ReplicaSpec::new(id, dir, std::slice::from_ref(&standin.url));
-        s.extra_toml = DAMAGE_TOML.into();
+        s.extra_toml = toml.into();
         s
     };
     let mut r1 = Replica::start(bin, &spec("r1"), None)?;
@@ -996,6 +1009,159 @@ async fn a_write_back_hole_in_a_followers_last_segment_is_cut_and_fetched_again(
     leader_back_and_repaired(&mut r1, &r2, &c, &acked).await
 }
 
+/// Small segments: a few hundred writes fill several, so that damage lands mid-log, in a
+/// sealed segment.
+const MIDLOG_TOML: &str = "[timing]\nwrite_timeout_ms = 1000\n[storage]\nsegment_bytes_max = 16384\nsnapshot_log_bytes = 104857600\n";
+
+/// The segments of a replica's log, oldest first.
+fn segments(data: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(data.join("wal"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    Ok(segs)
+}
+
+/// Flips bytes in the middle of a middle record of the first (sealed) segment: damage inside
+/// the log, with valid records and later segments after it. Returns the file, the damaged
+/// record's offset and its LSN.
+fn damage_mid_log(data: &Path) -> anyhow::Result<(PathBuf, usize, u64)> {
+    let segs = segments(data)?;
+    anyhow::ensure!(
+        segs.len() >= 3,
+        "{} segments: not enough for a mid-log case",
+        segs.len()
+    );
+    let seg = segs[0].clone();
+    let mut bytes = std::fs::read(&seg)?;
+    let mut off = baton_replica::wal::disk::records_start(&bytes);
+    let mut frames = Vec::new();
+    while let Ok((r, n)) = Record::decode(&bytes[off..]) {
+        frames.push((off, r.lsn.0, n));
+        off += n;
+    }
+    let (at, lsn, n) = frames[frames.len() / 2];
+    for b in &mut bytes[at + n / 2..at + n / 2 + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&seg, &bytes)?;
+    Ok((seg, at, lsn))
+}
+
+/// DESIGN.md §6: corruption inside a follower's log (a sealed segment, far from the tail). The
+/// follower starts anyway: the damaged record and everything after it are cut (moved to
+/// `damaged/`), an ERROR names file and offset, it is unclean (it had acknowledged them); once
+/// its leader is back it fetches the range again, converges, and is clean again, which it logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mid_log_corruption_in_a_follower_is_cut_and_fetched_again_from_the_leader(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (_standin, mut r1, mut r2, c, acked) =
+        pair_then_both_killed_with(&bin, tmp.path(), 400, MIDLOG_TOML).await?;
+    let (seg, at, lsn) = damage_mid_log(&r2.data)?;
+    let st = restart_damaged(&mut r2, &c).await?;
+    anyhow::ensure!(
+        st["unclean"] == true && st["log_end_lsn"].as_u64() == Some(lsn - 1),
+        "r2 must cut at the damaged LSN {lsn} and report unclean; status {st}"
+    );
+    let log = r2.proc.log();
+    let named = format!("{}", seg.display());
+    anyhow::ensure!(
+        log.lines().any(
+            |l| l.contains("damaged log record where a sync had returned")
+                && l.contains(&named)
+                && l.contains(&format!("offset={at}"))
+        ),
+        "an ERROR names the file and offset of the damage:\n{}",
+        r2.proc.log_tail(10)
+    );
+    anyhow::ensure!(
+        r2.data.join("wal").join("damaged").is_dir(),
+        "the cut bytes are kept in wal/damaged/"
+    );
+    println!(
+        "r2 cut its log at LSN {lsn} ({}:{at}) and reports unclean",
+        seg.display()
+    );
+    leader_back_and_repaired(&mut r1, &r2, &c, &acked).await?;
+    anyhow::ensure!(
+        r2.proc.log().contains("no longer unclean"),
+        "r2 logs that it caught up: {}",
+        r2.proc.log_tail(10)
+    );
+    Ok(())
+}
+
+/// DESIGN.md §6: a replica whose log lost acknowledged records to mid-log corruption has
+/// nobody to repair it from when it is the one directed to lead: it must refuse, with a clear
+/// error naming the file and offset, rather than lead without writes it acknowledged. (It used
+/// to cut the damage, lead, and serve without them.) Started as a follower instead, it repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_directed_to_lead_on_a_log_damaged_mid_way_refuses_naming_file_and_offset(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let (standin, mut r1, mut r2, c, acked) =
+        pair_then_both_killed_with(&bin, tmp.path(), 400, MIDLOG_TOML).await?;
+    // The leader's own log is damaged; it is the one the controller directs to lead.
+    let (seg, at, lsn) = damage_mid_log(&r1.data)?;
+    r1.proc.restart_with(None)?;
+    let exited = r1.proc.exited(Duration::from_secs(30)).await;
+    let log = r1.proc.log();
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("fatal"))
+        .unwrap_or_default();
+    anyhow::ensure!(
+        exited.and_then(|s| s.code()) == Some(1)
+            && last.contains(&format!("{}", seg.display()))
+            && last.contains(&format!("offset {at}"))
+            && last.contains("refusing to lead"),
+        "r1 must refuse to lead on a log damaged at {}:{at} (LSN {lsn}), naming it; exit {exited:?}:\n{}",
+        seg.display(),
+        r1.proc.log_tail(8)
+    );
+    // And again on every start until it was repaired: the damage is remembered.
+    r1.proc.restart_with(None)?;
+    let again = r1.proc.exited(Duration::from_secs(30)).await;
+    anyhow::ensure!(
+        again.and_then(|s| s.code()) == Some(1)
+            && r1
+                .proc
+                .log()
+                .lines()
+                .rev()
+                .find(|l| l.contains("fatal"))
+                .unwrap_or_default()
+                .contains("refusing to lead"),
+        "r1 refuses again after a restart: {again:?}:\n{}",
+        r1.proc.log_tail(8)
+    );
+    println!("r1 refused to lead: {last}");
+    // r2 holds everything: it leads, and r1 started as its follower repairs from it.
+    standin.set_leader("r2");
+    r2.proc.restart_with(None)?;
+    r1.proc.restart_with(None)?;
+    wait_writable(&c, &r2.url, "r2 leading").await?;
+    wait_for(Duration::from_secs(30), "r1 to be clean again", || async {
+        (status(&c, &r1.url).await["unclean"] == false).then_some(())
+    })
+    .await?;
+    wait_converged(&c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    check_acked(&r2.url, &acked, "on r2").await?;
+    assert_same_records(&r1.data, &r2.data)?;
+    // Repaired: it may lead again.
+    standin.set_leader("r1");
+    wait_writable(&c, &r1.url, "r1 leading after its repair").await?;
+    check_acked(&r1.url, &acked, "on r1 after the repair").await?;
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
 // ----- ENOSPC ----------------------------------------------------------------------------------
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -1035,14 +1201,19 @@ impl Drop for Tmpfs {
     }
 }
 
+/// DESIGN.md §6: a full disk is not a crash. A replica on an 8 MiB tmpfs is written until
+/// the disk is full: it stays up, answers writes `507 insufficient_storage` (not appended),
+/// serves reads, says `disk_full` in its status and heartbeats; once space is freed it resumes
+/// by itself (same process) and every acknowledged write is there. (It used to exit with
+/// `fatal: disk full`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
+async fn a_full_disk_refuses_writes_with_507_serves_reads_and_resumes_once_space_is_freed(
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let disk = match Tmpfs::mount(&tmp.path().join("disk"), "2m") {
+    let disk = match Tmpfs::mount(&tmp.path().join("disk"), "8m") {
         Ok(d) => d,
         Err(why) => {
-            println!("skipped: cannot mount a tmpfs for the disk-full test ({why})");
+            println!("SKIPPED: cannot mount a tmpfs for the disk-full test ({why})");
             return Ok(());
         }
     };
@@ -1064,34 +1235,271 @@ async fn a_full_disk_stops_the_replica_naming_it_and_loses_nothing_acknowledged(
     let url = format!("http://127.0.0.1:{}", spec.port);
     let c = Client::new(Duration::from_secs(5));
     wait_writable(&c, &url, "r1").await?;
+    let boot = status(&c, &url).await["boot_id"].clone();
     let load = Load::start(&url, "full", 8, 4000);
-    let st = p.exited(Duration::from_secs(60)).await;
-    let (acked, _) = load.stop().await;
-    let last = p.log().lines().last().unwrap_or_default().to_string();
+    let full = wait_for(
+        Duration::from_secs(60),
+        "r1 to report disk_full",
+        || async {
+            let st = status(&c, &url).await;
+            (st["disk_full"] == true).then_some(st)
+        },
+    )
+    .await;
+    let full = match full {
+        Ok(st) => st,
+        Err(e) => anyhow::bail!("{e:#}; r1 log tail:\n{}", p.log_tail(20)),
+    };
+    // Writes are refused, unappended; the writers keep trying meanwhile.
+    let refused = c
+        .put(&url, "after-full", "x")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     anyhow::ensure!(
-        st.and_then(|s| s.code()) == Some(1)
-            && last.contains("fatal: disk full")
-            && last.contains("No space left on device"),
-        "a full disk must stop r1 naming it, got {st:?}:\n{}",
+        refused.status == 507 && refused.json()["error"] == "insufficient_storage",
+        "a write on a full disk is answered 507 insufficient_storage, got {} {}",
+        refused.status,
+        refused.text()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    anyhow::ensure!(
+        p.is_running(),
+        "r1 exited on a full disk:\n{}",
         p.log_tail(20)
     );
+    let before_free = load.acked();
+    // Reads are served: every write acknowledged so far reads back.
+    let acked_so_far = load.acked.lock().expect("lock").clone();
+    check_acked(&url, &acked_so_far, "while the disk is full").await?;
+    let hb = standin.with(|pl| pl.seen.get("r1").cloned());
     anyhow::ensure!(
-        acked.len() > 100,
-        "only {} writes before the disk filled",
-        acked.len()
+        hb.as_ref().is_some_and(|h| h.disk_full),
+        "the heartbeat says disk_full: {hb:?}"
     );
+    anyhow::ensure!(
+        p.log().contains("disk full: writes are refused (507)"),
+        "the replica logs the full disk once"
+    );
+    // Space is freed: r1 resumes by itself, the same process.
     disk.resize("64m")?;
+    wait_for(Duration::from_secs(10), "r1 to resume writes", || async {
+        let st = status(&c, &url).await;
+        (st["disk_full"] == false).then_some(())
+    })
+    .await?;
+    load.wait_acked(before_free + 50, "after space was freed")
+        .await?;
+    let (acked, _) = load.stop().await;
+    anyhow::ensure!(
+        status(&c, &url).await["boot_id"] == boot && p.is_running(),
+        "r1 resumed without a restart"
+    );
+    let refused_key = c
+        .get(&url, "after-full")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    anyhow::ensure!(
+        refused_key.status == 404,
+        "the write refused with 507 was not applied: {} {}",
+        refused_key.status,
+        refused_key.text()
+    );
+    check_acked(&url, &acked, "after space was freed").await?;
+    // And all of it is durable: a kill -9 and restart keeps every acknowledged write.
+    p.kill9();
     p.restart_with(None)?;
-    wait_writable(&c, &url, "r1 on a disk with room again").await?;
-    check_acked(&url, &acked, "after the disk filled").await?;
-    let torn = p.log().contains("truncating a torn record");
+    wait_writable(&c, &url, "r1 restarted").await?;
+    check_acked(&url, &acked, "after a restart").await?;
     println!(
-        "disk full: `{last}`; {} acknowledged writes intact after space was freed (torn tail cut on restart: {torn})",
+        "disk full at log end {} ({} writes acknowledged before), 507 while full, resumed by itself; {} acknowledged writes intact",
+        full["log_end_lsn"],
+        acked_so_far.len(),
         acked.len()
     );
     no_panics(&p, "r1")?;
     p.kill9();
     drop(disk);
+    Ok(())
+}
+
+/// Disarms a fault point of a running process (`DELETE /v1/failpoints/{point}`).
+async fn disarm(c: &Client, base: &str, point: &str) -> anyhow::Result<()> {
+    let r = c
+        .call(
+            "DELETE",
+            &format!("{base}/v1/failpoints/{point}"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("disarm {point}: {e:?}"))?;
+    anyhow::ensure!(r.status == 200, "disarm {point}: {}", r.status);
+    Ok(())
+}
+
+/// DESIGN.md §6 on a follower: with ENOSPC on its log writes (`wal.before_append=return(enospc)`)
+/// the sync follower stays up, says `disk_full`, stops taking and acknowledging records (the
+/// leader's writes wait for it), and is not fatal. Once the controller drops it from the
+/// waited set (the stand-in does it by hand here) the leader writes again; once space is back
+/// the follower resumes on its own, catches up and converges, losing nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_with_a_full_disk_stops_acknowledging_and_catches_up_once_it_has_room(
+) -> anyhow::Result<()> {
+    let (bin, _) = fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    standin.with(|p| p.drop_after_ms = None);
+    let spec = |id: &str| {
+        let mut s = ReplicaSpec::new(id, tmp.path(), std::slice::from_ref(&standin.url));
+        s.extra_toml = PAIR_TOML.into();
+        s
+    };
+    let r1 = Replica::start(&bin, &spec("r1"), None)?;
+    let r2 = Replica::start(&bin, &spec("r2"), None)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r1.url, "r1").await?;
+    wait_for(Duration::from_secs(30), "r1 to wait for r2", || async {
+        let st = status(&c, &r1.url).await;
+        (st["waited"].as_array().map(Vec::len) == Some(1) && st["degraded"] == false).then_some(())
+    })
+    .await?;
+    let load = Load::start(&r1.url, "ff", 4, 200);
+    load.wait_acked(100, "before r2's disk fills").await?;
+    arm(&c, &r2.url, "wal.before_append", "return(enospc)").await?;
+    wait_for(
+        Duration::from_secs(10),
+        "r2 to report disk_full",
+        || async {
+            let hb = standin.with(|p| p.seen.get("r2").cloned())?;
+            (hb.disk_full && status(&c, &r2.url).await["disk_full"] == true).then_some(())
+        },
+    )
+    .await?;
+    // r2 acknowledges nothing more: r1's writes stall (they wait for r2, the waited member).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled = load.acked();
+    let flushed = status(&c, &r2.url).await["flushed_lsn"].as_u64();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    anyhow::ensure!(
+        load.acked() == stalled,
+        "r1 acknowledged {} writes that r2 could not have flushed",
+        load.acked() - stalled
+    );
+    anyhow::ensure!(
+        status(&c, &r2.url).await["flushed_lsn"].as_u64() == flushed,
+        "r2's flushed LSN must not move while its disk is full"
+    );
+    anyhow::ensure!(
+        status(&c, &r2.url).await["upstream"].is_null(),
+        "r2 follows no stream while its disk is full"
+    );
+    // The controller's part: drop the member that cannot write. r1 writes alone.
+    standin.with(|p| p.sync_followers = false);
+    load.wait_acked(stalled + 100, "r1 with r2 dropped").await?;
+    // Space is back: r2 resumes by itself, catches up and is waited for again.
+    disarm(&c, &r2.url, "wal.before_append").await?;
+    wait_for(Duration::from_secs(10), "r2 to resume", || async {
+        (status(&c, &r2.url).await["disk_full"] == false).then_some(())
+    })
+    .await?;
+    standin.with(|p| p.sync_followers = true);
+    let more = load.acked() + 100;
+    load.wait_acked(more, "with r2 back").await?;
+    let (acked, _) = load.stop().await;
+    wait_converged(&c, &[r1.url.as_str(), r2.url.as_str()]).await?;
+    for (url, who) in [(&r1.url, "r1"), (&r2.url, "r2")] {
+        let st = status(&c, url).await;
+        anyhow::ensure!(st["health"] != "fatal", "{who} is not fatal: {st}");
+    }
+    check_acked(&r1.url, &acked, "on r1").await?;
+    assert_same_records(&r1.data, &r2.data)?;
+    anyhow::ensure!(
+        r2.proc
+            .log()
+            .contains("disk full: writes are refused (507)")
+            && r2.proc.log().contains("the disk has room again"),
+        "r2 logs the full disk and the resume"
+    );
+    println!(
+        "follower disk full: r1 stalled at {stalled} acknowledged writes until r2 was dropped; {} acknowledged in all, converged",
+        acked.len()
+    );
+    no_panics(&r1.proc, "r1")?;
+    no_panics(&r2.proc, "r2")
+}
+
+/// A slow disk: every fdatasync of the leader's log stalls 2.5 s
+/// (`wal.before_fsync=sleep(2500)`). Heartbeats do not wait on the log thread: they keep
+/// flowing (the lease is renewed, the controller hears `oldest_unflushed_ms` grow), status
+/// answers at once, and the write waiting on the fsync is acknowledged when it returns. Started
+/// the way the chaos runner and the bench can (`ReplicaSpec::fault_points`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_fsync_stops_neither_heartbeats_nor_status_and_the_write_completes(
+) -> anyhow::Result<()> {
+    fault_bins().await?;
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    let mut spec = ReplicaSpec::new("r1", tmp.path(), std::slice::from_ref(&standin.url));
+    spec.extra_toml = "[timing]\nwrite_timeout_ms = 10000\n".into();
+    spec.fault_points = true;
+    let r = baton_tests::procs::ReplicaProc::start(spec)?;
+    let c = Client::new(Duration::from_secs(10));
+    wait_writable(&c, &r.url, "r1").await?;
+    arm(&c, &r.url, "wal.before_fsync", "1*sleep(2500)").await?;
+    let t0 = Instant::now();
+    let write = tokio::spawn({
+        let (c, url) = (c.clone(), r.url.clone());
+        async move { c.put(&url, "slow", "v").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seq0 = standin
+        .with(|p| p.seen.get("r1").map(|h| h.seq))
+        .unwrap_or(0);
+    let mut worst_status = Duration::ZERO;
+    let mut oldest_unflushed = 0;
+    while t0.elapsed() < Duration::from_millis(2000) {
+        let s0 = Instant::now();
+        let st = status(&c, &r.url).await;
+        worst_status = worst_status.max(s0.elapsed());
+        anyhow::ensure!(
+            st["lease_left_ms"].as_u64() > Some(0),
+            "the lease lapsed: {st}"
+        );
+        if let Some(h) = standin.with(|p| p.seen.get("r1").cloned()) {
+            oldest_unflushed = oldest_unflushed.max(h.oldest_unflushed_ms.unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seq1 = standin
+        .with(|p| p.seen.get("r1").map(|h| h.seq))
+        .unwrap_or(0);
+    anyhow::ensure!(
+        !write.is_finished(),
+        "the write must wait for its stalled fsync"
+    );
+    anyhow::ensure!(
+        seq1 >= seq0 + 5,
+        "heartbeats keep flowing during the stall: seq {seq0} -> {seq1}"
+    );
+    anyhow::ensure!(
+        worst_status < Duration::from_millis(500),
+        "status answered in {worst_status:?} during the stall"
+    );
+    anyhow::ensure!(
+        oldest_unflushed >= 1000,
+        "the heartbeat reports the unflushed record's age: {oldest_unflushed} ms"
+    );
+    let reply = write.await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    anyhow::ensure!(
+        reply.status == 200 && t0.elapsed() >= Duration::from_millis(2500),
+        "the write is acknowledged once the fsync returns: {} after {:?}",
+        reply.status,
+        t0.elapsed()
+    );
+    println!(
+        "fsync stalled 2.5 s: heartbeats seq {seq0} -> {seq1}, worst status {worst_status:?}, oldest_unflushed_ms {oldest_unflushed}"
+    );
+    anyhow::ensure!(!r.log().contains("panicked"), "r1 panicked");
     Ok(())
 }
 
@@ -1314,9 +1722,8 @@ async fn controller_points(d: &mut Deployment) -> anyhow::Result<()> {
             "{point}: {who} crashed; the standby finished the promotion of {new_leader} at epoch {new_epoch}"
         );
     }
-    // A failed etcd keepalive: the active controller trusts its lease only until it would
-    // expire, then someone is elected again; writes pause at most TTL + lease and go on at the
-    // same epoch with the same leader.
+    // Failed etcd keepalives (DESIGN.md §5): retried on a new stream within the trusted
+    // window, so nothing changes: no election, the same leader and epoch, no write pause.
     let (active, leader, epoch) = d.steady().await?;
     let load = Load::start(&d.replicas[&leader].url, "lease", 8, 100);
     load.wait_acked(100, "before the keepalive fails").await?;
@@ -1332,31 +1739,35 @@ async fn controller_points(d: &mut Deployment) -> anyhow::Result<()> {
         &d.c,
         &d.ctl[active].0,
         "lease.before_renew",
-        "1*return(error)",
+        "3*return(error)",
     )
     .await?;
-    wait_for(Duration::from_secs(20), "the failed keepalive", || async {
-        d.ctl[active]
-            .1
-            .log()
-            .contains("etcd lease keepalive failed")
-            .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the failed keepalives to be retried successfully",
+        || async {
+            d.ctl[active]
+                .1
+                .log()
+                .contains("etcd lease keepalive succeeded again")
+                .then_some(())
+        },
+    )
     .await?;
-    let failed_at = Instant::now();
-    // Past the old lease's TTL (2 s) plus the leader lease and a new election.
+    // Past the lease's TTL (2 s): had the lease been given up, another election would show.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let n = load.acked();
-    load.wait_acked(n + 300, "after the keepalive failed")
-        .await?;
-    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(failed_at.elapsed())).await;
-    let n = load.acked();
-    load.wait_acked(n + 100, "after the old lease expired")
+    load.wait_acked(n + 100, "after the keepalives failed")
         .await?;
     let (acked, times) = load.stop().await;
-    // The controller that lost its lease stopped acting; a controller was elected again.
+    let log = d.ctl[active].1.log();
     anyhow::ensure!(
-        elections() > elected_before,
-        "no controller was elected after the failed keepalive"
+        log.contains("etcd lease keepalive failed; retrying"),
+        "the failed keepalive was not logged"
+    );
+    anyhow::ensure!(
+        elections() == elected_before,
+        "a retried keepalive must not change the active controller"
     );
     let gap = times
         .windows(2)
@@ -1364,21 +1775,23 @@ async fn controller_points(d: &mut Deployment) -> anyhow::Result<()> {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    let (_, after_leader, after_epoch) = d.steady().await?;
+    let (after_active, after_leader, after_epoch) = d.steady().await?;
     anyhow::ensure!(
-        (after_leader.as_str(), after_epoch) == (leader.as_str(), epoch),
-        "a failed keepalive must not change the leader or epoch: {leader}@{epoch} -> {after_leader}@{after_epoch}"
+        (after_active, after_leader.as_str(), after_epoch) == (active, leader.as_str(), epoch),
+        "failed keepalives must not change the controller, leader or epoch: \
+         c{}/{leader}@{epoch} -> c{}/{after_leader}@{after_epoch}",
+        active + 1,
+        after_active + 1
     );
-    // DESIGN.md §5: losing the controller's lease pauses writes at most the election TTL
-    // (2 s) plus lease_ms (600 ms); 1 s of slack for a loaded machine.
-    let bound = Duration::from_millis(2000 + 600 + 1000);
+    // Loose, for a loaded machine: nothing should pause at all.
+    let bound = Duration::from_millis(1000);
     anyhow::ensure!(
         gap < bound,
-        "writes paused {gap:?} after the failed keepalive (bound {bound:?})"
+        "writes paused {gap:?} after failed keepalives (bound {bound:?})"
     );
     check_acked(&d.replicas[&leader].url, &acked, "lease.before_renew").await?;
     all.extend(acked);
-    println!("lease.before_renew: the keepalive failed; longest pause between acknowledged writes {gap:?}; same leader and epoch");
+    println!("lease.before_renew: three keepalives failed and were retried; longest pause between acknowledged writes {gap:?}; same controller, leader and epoch");
     check_acked(&d.replicas[&leader].url, &all, "at the end").await?;
     for (i, (_, p)) in d.ctl.iter().enumerate() {
         no_panics(p, &format!("c{}", i + 1))?;

@@ -42,20 +42,14 @@ fn seeds_0151_0300() {
 /// Seeds that found bugs, pinned: 1060, 1151 and 1186 left the cluster leaderless for a
 /// minute because an operator's `failover --to` named a member whose disk had been wiped
 /// (accepted by id alone; its promotion then waited for the op's deadline). 4, 7 and 94
-/// end with a promotion blocked by design (a degraded leader lost its disk). They replay
-/// their original schedules with [`SimConfig::classic`] (the simulation before issue 10).
+/// end with a promotion blocked by design (a degraded leader lost its disk). They ran with
+/// [`SimConfig::classic`] (the simulation before issue 10), but issue 12's immediate
+/// re-heartbeats and controller changes moved their schedules (1060 now ends blocked by design
+/// after a degraded leader was wiped, another story), so they are kept as plain seeds: every
+/// check must pass.
 #[test]
 fn pinned_seeds() {
-    for seed in [1060, 1151, 1186] {
-        let rep = sim::run(SimConfig::classic(seed));
-        assert!(
-            rep.violations.is_empty(),
-            "seed {seed}: {:?}",
-            rep.violations
-        );
-        assert!(!rep.blocked, "seed {seed} must not end blocked");
-    }
-    for seed in [4, 7, 94] {
+    for seed in [1060, 1151, 1186, 4, 7, 94] {
         let rep = sim::run(SimConfig::classic(seed));
         assert!(
             rep.violations.is_empty(),
@@ -313,22 +307,6 @@ fn forced_leader_lost_before_its_lossy_leader_start_makes_the_next_epoch_lossy()
     const { assert!(NEW_KINDS_ENABLED.forced) };
 }
 
-/// Every seed of `KNOWN_BUG_SEEDS` still shows its bug under its mix (when one no longer
-/// does, remove it from the list and pin it as a regression test).
-#[test]
-fn known_bug_seeds_still_fail() {
-    for (seed, mix, what) in sim::KNOWN_BUG_SEEDS {
-        let mut cfg = SimConfig::new(*seed);
-        cfg.faults = Faults::parse(mix).expect("faults");
-        let rep = sim::run(cfg.clone());
-        assert!(
-            !rep.violations.is_empty(),
-            "seed {seed} ({}) no longer shows the known bug ({what})",
-            cfg.replay_command()
-        );
-    }
-}
-
 /// A long idle run (TESTING row 23): one simulated hour without faults, clients writing about
 /// once a second, snapshots on. Nothing wedges (every operation succeeds), the controllers do
 /// not keep rewriting etcd, and compaction keeps the logs short. (Before the simulated
@@ -359,4 +337,65 @@ fn fault_lists_round_trip() {
         let f = Faults::parse(s).expect(s);
         assert_eq!(Faults::parse(&f.names()).expect("names"), f, "{s}");
     }
+}
+
+/// Issue 12 item 3: the write-availability bounds hold exactly in simulated time. One bounded
+/// fault at a time (`sim/bounds.rs`), each fault's longest gap between acknowledged writes held
+/// against its bound (a gap past it is a violation naming the fault, its time and both numbers).
+/// `scripts/test.sh` runs 16 more seeds with `baton-sim --bounds`.
+#[test]
+fn availability_bounds_hold_in_simulated_time() {
+    let mut episodes = 0;
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 1..=4 {
+        let mut cfg = SimConfig::new(seed);
+        cfg.duration_ms = 60_000;
+        cfg.bounds = true;
+        let rep = sim::run(cfg.clone());
+        assert!(
+            rep.violations.is_empty(),
+            "seed {seed} ({}): {:?}",
+            cfg.replay_command(),
+            rep.violations
+        );
+        for e in &rep.episodes {
+            assert!(e.gap_us <= e.bound_us, "{e:?}");
+            kinds.insert(e.kind.clone());
+        }
+        episodes += rep.episodes.len();
+    }
+    assert!(episodes >= 30, "only {episodes} faults measured");
+    assert!(kinds.len() >= 8, "only {kinds:?} measured");
+}
+
+/// Stalled disks in the bounds mode: a sync follower whose fsyncs stall keeps acknowledging
+/// keepalives, so only what it owes the leader shows it holds every commit; the controller must
+/// replace it within min(stall, failure_timeout + 0.5 s) + 0.5 s (chaos found the leader held
+/// for the whole stall: `baton-sim --faults snapshot --bounds` seed 52 before the fix, with
+/// stalls of 0.2–2 s; they now reach 4 s so the whole class is reached).
+#[test]
+fn stalled_disks_meet_their_bounds() {
+    let mut follower_stalls = 0;
+    for seed in 1..=12 {
+        let mut cfg = SimConfig::new(seed);
+        cfg.duration_ms = 20_000;
+        cfg.bounds = true;
+        cfg.faults = Faults::parse("snapshot").expect("faults");
+        let rep = sim::run(cfg.clone());
+        assert!(
+            rep.violations.is_empty(),
+            "seed {seed} ({}): {:?}",
+            cfg.replay_command(),
+            rep.violations
+        );
+        follower_stalls += rep
+            .episodes
+            .iter()
+            .filter(|e| e.kind == "disk-stall" && !e.on_leader && e.end_us - e.start_us > 1_300_000)
+            .count();
+    }
+    assert!(
+        follower_stalls >= 3,
+        "only {follower_stalls} follower stalls longer than the failure timeout + 0.5 s"
+    );
 }

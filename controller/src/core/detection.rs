@@ -18,6 +18,9 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize)]
 pub struct DryRun {
     pub leader_health: String,
+    /// A planned failover due now (DESIGN.md §5: the leader alive but cut from its followers,
+    /// its flush stuck, its disk full) and its target: "TRIGGER: planned failover to ID".
+    pub planned: Option<String>,
     pub would_fail_over: bool,
     pub candidate: Option<NodeId>,
     pub expected_loss_records: Option<u64>,
@@ -44,6 +47,30 @@ impl ClusterCore {
             self.standby_hears,
             t,
         )
+    }
+
+    /// When the leader's failure would be proven if nothing more is heard of it (DESIGN.md §5
+    /// detection (a) and (c): the leader silent for a failure timeout, and every reporting
+    /// follower without its stream as long): the runtime's cluster loop looks again then
+    /// rather than at its next poll, so a failover starts on time, not up to a poll late.
+    /// `None` while the leader was heard within a quarter of the failure timeout.
+    pub fn failure_due_at(&self, now: Now) -> Option<u64> {
+        let (state, _) = self.state()?;
+        let l = state.leader.as_ref()?;
+        let ft = self.cfg.failure_timeout_ms;
+        let lh = self.heard.get(&l.id)?;
+        if now.ms.saturating_sub(lh.at_ms) < ft / 4 {
+            return None;
+        }
+        let mut due = lh.at_ms.saturating_add(ft);
+        for (id, h) in &self.heard {
+            if *id == l.id || !self.fresh(now, h) || state.member(id).is_none() {
+                continue;
+            }
+            let since = h.hb.since_leader_ms.unwrap_or(ft);
+            due = due.max(h.at_ms.saturating_add(ft.saturating_sub(since)));
+        }
+        Some(due)
     }
 
     /// The recorded leader is alive but has not led for a failure timeout (it stepped down
@@ -93,6 +120,7 @@ impl ClusterCore {
             // In any mode and outside the anti-flapping budget, like a restart.
             return self.start_promotion(now, state, Kind::Restart, msg, None);
         }
+        let mut healthy = false;
         match self.leader_health(now, state) {
             LeaderHealth::Restarted => {
                 let msg = format!(
@@ -125,13 +153,23 @@ impl ClusterCore {
                     return Some(w);
                 }
             }
-            // The refusal (if any) no longer holds: journal it again when it comes back.
-            LeaderHealth::Healthy => self.ts.last_refusal = None,
+            LeaderHealth::Healthy => healthy = true,
             LeaderHealth::NoLeader | LeaderHealth::Observing => {}
         }
-        if state.mode == Mode::SemiSync
-            && now.ms.saturating_sub(self.ts.active_since_ms) >= self.cfg.failure_timeout_ms
-        {
+        let observed =
+            now.ms.saturating_sub(self.ts.active_since_ms) >= self.cfg.failure_timeout_ms;
+        if observed {
+            // Before the sync set's upkeep: a leader that reaches none of its followers gets a
+            // new one, not a sync member swapped for another it cannot reach.
+            if let Some(w) = self.step_planned(now, state) {
+                return Some(w);
+            }
+        }
+        if healthy {
+            // The refusal (if any) no longer holds: journal it again when it comes back.
+            self.ts.last_refusal = None;
+        }
+        if state.mode == Mode::SemiSync && observed {
             return self.step_sync_set(now, state);
         }
         None
@@ -225,6 +263,7 @@ impl ClusterCore {
         let Some((state, _)) = self.state() else {
             return DryRun {
                 leader_health: "unknown".into(),
+                planned: None,
                 would_fail_over: false,
                 candidate: None,
                 expected_loss_records: None,
@@ -291,8 +330,26 @@ impl ClusterCore {
             LeaderHealth::Unproven(w) => (format!("not proven failed: {w}"), false),
             LeaderHealth::Failed(w) => (format!("failed: {w}"), true),
         };
+        // A planned failover names its own target: a member holding every acknowledged write.
+        let mut planned = None;
+        let (mut candidate, mut loss, mut failed) = (candidate, loss, failed);
+        if !failed {
+            if let Some(t) = self.planned_trigger(now, state) {
+                match self.planned_target(now, state) {
+                    Ok(to) => {
+                        planned = Some(format!("{t}: planned failover to {to}"));
+                        candidate = Some(to);
+                        // It holds every acknowledged write (that is how it was chosen).
+                        loss = Some(0);
+                        failed = true;
+                    }
+                    Err(e) => blocking.push(format!("no planned failover: {e} ({t})")),
+                }
+            }
+        }
         DryRun {
             leader_health: label,
+            planned,
             would_fail_over: failed && blocking.is_empty(),
             candidate,
             expected_loss_records: loss,

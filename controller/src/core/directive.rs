@@ -29,13 +29,31 @@ pub(super) struct Run {
 impl ClusterCore {
     /// A heartbeat arrived; returns the answer.
     pub fn on_heartbeat(&mut self, now: Now, hb: Heartbeat) -> Directive {
-        let id = hb.id.clone();
-        let seq = hb.seq;
-        let declared = self.cfg.members.iter().any(|m| m.id == id);
+        let declared = self.cfg.members.iter().any(|m| m.id == hb.id);
         let refused = if declared { self.admit(now, &hb) } else { None };
         if declared && refused.is_none() {
             self.hear(now, &hb);
         }
+        self.directive_for(now, &hb, declared, refused.is_some())
+    }
+
+    /// The answer, at `now`, to a heartbeat this controller already heard and admitted with an
+    /// active answer (a long-polled heartbeat held until the directive changed or the hold
+    /// ran out): computed afresh (role, lease grant, `start_after`) from the current state,
+    /// without hearing the heartbeat again (what it reports is as old as it is).
+    pub fn answer(&mut self, now: Now, hb: &Heartbeat) -> Directive {
+        let declared = self.cfg.members.iter().any(|m| m.id == hb.id);
+        self.directive_for(now, hb, declared, false)
+    }
+
+    fn directive_for(
+        &mut self,
+        now: Now,
+        hb: &Heartbeat,
+        declared: bool,
+        refused: bool,
+    ) -> Directive {
+        let seq = hb.seq;
         let mut d = Directive {
             seq,
             rev: 0,
@@ -49,12 +67,13 @@ impl ClusterCore {
             waited: Vec::new(),
             lease_ms: 0,
             start_after_ms: 0,
+            promises_void: false,
             mode: self.cfg.mode,
             strict: self.cfg.strict,
             lossy: false,
             cluster_id: 0,
         };
-        if refused.is_some() {
+        if refused {
             // A foreign data directory or a second process claiming a member's id: it gets
             // nothing from this controller (an inactive answer changes nothing on a replica).
             d.active = false;
@@ -89,7 +108,7 @@ impl ClusterCore {
             d.active = false;
             return d;
         }
-        self.assign_role(now, &hb, &state, &mut d);
+        self.assign_role(now, hb, &state, &mut d);
         d
     }
 
@@ -143,6 +162,14 @@ impl ClusterCore {
                 self.note_grant(state.epoch, now.ms);
             }
             d.start_after_ms = self.start_after(now, state);
+            // Its own promises bind it only to leaders it followed: none if it is the previous
+            // leader itself (a restarted run of it included), which gave none in the epoch it
+            // led and had outwaited every older one before leading.
+            d.promises_void = self.prev_leader_stopped(state)
+                || state
+                    .prev_leader
+                    .as_ref()
+                    .is_some_and(|p| p.id == leader.id && p.data_id == leader.data_id);
         } else if &leader.id == id {
             // Another run or disk of the recorded leader: it waits for the new epoch.
             d.role = Some(Role::Fenced);
@@ -284,20 +311,23 @@ impl ClusterCore {
         self.ts.last_grant = Some((epoch, at_ms));
     }
 
+    /// Whether the previous epoch's leader is known to serve nothing of its own any more: it
+    /// stopped for a switchover this controller wrote, or reported persisting this epoch. Then
+    /// the new leader neither waits out the old grants nor its own promises to it.
+    pub(super) fn prev_leader_stopped(&self, state: &ClusterState) -> bool {
+        if self.ts.no_wait_epoch == Some(state.epoch) {
+            return true;
+        }
+        state.prev_leader.as_ref().is_some_and(|prev| {
+            self.heard
+                .get(&prev.id)
+                .is_some_and(|h| h.hb.boot_id == prev.boot_id && h.hb.epoch >= state.epoch)
+        })
+    }
+
     /// How long a new leader waits before starting its epoch (DESIGN.md §5).
     pub(super) fn start_after(&self, now: Now, state: &ClusterState) -> u64 {
-        if self.ts.no_wait_epoch == Some(state.epoch) {
-            return 0;
-        }
-        if let Some(prev) = &state.prev_leader {
-            let persisted = self
-                .heard
-                .get(&prev.id)
-                .is_some_and(|h| h.hb.boot_id == prev.boot_id && h.hb.epoch >= state.epoch);
-            if persisted {
-                return 0;
-            }
-        } else {
+        if state.prev_leader.is_none() || self.prev_leader_stopped(state) {
             return 0;
         }
         let rho = self.cfg.drift;

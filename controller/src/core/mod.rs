@@ -18,13 +18,16 @@
 mod bootstrap;
 mod detection;
 mod directive;
+mod handover;
 mod ops;
+mod planned;
 mod promotion;
 mod switchover;
 mod sync_set;
 mod write;
 
 pub use detection::DryRun;
+pub use handover::{HANDOVER_BACKOFF_FTS, HEARS_PUBLISH_EVERY_MS};
 pub use ops::{ErrorCode, OpError};
 
 use crate::decide::Heard;
@@ -81,6 +84,9 @@ pub struct Write {
     pub failovers: Option<Vec<u64>>,
     /// What the write is for (logs).
     pub why: String,
+    /// A handover (`handover.rs`): the same transaction deletes this controller's election key,
+    /// so that a better-connected standby takes over.
+    pub resign: bool,
 }
 
 /// How a write ended.
@@ -144,6 +150,9 @@ struct TermState {
     /// The operation in the state and when this controller first saw it (monotonic): its
     /// timeout counts from there, not from a wall-clock deadline.
     op_seen: Option<(String, u64)>,
+    /// Since when this controller has heard fewer members than the best standby, without a
+    /// tick in between that heard as many (`handover.rs`).
+    fewer_since_ms: Option<u64>,
 }
 
 /// The per-cluster controller core.
@@ -176,8 +185,16 @@ pub struct ClusterCore {
     coalesced_at_ms: Option<u64>,
     /// The last heartbeat admitted per member, and when it arrived.
     heard: BTreeMap<NodeId, Heard>,
+    /// Since when (CLOCK_BOOTTIME ms) this controller's etcd session has been failing
+    /// (keepalives or lease grants), for status: `None` while etcd answers.
+    pub etcd_failing_since_ms: Option<u64>,
     /// The most members any standby reports hearing.
     pub standby_hears: usize,
+    /// The id of the standby that reports `standby_hears`, when known (journal messages).
+    pub standby_id: Option<String>,
+    /// CLOCK_BOOTTIME ms before which this controller does not campaign: the back-off after a
+    /// handover (`handover.rs`). Kept across terms.
+    campaign_after_ms: u64,
     /// Members whose add was abandoned (too far behind), and until when not to retry them.
     add_backoff: BTreeMap<NodeId, u64>,
     /// Abandoned adds in a row per member: the back-off doubles with each.
@@ -206,7 +223,10 @@ impl ClusterCore {
             unflushed: None,
             coalesced_at_ms: None,
             heard: BTreeMap::new(),
+            etcd_failing_since_ms: None,
             standby_hears: 0,
+            standby_id: None,
+            campaign_after_ms: 0,
             add_backoff: BTreeMap::new(),
             add_failures: BTreeMap::new(),
             runs: BTreeMap::new(),
@@ -344,6 +364,7 @@ impl ClusterCore {
     /// The outcome of the write handed out last.
     pub fn on_write(&mut self, now: Now, w: &Write, outcome: WriteOutcome) {
         self.ts.inflight = false;
+        let resigned = w.resign && outcome != WriteOutcome::Rejected;
         match outcome {
             WriteOutcome::Committed { rev } => {
                 let mut entries = std::mem::take(&mut self.journal);
@@ -372,6 +393,9 @@ impl ClusterCore {
                 self.observed = Observed::Unknown;
             }
         }
+        if resigned {
+            self.resigned(now);
+        }
     }
 
     fn state(&self) -> Option<(&ClusterState, u64)> {
@@ -389,8 +413,15 @@ impl ClusterCore {
     /// Time passes; returns at most one write to execute.
     pub fn tick(&mut self, now: Now) -> Option<Write> {
         self.forget_old(now);
-        if !self.active_at(now) || self.ts.inflight {
+        if !self.active_at(now) {
             return None;
+        }
+        self.track_handover(now);
+        if self.ts.inflight {
+            return None;
+        }
+        if let Some(w) = self.handover(now) {
+            return Some(w);
         }
         if self.state().is_some() && !self.notices.is_empty() {
             let (_, msg) = self.notices.remove(0);

@@ -296,6 +296,7 @@ impl ClusterCore {
         let op = OpRecord {
             id: op_id.clone(),
             op: Op::Failover {
+                planned: false,
                 to: to.clone(),
                 force,
                 allow_data_loss,

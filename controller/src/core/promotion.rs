@@ -177,6 +177,7 @@ impl ClusterCore {
             to,
             force,
             allow_data_loss: allow,
+            planned,
         } = op
         else {
             return Ok(Choice::Blocked(format!("operation {op} is not a failover")));
@@ -216,7 +217,7 @@ impl ClusterCore {
             ));
         }
         let sync_set = if state.mode == Mode::SemiSync {
-            decide::promotion_sync_set(state, fenced, f, self.cfg.sync_size)
+            decide::promotion_sync_set(state, fenced, f, self.cfg.sync_size, !planned)
         } else {
             Vec::new()
         };

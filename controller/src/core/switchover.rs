@@ -1,5 +1,6 @@
 //! The `switching` phase of a switchover (DESIGN.md §5): once the leader gave up its lease and
-//! the target flushed its final log end, the target leads a new epoch at once (no wait); the
+//! the target flushed its final log end (by its own report, or by the leader's report of the
+//! target's acknowledged flush), the target leads a new epoch at once (no wait); the
 //! switchover is aborted if the leader fails or restarts, or at a controller takeover. The
 //! request itself is `ops.rs`; its timeout is `ClusterCore::expire_op`.
 
@@ -52,8 +53,15 @@ impl ClusterCore {
         // the target flushed all of it.
         let revoked = lh.hb.lease_left_ms == Some(0)
             && lh.hb.applied_rev >= self.state().map_or(0, |(_, r)| r);
-        let caught_up =
-            th.hb.flushed_lsn >= lh.hb.log_end_lsn && th.hb.log_end_epoch == lh.hb.log_end_epoch;
+        // Caught up by the target's own report, or by the leader's: a flush the target
+        // acknowledged to the leader in its epoch, at or past the leader's final end (the
+        // leader reports it at once, the target only at its next heartbeat).
+        let acked = lh.hb.waiting.iter().any(|w| {
+            &w.id == to && w.data_id == th.hb.data_id && w.flushed_lsn >= lh.hb.log_end_lsn
+        }) && lh.hb.epoch == state.epoch;
+        let caught_up = acked
+            || (th.hb.flushed_lsn >= lh.hb.log_end_lsn
+                && th.hb.log_end_epoch == lh.hb.log_end_epoch);
         if !(revoked && caught_up) || th.hb.unclean {
             return None;
         }

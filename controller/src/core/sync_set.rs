@@ -38,10 +38,12 @@ impl ClusterCore {
         if self.reporting(now, &leader.id).is_none() || self.hears(now) < self.standby_hears {
             return None;
         }
+        // Not acknowledged for a failure timeout: silent, or acknowledging keepalives while it
+        // owes the leader a record for that long (a stalled disk holds every commit).
         let lagging = |m: &MemberRef| {
-            lh.waiting
-                .iter()
-                .any(|w| w.id == m.id && w.data_id == m.data_id && w.last_ack_ms >= ft)
+            lh.waiting.iter().any(|w| {
+                w.id == m.id && w.data_id == m.data_id && w.last_ack_ms.max(w.owed_ms) >= ft
+            })
         };
         let dead: Vec<MemberRef> = state
             .sync_set
@@ -49,26 +51,43 @@ impl ClusterCore {
             .filter(|m| !self.member_ok(now, m) || lagging(m))
             .cloned()
             .collect();
+        // A sync member that reports unclean lost records it had flushed (damage repaired from
+        // the leader, or a data directory created empty): it no longer holds every acknowledged
+        // write (I2), and it holds the leader's commits while it fetches them again. It is
+        // replaced as soon as a clean follower can take its place, but never dropped for that
+        // alone: with no clean follower (a new cluster, whose members all start unclean), it
+        // stays and catches up, which takes milliseconds.
+        let unclean: Vec<MemberRef> = state
+            .sync_set
+            .iter()
+            .filter(|m| !dead.contains(m))
+            .filter(|m| {
+                self.reporting(now, &m.id)
+                    .is_some_and(|h| h.hb.data_id == m.data_id && h.hb.unclean)
+            })
+            .cloned()
+            .collect();
+        let replaced: Vec<MemberRef> = dead.iter().chain(&unclean).cloned().collect();
         if let Some(a) = &state.adding {
-            return self.step_adding(now, state, a, &lh, &dead);
+            return self.step_adding(now, state, a, &lh, &dead, &replaced);
         }
         let want = self
             .cfg
             .sync_size
             .min(state.members.len().saturating_sub(1));
         let healthy_count = state.sync_set.len() - dead.len();
-        if !dead.is_empty() || healthy_count < want {
+        if !replaced.is_empty() || healthy_count < want {
             let cand = self.addition(now, state, &leader.id, &lh);
             match cand {
                 Some(c) => {
                     let mut s = state.clone();
                     s.adding = Some(c.clone());
-                    let msg = if dead.is_empty() {
+                    let msg = if replaced.is_empty() {
                         format!("adding {} to the sync set", c.id)
                     } else {
                         format!(
                             "replacing {} in the sync set: adding {} first",
-                            names(&dead),
+                            names(&replaced),
                             c.id
                         )
                     };
@@ -87,9 +106,9 @@ impl ClusterCore {
         None
     }
 
-    /// A member is being added: it joins (replacing dead members) once ready; dead members are
-    /// dropped if the addition is stuck; the add is abandoned if the member stops reporting or
-    /// does not catch up within `sync_wait_ms`.
+    /// A member is being added: it joins (replacing dead and unclean members) once ready; dead
+    /// members are dropped if the addition is stuck; the add is abandoned if the member stops
+    /// reporting or does not catch up within `sync_wait_ms`.
     fn step_adding(
         &mut self,
         now: Now,
@@ -97,6 +116,7 @@ impl ClusterCore {
         a: &MemberRef,
         lh: &Heartbeat,
         dead: &[MemberRef],
+        replaced: &[MemberRef],
     ) -> Option<Write> {
         let ready = self.ts.adding_rev.is_some_and(|r| lh.applied_rev >= r)
             && lh
@@ -105,7 +125,7 @@ impl ClusterCore {
                 .any(|w| w.id == a.id && w.data_id == a.data_id && w.flushed_lsn >= w.since_lsn);
         if ready {
             let mut s = state.clone();
-            s.sync_set.retain(|m| !dead.contains(m));
+            s.sync_set.retain(|m| !replaced.contains(m));
             if !s.sync_set.contains(a) {
                 s.sync_set.push(a.clone());
             }
@@ -114,10 +134,10 @@ impl ClusterCore {
             let msg = format!(
                 "{} joins the sync set{}",
                 a.id,
-                if dead.is_empty() {
+                if replaced.is_empty() {
                     String::new()
                 } else {
-                    format!(", replacing {}", names(dead))
+                    format!(", replacing {}", names(replaced))
                 }
             );
             return self.write(now, Some(s), Kind::SyncAdd, msg, self.inputs(now));
@@ -173,7 +193,8 @@ impl ClusterCore {
     }
 
     /// The follower to add to the sync set, if any: heard, streaming from this leader, close
-    /// behind it, promotable, not in the set and not backing off; the most advanced first.
+    /// behind it, promotable, not in the set and not backing off (or caught up with the
+    /// leader's commit); the most advanced first.
     fn addition(
         &self,
         now: Now,
@@ -191,9 +212,12 @@ impl ClusterCore {
             .filter_map(|m| self.heard.get(&m.id).map(|h| (m, h)))
             // Only a follower streaming from this leader: one that is cut off or stuck would
             // be waited for in vain and stall writes for sync_wait_ms each time.
+            // Only a clean follower: an unclean one holds neither every acknowledged write nor
+            // the right to be promoted until it has caught up.
             .filter(|(_, h)| {
                 let age = now.ms.saturating_sub(h.at_ms);
                 age < ft
+                    && !h.hb.unclean
                     && h.hb.role == ReportedRole::Follower
                     && h.hb.epoch == state.epoch
                     && h.hb
@@ -204,10 +228,18 @@ impl ClusterCore {
             .filter(|(_, h)| {
                 lh.log_end_lsn.0.saturating_sub(h.hb.flushed_lsn.0) <= self.cfg.max_lag_on_failover
             })
-            .filter(|(m, _)| {
-                self.add_backoff
-                    .get(&m.id)
-                    .is_none_or(|until| now.ms >= *until)
+            // Backing off after an abandoned add, unless the leader runs alone and the member
+            // caught up with its commit since: then the add succeeds at once, and every moment
+            // without it is a moment with one copy (issue 12 item 5). Twice at most: a member
+            // that keeps failing (a slow disk) would stall writes for sync_wait_ms each time.
+            .filter(|(m, h)| {
+                (state.sync_set.is_empty()
+                    && h.hb.flushed_lsn >= lh.commit_lsn
+                    && self.add_failures.get(&m.id).is_none_or(|n| *n <= 2))
+                    || self
+                        .add_backoff
+                        .get(&m.id)
+                        .is_none_or(|until| now.ms >= *until)
             })
             .max_by_key(|(m, h)| {
                 (

@@ -77,6 +77,7 @@ impl ClusterCore {
             journal_after: after,
             failovers,
             why: message,
+            resign: false,
         })
     }
 

@@ -88,6 +88,9 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
         waiting: vec![],
         last_cut: None,
         refused_peer: None,
+        disk_full: false,
+        degraded_for_ms: 0,
+        on_promises: false,
     }
 }
 

@@ -3,7 +3,8 @@
 //! Armed like the replica's (`replica/src/faults.rs`): `FAILPOINTS` at start, or
 //! `PUT /v1/failpoints/{name}` with the actions as body. `return(crash)` ends the process on
 //! the spot (`_exit`, exit status [`CRASH_EXIT_CODE`]); `return(error)` is supported
-//! where the table says so.
+//! where the table says so. Evaluating a point and the router are shared with the replica
+//! (`baton_runtime::faults`).
 //!
 //! | point | where | `error` means |
 //! |---|---|---|
@@ -11,14 +12,15 @@
 //! | `promotion.after_epoch_write` | that write committed, before this controller acts on it | — |
 //! | `promotion.before_record` | before the write recording the new leader (`steady`) | — |
 //! | `promotion.before_direct` | the new leader recorded, before anyone is directed by it | — |
-//! | `lease.before_renew` | before each keepalive of the etcd election lease | the keepalive fails: the lease is trusted until it would expire, then re-granted |
+//! | `lease.before_renew` | before each keepalive attempt of the etcd election lease | the attempt fails: retried on a new stream after 100 ms; past the trusted window the controller stops acting until one succeeds |
 
-/// Exit status of a process crashed by a `return(crash)` action.
-pub const CRASH_EXIT_CODE: i32 = 86;
+#[cfg(feature = "failpoints")]
+pub use baton_runtime::faults::router;
+pub use baton_runtime::faults::{hit, CRASH_EXIT_CODE};
 
 macro_rules! fault {
     ($name:literal) => {
-        if $crate::runtime::faults::hit($name) {
+        if $crate::runtime::faults::hit($name).is_some() {
             tracing::error!(
                 point = $name,
                 "failpoint: this point has no error path (use crash); ignored"
@@ -27,67 +29,3 @@ macro_rules! fault {
     };
 }
 pub(crate) use fault;
-
-/// Evaluates a point: crashes on `return(crash)`, returns true on `return(error)`; always
-/// false without the `failpoints` feature.
-#[cfg(feature = "failpoints")]
-pub fn hit(name: &str) -> bool {
-    fn eval(name: &str) -> Option<String> {
-        fail::fail_point!(name, |arg: Option<String>| Some(arg.unwrap_or_default()));
-        None
-    }
-    match eval(name).as_deref() {
-        None => false,
-        Some("crash") => {
-            eprintln!("failpoint {name}: crash");
-            // SAFETY: _exit(2) ends the process without running any Rust code, as kill -9.
-            unsafe { libc::_exit(CRASH_EXIT_CODE) }
-        }
-        Some("error") => {
-            tracing::warn!(point = name, "failpoint: injecting an error");
-            true
-        }
-        Some(other) => {
-            tracing::error!(
-                point = name,
-                arg = other,
-                "failpoint: unknown return argument (use crash or error); ignored"
-            );
-            false
-        }
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-pub fn hit(_name: &str) -> bool {
-    false
-}
-
-/// `PUT /v1/failpoints/{name}` (body: actions), `DELETE /v1/failpoints/{name}`,
-/// `GET /v1/failpoints`: arm, disarm and list points at run time.
-#[cfg(feature = "failpoints")]
-pub fn router() -> axum::Router {
-    use axum::extract::Path;
-    use axum::http::StatusCode;
-    use axum::routing::{get, put};
-    async fn arm(Path(name): Path<String>, body: String) -> (StatusCode, String) {
-        match fail::cfg(name.clone(), body.trim()) {
-            Ok(()) => {
-                tracing::info!(point = %name, actions = %body.trim(), "failpoint armed");
-                (StatusCode::OK, format!("{name}={}\n", body.trim()))
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, format!("{name}: {e}\n")),
-        }
-    }
-    async fn disarm(Path(name): Path<String>) -> StatusCode {
-        fail::remove(name);
-        StatusCode::OK
-    }
-    async fn list() -> axum::Json<Vec<(String, String)>> {
-        axum::Json(fail::list())
-    }
-    axum::Router::new()
-        .route("/v1/failpoints", get(list))
-        .route("/v1/failpoints/{name}", put(arm).delete(disarm))
-}

@@ -5,6 +5,25 @@ use crate::harness::*;
 
 // ----- automatic failover ----------------------------------------------------------------------
 
+/// The runtime's cluster loop looks again exactly when the leader's failure would be proven
+/// (not up to a poll later): the leader last heard at 10 000, followers reporting how long they
+/// have been without its stream. Nothing is due while the leader was heard lately.
+#[test]
+fn the_failure_deadline_is_when_detection_would_prove_it() {
+    let mut s = steady_sim();
+    assert_eq!(s.core.failure_due_at(at(10_150)), None, "heard 150 ms ago");
+    s.hb(10_250, lost("r2", 250));
+    s.hb(10_280, lost("r3", 200));
+    // The leader silent until 11 000; r3's stream gone since 10 080, so 11 080.
+    assert_eq!(s.core.failure_due_at(at(10_300)), Some(11_080));
+    s.hb(10_380, lost("r3", 380));
+    assert_eq!(s.core.failure_due_at(at(10_400)), Some(11_000));
+    // Nothing more heard: at the deadline the failover is decided.
+    s.hb(11_000, lost("r2", 1000));
+    s.hb(11_000, lost("r3", 1000));
+    assert!(s.tick(11_000).is_some(), "failed over at the deadline");
+}
+
 #[test]
 fn automatic_failover_end_to_end() {
     let mut s = steady_sim();
@@ -473,6 +492,7 @@ fn blocked_promotion_is_journaled_once_and_failover_to_continues_it() {
                     to: id("r3"),
                     force: true,
                     allow_data_loss: false,
+                    planned: false,
                 },
                 deadline_unix_ms: UNIX0 + 12_000 + 60_000,
                 timeout_ms: Some(60_000),

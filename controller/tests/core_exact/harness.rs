@@ -153,6 +153,9 @@ pub fn follower(who: &str) -> Heartbeat {
         waiting: vec![],
         last_cut: None,
         refused_peer: None,
+        disk_full: false,
+        degraded_for_ms: 0,
+        on_promises: false,
     }
 }
 
@@ -184,6 +187,7 @@ pub fn wait_info(who: &str, since_lsn: u64, flushed: u64, last_ack_ms: u64) -> W
         since_lsn: Lsn(since_lsn),
         flushed_lsn: Lsn(flushed),
         last_ack_ms,
+        owed_ms: 0,
     }
 }
 
@@ -228,6 +232,7 @@ pub fn base(epoch: u64, rev: u64, state: &ClusterState) -> Directive {
         waited: state.waited(),
         lease_ms: 0,
         start_after_ms: 0,
+        promises_void: false,
         mode: state.mode,
         strict: false,
         lossy: false,
@@ -457,6 +462,34 @@ pub fn steady_sim() -> Sim {
     s.hb(10_000, follower("r2"));
     s.hb(10_000, follower("r3"));
     s
+}
+
+/// [`steady_sim`] with `switchover --to r2` asked at 10 050 and its first write committed.
+pub fn switching_to_r2() -> Sim {
+    let mut s = steady_sim();
+    let w = s
+        .core
+        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
+        .expect("switchover");
+    s.commit(10_050, &w);
+    s
+}
+
+impl Sim {
+    /// In a switchover to r2 ([`switching_to_r2`]): at 10 100 r1 reports its lease given up and
+    /// r2 caught up; the tick's write (the new epoch) is returned, not committed.
+    pub fn switchover_epoch_write(&mut self) -> Write {
+        self.hb(
+            10_100,
+            Heartbeat {
+                applied_rev: 11,
+                lease_left_ms: Some(0),
+                ..leader_hb()
+            },
+        );
+        self.hb(10_100, follower("r2"));
+        self.tick(10_100).expect("epoch write")
+    }
 }
 
 pub const FAILED: &str = "leader r1 not heard for 1000 ms; every reporting follower lost it too; \

@@ -16,7 +16,10 @@ mod harness;
 
 mod detection;
 mod directives;
+mod handover;
 mod journal;
 mod operations;
+mod planned;
+mod prompt;
 mod regressions;
 mod sync_set;

@@ -157,6 +157,8 @@ fn switchover_moves_leadership_with_no_wait() {
             leader: Some(lref("r2", boot("r2"))),
             lease_ms: LEASE,
             start_after_ms: 0,
+            // Nor do its promises to r1 hold it back.
+            promises_void: true,
             ..base(6, 12, &switched)
         }
     );
@@ -176,22 +178,8 @@ fn switchover_moves_leadership_with_no_wait() {
 /// its lease.
 #[test]
 fn rejected_switchover_write_lets_nobody_skip_the_wait() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
-    s.hb(
-        10_100,
-        Heartbeat {
-            applied_rev: 11,
-            lease_left_ms: Some(0),
-            ..leader_hb()
-        },
-    );
-    s.hb(10_100, follower("r2"));
-    let w = s.tick(10_100).expect("epoch write");
+    let mut s = switching_to_r2();
+    let w = s.switchover_epoch_write();
     s.core.on_write(at(10_100), &w, WriteOutcome::Rejected);
     assert_eq!(s.core.observed, Observed::Unknown);
     // Someone else made epoch 6, with r3 leading and r1 not known to have stopped.
@@ -219,12 +207,7 @@ fn rejected_switchover_write_lets_nobody_skip_the_wait() {
 
 #[test]
 fn switchover_past_its_deadline_is_aborted() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
+    let mut s = switching_to_r2();
     for t in [11_000, 15_050] {
         s.hb(
             t,
@@ -306,7 +289,8 @@ fn failover_to_refusals() {
         Some(Op::Failover {
             to: id("r2"),
             force: false,
-            allow_data_loss: true
+            allow_data_loss: true,
+            planned: false,
         })
     );
 }
@@ -330,6 +314,7 @@ fn failover_to_with_force_promotes_a_lagging_non_sync_member() {
                 to: id("r3"),
                 force: true,
                 allow_data_loss: false,
+                planned: false,
             },
             deadline_unix_ms: UNIX0 + 10_050 + 60_000,
             timeout_ms: Some(60_000),
@@ -384,8 +369,9 @@ fn failover_to_a_sync_member_behind_the_old_leaders_unacknowledged_tail() {
     s.hb(10_150, fenced("r3", 6, (5, 100)));
     let w = s.tick(10_150).expect("promotion");
     let st = w.state.clone().expect("state");
-    // The old leader holds all of r2's log (same last epoch, longer): it joins the sync set
-    // (DESIGN.md §4's post-promotion rule) and will cut its unacknowledged tail when following.
+    // The old leader holds all of r2's log (same last epoch, longer) and may join the sync set
+    // (DESIGN.md §4's post-promotion rule), but r3 holds it too without a tail to cut first:
+    // the old leader's followers go first (`promotion_sync_set`).
     assert_eq!(
         (
             st.leader,
@@ -394,7 +380,7 @@ fn failover_to_a_sync_member_behind_the_old_leaders_unacknowledged_tail() {
                 .map(|m| m.id.0.as_str())
                 .collect::<Vec<_>>()
         ),
-        (Some(record("r2")), vec!["r1"])
+        (Some(record("r2")), vec!["r3"])
     );
     assert_eq!(last(&w), (Kind::Promoted, 6, 1));
     s.commit(10_150, &w);
@@ -565,6 +551,7 @@ fn init_waits_for_every_member_and_empty_logs() {
             waited: vec![],
             lease_ms: 0,
             start_after_ms: 0,
+            promises_void: false,
             mode: Mode::SemiSync,
             strict: false,
             lossy: false,

@@ -387,12 +387,7 @@ fn takeover_in_switching_aborts_it_and_a_later_switchover_runs() {
 /// included) aborts it too.
 #[test]
 fn new_term_during_own_switchover_aborts_it() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
+    let mut s = switching_to_r2();
     s.hb(10_100, leader_hb());
     s.hb(10_100, follower("r2"));
     assert_eq!(s.tick(10_100), None);
@@ -418,12 +413,7 @@ fn new_term_during_own_switchover_aborts_it() {
 
 #[test]
 fn leader_failing_during_a_switchover_aborts_it() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
+    let mut s = switching_to_r2();
     // r1 (last heard at 10 000) falls silent.
     s.hb(10_999, lost("r2", 999));
     s.hb(10_999, lost("r3", 999));
@@ -442,12 +432,7 @@ fn leader_failing_during_a_switchover_aborts_it() {
 
 #[test]
 fn leader_restarting_during_a_switchover_aborts_it() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
+    let mut s = switching_to_r2();
     let r1b = Heartbeat {
         boot_id: boot2("r1"),
         role: ReportedRole::None,
@@ -470,22 +455,8 @@ fn leader_restarting_during_a_switchover_aborts_it() {
 /// committed the new leader started at once, though nothing showed its predecessor gave up.
 #[test]
 fn unknown_switchover_write_lets_nobody_skip_the_wait() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
-    s.hb(
-        10_100,
-        Heartbeat {
-            applied_rev: 11,
-            lease_left_ms: Some(0),
-            ..leader_hb()
-        },
-    );
-    s.hb(10_100, follower("r2"));
-    let w = s.tick(10_100).expect("epoch write");
+    let mut s = switching_to_r2();
+    let w = s.switchover_epoch_write();
     s.core.on_write(at(10_100), &w, WriteOutcome::Unknown);
     assert_eq!(s.core.observed, Observed::Unknown);
     // The re-read shows it committed.
@@ -828,12 +799,7 @@ fn follower_not_streaming_from_the_leader_is_not_added() {
 /// clock: a wall-clock step of an hour does not expire a switchover.
 #[test]
 fn operation_timeout_ignores_wall_clock_steps() {
-    let mut s = steady_sim();
-    let w = s
-        .core
-        .switchover(at(10_050), Some(id("r2")), 5000, "op-1".into())
-        .expect("switchover");
-    s.commit(10_050, &w);
+    let mut s = switching_to_r2();
     let jumped = Now {
         ms: 10_100,
         unix_ms: UNIX0 + 10_100 + 3_600_000,

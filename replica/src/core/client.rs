@@ -27,6 +27,8 @@ pub enum WriteReject {
     /// Too many writes appended and not yet committed (503, not appended): a leader whose sync
     /// members stopped acknowledging would otherwise queue without bound.
     Overloaded(String),
+    /// The disk is full (507, not appended): the replica resumes by itself once space is freed.
+    InsufficientStorage(String),
     Fatal(String),
 }
 
@@ -71,21 +73,43 @@ impl Core {
         })
     }
 
+    /// Whether this leader holds a lease now: the controller's grant for its epoch, or
+    /// promises from every other member (`promise.rs`).
     pub(super) fn lease_valid(&self, now: u64) -> bool {
         let Some(l) = self.role.leader() else {
             return false;
         };
-        match (l.lease, l.leading_epoch) {
-            (Some(x), Some(e)) => x.epoch == e && e == self.epoch && now < x.until_ms,
-            _ => false,
+        if l.leading_epoch != Some(self.epoch) {
+            return false;
+        }
+        self.granted_until(l) > now || self.promise_lease_until(l) > now
+    }
+
+    /// The controller's grant for this epoch: valid before the instant returned (0: none).
+    fn granted_until(&self, l: &super::role::LeaderState) -> u64 {
+        match l.lease {
+            Some(x) if x.epoch == self.epoch => x.until_ms,
+            _ => 0,
         }
     }
 
+    /// Milliseconds of lease left, from either source.
     pub(super) fn lease_left(&self, now: u64) -> u64 {
-        match self.role.leader().and_then(|l| l.lease) {
-            Some(x) if x.epoch == self.epoch => x.until_ms.saturating_sub(now),
-            _ => 0,
-        }
+        self.role.leader().map_or(0, |l| {
+            let promised = if l.leading_epoch == Some(self.epoch) {
+                self.promise_lease_until(l)
+            } else {
+                0
+            };
+            self.granted_until(l).max(promised).saturating_sub(now)
+        })
+    }
+
+    /// This leader serves on follower promises alone (no valid grant from a controller).
+    pub fn on_promises_only(&self, now: u64) -> bool {
+        self.role
+            .leader()
+            .is_some_and(|l| self.lease_valid(now) && self.granted_until(l) <= now)
     }
 
     /// Why this replica cannot take writes or leader reads now, if it cannot.
@@ -123,7 +147,9 @@ impl Core {
         }
         if !self.lease_valid(now) {
             return Some(
-                "the leader holds no lease (no recent grant from the active controller)".into(),
+                "the leader holds no lease (no recent grant from the active controller, and not \
+                 every follower's promise)"
+                    .into(),
             );
         }
         None
@@ -143,6 +169,11 @@ impl Core {
                 reason,
                 leader: self.leader_hint(),
             });
+        }
+        if let Some(e) = &self.disk_full {
+            return Err(WriteReject::InsufficientStorage(format!(
+                "the log cannot be written ({e}): not appended; writes resume once space is freed"
+            )));
         }
         if self.log.pending.len() >= MAX_PENDING {
             return Err(WriteReject::Overloaded(format!(

@@ -126,6 +126,27 @@ impl Core {
             tracing::warn!(epoch = %d.epoch, "directed to lead under another boot id; not leading (the controller will start a new epoch)");
         }
         let leading_epoch = self.role.leading_epoch();
+        if leads && leading_epoch != Some(d.epoch) {
+            if let Some(where_) = self.damaged.clone() {
+                if !d.lossy {
+                    // DESIGN.md §6: damage inside the log is repaired from a leader; with this
+                    // replica the one to lead, nobody can repair it, and leading would serve
+                    // without writes it acknowledged.
+                    let why = format!(
+                        "refusing to lead epoch {}: this replica's log lost records it had acknowledged to damage at {where_}; \
+                         it can only be repaired from another leader (direct another member to lead, or wipe this data directory)",
+                        d.epoch
+                    );
+                    self.fatal = Some(why.clone());
+                    fx.extend(self.stop_leading(RoleState::None, why.clone()));
+                    fx.push(Action::Fatal(why));
+                    self.checked("on_directive");
+                    return fx;
+                }
+                tracing::error!(epoch = %d.epoch, damaged = %where_,
+                    "leading a lossy epoch on a log that lost acknowledged records to damage: the forced failover accepted the loss");
+            }
+        }
         if leads && leading_epoch != Some(d.epoch) && self.log.end.0 >= d.epoch {
             // I1: one process run writes an epoch. This log already holds records of that epoch
             // from an earlier run, so leading it again would write it twice.
@@ -146,6 +167,7 @@ impl Core {
             // Same epoch: only the lease and the waited set move. A grant of 0 ms revokes the
             // lease at once (a switchover stops the leader's writes this way before the epoch
             // moves). A newly waited member is waited for from now, at this log's end.
+            l.revoked = d.lease_ms == 0;
             if d.lease_ms == 0 {
                 l.lease = None;
             } else {
@@ -167,7 +189,16 @@ impl Core {
             l.since.retain(|m, _| d.waited.contains(m));
             fx.extend(self.tick(now));
         } else if leads {
-            tracing::info!(epoch = %d.epoch, start_after_ms = d.start_after_ms, "directed to lead");
+            // Its own promises to the previous epoch's leader hold it back too, unless that leader
+            // is known to have persisted this epoch (it can serve nothing of its own any more).
+            let promised = if d.promises_void {
+                0
+            } else {
+                self.promises.no_lead_before_ms
+            };
+            let start_at = (now + d.start_after_ms).max(promised);
+            tracing::info!(epoch = %d.epoch, start_after_ms = d.start_after_ms,
+                promise_wait_ms = start_at.saturating_sub(now + d.start_after_ms), "directed to lead");
             // Waiting for every member begins now, at this log's end.
             let since: HashMap<_, _> = self
                 .waited
@@ -179,11 +210,13 @@ impl Core {
                     epoch: d.epoch,
                     until_ms: grant,
                 }),
-                start_at_ms: Some(now + d.start_after_ms),
+                start_at_ms: Some(start_at),
+                revoked: d.lease_ms == 0,
                 leading_epoch: None,
                 leader_start_lsn: baton_common::Lsn(0),
                 lossy: d.lossy,
                 peers: HashMap::new(),
+                departed: HashMap::new(),
                 since,
             });
             fx.extend(self.stop_leading(next, format!("leadership moved to epoch {}", d.epoch)));

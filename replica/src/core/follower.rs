@@ -27,6 +27,9 @@ pub(super) struct Upstream {
     pub leader_end: Lsn,
     /// When the leader was last heard on this stream (an instant on the runtime's clock).
     pub last_msg_ms: u64,
+    /// The leader's send time (its clock) of the newest message received on this stream: the
+    /// next acknowledgement echoes it (`promise.rs`).
+    pub leader_sent_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +70,12 @@ pub struct AppendHeader {
 
 impl Core {
     /// The leader this replica should follow now, with the epoch it follows it in.
+    /// None while the disk is full: a follower that cannot append takes no stream.
     pub fn follower_target(&self) -> Option<(LeaderRef, Epoch)> {
-        if !matches!(self.role, RoleState::Follower(_)) || self.fatal.is_some() {
+        if !matches!(self.role, RoleState::Follower(_))
+            || self.fatal.is_some()
+            || self.disk_full.is_some()
+        {
             return None;
         }
         let l = self.leader.as_ref()?;
@@ -175,6 +182,9 @@ impl Core {
                 self.epoch
             ));
         }
+        if let Some(e) = &self.disk_full {
+            return Err(format!("the disk is full ({e}): not taking records"));
+        }
         let stream = self.next_stream + 1;
         let RoleState::Follower(f) = &mut self.role else {
             return Err(format!(
@@ -190,6 +200,7 @@ impl Core {
             leader_commit: Lsn(0),
             leader_end: Lsn(0),
             last_msg_ms: now,
+            leader_sent_ms: 0,
         });
         Ok((stream, self.exchange_next()))
     }
@@ -209,7 +220,7 @@ impl Core {
         self.role.upstream().is_some_and(|u| u.stream == stream)
     }
 
-    fn upstream_mut(&mut self, stream: u64) -> Result<&mut Upstream, String> {
+    pub(super) fn upstream_mut(&mut self, stream: u64) -> Result<&mut Upstream, String> {
         match self.role.upstream_mut() {
             Some(u) if u.stream == stream => Ok(u),
             _ => Err("the stream is no longer current".into()),

@@ -22,6 +22,17 @@ pub(super) struct Peer {
     /// When this stream last acknowledged (an instant on the runtime's clock; the reports
     /// carry ages, named `last_ack_ms`).
     pub acked_at_ms: u64,
+    /// The oldest record this follower has not acknowledged and since when it has owed it, on
+    /// the runtime's clock (`None`: it acknowledged everything this leader appended). A
+    /// follower whose disk stalls keeps acknowledging keepalives with an unchanged flushed
+    /// LSN: its acks are fresh while what it owes ages, and that age is what holds commits
+    /// (reported as `owed_ms`; the controller replaces a sync member owing for
+    /// `failure_timeout`). The time is when the record was appended, or for a record
+    /// appended before the follower's previous ack covered its predecessor, that ack's time.
+    pub owed: Option<(Lsn, u64)>,
+    /// Until when this follower promised not to lead a higher epoch, on this leader's clock
+    /// (`promise.rs`; 0: no promise).
+    pub promised_until_ms: u64,
 }
 
 /// Where a follower's stream starts.
@@ -72,6 +83,7 @@ impl Core {
         if *id == me {
             return (Err("a replica cannot follow itself".into()), Vec::new());
         }
+        l.departed.remove(id);
         l.peers.insert(
             id.clone(),
             Peer {
@@ -79,6 +91,8 @@ impl Core {
                 stream,
                 flushed: Lsn(0),
                 acked_at_ms: now,
+                owed: (self.log.end.1 > Lsn(0)).then_some((self.log.end.1, now)),
+                promised_until_ms: 0,
             },
         );
         self.next_stream = stream;
@@ -130,7 +144,9 @@ impl Core {
     pub fn leader_detach(&mut self, id: &NodeId, stream: u64) {
         if let Some(l) = self.role.leader_mut() {
             if l.peers.get(id).is_some_and(|p| p.stream == stream) {
-                l.peers.remove(id);
+                if let Some(p) = l.peers.remove(id) {
+                    l.departed.insert(id.clone(), p);
+                }
             }
         }
     }
@@ -223,6 +239,9 @@ impl Core {
             Some(p) if p.stream == stream => {
                 p.flushed = p.flushed.max(flushed.min(end));
                 p.acked_at_ms = now;
+                if p.owed.is_some_and(|(lsn, _)| p.flushed >= lsn) {
+                    p.owed = (p.flushed < end).then_some((end, now));
+                }
             }
             _ => return Vec::new(),
         }
@@ -270,13 +289,22 @@ impl Core {
             .map(|m| {
                 let (since_lsn, since_ms) = l.since.get(m).copied().unwrap_or((Lsn(0), now));
                 let peer = l.peers.get(&m.id).filter(|p| p.data_id == m.data_id);
+                // The ages of a member whose stream closed run from what it last did.
+                let aged =
+                    peer.or_else(|| l.departed.get(&m.id).filter(|p| p.data_id == m.data_id));
                 WaitInfo {
                     id: m.id.clone(),
                     data_id: m.data_id,
                     since_lsn,
                     flushed_lsn: peer.map_or(Lsn(0), |p| p.flushed),
                     last_ack_ms: now
-                        .saturating_sub(peer.map_or(since_ms, |p| p.acked_at_ms.max(since_ms))),
+                        .saturating_sub(aged.map_or(since_ms, |p| p.acked_at_ms.max(since_ms))),
+                    owed_ms: match aged {
+                        Some(p) => p
+                            .owed
+                            .map_or(0, |(_, t)| now.saturating_sub(t.max(since_ms))),
+                        None => now.saturating_sub(since_ms),
+                    },
                 }
             })
             .collect()

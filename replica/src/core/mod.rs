@@ -7,10 +7,10 @@
 //! acts only when the runtime reports it stored (`on_directive_persisted`,
 //! `follower_epoch_persisted`). Debug builds check the invariants after every step.
 //!
-//! It reads no clock, does no I/O and spawns nothing; `driver.rs` executes the actions in the
-//! real runtime. The role and the fields only a role has are [`role::RoleState`] (`role.rs`,
-//! with the one "stop leading" path); directives are `directive.rs`, client writes and reads
-//! `client.rs`, heartbeats and status `report.rs`, log shipping `leader.rs` (streams,
+//! It reads no clock, does no I/O and spawns nothing; `driver/` executes the actions, in the
+//! runtime and in the simulation. The role and the fields only a role has are [`role::RoleState`]
+//! (`role.rs`, with the one "stop leading" path); directives are `directive.rs`, client writes and
+//! reads `client.rs`, heartbeats and status `report.rs`, log shipping `leader.rs` (streams,
 //! divergence answers, commit from the waited set's acknowledgements) and `follower.rs` (the
 //! exchange, appends, snapshots).
 
@@ -23,9 +23,11 @@ use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 mod client;
+mod degraded;
 mod directive;
 mod follower;
 mod leader;
+mod promise;
 mod report;
 mod role;
 
@@ -33,6 +35,7 @@ pub use client::{Consistency, ReadOk, WriteReject, WriteReq, MAX_PENDING};
 pub use directive::Verdict;
 pub use follower::{AppendHeader, FollowerNext, Truncation};
 pub use leader::FetchStart;
+pub use promise::AckOut;
 use role::RoleState;
 
 /// Fixed identity and protocol parameters of one process run.
@@ -57,6 +60,9 @@ pub struct Recovered {
     pub epoch: Epoch,
     pub applied_rev: u64,
     pub unclean: bool,
+    /// Records this replica had acknowledged were lost to damage inside its log, there (meta
+    /// `damaged`): it must not lead until it fetched them again.
+    pub damaged: Option<String>,
     pub snapshot: Option<Snapshot>,
     /// Durable records after the snapshot, in LSN order.
     pub records: Vec<Record>,
@@ -82,6 +88,9 @@ pub enum Action {
     /// Answer every outstanding write `504 outcome_unknown` with this reason: they were appended
     /// but this replica can no longer tell whether they commit.
     FailPending(String),
+    /// The replica cannot go on: stop the process with this reason (the runtime's fatal path,
+    /// taken once the step's lock is released). The engine is already fatal.
+    Fatal(String),
     /// Store the `unclean` flag in the meta file (after everything appended before it is durable).
     StoreUnclean(bool),
     /// Archive the cut records to a rollback file, then cut the log from `from` on.
@@ -110,6 +119,10 @@ pub struct Core {
     max_term: u64,
     /// This replica may lack acknowledged records (DESIGN.md §3); persisted.
     unclean: bool,
+    /// It lacks records it had acknowledged, lost to damage inside its log (where): it refuses
+    /// to lead (a leader would serve without them) until a leader's stream repaired it; cleared
+    /// with `unclean`. Persisted with it.
+    damaged: Option<String>,
     /// While unclean: the first leader commit LSN heard; flushing up to it clears the flag.
     unclean_target: Option<Lsn>,
     /// The role and the fields only that role has.
@@ -129,10 +142,18 @@ pub struct Core {
     shutting_down: bool,
     /// Set once the log writer failed: nothing is acknowledged any more.
     fatal: Option<String>,
+    /// Set while the log writer cannot write for lack of space (ENOSPC), with its error: writes
+    /// are refused (507, not appended), a follower takes no records; cleared when a retry
+    /// wrote (DESIGN.md §6).
+    disk_full: Option<String>,
     /// Snapshot bookkeeping.
     snap: SnapState,
     /// Stream ids, shared by the leader's and the follower's streams.
     next_stream: u64,
+    /// Follower promises given, and how long they bind (`promise.rs`).
+    promises: promise::Promises,
+    /// How long this leader has run alone (`degraded.rs`).
+    degraded: degraded::DegradedClock,
     /// The last range a truncation archived (reported in heartbeats and status).
     last_cut: Option<CutRange>,
     /// The last replication peer refused for its identity, if any in this run.
@@ -210,6 +231,7 @@ impl Core {
             applied_rev: rec.applied_rev,
             max_term: 0,
             unclean: rec.unclean,
+            damaged: rec.damaged.filter(|_| rec.unclean),
             unclean_target: None,
             role: RoleState::None,
             leader: None,
@@ -234,12 +256,15 @@ impl Core {
             },
             shutting_down: false,
             fatal: None,
+            disk_full: None,
             snap: SnapState {
                 lsn: snap_lsn,
                 running: false,
                 bytes_since: 0,
             },
             next_stream: 0,
+            promises: promise::Promises::default(),
+            degraded: degraded::DegradedClock::default(),
             last_cut: None,
             last_refused: None,
             cfg,
@@ -255,6 +280,10 @@ impl Core {
     }
     pub fn unclean(&self) -> bool {
         self.unclean
+    }
+    /// Where this replica's log lost records it had acknowledged, until it was repaired.
+    pub fn damaged(&self) -> Option<&str> {
+        self.damaged.as_deref()
     }
     pub fn applied_rev(&self) -> u64 {
         self.applied_rev
@@ -273,6 +302,10 @@ impl Core {
     }
     pub fn role(&self) -> ReportedRole {
         self.role.reported()
+    }
+    /// The waited set of the newest directive applied (a leader's sync members).
+    pub fn waited(&self) -> &[baton_common::directive::MemberRef] {
+        &self.waited
     }
     pub fn state(&self) -> &KvState {
         &self.log.state
@@ -294,6 +327,10 @@ impl Core {
     }
     pub fn is_fatal(&self) -> bool {
         self.fatal.is_some()
+    }
+    /// The log writer's disk is full (see [`on_disk_full`](Self::on_disk_full)).
+    pub fn disk_full(&self) -> Option<&str> {
+        self.disk_full.as_deref()
     }
 
     /// Debug builds: the invariants hold after every step (release builds skip the check; the
@@ -320,7 +357,19 @@ impl Core {
             l.unflushed_since_ms = Some(now);
         }
         note_overlay(&mut l.overlay, &rec);
+        let lsn = rec.lsn;
         l.pending.push_back(rec);
+        if let Some(leader) = self.role.leader_mut() {
+            for p in leader
+                .peers
+                .values_mut()
+                .chain(leader.departed.values_mut())
+            {
+                if p.owed.is_none() && p.flushed < lsn {
+                    p.owed = Some((lsn, now));
+                }
+            }
+        }
     }
 
     /// The log writer made everything up to `lsn` durable, writing under log generation `gen`
@@ -348,6 +397,7 @@ impl Core {
         {
             // This replica's own epoch is committed: its log is the reference, it holds everything.
             self.unclean = false;
+            self.damaged = None;
             fx.push(Action::StoreUnclean(false));
         }
         self.checked("on_flushed");
@@ -372,7 +422,13 @@ impl Core {
                     self.advance_commit(t);
                 }
                 if self.unclean && self.unclean_target.is_some_and(|t| self.log.flushed >= t) {
-                    tracing::info!(flushed = %self.log.flushed, "caught up with the leader's commit LSN: no longer unclean");
+                    match self.damaged.take() {
+                        Some(d) => tracing::info!(flushed = %self.log.flushed, damaged = %d,
+                            "repaired: fetched the range lost to damage again from the leader and caught up with its commit LSN: no longer unclean"),
+                        None => {
+                            tracing::info!(flushed = %self.log.flushed, "caught up with the leader's commit LSN: no longer unclean")
+                        }
+                    }
                     self.unclean = false;
                     fx.push(Action::StoreUnclean(false));
                 }
@@ -413,6 +469,23 @@ impl Core {
         vec![Action::FailPending(reason)]
     }
 
+    /// The log writer found the disk full (`Some(error)`: it keeps the records it was given and
+    /// retries) or wrote again (`None`). While full, writes are refused with 507 (not
+    /// appended); a follower drops its stream and follows nobody — it could not append what it
+    /// received, and it must not acknowledge — until the disk has room again. Records appended
+    /// before are kept: they are written by the retry (or the replica exits on a real I/O
+    /// error), so their writes keep waiting and get a definite answer by the usual rules.
+    pub fn on_disk_full(&mut self, _now: u64, full: Option<String>) -> Vec<Action> {
+        if full.is_some() {
+            if let RoleState::Follower(f) = &mut self.role {
+                f.upstream = None;
+            }
+        }
+        self.disk_full = full;
+        self.checked("on_disk_full");
+        Vec::new()
+    }
+
     /// Whether SIGTERM was received (replies then carry `Connection: close`).
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
@@ -436,6 +509,7 @@ impl Core {
 
     /// Time passes: a directed leader starts its epoch when its wait is over.
     pub fn tick(&mut self, now: u64) -> Vec<Action> {
+        self.account_degraded(now);
         let mut fx = Vec::new();
         let epoch = self.epoch;
         let lsn = self.log.end.1.next();
@@ -447,6 +521,13 @@ impl Core {
             l.start_at_ms = None;
             l.leading_epoch = Some(epoch);
             l.leader_start_lsn = lsn;
+            // Nothing was owed before the epoch began: the waited members' ages count from
+            // here (a leader that waited out a lease or its promises must not look as if its
+            // followers had not acknowledged for that long: a planned failover right after a
+            // cluster start).
+            for (_, since_ms) in l.since.values_mut() {
+                *since_ms = (*since_ms).max(now);
+            }
             let rec = Record {
                 epoch,
                 lsn,

@@ -44,6 +44,9 @@ impl Core {
             waiting,
             last_cut: self.last_cut.clone(),
             refused_peer: self.last_refused.clone(),
+            disk_full: self.disk_full.is_some(),
+            degraded_for_ms: self.degraded_for_ms(now),
+            on_promises: self.on_promises_only(now),
         }
     }
 
@@ -83,6 +86,8 @@ impl Core {
             lease_left_ms: self.lease_left(now),
             health: health.into(),
             degraded: leader.is_some() && self.waited.is_empty() && self.mode == Mode::SemiSync,
+            degraded_for_ms: self.degraded_for_ms(now),
+            degraded_total_ms: self.degraded_total_ms(now),
             epoch_history: self.log.history.clone(),
             waiting: leader
                 .map(|l| self.waiting_info(l, now))
@@ -90,6 +95,8 @@ impl Core {
             followers: self.follower_progress(now),
             upstream: self.upstream_progress(now),
             last_cut: self.last_cut.clone(),
+            on_promises: self.on_promises_only(now),
+            disk_full: self.disk_full.is_some(),
         }
     }
 }

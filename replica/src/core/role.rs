@@ -31,6 +31,9 @@ pub(super) struct FollowerState {
 pub(super) struct LeaderState {
     /// The lease the controller granted (`None`: revoked or never granted in this epoch).
     pub lease: Option<Lease>,
+    /// The controller revoked the lease (a grant of 0 ms, as a switchover does): no serving on
+    /// follower promises either until the next grant.
+    pub revoked: bool,
     /// When to append the leader-start record (`None` once appended).
     pub start_at_ms: Option<u64>,
     /// The epoch whose leader-start this replica appended in this run (`None` until then).
@@ -41,6 +44,10 @@ pub(super) struct LeaderState {
     pub lossy: bool,
     /// Followers streaming from this leader, by id (only the newest stream of each).
     pub peers: HashMap<NodeId, Peer>,
+    /// The last state of followers whose stream closed, until they attach again: their ages
+    /// (last acknowledgement, what they owe) keep running from what they did, not from when
+    /// waiting for them began.
+    pub departed: HashMap<NodeId, Peer>,
     /// (LSN, time) at which waiting for each waited member began.
     pub since: HashMap<MemberRef, (Lsn, u64)>,
 }

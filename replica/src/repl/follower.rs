@@ -246,19 +246,25 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
                 progress.borrow_and_update();
                 // Acknowledge what the core holds durable now (never a stale watch value), and
                 // only while this stream is the current one: a fenced replica stops at once.
-                let f = {
-                    let g = node.lock();
+                // The promise it carries is recorded before it is sent.
+                let ack = {
+                    let mut g = node.lock();
                     if !g.core().follower_stream_current(stream) {
                         return;
                     }
-                    g.core().flushed()
+                    match g.core_mut().follower_ack(clock::now_ms(), stream) {
+                        Some(a) => a,
+                        None => return,
+                    }
                 };
                 fault!("repl.before_ack");
                 if sink
                     .send(wire::encode(
                         &Msg::Ack {
                             epoch: leader_epoch,
-                            flushed: f,
+                            flushed: ack.flushed,
+                            promise_ms: ack.promise_ms,
+                            echo_ms: ack.echo_ms,
                         },
                         &[],
                     ))
@@ -335,6 +341,7 @@ async fn stream_loop(
                 commit,
                 end,
                 count,
+                sent_ms,
             } => {
                 let records = wire::decode_records(&tail, count).map_err(|e| e.to_string())?;
                 node.metrics
@@ -354,14 +361,21 @@ async fn stream_loop(
                 let fx = g
                     .core_mut()
                     .follower_on_append(now, stream, header, records)?;
+                g.core_mut().follower_note_sent(stream, sent_ms);
                 node.step(g, fx);
             }
-            Msg::Keepalive { epoch, commit, end } => {
+            Msg::Keepalive {
+                epoch,
+                commit,
+                end,
+                sent_ms,
+            } => {
                 node.before_apply_up_to(commit);
                 let mut g = node.lock();
                 let fx = g
                     .core_mut()
                     .follower_on_keepalive(now, stream, epoch, commit, end)?;
+                g.core_mut().follower_note_sent(stream, sent_ms);
                 node.step(g, fx);
             }
             Msg::SnapshotBegin { lsn, bytes, .. } => {

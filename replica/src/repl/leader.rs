@@ -158,16 +158,23 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
         tokio::spawn(async move {
             while let Some(Ok(frame)) = source.next().await {
                 match wire::decode(frame.freeze()) {
-                    Ok((Msg::Ack { epoch, flushed }, _)) => {
-                        node.before_apply();
-                        let mut g = node.lock();
-                        let fx = g.core_mut().leader_on_ack(
-                            clock::now_ms(),
-                            &id,
-                            stream,
+                    Ok((
+                        Msg::Ack {
                             epoch,
                             flushed,
-                        );
+                            promise_ms,
+                            echo_ms,
+                        },
+                        _,
+                    )) => {
+                        node.before_apply();
+                        let now = clock::now_ms();
+                        let mut g = node.lock();
+                        if epoch == g.core().epoch() {
+                            g.core_mut()
+                                .leader_on_promise(now, &id, stream, echo_ms, promise_ms);
+                        }
+                        let fx = g.core_mut().leader_on_ack(now, &id, stream, epoch, flushed);
                         node.step(g, fx);
                     }
                     Ok((other, _)) => {
@@ -249,9 +256,16 @@ where
             );
             let last_lsn = last.lsn;
             fault!("repl.before_send", |e| format!("send failed: {e}"));
-            sink.send(wire::encode_append(epoch, prev, commit, end, &recs))
-                .await
-                .map_err(|e| format!("send failed: {e}"))?;
+            sink.send(wire::encode_append(
+                epoch,
+                prev,
+                commit,
+                end,
+                clock::now_ms(),
+                &recs,
+            ))
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
             node.metrics.repl_records_sent.inc_by(recs.len() as u64);
             next = last_lsn.next();
             commit_sent = commit;
@@ -259,7 +273,16 @@ where
             continue;
         }
         if commit > commit_sent || last_send.elapsed() >= keepalive {
-            send(sink, &Msg::Keepalive { epoch, commit, end }).await?;
+            send(
+                sink,
+                &Msg::Keepalive {
+                    epoch,
+                    commit,
+                    end,
+                    sent_ms: clock::now_ms(),
+                },
+            )
+            .await?;
             commit_sent = commit;
             last_send = Instant::now();
         }

@@ -42,10 +42,16 @@ pub enum Msg {
         from: Lsn,
         prev_epoch: Epoch,
     },
-    /// The follower made its log durable up to `flushed` (a contiguous, verified prefix).
+    /// The follower made its log durable up to `flushed` (a contiguous, verified prefix), and
+    /// promises not to lead a higher epoch for `promise_ms` (0: no promise), counted by the
+    /// leader from `echo_ms`, its own send time of the newest message the follower received.
     Ack {
         epoch: Epoch,
         flushed: Lsn,
+        #[serde(default)]
+        promise_ms: u64,
+        #[serde(default)]
+        echo_ms: u64,
     },
     /// The leader accepted the stream; `epoch` is the leader's epoch.
     Welcome {
@@ -70,7 +76,8 @@ pub enum Msg {
         lossy_above: bool,
     },
     /// `count` records follow in the tail; the first one's predecessor is (prev_epoch, prev_lsn).
-    /// `end` is the leader's log end when sent.
+    /// `end` is the leader's log end when sent; `sent_ms` the leader's clock when sent (echoed
+    /// by acknowledgements, which count promises from it).
     Append {
         epoch: Epoch,
         prev_epoch: Epoch,
@@ -78,12 +85,16 @@ pub enum Msg {
         commit: Lsn,
         end: Lsn,
         count: u32,
+        #[serde(default)]
+        sent_ms: u64,
     },
-    /// Nothing new; the leader's commit LSN and log end.
+    /// Nothing new; the leader's commit LSN and log end, and its clock when sent.
     Keepalive {
         epoch: Epoch,
         commit: Lsn,
         end: Lsn,
+        #[serde(default)]
+        sent_ms: u64,
     },
     /// A snapshot of `bytes` bytes covering up to `lsn` (whose record has `last_epoch`) follows.
     SnapshotBegin {
@@ -126,6 +137,7 @@ pub fn encode_append(
     prev: (Epoch, Lsn),
     commit: Lsn,
     end: Lsn,
+    sent_ms: u64,
     records: &[Record],
 ) -> Bytes {
     let msg = Msg::Append {
@@ -135,6 +147,7 @@ pub fn encode_append(
         commit,
         end,
         count: records.len() as u32,
+        sent_ms,
     };
     let json = serde_json::to_vec(&msg).expect("messages serialize");
     let size: usize = records.iter().map(Record::frame_len).sum();
@@ -204,7 +217,7 @@ mod tests {
                 },
             })
             .collect();
-        let f = encode_append(Epoch(2), (Epoch(1), Lsn(0)), Lsn(7), Lsn(9), &recs);
+        let f = encode_append(Epoch(2), (Epoch(1), Lsn(0)), Lsn(7), Lsn(9), 5, &recs);
         let (m, tail) = decode(f).expect("decode");
         let Msg::Append {
             count,

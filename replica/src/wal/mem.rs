@@ -1,6 +1,7 @@
 //! In-memory [`LogStore`]: the reference model of the durability contract. Records live in a
 //! shared [`MemDisk`]; only synced ones survive [`MemDisk::crash`]. Used by the conformance suite
-//! and by tests and simulations that need a log without files. Fault injection: a failing sync.
+//! and by tests and simulations that need a log without files. Fault injection: a failing sync,
+//! and a disk that holds only so many more records (ENOSPC, [`MemDisk::set_space`]).
 
 use super::{LogError, LogStore, Record};
 use baton_common::{Epoch, Lsn};
@@ -15,6 +16,9 @@ struct DiskState {
     /// LSN of the first record (advanced by compaction).
     first: u64,
     fail_sync: bool,
+    /// Records the disk still has room for (`None`: unlimited). An append that does not fit
+    /// appends what fits and fails with ENOSPC, as a write(2) on a full disk does.
+    space: Option<u64>,
 }
 
 /// The "disk" behind a [`MemLog`]; clone it to reopen the same log after a simulated crash.
@@ -39,6 +43,12 @@ impl MemDisk {
     /// Makes every following sync fail with EIO.
     pub fn fail_sync(&self, fail: bool) {
         self.lock().fail_sync = fail;
+    }
+
+    /// Leaves room for `records` more records (`None`: unlimited); `Some(0)` is a full disk.
+    /// Truncation and compaction give no room back: the test says when space is freed.
+    pub fn set_space(&self, records: Option<u64>) {
+        self.lock().space = records;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
@@ -90,7 +100,20 @@ impl LogStore for MemLog {
             }
             next = next.next();
         }
-        self.disk.lock().volatile.extend_from_slice(records);
+        let mut s = self.disk.lock();
+        let fits = s
+            .space
+            .map_or(records.len(), |n| (n as usize).min(records.len()));
+        s.volatile.extend_from_slice(&records[..fits]);
+        if let Some(n) = s.space.as_mut() {
+            *n -= fits as u64;
+        }
+        if fits < records.len() {
+            return Err(LogError::write(
+                "append to the in-memory log",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
         Ok(())
     }
 

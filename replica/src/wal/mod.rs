@@ -31,6 +31,18 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    /// ENOSPC where nothing durable depends on the failed call: a write(2), fallocate or file
+    /// creation, never an fsync. Retryable: the store is left consistent (what `last_lsn` says
+    /// is there, is; a partially appended batch keeps its written prefix), and the same call
+    /// may simply be made again once space was freed. An ENOSPC from fsync is [`LogError::Io`]
+    /// and fatal like any fsync error: some file systems drop the dirty pages when they report
+    /// it, and a later fsync would then succeed for data that is gone (DESIGN.md §6).
+    #[error("disk full: {context}: {source}")]
+    NoSpace {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A caller broke the contract (non-dense append, truncation below the first record, …).
     #[error("log misuse: {0}")]
     Misuse(String),
@@ -43,6 +55,29 @@ impl LogError {
             source,
         }
     }
+
+    /// An error of a write(2), fallocate or file creation: ENOSPC there is
+    /// [`LogError::NoSpace`] (retryable), anything else [`LogError::Io`]. Never for an fsync.
+    pub fn write(context: impl Into<String>, source: std::io::Error) -> Self {
+        if is_enospc(&source) {
+            LogError::NoSpace {
+                context: context.into(),
+                source,
+            }
+        } else {
+            LogError::io(context, source)
+        }
+    }
+
+    /// The store ran out of space where a retry is safe.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LogError::NoSpace { .. })
+    }
+}
+
+/// Whether an I/O error says the disk is full.
+pub fn is_enospc(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// What recovery found and repaired when a store was opened.
@@ -88,7 +123,11 @@ pub struct Damage {
 ///   **not durable**: after a crash any suffix of them may be gone.
 /// - When [`sync`](LogStore::sync) returns `Ok`, every record appended before the call survives
 ///   a crash. When it returns `Err`, nothing about durability is known and the caller must stop
-///   (an fsync error is never retried).
+///   (an fsync error is never retried) — except [`LogError::NoSpace`], which a store returns
+///   only before its fsync ran (say, writing the segment header): then the call may be made again.
+/// - [`append`](LogStore::append) may fail with [`LogError::NoSpace`] after appending a prefix of
+///   the records (`last_lsn` says how many); appending the rest later continues the log. Any
+///   other append error is fatal.
 /// - [`truncate_from`](LogStore::truncate_from) and [`compact_through`](LogStore::compact_through)
 ///   are durable when they return.
 /// - After a crash the store reopens holding a prefix of what was appended that includes

@@ -35,6 +35,13 @@ struct Args {
     /// the seeds pinned before it replay.
     #[arg(long)]
     classic: bool,
+    /// Follower promises in ms (0: off; `--classic` turns them off too).
+    #[arg(long, default_value_t = sim::DEFAULT_PROMISE_MS)]
+    promise_ms: u64,
+    /// One bounded fault at a time; each fault's longest write gap is held against its
+    /// write-availability bound (a gap past it fails the seed) and the summary prints them.
+    #[arg(long)]
+    bounds: bool,
     /// Print the event trace of a failing seed (with `--seed`, of a passing one too).
     #[arg(long)]
     trace: bool,
@@ -75,6 +82,8 @@ fn main() {
                 let duration_ms = args.duration_ms;
                 let (idle_ms, classic) = (args.idle_ms, args.classic);
                 let trace = args.trace;
+                let promise_ms = args.promise_ms;
+                let bounds = args.bounds;
                 sc.spawn(move || {
                     mine.into_iter()
                         .map(|seed| {
@@ -89,6 +98,8 @@ fn main() {
                             };
                             cfg.deletes_and_any = !classic;
                             cfg.periodic_acks = !classic;
+                            cfg.promise_ms = if classic { 0 } else { promise_ms };
+                            cfg.bounds = bounds;
                             if async_mode {
                                 cfg.mode = baton_common::directive::Mode::Async;
                             }
@@ -120,8 +131,12 @@ fn main() {
         (0, 0, 0, 0, 0, Vec::new());
     let (mut known, mut fixed) = (Vec::new(), Vec::new());
     // Known bugs are known for their own mix only (see `sim::KNOWN_BUG_SEEDS`).
-    let plain =
-        !async_mode && !args.classic && args.idle_ms.is_none() && args.duration_ms == 10_000;
+    let plain = !async_mode
+        && !args.classic
+        && args.idle_ms.is_none()
+        && args.duration_ms == 10_000
+        && args.promise_ms == sim::DEFAULT_PROMISE_MS
+        && !args.bounds;
     let known_bug = |seed: u64| {
         sim::KNOWN_BUG_SEEDS
             .iter()
@@ -168,14 +183,21 @@ fn main() {
             failing.push(seed);
         }
     }
+    // Issue 12 item 5: how often one disk held acknowledged writes alone.
+    let sim_us: u64 = reports.iter().map(|(_, r)| r.sim_us).sum();
+    let degraded_us: u64 = reports.iter().map(|(_, r)| r.degraded_us).sum();
+    let per_hour = |us: u64| us as f64 / 1e6 * 3.6e9 / sim_us.max(1) as f64;
     println!(
-        "simulation: {} seeds, {} steps, {} faults, {} ops, violations {}, blocked by design {}, known bugs {} {:?}, {:.1} s",
+        "simulation: {} seeds, {} steps, {} faults, {} ops, violations {}, blocked by design {} ({:.1}%), degraded {:.0} s per simulated hour ({:.1}%), known bugs {} {:?}, {:.1} s",
         seeds.len(),
         steps,
         nfaults,
         ops,
         violations,
         blocked,
+        100.0 * blocked as f64 / seeds.len().max(1) as f64,
+        per_hour(degraded_us),
+        100.0 * degraded_us as f64 / sim_us.max(1) as f64,
         known.len(),
         known,
         t0.elapsed().as_secs_f64()
@@ -202,8 +224,46 @@ fn main() {
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("faults by kind: {}", kinds.join(", "));
+    if args.bounds {
+        print_bounds(&reports);
+    }
     if !failing.is_empty() || !fixed.is_empty() {
         eprintln!("failing seeds: {failing:?}; known-bug seeds that pass now: {fixed:?}");
         std::process::exit(1);
+    }
+}
+
+/// Bounds mode: per fault (and whether it hit the leader), how many, the longest write gap
+/// seen (max and p50) next to the bound.
+fn print_bounds(reports: &[(SimConfig, sim::Report)]) {
+    let mut by: std::collections::BTreeMap<(usize, bool), (Vec<u64>, u64)> = Default::default();
+    for (_, rep) in reports {
+        for e in &rep.episodes {
+            let k = sim::bounds::BOUNDED
+                .iter()
+                .position(|b| *b == e.kind)
+                .unwrap_or(usize::MAX);
+            let v = by.entry((k, e.on_leader)).or_insert((Vec::new(), 0));
+            v.0.push(e.gap_us);
+            v.1 = v.1.max(e.bound_us);
+        }
+    }
+    println!("write-availability bounds (simulated ms; a gap past its bound fails the seed):");
+    println!(
+        "  {:<16} {:<8} {:>6} {:>8} {:>8} {:>8}",
+        "fault", "victim", "runs", "gap p50", "gap max", "bound"
+    );
+    for ((k, leader), (mut gaps, bound)) in by {
+        gaps.sort_unstable();
+        let name = sim::bounds::BOUNDED.get(k).copied().unwrap_or("?");
+        println!(
+            "  {:<16} {:<8} {:>6} {:>8} {:>8} {:>8}",
+            name,
+            if leader { "leader" } else { "other" },
+            gaps.len(),
+            gaps[gaps.len() / 2] / 1000,
+            gaps[gaps.len() - 1] / 1000,
+            bound / 1000
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! a wait for the cluster to settle and a quiet period. It owns what each fault kind does to the [`Cluster`] (signals, relays,
 //! wiped data, operator calls), the heal-everything step, and the record of every fault.
 
+use super::bounds::Param;
 use super::workload::Recorder;
 use super::Fault;
 use crate::cluster::Cluster;
@@ -30,8 +31,30 @@ pub struct FaultRecord {
     pub after: (Option<String>, Option<u64>),
     /// Time from the heal until the cluster was settled, or what was still missing.
     pub settled: Result<Duration, String>,
+    /// What the fault's write-availability bound depends on ([`super::bounds::bound`]).
+    pub param: Param,
+    /// A check of the fault itself that failed (e.g. a damaged log that was not repaired): a
+    /// violation.
+    pub problem: Option<String>,
     /// Longest client-observed write unavailability around the fault (filled in later).
     pub gap_us: u64,
+}
+
+/// What [`inject`] did.
+struct Injected {
+    what: String,
+    param: Param,
+    problem: Option<String>,
+}
+
+impl From<String> for Injected {
+    fn from(what: String) -> Injected {
+        Injected {
+            what,
+            param: Param::None,
+            problem: None,
+        }
+    }
 }
 
 fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
@@ -213,8 +236,22 @@ pub async fn heal_all(cl: &mut Cluster) -> anyhow::Result<Vec<String>> {
     restart_dead(cl).await
 }
 
+/// The recorded leader and the other replicas (the followers; with no leader known, a random
+/// replica stands in for it).
+async fn leader_and_others(cl: &Cluster, rng: &mut StdRng) -> (String, &'static str, Vec<String>) {
+    let (leader, known) = leader_or_any(cl, rng).await;
+    let others = cl
+        .replicas
+        .keys()
+        .filter(|id| **id != leader)
+        .cloned()
+        .collect();
+    let role = if known { "leader" } else { "no leader known" };
+    (leader, role, others)
+}
+
 /// Injects one fault of `kind`, holds it, heals it; returns what was done.
-async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
+async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Result<Injected> {
     Ok(match kind {
         Fault::Kill => {
             let (id, role) = pick_replica(cl, rng, 0.6).await;
@@ -222,7 +259,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
             cl.replicas.get_mut(&id).expect("replica").kill9();
             tokio::time::sleep(hold).await;
             cl.replicas.get_mut(&id).expect("replica").restart()?;
-            format!("kill -9 {id} ({role}), restart after {}", secs(hold))
+            format!("kill -9 {id} ({role}), restart after {}", secs(hold)).into()
         }
         Fault::Pause => {
             let (id, role) = pick_replica(cl, rng, 0.8).await;
@@ -230,7 +267,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
             cl.replicas[&id].pause();
             tokio::time::sleep(hold).await;
             cl.replicas[&id].resume();
-            format!("SIGSTOP {id} ({role}) for {}", secs(hold))
+            format!("SIGSTOP {id} ({role}) for {}", secs(hold)).into()
         }
         Fault::Partition => {
             let (id, role) = leader_or_any(cl, rng).await;
@@ -239,7 +276,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
             cl.isolate(&id, Mode::Blackhole)?;
             tokio::time::sleep(hold).await;
             cl.heal_links();
-            format!("partition {id} ({role}) from everyone for {}", secs(hold))
+            format!("partition {id} ({role}) from everyone for {}", secs(hold)).into()
         }
         Fault::PartitionController => {
             let (id, role) = pick_replica(cl, rng, 0.8).await;
@@ -251,30 +288,54 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 "partition {id} ({role}) from the controllers only for {}",
                 secs(hold)
             )
+            .into()
         }
         Fault::PartitionData => {
-            let (leader, known) = leader_or_any(cl, rng).await;
-            let others: Vec<String> = cl
-                .replicas
-                .keys()
-                .filter(|id| **id != leader)
-                .cloned()
-                .collect();
+            let (leader, role, others) = leader_and_others(cl, rng).await;
             let hold = ms(rng, 2000, 4000);
-            let role = if known { "leader" } else { "no leader known" };
-            let what = if rng.random_bool(0.5) {
-                for o in &others {
-                    cl.cut_data_link(&leader, o, Mode::Blackhole)?;
-                }
-                format!("cut {leader} ({role}) from its followers only")
-            } else {
-                let f = others.choose(rng).expect("a follower").clone();
-                cl.cut_data_link(&leader, &f, Mode::Blackhole)?;
-                format!("cut follower {f} from {leader} ({role}) only")
-            };
+            let f = others.choose(rng).expect("a follower").clone();
+            cl.cut_data_link(&leader, &f, Mode::Blackhole)?;
             tokio::time::sleep(hold).await;
             cl.heal_links();
-            format!("{what} for {}", secs(hold))
+            format!(
+                "cut follower {f} from {leader} ({role}) only for {}",
+                secs(hold)
+            )
+            .into()
+        }
+        Fault::LeaderCut => {
+            let (leader, role, others) = leader_and_others(cl, rng).await;
+            let hold = ms(rng, 2000, 4000);
+            for o in &others {
+                cl.cut_data_link(&leader, o, Mode::Blackhole)?;
+            }
+            tokio::time::sleep(hold).await;
+            cl.heal_links();
+            format!(
+                "cut {leader} ({role}) from its followers only, both directions, for {}",
+                secs(hold)
+            )
+            .into()
+        }
+        Fault::LeaderCutOneWay => {
+            let (leader, role, others) = leader_and_others(cl, rng).await;
+            let hold = ms(rng, 2000, 4000);
+            let from_leader = rng.random_bool(0.5);
+            for o in &others {
+                if from_leader {
+                    cl.drop_data_one_way(&leader, o)?;
+                } else {
+                    cl.drop_data_one_way(o, &leader)?;
+                }
+            }
+            tokio::time::sleep(hold).await;
+            cl.heal_links();
+            let dir = if from_leader {
+                "its messages to its followers lost (theirs reach it)"
+            } else {
+                "its followers' messages to it lost (its own reach them)"
+            };
+            format!("{leader} ({role}): {dir} for {}", secs(hold)).into()
         }
         Fault::Controller => {
             let i = cl.active_controller().await.unwrap_or(0);
@@ -287,13 +348,12 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 "kill -9 active controller {id}, restart after {}",
                 secs(hold)
             )
+            .into()
         }
         Fault::IsolateController => {
             let i = cl.active_controller().await.unwrap_or(0);
             let hold = ms(rng, 2000, 5000);
-            for rl in cl.relays.values() {
-                rl[i].set(Mode::Blackhole);
-            }
+            cl.isolate_controller(i, Mode::Blackhole);
             tokio::time::sleep(hold).await;
             cl.heal_links();
             format!(
@@ -301,6 +361,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 cl.controllers[i].id,
                 secs(hold)
             )
+            .into()
         }
         Fault::RestartAll => {
             let hold = ms(rng, 200, 2000);
@@ -311,10 +372,14 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
             for r in cl.replicas.values_mut() {
                 r.restart()?;
             }
-            format!(
-                "kill -9 every replica, restart them all after {}",
-                secs(hold)
-            )
+            Injected {
+                what: format!(
+                    "kill -9 every replica, restart them all after {}",
+                    secs(hold)
+                ),
+                param: Param::Down(hold),
+                problem: None,
+            }
         }
         Fault::Etcd => {
             let hold = ms(rng, 2000, 5000);
@@ -338,7 +403,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 format!("kill -9 all {n} etcd member(s) (total loss), restart after")
             };
             wait_etcd(cl).await?;
-            format!("{what} {}", secs(hold))
+            format!("{what} {}", secs(hold)).into()
         }
         Fault::Wipe => {
             let (id, role) = pick_replica(cl, rng, 0.3).await;
@@ -351,6 +416,7 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 "kill -9 {id} ({role}), wipe its data, restart after {}",
                 secs(hold)
             )
+            .into()
         }
         Fault::Double => {
             let (leader, known) = leader_or_any(cl, rng).await;
@@ -381,10 +447,14 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 if let Some(n) = &next {
                     cl.replicas.get_mut(n).expect("replica").restart()?;
                 }
-                format!(
-                    "kill -9 {leader} ({role}), {second}; both restarted after {}",
-                    secs(hold)
-                )
+                Injected {
+                    what: format!(
+                        "kill -9 {leader} ({role}), {second}; both restarted after {}",
+                        secs(hold)
+                    ),
+                    param: Param::TwoFailovers,
+                    problem: None,
+                }
             } else {
                 // The sync standby loses its disk, then the leader dies.
                 let sync = match cl.active_view().await {
@@ -409,10 +479,14 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 cl.replicas.get_mut(&leader).expect("replica").kill9();
                 tokio::time::sleep(hold).await;
                 cl.replicas.get_mut(&leader).expect("replica").restart()?;
-                format!(
-                    "wipe sync standby {sync}, then kill -9 {leader} ({role}); restart it after {}",
-                    secs(hold)
-                )
+                Injected {
+                    what: format!(
+                        "wipe sync standby {sync}, then kill -9 {leader} ({role}); restart it after {}",
+                        secs(hold)
+                    ),
+                    param: Param::Down(hold),
+                    problem: None,
+                }
             }
         }
         Fault::Switchover => {
@@ -423,17 +497,240 @@ async fn inject(cl: &mut Cluster, kind: Fault, rng: &mut StdRng) -> anyhow::Resu
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| r.text());
-            format!("switchover: {} {}", r.status, msg)
+            format!("switchover: {} {}", r.status, msg).into()
+        }
+        Fault::ControllersDown => {
+            let hold = ms(rng, 2000, 4000);
+            for c in cl.controllers.iter_mut() {
+                c.daemon.kill9();
+            }
+            tokio::time::sleep(hold).await;
+            for c in cl.controllers.iter_mut() {
+                c.daemon.restart()?;
+            }
+            format!(
+                "kill -9 both controllers, restart them after {}",
+                secs(hold)
+            )
+            .into()
+        }
+        Fault::EtcdLeader => {
+            let hold = ms(rng, 2000, 4000);
+            let i = cl.etcd_leader().await;
+            let n = 1 + cl.etcd_peers.len();
+            let i = i.unwrap_or_else(|| rng.random_range(0..n));
+            let name = cl.etcd_members_mut()[i].daemon.name.clone();
+            cl.etcd_members_mut()[i].daemon.kill9();
+            tokio::time::sleep(hold).await;
+            cl.etcd_members_mut()[i].daemon.restart()?;
+            wait_etcd(cl).await?;
+            format!(
+                "kill -9 etcd raft leader {name} (of {n}), restart after {}",
+                secs(hold)
+            )
+            .into()
+        }
+        Fault::EtcdDown => {
+            let hold = ETCD_DOWN;
+            for m in cl.etcd_members_mut() {
+                m.daemon.kill9();
+            }
+            tokio::time::sleep(hold).await;
+            for m in cl.etcd_members_mut() {
+                m.daemon.restart()?;
+            }
+            wait_etcd(cl).await?;
+            format!("kill -9 every etcd member, restart after {}", secs(hold)).into()
+        }
+        Fault::DiskFullLeader | Fault::DiskFullFollower => {
+            let (leader, role, others) = leader_and_others(cl, rng).await;
+            let (id, role) = if kind == Fault::DiskFullLeader {
+                (leader, role)
+            } else {
+                (others.choose(rng).expect("a follower").clone(), "follower")
+            };
+            let hold = ms(rng, 2000, 4000);
+            cl.arm(&id, "wal.before_append", "return(enospc)").await?;
+            tokio::time::sleep(hold).await;
+            cl.disarm(&id, "wal.before_append").await?;
+            format!(
+                "disk full on {id} ({role}) for {} (wal.before_append=return(enospc))",
+                secs(hold)
+            )
+            .into()
+        }
+        Fault::SlowDiskLeader | Fault::SlowDiskFollower => {
+            let (leader, role, others) = leader_and_others(cl, rng).await;
+            let (id, role) = if kind == Fault::SlowDiskLeader {
+                (leader, role)
+            } else {
+                (others.choose(rng).expect("a follower").clone(), "follower")
+            };
+            let stall = ms(rng, 1500, 2500);
+            // Long enough for at least one whole stall.
+            let hold = stall + ms(rng, 300, 1200);
+            let action = format!("sleep({})", stall.as_millis());
+            cl.arm(&id, "wal.before_fsync", &action).await?;
+            tokio::time::sleep(hold).await;
+            cl.disarm(&id, "wal.before_fsync").await?;
+            // An fsync that began stalling just before the disarm still sleeps its whole
+            // stall: the fault lasts until it is over, and its gap must not be charged to the
+            // next fault (found when a follower's stall ran into an isolate-controller fault
+            // and the leader's promise-lease lapsed).
+            tokio::time::sleep(stall).await;
+            Injected {
+                what: format!(
+                    "every fsync of {id} ({role}) stalls {} for {} (wal.before_fsync={action}), the last stall over {} later",
+                    secs(stall),
+                    secs(hold),
+                    secs(stall)
+                ),
+                param: Param::Stall(stall),
+                problem: None,
+            }
+        }
+        Fault::CorruptFollower => {
+            let (leader, role, others) = leader_and_others(cl, rng).await;
+            let id = others.choose(rng).expect("a follower").clone();
+            corrupt_follower(cl, &id, &format!("{leader} ({role})")).await?
         }
     })
 }
 
+/// How long the `etcd-down` kind keeps every etcd member down.
+pub const ETCD_DOWN: Duration = Duration::from_secs(10);
+
+/// How long a follower with a damaged log may take to repair it (fetch the cut range again
+/// from the leader and be clean) before the fault counts as a violation.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Stops follower `id` (SIGTERM), flips bytes inside a sealed segment of its log (a middle
+/// record of its newest sealed segment: acknowledged, synced, with valid records after it),
+/// restarts it, and waits until it has cut the damage (an ERROR naming the file) and fetched
+/// the range again from the leader (its status says clean again). A log without a
+/// sealed segment is restarted undamaged (said in the record).
+async fn corrupt_follower(cl: &mut Cluster, id: &str, leader: &str) -> anyhow::Result<Injected> {
+    let (what, problem) = corrupt_and_repair(cl, id, leader).await?;
+    Ok(Injected {
+        what,
+        param: Param::None,
+        problem,
+    })
+}
+
+/// [`corrupt_follower`]'s work, shared with `baton-bench partial`: returns what was done and,
+/// when the damage was not detected or not repaired in time, why.
+pub async fn corrupt_and_repair(
+    cl: &mut Cluster,
+    id: &str,
+    leader: &str,
+) -> anyhow::Result<(String, Option<String>)> {
+    let r = cl.replicas.get_mut(id).expect("replica");
+    if r.term(Duration::from_secs(10)).is_none() {
+        r.kill9();
+    }
+    let data = r.data_dir();
+    let damage = damage_sealed_segment(&data.join("wal"));
+    let before = r.log().len();
+    r.restart()?;
+    let (seg, lsn) = match damage {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Ok((
+                format!(
+                    "stop follower {id} (leader {leader}): no sealed segment to damage; restarted as it was"
+                ),
+                None,
+            ))
+        }
+        Err(e) => anyhow::bail!("damaging {id}'s log: {e:#}"),
+    };
+    let file = seg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let started = Instant::now();
+    let c = crate::client::Client::new(Duration::from_secs(1));
+    let url = cl.url(id);
+    let mut problem = None;
+    let mut detected = false;
+    loop {
+        let log = cl.replicas[id].log();
+        let new = log.get(before..).unwrap_or_default();
+        detected = detected || new.contains("damaged log record") && new.contains(&file);
+        let clean = matches!(c.status(&url).await, Ok(st) if st["unclean"] == false);
+        if detected && clean {
+            break;
+        }
+        if started.elapsed() >= REPAIR_TIMEOUT {
+            problem = Some(format!(
+                "{id} with a damaged record at LSN {lsn} in {}: {} within {}",
+                seg.display(),
+                if detected {
+                    "not repaired from the leader"
+                } else {
+                    "the damage was not detected"
+                },
+                secs(REPAIR_TIMEOUT)
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let what = format!(
+        "stop follower {id} (leader {leader}), flip bytes of LSN {lsn} in sealed segment {file}, restart: {}",
+        match &problem {
+            None => format!("cut and repaired from the leader in {}", secs(started.elapsed())),
+            Some(_) => "NOT repaired".to_string(),
+        }
+    );
+    Ok((what, problem))
+}
+
+/// Flips 4 bytes in the middle of a middle record of the newest sealed segment under `wal`
+/// (the segment before the last). Returns the segment and the damaged record's LSN, or `None`
+/// when there is no sealed segment with records.
+fn damage_sealed_segment(
+    wal: &std::path::Path,
+) -> anyhow::Result<Option<(std::path::PathBuf, u64)>> {
+    let mut segs: Vec<std::path::PathBuf> = std::fs::read_dir(wal)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    if segs.len() < 2 {
+        return Ok(None);
+    }
+    let seg = segs[segs.len() - 2].clone();
+    let mut bytes = std::fs::read(&seg)?;
+    let mut off = baton_replica::wal::disk::records_start(&bytes);
+    let mut frames = Vec::new();
+    while off < bytes.len() {
+        let Ok((r, n)) = baton_replica::wal::Record::decode(&bytes[off..]) else {
+            break;
+        };
+        frames.push((off, r.lsn.0, n));
+        off += n;
+    }
+    let Some(&(at, lsn, n)) = frames.get(frames.len() / 2) else {
+        return Ok(None);
+    };
+    for b in &mut bytes[at + n / 2..(at + n / 2 + 4).min(at + n)] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&seg, &bytes)?;
+    Ok(Some((seg, lsn)))
+}
+
 /// Runs the schedule until `end` (the last fault may run past it by its hold and settle
-/// time). Processes that died on their own are restarted and named in `dead`.
+/// time), or until `rounds` shuffled rounds of every kind are done. Processes that died on
+/// their own are restarted and named in `dead`.
 pub async fn run(
     cl: &mut Cluster,
     rec: &Recorder,
     faults: &[Fault],
+    rounds: Option<usize>,
     rng: &mut StdRng,
     end: Instant,
     dead: &mut Vec<String>,
@@ -442,7 +739,8 @@ pub async fn run(
     let mut bag: Vec<Fault> = Vec::new();
     tokio::time::sleep(ms(rng, 1500, 2500).min(end.saturating_duration_since(Instant::now())))
         .await;
-    while Instant::now() + Duration::from_secs(2) < end {
+    let max_faults = rounds.map_or(usize::MAX, |r| r.saturating_mul(faults.len()));
+    while Instant::now() + Duration::from_secs(2) < end && out.len() < max_faults {
         dead.extend(restart_dead(cl).await?);
         // One fault at a time: never inject into a cluster that has not recovered from the
         // last one (G1 covers single faults and sequences that let the sync set recover).
@@ -468,7 +766,11 @@ pub async fn run(
         let kind = bag.pop().expect("at least one fault kind");
         let before = leader_epoch(cl).await;
         let start_us = rec.now();
-        let what = inject(cl, kind, rng).await?;
+        let Injected {
+            what,
+            param,
+            problem,
+        } = inject(cl, kind, rng).await?;
         let heal_us = rec.now();
         let settled = wait_settled(cl, SETTLE_TIMEOUT).await;
         let after = leader_epoch(cl).await;
@@ -488,9 +790,14 @@ pub async fn run(
             before,
             after,
             settled,
+            param,
+            problem,
             gap_us: 0,
         });
-        let quiet = ms(rng, 500, 2000).min(end.saturating_duration_since(Instant::now()));
+        if out.len() >= max_faults {
+            break;
+        }
+        let quiet = ms(rng, 300, 1200).min(end.saturating_duration_since(Instant::now()));
         tokio::time::sleep(quiet).await;
     }
     Ok(out)

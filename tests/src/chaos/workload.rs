@@ -210,7 +210,7 @@ impl Recorder {
             }
         }
         if let Ok(reply) = &r {
-            if !matches!(reply.status, 200 | 412 | 503 | 504) {
+            if !matches!(reply.status, 200 | 412 | 503 | 504 | 507) {
                 self.note_odd(format!(
                     "PUT {key}: {} {}",
                     reply.status,
@@ -295,7 +295,8 @@ fn write_outcome(r: &Result<Reply, CallError>) -> Outcome {
     match r {
         Ok(r) if r.status == 200 => Outcome::Ok(OpResult::Applied(true)),
         Ok(r) if r.status == 412 => Outcome::Ok(OpResult::Applied(false)),
-        Ok(r) if r.status == 503 => Outcome::Failed,
+        // 507: a full disk refused it before appending (DESIGN §6).
+        Ok(r) if r.status == 503 || r.status == 507 => Outcome::Failed,
         _ => Outcome::Unknown,
     }
 }

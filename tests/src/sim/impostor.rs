@@ -307,6 +307,7 @@ impl World {
             epoch: Epoch(0),
             applied_rev: 0,
             unclean: true,
+            damaged: None,
             snapshot: None,
             records: Vec::new(),
             log_start: Lsn(1),

@@ -1,7 +1,12 @@
 //! The simulated world's plumbing: process addresses, the event queue (time in microseconds,
 //! ties broken by insertion order, so a seed replays exactly), per-process clocks with bounded
-//! rate drift, and the network (delay, loss, one-way cuts, FIFO streams that break on loss).
+//! rate drift, and the network (delay, loss, one-way cuts, FIFO streams that break on loss):
+//! sending a message and delivering it to its process.
 
+use super::msg::{Ev, Msg};
+use super::World;
+use baton_common::directive::Heartbeat;
+use rand::Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A process of the simulated deployment.
@@ -84,5 +89,129 @@ impl Net {
         self.loss = 0.0;
         self.dup = 0.0;
         self.extra_delay_us = 0;
+    }
+}
+
+impl World {
+    pub(super) fn delay(&mut self) -> u64 {
+        let base = self.rng.random_range(50..1500);
+        let extra = if self.net.extra_delay_us > 0 {
+            self.rng.random_range(0..self.net.extra_delay_us)
+        } else {
+            0
+        };
+        base + extra
+    }
+
+    pub(super) fn send(&mut self, from: Proc, to: Proc, to_inc: Option<u64>, msg: Msg) {
+        if self.net.is_cut(from, to) || (self.net.loss > 0.0 && self.rng.random_bool(self.net.loss))
+        {
+            if let Msg::Repl { conn, .. } = &msg {
+                self.net.broken.insert(*conn);
+            }
+            return;
+        }
+        if self.net.dup > 0.0
+            && matches!(msg, Msg::Heartbeat(..) | Msg::Directive(_))
+            && self.rng.random_bool(self.net.dup)
+        {
+            // A duplicate, delivered in any order relative to the original.
+            let at = self.now + self.delay() + self.delay();
+            self.q.push(
+                at,
+                Ev::Deliver {
+                    to,
+                    from,
+                    to_inc,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        let mut at = self.now + self.delay();
+        if let Msg::Repl { conn, .. } = &msg {
+            if self.net.broken.contains(conn) {
+                return;
+            }
+            let last = self.net.last_delivery.entry(*conn).or_insert(0);
+            at = at.max(*last);
+            *last = at;
+        }
+        self.q.push(
+            at,
+            Ev::Deliver {
+                to,
+                from,
+                to_inc,
+                msg,
+            },
+        );
+    }
+
+    pub(super) fn deliver(&mut self, to: Proc, from: Proc, to_inc: Option<u64>, msg: Msg) {
+        match to {
+            Proc::Replica(r) => {
+                if !self.replicas[r].up || to_inc.is_some_and(|i| i != self.replicas[r].inc) {
+                    return;
+                }
+                match msg {
+                    Msg::Directive(d) => self.on_directive(r, *d),
+                    Msg::Repl { conn, m } => {
+                        if self.net.broken.contains(&conn) {
+                            return;
+                        }
+                        let Proc::Replica(f) = from else { return };
+                        match self.conns.get(&conn) {
+                            Some((fo, _)) if *fo == r => self.on_follower_msg(r, conn, *m),
+                            Some(_) => self.on_leader_msg(r, f, conn, *m),
+                            None => {}
+                        }
+                    }
+                    Msg::Request { op, req } => self.on_request(r, op, req),
+                    _ => {}
+                }
+            }
+            Proc::Controller(c) => {
+                if !self.ctls[c].up {
+                    return;
+                }
+                if let Msg::Heartbeat(hb, inc) = msg {
+                    if matches!(from, Proc::Replica(_) | Proc::Dup) {
+                        let n = self.cnow(c);
+                        let key = |h: &Heartbeat| {
+                            (h.boot_id, h.epoch, h.role, h.lease_left_ms == Some(0))
+                        };
+                        let before = self.ctls[c].core.heard().get(&hb.id).map(|h| key(&h.hb));
+                        let wake = before != Some(key(&hb));
+                        let d = self.ctls[c].core.on_heartbeat(n, (*hb).clone());
+                        if let Proc::Replica(r) = from {
+                            self.hold_heartbeat(c, r, *hb, inc, &d);
+                        }
+                        self.send(
+                            Proc::Controller(c),
+                            from,
+                            Some(inc),
+                            Msg::Directive(Box::new(d)),
+                        );
+                        if wake {
+                            // As the runtime's `wake`: a new role, epoch or lease state may
+                            // make a promotion or switchover step due now.
+                            let cinc = self.ctls[c].inc;
+                            self.after_us(1, Ev::CtlWake { c, inc: cinc });
+                        }
+                    }
+                }
+            }
+            Proc::Client(_) => {
+                if let Msg::Reply { op, res } = msg {
+                    self.on_reply(op, res);
+                }
+            }
+            Proc::Dup => {
+                if let Msg::Directive(d) = msg {
+                    self.dup_directive(to_inc, *d);
+                }
+            }
+            Proc::Etcd => {}
+        }
     }
 }

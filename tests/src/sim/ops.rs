@@ -239,8 +239,12 @@ impl World {
             }
             "disk-stall" => {
                 let r = self.rng.random_range(0..nr);
-                let d = self.rng.random_range(200_000..2_000_000);
+                let d = self.rng.random_range(200_000..4_000_000);
                 self.note(format!("r{} disk stalls for {} ms", r + 1, d / 1000));
+                if self.cfg.bounds {
+                    let on_leader = self.leader_replica() == Some(r);
+                    self.episode("disk-stall", on_leader, d);
+                }
                 self.replicas[r].stall_until = self.now + d;
             }
             "lag" => {

@@ -32,19 +32,9 @@ impl World {
         rep.log.get(i).cloned()
     }
 
-    /// After a core step: start a background snapshot when one is due (`Node::after_step`).
-    pub(super) fn maybe_snapshot(&mut self, r: usize) {
-        if !self.cfg.faults.snapshot {
-            return;
-        }
-        let Some(core) = self.replicas[r].core.as_mut() else {
-            return;
-        };
-        if !core.snapshot_due() {
-            return;
-        }
-        let snap = core.begin_snapshot();
-        let gen = core.log_gen();
+    /// The driver found a snapshot due and captured it (`Node::spawn_snapshot`): it is
+    /// written in the background.
+    pub(super) fn start_snapshot(&mut self, r: usize, snap: Snapshot, gen: u64) {
         let inc = self.replicas[r].inc;
         // Temp file written and fsynced.
         let d = self.rng.random_range(1_000..10_000);
@@ -143,12 +133,27 @@ impl World {
             return;
         }
         let now = self.rms(r);
-        let lsn = snap.lsn;
         // A second install queued behind a first one: the first is done by then.
         self.finish_install_now(r);
-        let _install = self
-            .core(r)
-            .follower_install_snapshot(now, sid, snap.clone());
+        // The received file, which the driver's `InstallSnapshot` queues to the log thread.
+        self.replicas[r].incoming = Some(Box::new(snap.clone()));
+        let fx = self.core(r).follower_install_snapshot(now, sid, snap);
+        self.drive(r, fx);
+        self.replicas[r].incoming = None;
+        if ACK_SNAPSHOT_BEFORE_DURABLE {
+            self.ack_flushed(r, conn, leader, sid);
+        }
+    }
+
+    /// The driver's `InstallSnapshot`: the received snapshot is installed in the core; the
+    /// log thread renames it into place and restarts the log after it later.
+    pub(super) fn queue_install(&mut self, r: usize, lsn: Lsn) {
+        let Some(snap) = self.replicas[r].incoming.take() else {
+            self.violation(format!("r{} installs a snapshot it did not receive", r + 1));
+            return;
+        };
+        assert_eq!(snap.lsn, lsn, "the engine installs the snapshot received");
+        let leader = self.replicas[r].stream.as_ref().map_or(r, |s| s.leader);
         self.report.installs += 1;
         self.note(format!(
             "r{} installs a snapshot at LSN {lsn} from r{}",
@@ -157,7 +162,7 @@ impl World {
         ));
         let log_gen = self.core(r).log_gen();
         let rep = &mut self.replicas[r];
-        rep.install = Some(Box::new(snap));
+        rep.install = Some(snap);
         rep.install_log_gen = log_gen;
         rep.queued.clear();
         rep.queued_unclean = None;
@@ -172,9 +177,6 @@ impl World {
         };
         let at = rep.stall_until.max(self.now) + d;
         self.q.push(at, Ev::InstallDone { r, inc });
-        if ACK_SNAPSHOT_BEFORE_DURABLE {
-            self.ack_flushed(r, conn, leader, sid);
-        }
         if self.crash_after_install {
             // `crash-after-install`: the replica dies within 400 ms, sometimes before its log
             // thread made the snapshot durable.
@@ -190,12 +192,15 @@ impl World {
     }
 
     /// The follower's acker: what the core holds flushed now, on the current stream.
-    fn ack_flushed(&mut self, r: usize, conn: u64, leader: usize, sid: u64) {
-        let core = self.replicas[r].core.as_ref().expect("up");
-        if core.follower_stream_current(sid) {
+    pub(super) fn ack_flushed(&mut self, r: usize, conn: u64, leader: usize, sid: u64) {
+        // As `repl/follower.rs`: the promise made with the ack is recorded before it is sent.
+        let now = self.rms(r);
+        if let Some(out) = self.core(r).follower_ack(now, sid) {
             let m = Repl::Ack {
-                epoch: core.epoch(),
-                flushed: core.flushed(),
+                epoch: out.epoch,
+                flushed: out.flushed,
+                promise_ms: out.promise_ms,
+                echo_ms: out.echo_ms,
             };
             self.send_repl(r, leader, conn, m);
         }
@@ -230,14 +235,19 @@ impl World {
         if !ACK_SNAPSHOT_BEFORE_DURABLE && self.core(r).log_gen() == gen {
             let now = self.rms(r);
             let fx = self.core(r).on_flushed(now, snap_lsn, gen);
-            self.after_step(r, fx);
+            self.drive(r, fx);
         }
         if !ACK_SNAPSHOT_BEFORE_DURABLE {
-            if let Some(s) = &self.replicas[r].stream {
-                if let Some(sid) = s.sid {
-                    let (conn, leader) = (s.conn, s.leader);
-                    self.ack_flushed(r, conn, leader, sid);
-                }
+            self.ack_on_stream(r);
+        }
+    }
+
+    /// The follower's acker on its current stream, if it has one past the hello.
+    pub(super) fn ack_on_stream(&mut self, r: usize) {
+        if let Some(s) = &self.replicas[r].stream {
+            if let Some(sid) = s.sid {
+                let (conn, leader) = (s.conn, s.leader);
+                self.ack_flushed(r, conn, leader, sid);
             }
         }
     }

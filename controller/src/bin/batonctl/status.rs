@@ -227,8 +227,104 @@ pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<Strin
         })
         .collect();
     lines.extend(table(&headers, &right, &rows));
+    lines.extend(situation_lines(v));
     lines.extend(etcd_alarm_lines(v));
     lines
+}
+
+/// The partial failures in force, one line each (issue 12): a full disk, a leader acknowledging
+/// alone, a leader serving on its followers' promises, a follower the leader's stream does not
+/// reach. Only what the members' last heartbeats say; nothing when all is well.
+pub fn situation_lines(v: &Value) -> Vec<String> {
+    let empty = Vec::new();
+    let members = v.get("members").and_then(Value::as_array).unwrap_or(&empty);
+    let leader = leader_id(v);
+    let mut out = Vec::new();
+    if let Some(ms) = v
+        .get("etcd_unreachable_ms")
+        .and_then(Value::as_u64)
+        .filter(|ms| *ms >= 1_000)
+    {
+        out.push(format!(
+            "etcd unreachable for {} (from this controller): no failover, election or sync-set \
+             change until it answers; the leader serves on its grant, then on its followers' promises",
+            secs(ms)
+        ));
+    }
+    let op = &v["op"]["op"];
+    if op["type"] == "failover" && op["planned"] == true {
+        out.push(format!(
+            "planned failover to {} in progress (the controller's own decision; `batonctl history` says why)",
+            op["to"].as_str().unwrap_or("?")
+        ));
+    }
+    for w in v
+        .get("leader_waiting")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty)
+    {
+        let ms = ["last_ack_ms", "owed_ms"]
+            .iter()
+            .filter_map(|k| w.get(*k).and_then(Value::as_u64))
+            .max()
+            .unwrap_or(0);
+        if ms >= 1_000 {
+            out.push(format!(
+                "leader {} has waited {} for {} to acknowledge (a slow disk or a cut link): \
+                 writes wait until it does or the controller replaces it",
+                leader.as_deref().unwrap_or("?"),
+                secs(ms),
+                s_or(w, "id", "?")
+            ));
+        }
+    }
+    for m in members {
+        let id = s_or(m, "id", "?");
+        let is_leader = leader.as_deref() == Some(id);
+        let heard = s_or(m, "health", "") == "ok";
+        if !heard {
+            continue;
+        }
+        if m.get("disk_full").and_then(Value::as_bool) == Some(true) {
+            out.push(if is_leader {
+                format!("disk full on {id} (the leader): writes get 507; a planned failover replaces it")
+            } else {
+                format!("disk full on {id}: it takes no records until space is freed")
+            });
+        }
+        if !is_leader {
+            if let Some(ms) = m
+                .get("since_leader_ms")
+                .and_then(Value::as_u64)
+                .filter(|ms| *ms >= 1_000)
+            {
+                if s_or(m, "role", "") == "follower" {
+                    out.push(format!(
+                        "{id} has received nothing from the leader for {}",
+                        secs(ms)
+                    ));
+                }
+            }
+            continue;
+        }
+        if let Some(ms) = m
+            .get("degraded_for_ms")
+            .and_then(Value::as_u64)
+            .filter(|ms| *ms > 0)
+        {
+            out.push(format!(
+                "leader {id} acknowledges alone (degraded) for {}: no sync member holds its writes",
+                secs(ms)
+            ));
+        }
+        if m.get("on_promises").and_then(Value::as_bool) == Some(true) {
+            out.push(format!(
+                "leader {id} serves on its followers' promises: no grant from an active controller \
+                 (etcd or the controllers out of reach); failover waits until they are back"
+            ));
+        }
+    }
+    out
 }
 
 /// Lines for etcd's raised alarms (none when there are none): under NOSPACE etcd refuses every
@@ -337,10 +433,17 @@ pub fn history_line(e: &Entry, time: &dyn Fn(u64) -> String) -> String {
 
 pub fn dry_run_lines(v: &Value) -> Vec<String> {
     let yes = v.get("would_fail_over").and_then(Value::as_bool) == Some(true);
-    let mut out = vec![
-        format!("leader health:   {}", s_or(v, "leader_health", "?")),
-        format!("would fail over: {}", if yes { "yes" } else { "no" }),
-    ];
+    let mut out = vec![format!(
+        "leader health:   {}",
+        s_or(v, "leader_health", "?")
+    )];
+    if let Some(p) = v.get("planned").and_then(Value::as_str) {
+        out.push(format!("planned:         {p}"));
+    }
+    out.push(format!(
+        "would fail over: {}",
+        if yes { "yes" } else { "no" }
+    ));
     match v.get("candidate").and_then(Value::as_str) {
         Some(c) => {
             let loss = v
@@ -416,6 +519,54 @@ mod tests {
             "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn status_names_the_partial_failures_in_force() {
+        let mut v = sample();
+        assert_eq!(situation_lines(&v), Vec::<String>::new(), "all is well");
+        v["members"][0]["disk_full"] = true.into();
+        v["members"][0]["since_leader_ms"] = 4200.into();
+        v["members"][2]["degraded_for_ms"] = 4200.into();
+        v["members"][2]["on_promises"] = true.into();
+        // r2 is unreachable: what it said last is not in force.
+        v["members"][1]["disk_full"] = true.into();
+        assert_eq!(
+            situation_lines(&v),
+            s(&[
+                "disk full on r1: it takes no records until space is freed",
+                "r1 has received nothing from the leader for 4.2 s",
+                "leader r3 acknowledges alone (degraded) for 4.2 s: no sync member holds its writes",
+                "leader r3 serves on its followers' promises: no grant from an active controller \
+                 (etcd or the controllers out of reach); failover waits until they are back",
+            ])
+        );
+        // etcd out of reach, a sync member owing for 1.5 s, a planned failover running.
+        let mut w = sample();
+        w["etcd_unreachable_ms"] = 4200.into();
+        w["leader_waiting"] = serde_json::json!([
+            {"id": "r1", "last_ack_ms": 20, "owed_ms": 1500},
+            {"id": "r2", "last_ack_ms": 20, "owed_ms": 30}
+        ]);
+        w["op"] = serde_json::json!({"id": "planned-5", "kind": "failover:r1:0:0", "deadline_ms": 1,
+            "op": {"type": "failover", "to": "r1", "force": false, "allow_data_loss": false, "planned": true}});
+        assert_eq!(
+            situation_lines(&w),
+            s(&[
+                "etcd unreachable for 4.2 s (from this controller): no failover, election or \
+                 sync-set change until it answers; the leader serves on its grant, then on its \
+                 followers' promises",
+                "planned failover to r1 in progress (the controller's own decision; `batonctl \
+                 history` says why)",
+                "leader r3 has waited 1.5 s for r1 to acknowledge (a slow disk or a cut link): \
+                 writes wait until it does or the controller replaces it",
+            ])
+        );
+        v["members"][2]["disk_full"] = true.into();
+        assert!(status_lines(&v, "x", 0).contains(
+            &"disk full on r3 (the leader): writes get 507; a planned failover replaces it"
+                .to_string()
+        ));
     }
 
     #[test]
@@ -509,6 +660,25 @@ mod tests {
                 "candidate:       r2 (expected loss: 0 records)",
                 "blocking:",
                 "  - paused: automatic failover is off",
+            ])
+        );
+    }
+
+    #[test]
+    fn dry_run_names_a_planned_failover() {
+        let v = serde_json::json!({
+            "leader_health": "healthy",
+            "planned": "leader unreachable from followers: no sync acknowledgement for 830 ms and no follower receives its stream: planned failover to r2",
+            "would_fail_over": true, "candidate": "r2", "expected_loss_records": 0, "blocking": []
+        });
+        assert_eq!(
+            dry_run_lines(&v),
+            s(&[
+                "leader health:   healthy",
+                "planned:         leader unreachable from followers: no sync acknowledgement for 830 ms and no follower receives its stream: planned failover to r2",
+                "would fail over: yes",
+                "candidate:       r2 (expected loss: 0 records)",
+                "blocking:        nothing",
             ])
         );
     }

@@ -75,8 +75,10 @@ impl Watermark {
     pub(super) fn write(&mut self, file: &File, path: &Path, durable: u64) -> Result<(), LogError> {
         let seq = self.seq + 1;
         let at = SLOT_AT[(seq % 2) as usize];
+        // ENOSPC here is retryable: the slot is rewritten whole with the same sequence number,
+        // and the other slot still holds the last durable length.
         file.write_all_at(&encode_slot(seq, durable), at)
-            .map_err(|e| LogError::io(format!("write the header of {}", path.display()), e))?;
+            .map_err(|e| LogError::write(format!("write the header of {}", path.display()), e))?;
         *self = Watermark { seq, durable };
         Ok(())
     }
@@ -90,7 +92,7 @@ pub(super) fn write_header(file: &File, path: &Path, durable: u64) -> Result<Wat
     let at = SLOT_AT[1] as usize;
     page[at..at + SLOT_LEN].copy_from_slice(&encode_slot(1, durable));
     file.write_all_at(&page, 0)
-        .map_err(|e| LogError::io(format!("write the header of {}", path.display()), e))?;
+        .map_err(|e| LogError::write(format!("write the header of {}", path.display()), e))?;
     Ok(Watermark { seq: 1, durable })
 }
 

@@ -25,6 +25,12 @@
 //! Structural damage (segments that do not follow each other, a record in the wrong place) is
 //! [`LogError::Corrupt`] naming the file and offset.
 //!
+//! A full disk: the bytes a write needs are reserved first (`fallocate` with `KEEP_SIZE`, in
+//! chunks of [`RESERVE_CHUNK`], never past the segment's size limit), so that ENOSPC surfaces
+//! there or at the write(2) — both [`LogError::NoSpace`], retryable, the log left consistent
+//! (a batch keeps its written prefix, a segment that could not be created is removed) — and not
+//! at the fdatasync, where it would be fatal like any fsync error (DESIGN.md §6).
+//!
 //! Layout: `format.rs` the segment file format (header, durable-length slots, names, markers),
 //! `recover.rs` opening a directory and recovering every segment, this file the log itself.
 
@@ -57,6 +63,20 @@ impl Default for DiskOptions {
     }
 }
 
+/// Space is reserved ahead of the writes in steps of this many bytes.
+pub const RESERVE_CHUNK: u64 = 1 << 20;
+
+/// How far the active segment's blocks are reserved (`fallocate`, `KEEP_SIZE`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Reserved {
+    /// The segment the reservation belongs to (another base: nothing reserved).
+    base: Lsn,
+    /// Reserved up to this offset.
+    upto: u64,
+    /// The file system does not support `fallocate`: ENOSPC surfaces at the write instead.
+    unsupported: bool,
+}
+
 /// The disk log. Not shareable: one writer owns it (the replica's log thread).
 pub struct DiskLog {
     dir: PathBuf,
@@ -66,6 +86,7 @@ pub struct DiskLog {
     /// The active segment has writes that were not yet fdatasynced.
     dirty: bool,
     buf: BytesMut,
+    reserved: Reserved,
 }
 
 impl DiskLog {
@@ -89,9 +110,18 @@ impl DiskLog {
             .create(true)
             .truncate(true)
             .open(&path)
-            .map_err(|e| LogError::io(format!("create {}", path.display()), e))?;
+            .map_err(|e| LogError::write(format!("create {}", path.display()), e))?;
         // The header and the directory entry are durable before any record is written.
-        let header = write_header(&file, &path, SEGMENT_HEADER_LEN)?;
+        let header = match write_header(&file, &path, SEGMENT_HEADER_LEN) {
+            Ok(h) => h,
+            Err(e) => {
+                // Out of space (or worse) before the file was synced or used: remove it, so
+                // that neither a retry nor recovery meets a segment with a partial header.
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         file.sync_data()
             .map_err(|e| LogError::io(format!("fdatasync {}", path.display()), e))?;
         sync_dir(&self.dir)?;
@@ -104,24 +134,132 @@ impl DiskLog {
             last_epoch: None,
             header: Some(header),
         });
+        self.reserved.base = Lsn(0);
         Ok(())
     }
 
-    /// Writes the buffered frames to the active segment.
+    /// Reserves the active segment's blocks up to `end` (and a chunk ahead, within the
+    /// segment's size limit), so that a full disk shows here and not at the fdatasync.
+    fn reserve(&mut self, end: u64) -> Result<(), LogError> {
+        let r = self.reserved;
+        let seg = self.active();
+        if r.unsupported || (r.base == seg.base && r.upto >= end) {
+            return Ok(());
+        }
+        let from = if r.base == seg.base {
+            r.upto.max(seg.len)
+        } else {
+            seg.len
+        };
+        let limit = seg.records_start() + self.opts.segment_bytes_max;
+        let upto = end.max(end.next_multiple_of(RESERVE_CHUNK).min(limit));
+        if upto <= from {
+            return Ok(());
+        }
+        let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(upto - from)) else {
+            return Ok(());
+        };
+        // SAFETY: fallocate(2) on a file descriptor this segment owns; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&seg.file),
+                libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                    self.reserved.unsupported = true;
+                    Ok(())
+                }
+                _ => Err(LogError::write(
+                    format!("reserve space in {}", seg.path.display()),
+                    e,
+                )),
+            };
+        }
+        self.reserved = Reserved {
+            base: seg.base,
+            upto,
+            unsupported: false,
+        };
+        Ok(())
+    }
+
+    /// Writes the buffered frames to the active segment. On an error nothing counts as written
+    /// (the caller forgets the buffered records); bytes that did reach the file lie past the
+    /// segment's length, where a retry overwrites them and recovery cuts them.
     fn write_buf(&mut self) -> Result<(), LogError> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let end = self.active().len + self.buf.len() as u64;
+        self.reserve(end)?;
         let buf = std::mem::take(&mut self.buf);
         let seg = self.active_mut();
         let start = seg.len;
         seg.file.write_all_at(&buf, start).map_err(|e| {
-            LogError::io(format!("write {} at offset {start}", seg.path.display()), e)
+            LogError::write(format!("write {} at offset {start}", seg.path.display()), e)
         })?;
         seg.len += buf.len() as u64;
         self.dirty = true;
         self.buf = buf;
         self.buf.clear();
+        Ok(())
+    }
+
+    fn append_frames(&mut self, records: &[Record]) -> Result<(), LogError> {
+        for r in records {
+            let seg = self.active();
+            let pending = seg.len - seg.records_start() + self.buf.len() as u64;
+            if pending >= self.opts.segment_bytes_max && !seg.offsets.is_empty() {
+                self.roll()?;
+            }
+            let seg_len = self.active().len;
+            let off = seg_len + self.buf.len() as u64;
+            r.encode_into(&mut self.buf);
+            let seg = self.active_mut();
+            seg.offsets.push(off);
+            seg.last_epoch = Some(r.epoch);
+        }
+        self.write_buf()
+    }
+
+    /// After a failed append: drops the buffered frames and the index entries past the active
+    /// segment's written length, and recomputes the epoch of its last record.
+    fn forget_unwritten(&mut self) -> Result<(), LogError> {
+        self.buf.clear();
+        let seg = self.active_mut();
+        let len = seg.len;
+        let before = seg.offsets.len();
+        while seg.offsets.last().is_some_and(|o| *o >= len) {
+            seg.offsets.pop();
+        }
+        if seg.offsets.len() != before {
+            self.reread_last_epoch()?;
+        }
+        Ok(())
+    }
+
+    /// Sets the active segment's `last_epoch` from its last record on disk (`None` when empty).
+    fn reread_last_epoch(&mut self) -> Result<(), LogError> {
+        let seg = self.active();
+        let epoch = match seg.offsets.last().copied() {
+            None => None,
+            Some(last) => {
+                let mut hdr = [0u8; FRAME_HEADER + 8];
+                seg.file
+                    .read_exact_at(&mut hdr, last)
+                    .map_err(|e| LogError::io(format!("read {}", seg.path.display()), e))?;
+                Some(Epoch(u64::from_le_bytes(
+                    hdr[8..16].try_into().expect("8 bytes"),
+                )))
+            }
+        };
+        self.active_mut().last_epoch = epoch;
         Ok(())
     }
 
@@ -163,39 +301,21 @@ impl LogStore for DiskLog {
             }
             next = next.next();
         }
-        fault!("wal.before_append", |e| LogError::io(
+        fault!("wal.before_append", |e| LogError::write(
             format!("write {}", self.active().path.display()),
             e
         ));
-        for r in records {
-            let seg = self.active();
-            let pending = seg.len - seg.records_start() + self.buf.len() as u64;
-            if pending >= self.opts.segment_bytes_max && !seg.offsets.is_empty() {
-                self.roll()?;
-            }
-            let seg_len = self.active().len;
-            let off = seg_len + self.buf.len() as u64;
-            r.encode_into(&mut self.buf);
-            let seg = self.active_mut();
-            seg.offsets.push(off);
-            seg.last_epoch = Some(r.epoch);
-        }
-        let res = self.write_buf();
-        if res.is_err() {
-            // Forget what could not be written so the in-memory index matches the file.
-            let seg = self.active_mut();
-            let len = seg.len;
-            while seg.offsets.last().is_some_and(|o| *o >= len) {
-                seg.offsets.pop();
-            }
-            self.buf.clear();
-            return res;
+        if let Err(e) = self.append_frames(records) {
+            // Forget what could not be written so the in-memory index matches the file: the
+            // records before it stay appended (a roll may have written and synced them).
+            self.forget_unwritten()?;
+            return Err(e);
         }
         fault!("wal.after_append", |e| LogError::io(
             format!("write {}", self.active().path.display()),
             e
         ));
-        res
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
@@ -314,15 +434,11 @@ impl LogStore for DiskLog {
             seg.last_epoch = None;
         }
         // Recompute the epoch of the last record held in the active segment.
-        if let Some(last) = self.active().offsets.last().copied() {
-            let seg = self.active();
-            let mut hdr = [0u8; FRAME_HEADER + 8];
-            seg.file
-                .read_exact_at(&mut hdr, last)
-                .map_err(|e| LogError::io(format!("read {}", seg.path.display()), e))?;
-            let epoch = Epoch(u64::from_le_bytes(hdr[8..16].try_into().expect("8 bytes")));
-            self.active_mut().last_epoch = Some(epoch);
+        if !self.active().offsets.is_empty() {
+            self.reread_last_epoch()?;
         }
+        // The cut freed the blocks reserved past it.
+        self.reserved.base = Lsn(0);
         self.dirty = false;
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! cut, damage to acknowledged data moved to `damaged/` and reported (see `mod.rs`).
 
 use super::format::*;
-use super::{DiskLog, DiskOptions};
+use super::{DiskLog, DiskOptions, Reserved};
 use crate::wal::record::{DecodeError, FRAME_HEADER};
 use crate::wal::{Damage, LogError, LogStore, Record, Recovery};
 use baton_common::Lsn;
@@ -104,6 +104,7 @@ impl DiskLog {
                 segments: Vec::new(),
                 dirty: false,
                 buf: BytesMut::new(),
+                reserved: Reserved::default(),
             };
             log.create_segment(next)?;
             remove_reset_marker(dir)?;
@@ -157,6 +158,7 @@ impl DiskLog {
             segments,
             dirty: false,
             buf: BytesMut::new(),
+            reserved: Reserved::default(),
         };
         if log.segments.is_empty() {
             log.create_segment(Lsn(1))?;

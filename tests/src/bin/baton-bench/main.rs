@@ -16,8 +16,9 @@
 //! log (about `--gib` GiB of it), next to the disk's sequential write speed measured with `dd`.
 //!
 //! `baton-bench failover` times leader kills and switchovers with the real controller;
-//! `baton-bench partial` holds partial failures (cut links, a cut-off controller, etcd trouble,
-//! both controllers down) and reports the longest write gap of each. One module per command.
+//! `baton-bench partial` holds partial failures (cut links both ways and one way, a cut-off
+//! controller, etcd trouble, both controllers down, full and slow disks, a corrupted follower
+//! log) and reports the longest write gap of each next to its bound. One module per command.
 
 mod catchup;
 mod cluster;
@@ -102,7 +103,8 @@ enum Cmd {
         dir: Option<PathBuf>,
     },
     /// Partial failures on real processes (cut links, a cut-off controller, etcd trouble, both
-    /// controllers down): longest write gap through the proxy, failover or not, lost writes.
+    /// controllers down, full and slow disks, a corrupted follower log): longest write gap
+    /// through the proxy next to its bound, failover or not, lost writes.
     Partial {
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -110,8 +112,10 @@ enum Cmd {
         #[arg(long, default_value_t = 8000)]
         hold_ms: u64,
         /// Faults to run (all by default): leader-isolated, leader-cut-from-followers,
-        /// follower-cut-from-leader, controller-cut-from-replicas, etcd-leader-killed,
-        /// etcd-down, controllers-down.
+        /// leader-to-followers-dropped, followers-to-leader-dropped, follower-cut-from-leader,
+        /// controller-cut-from-replicas, etcd-leader-killed, etcd-down, controllers-down,
+        /// disk-full-leader, disk-full-follower, slow-disk-leader, slow-disk-follower,
+        /// follower-log-corrupted (the follower faults hit the sync member).
         #[arg(long, value_delimiter = ',')]
         faults: Vec<String>,
         /// Use the debug binaries (a quick check of the command itself; timings mean little).

@@ -2,17 +2,23 @@
 //! 2 controllers, 3 replicas behind relays, the proxy; release build). Each fault is held for
 //! `--hold-ms` while writers go through the proxy, then healed; after the cluster settled every
 //! acknowledged write is read back. One row per fault: the longest gap between acknowledged
-//! writes (p50 and max over the runs), how many runs failed over, and the writes lost.
+//! writes (p50 and max over the runs) next to the chaos runner's bound for that fault
+//! (`chaos::bounds`), how many runs failed over, and the writes lost. The disk faults run
+//! the replicas as `baton-replica-failpoints` (built on demand, release): a full disk is
+//! `wal.before_append=return(enospc)`, a slow disk `wal.before_fsync=sleep(2500)`, both held
+//! for `--hold-ms`; a corrupted follower log is stopped, damaged in a sealed segment and
+//! restarted (not held: the row measures its repair from the leader).
 //!
 //! It measures and reports; it asserts nothing about the numbers (the bounds are asserted in
 //! simulated time by tier 1, and checked loosely by the chaos runner).
 
 use super::common::stats;
-use baton_tests::chaos::nemesis::{leader_epoch, wait_settled};
+use baton_tests::chaos::bounds::{self, Param, Timing};
+use baton_tests::chaos::nemesis::{corrupt_and_repair, leader_epoch, wait_settled};
+use baton_tests::chaos::Fault;
 use baton_tests::client::Client;
 use baton_tests::cluster::{Cluster, Opts};
 use baton_tests::relay::Mode;
-use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,12 +28,44 @@ use std::time::{Duration, Instant};
 pub(crate) const FAULTS: &[&str] = &[
     "leader-isolated",
     "leader-cut-from-followers",
+    "leader-to-followers-dropped",
+    "followers-to-leader-dropped",
     "follower-cut-from-leader",
     "controller-cut-from-replicas",
     "etcd-leader-killed",
     "etcd-down",
     "controllers-down",
+    "disk-full-leader",
+    "disk-full-follower",
+    "slow-disk-leader",
+    "slow-disk-follower",
+    "follower-log-corrupted",
 ];
+
+/// Each fsync's stall in the slow-disk faults.
+const STALL: Duration = Duration::from_millis(2500);
+
+/// The chaos kind whose bound applies to `fault`, and what that bound depends on.
+fn kind_of(fault: &str) -> Option<(Fault, Param)> {
+    Some(match fault {
+        "leader-isolated" => (Fault::Partition, Param::None),
+        "leader-cut-from-followers" => (Fault::LeaderCut, Param::None),
+        "leader-to-followers-dropped" | "followers-to-leader-dropped" => {
+            (Fault::LeaderCutOneWay, Param::None)
+        }
+        "follower-cut-from-leader" => (Fault::PartitionData, Param::None),
+        "controller-cut-from-replicas" => (Fault::IsolateController, Param::None),
+        "etcd-leader-killed" => (Fault::EtcdLeader, Param::None),
+        "etcd-down" => (Fault::EtcdDown, Param::None),
+        "controllers-down" => (Fault::ControllersDown, Param::None),
+        "disk-full-leader" => (Fault::DiskFullLeader, Param::None),
+        "disk-full-follower" => (Fault::DiskFullFollower, Param::None),
+        "slow-disk-leader" => (Fault::SlowDiskLeader, Param::Stall(STALL)),
+        "slow-disk-follower" => (Fault::SlowDiskFollower, Param::Stall(STALL)),
+        "follower-log-corrupted" => (Fault::CorruptFollower, Param::None),
+        _ => return None,
+    })
+}
 
 /// Concurrent writers through the proxy.
 const WRITERS: usize = 4;
@@ -59,34 +97,6 @@ fn start_writers(url: String, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec<Ack>>>,
     }
 }
 
-/// The etcd member that is raft leader now (index into [`Cluster::etcd_members_mut`]).
-async fn etcd_leader(cl: &Cluster) -> Option<usize> {
-    let c = Client::new(Duration::from_secs(1));
-    let urls: Vec<String> = std::iter::once(&cl.etcd)
-        .chain(cl.etcd_peers.iter())
-        .map(|e| e.url.clone())
-        .collect();
-    for (i, u) in urls.iter().enumerate() {
-        let Ok(r) = c
-            .call(
-                "POST",
-                &format!("{u}/v3/maintenance/status"),
-                &[],
-                Bytes::from_static(b"{}"),
-            )
-            .await
-        else {
-            continue;
-        };
-        let j = r.json();
-        let me = j["header"]["member_id"].as_str().map(str::to_string);
-        if me.is_some() && me.as_deref() == j["leader"].as_str() {
-            return Some(i);
-        }
-    }
-    None
-}
-
 /// Injects `fault`, holds it, heals it; returns what was done.
 async fn inject(cl: &mut Cluster, fault: &str, hold: Duration) -> anyhow::Result<String> {
     let leader = cl
@@ -99,6 +109,17 @@ async fn inject(cl: &mut Cluster, fault: &str, hold: Duration) -> anyhow::Result
         .filter(|id| **id != leader)
         .cloned()
         .collect();
+    // The follower faults hit the sync member (the one the leader waits for): the worst case.
+    let sync = match cl.view().await {
+        Some(v) => v["sync_set"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|m| m["id"].as_str())
+            .map(str::to_string),
+        None => None,
+    }
+    .filter(|s| followers.contains(s))
+    .unwrap_or_else(|| followers[0].clone());
     let what = match fault {
         "leader-isolated" => {
             cl.isolate(&leader, Mode::Blackhole)?;
@@ -114,6 +135,55 @@ async fn inject(cl: &mut Cluster, fault: &str, hold: Duration) -> anyhow::Result
             cl.heal_links();
             format!("{leader} cut from its followers (both directions)")
         }
+        "leader-to-followers-dropped" => {
+            for f in &followers {
+                cl.drop_data_one_way(&leader, f)?;
+            }
+            tokio::time::sleep(hold).await;
+            cl.heal_links();
+            format!("{leader}'s messages to its followers dropped (theirs reach it)")
+        }
+        "followers-to-leader-dropped" => {
+            for f in &followers {
+                cl.drop_data_one_way(f, &leader)?;
+            }
+            tokio::time::sleep(hold).await;
+            cl.heal_links();
+            format!("its followers' messages to {leader} dropped (its own reach them)")
+        }
+        "disk-full-leader" | "disk-full-follower" => {
+            let id = if fault == "disk-full-leader" {
+                &leader
+            } else {
+                &sync
+            };
+            cl.arm(id, "wal.before_append", "return(enospc)").await?;
+            tokio::time::sleep(hold).await;
+            cl.disarm(id, "wal.before_append").await?;
+            format!("disk full on {id} (leader {leader})")
+        }
+        "slow-disk-leader" | "slow-disk-follower" => {
+            let id = if fault == "slow-disk-leader" {
+                &leader
+            } else {
+                &sync
+            };
+            let action = format!("sleep({})", STALL.as_millis());
+            cl.arm(id, "wal.before_fsync", &action).await?;
+            tokio::time::sleep(hold).await;
+            cl.disarm(id, "wal.before_fsync").await?;
+            format!(
+                "every fsync of {id} (leader {leader}) stalls {} ms",
+                STALL.as_millis()
+            )
+        }
+        "follower-log-corrupted" => {
+            let (what, problem) = corrupt_and_repair(cl, &sync, &leader).await?;
+            match problem {
+                Some(p) => format!("{what} ({p})"),
+                None => what,
+            }
+        }
         "follower-cut-from-leader" => {
             let f = &followers[0];
             cl.cut_data_link(&leader, f, Mode::Blackhole)?;
@@ -123,9 +193,7 @@ async fn inject(cl: &mut Cluster, fault: &str, hold: Duration) -> anyhow::Result
         }
         "controller-cut-from-replicas" => {
             let i = cl.active_controller().await.unwrap_or(0);
-            for rl in cl.relays.values() {
-                rl[i].set(Mode::Blackhole);
-            }
+            cl.isolate_controller(i, Mode::Blackhole);
             tokio::time::sleep(hold).await;
             cl.heal_links();
             format!(
@@ -134,7 +202,8 @@ async fn inject(cl: &mut Cluster, fault: &str, hold: Duration) -> anyhow::Result
             )
         }
         "etcd-leader-killed" => {
-            let i = etcd_leader(cl)
+            let i = cl
+                .etcd_leader()
                 .await
                 .ok_or_else(|| anyhow::anyhow!("no etcd leader found"))?;
             let name = cl.etcd_members_mut()[i].daemon.name.clone();
@@ -283,12 +352,22 @@ pub(crate) async fn run_partial(
             FAULTS.join(", ")
         );
     }
+    let fault_points = faults
+        .iter()
+        .any(|f| kind_of(f).is_some_and(|(k, _)| k.needs_fault_points()));
+    if fault_points {
+        tokio::task::spawn_blocking(move || baton_tests::procs::build_fault_bins(release))
+            .await??;
+    }
     let opts = Opts {
         release,
         proxy: true,
         inbound_relays: true,
         etcd_members: 3,
         cluster_toml: "max_failovers_per_hour = 1000\n".into(),
+        // Sealed segments within seconds, for the corrupted-log fault.
+        replica_toml: "[storage]\nsegment_bytes_max = 262144\n".into(),
+        fault_points,
         ..Opts::default()
     };
     let mut cl = Cluster::start(&dir, opts).await?;
@@ -321,10 +400,22 @@ pub(crate) async fn run_partial(
         }
         table.push((f.clone(), stats(gaps), failovers, done, lost));
     }
-    println!("\n| fault (held {hold_ms} ms) | longest write gap | failover | lost writes |");
-    println!("|---|---|---|---:|");
+    let timing = Timing::product_default();
+    println!(
+        "\n| fault (held {hold_ms} ms) | longest write gap | bound (chaos kind) | failover | lost writes |"
+    );
+    println!("|---|---|---|---|---:|");
     for (f, gaps, fo, done, lost) in table {
-        println!("| {f} | {gaps} | {fo} of {done} | {lost} |");
+        let bound = match kind_of(&f) {
+            Some((k, p)) => format!(
+                "{:.0} ms ({}: {})",
+                bounds::bound(k, &timing, p).as_secs_f64() * 1000.0,
+                k.name(),
+                bounds::rule(k).0
+            ),
+            None => "?".into(),
+        };
+        println!("| {f} | {gaps} | {bound} | {fo} of {done} | {lost} |");
     }
     Ok(())
 }

@@ -17,12 +17,14 @@ use baton_common::api::LeaderHint;
 use baton_common::directive::{Directive, LeaderRef, MemberRef, Mode, ReportedRole, Role};
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use baton_replica::core::{
-    Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext, Recovered,
-    Truncation, Verdict, WriteReject, WriteReq,
+    AckOut, Action, AppendHeader, Consistency, Core, CoreConfig, FetchStart, FollowerNext,
+    Recovered, Truncation, Verdict, WriteReject, WriteReq,
 };
 use baton_replica::snapshot::Snapshot;
 use baton_replica::wal::{Op, Record};
 use bytes::Bytes;
+
+mod promises;
 
 const A: usize = 0;
 const B: usize = 1;
@@ -164,6 +166,7 @@ fn directive(
         waited,
         lease_ms: LEASE_MS,
         start_after_ms: 0,
+        promises_void: false,
         mode: Mode::SemiSync,
         strict: false,
         lossy: false,
@@ -307,6 +310,7 @@ impl Net {
             cluster_id: 0,
             applied_rev: r.core.applied_rev(),
             unclean: r.core.unclean(),
+            damaged: r.core.damaged().map(str::to_string),
             snapshot: None,
             records: r.log.iter().filter(|x| x.lsn <= flushed).cloned().collect(),
             log_start: Lsn(1),
@@ -2537,4 +2541,164 @@ fn waited_member_with_another_data_id_does_not_count_and_dropping_it_commits_at_
     assert_eq!(net.flush(C, 126, 3), vec![]);
     assert_eq!(net.ack(A, C, 127, 2), vec![]);
     assert_eq!(net.pos(A), pos((1, 3), 3, 3, 3));
+}
+
+/// DESIGN.md §6: a follower whose log lost acknowledged records to damage (recovery cut them;
+/// the meta file says where) is repaired like any unclean follower: once its flush reaches the
+/// first commit LSN it heard, the damage is forgotten with `unclean`, and it may lead again.
+#[test]
+fn a_follower_repaired_from_the_leader_forgets_its_damage_with_unclean() {
+    let mut net = Net::new(2);
+    assert_eq!(net.direct_lead(A, 100, 1, 1, &[]).len(), 1);
+    assert_eq!(net.flush(A, 101, 1), vec![]);
+    assert!(net.propose(A, 102, "k1", "v1").is_ok());
+    assert!(net.propose(A, 102, "k2", "v2").is_ok());
+    assert_eq!(net.flush(A, 103, 3), vec![]);
+    // B kept only LSN 1: LSNs 2 and 3, which it had acknowledged, were cut as damaged.
+    net.recover(
+        B,
+        DataId(99),
+        Recovered {
+            epoch: Epoch(1),
+            unclean: true,
+            damaged: Some("wal/00000000000000000001.seg: offset 4196: checksum mismatch".into()),
+            records: net.log(A)[..1].to_vec(),
+            log_start: Lsn(1),
+            ..Recovered::default()
+        },
+    );
+    assert!(net.core(B).damaged().is_some());
+    assert_eq!(net.direct_follow(B, 110, A, 1, 1), vec![]);
+    assert_eq!(net.attach(A, B, 111), (1, 1, 2), "it fetches from LSN 2");
+    let rest = net.log(A)[1..].to_vec();
+    assert_eq!(net.ship(A, B, 112, 1, 2, 3), Ok(appended(&rest)));
+    assert!(net.core(B).damaged().is_some(), "appended, not flushed");
+    assert_eq!(net.flush(B, 113, 3), vec![Action::StoreUnclean(false)]);
+    assert!(!net.core(B).unclean());
+    assert_eq!(net.core(B).damaged(), None);
+}
+
+/// A follower whose disk stalls still acknowledges keepalives, with an unchanged flushed LSN:
+/// its acks stay fresh while the record it owes ages. The leader reports both ages for every
+/// waited member (`last_ack_ms`, `owed_ms`), so the controller can replace a stalled sync
+/// member (found by the chaos runs: a sync follower with a 2 s fsync stall held every commit
+/// for the whole stall).
+#[test]
+fn a_waited_member_that_acks_without_flushing_is_reported_owing() {
+    let mut net = Net::new(2);
+    let start1 = start_rec(1, 1, A, false);
+    assert_eq!(
+        net.direct_lead(A, 100, 1, 1, &[B]),
+        vec![Action::Append(start1.clone())]
+    );
+    assert_eq!(net.direct_follow(B, 100, A, 1, 1), vec![]);
+    assert_eq!(net.flush(A, 101, 1), vec![]);
+    assert_eq!(net.accept(A, B, 102), (Ok(1), vec![]));
+    assert_eq!(net.start(B, A, 102), Ok((1, fetch(1, 0))));
+    assert_eq!(net.fetch(A, B, 1, 1, 0), Ok(FetchStart::Log(Lsn(1))));
+    net.streaming(B, 1);
+    assert_eq!(
+        net.ship(A, B, 110, 1, 1, 1),
+        Ok(vec![Action::Append(start1.clone())])
+    );
+    assert_eq!(net.flush(B, 111, 1), vec![]);
+    assert_eq!(net.ack(A, B, 112, 1), vec![]);
+    let ages = |net: &mut Net, now: u64| {
+        let w = net.core(A).heartbeat(now, 1).waiting;
+        (w[0].flushed_lsn, w[0].last_ack_ms, w[0].owed_ms)
+    };
+    assert_eq!(ages(&mut net, 150), (Lsn(1), 38, 0), "B holds everything");
+
+    // A write at 200 reaches B, whose disk stalls: it acknowledges keepalives, flushed 1.
+    assert_eq!(
+        net.propose(A, 200, "k1", "v1"),
+        Ok(put_rec(1, 2, "k1", "v1"))
+    );
+    assert_eq!(net.flush(A, 201, 2), vec![]);
+    assert!(net.ship(A, B, 202, 1, 2, 2).is_ok());
+    for t in [300, 600, 900, 1_100] {
+        assert_eq!(net.ack(A, B, t, 1), vec![]);
+    }
+    assert_eq!(
+        ages(&mut net, 1_120),
+        (Lsn(1), 20, 920),
+        "acks are fresh, LSN 2 has been owed since 200"
+    );
+    assert_eq!(net.pos(A), pos((1, 2), 2, 1, 1), "B holds the commit");
+
+    // The stall ends: B flushes and acknowledges; it owes nothing.
+    assert_eq!(net.flush(B, 1_200, 2), vec![]);
+    assert_eq!(net.ack(A, B, 1_210, 1), vec![]);
+    assert_eq!(ages(&mut net, 1_220), (Lsn(2), 10, 0));
+    assert_eq!(net.pos(A), pos((1, 2), 2, 2, 2));
+}
+
+/// A waited member's stream closes (a cut link): its ages run from its last acknowledgement,
+/// not from when waiting for it began. Measured from the wait's start, a member cut a moment
+/// ago looked silent for minutes: the controller dropped it from the sync set within a
+/// heartbeat of the cut, before the followers reported the lost stream, and the leader cut
+/// from its followers ran alone instead of being failed over (found by `baton-bench partial`
+/// leader-cut-from-followers: failover in 1 of 4 runs).
+#[test]
+fn a_detached_member_is_aged_from_its_last_acknowledgement() {
+    let mut net = Net::new(2);
+    let start1 = start_rec(1, 1, A, false);
+    assert_eq!(
+        net.direct_lead(A, 100, 1, 1, &[B]),
+        vec![Action::Append(start1.clone())]
+    );
+    assert_eq!(net.direct_follow(B, 100, A, 1, 1), vec![]);
+    assert_eq!(net.flush(A, 101, 1), vec![]);
+    assert_eq!(net.accept(A, B, 102), (Ok(1), vec![]));
+    assert_eq!(net.start(B, A, 102), Ok((1, fetch(1, 0))));
+    assert_eq!(net.fetch(A, B, 1, 1, 0), Ok(FetchStart::Log(Lsn(1))));
+    net.streaming(B, 1);
+    assert!(net.ship(A, B, 110, 1, 1, 1).is_ok());
+    assert_eq!(net.flush(B, 111, 1), vec![]);
+    assert_eq!(net.ack(A, B, 500, 1), vec![]);
+    assert_eq!(
+        net.propose(A, 550, "k1", "v1"),
+        Ok(put_rec(1, 2, "k1", "v1"))
+    );
+    net.r[A].core.leader_detach(&id(B), 1);
+    let w = net.core(A).heartbeat(700, 1).waiting;
+    assert_eq!(
+        (w[0].last_ack_ms, w[0].owed_ms),
+        (200, 150),
+        "acknowledged at 500, owes LSN 2 appended at 550"
+    );
+    // A record appended after the stream closed is owed from its own append only when
+    // nothing older is owed.
+    assert_eq!(
+        net.propose(A, 720, "k2", "v2"),
+        Ok(put_rec(1, 3, "k2", "v2"))
+    );
+    let w = net.core(A).heartbeat(750, 1).waiting;
+    assert_eq!((w[0].last_ack_ms, w[0].owed_ms), (250, 200));
+    // B comes back on a new stream: its ages follow the new stream.
+    assert_eq!(net.accept(A, B, 800), (Ok(2), vec![]));
+    let w = net.core(A).heartbeat(850, 1).waiting;
+    assert_eq!((w[0].last_ack_ms, w[0].owed_ms), (50, 50));
+}
+
+/// A directed leader that waits (`start_after_ms`, a lease or its promises) owes nothing before
+/// its epoch begins: its waited members' ages count from the leader-start, not from the
+/// directive. Counted from the directive, a sync member looked 800 ms silent as soon as the
+/// leader started after a 700 ms wait, and the controller weighed a planned failover right
+/// after a cluster start (found in `baton-bench failover`'s journal).
+#[test]
+fn waited_members_are_aged_from_the_leader_start_not_the_directive() {
+    let mut net = Net::new(2);
+    let mut d = net.lead_d(A, 1, 1, &[B]);
+    d.start_after_ms = 700;
+    assert_eq!(net.offer(A, 100, &d), vec![]);
+    let w = net.core(A).heartbeat(600, 1).waiting;
+    assert_eq!(w[0].last_ack_ms, 500, "waiting since the directive");
+    let fx = net.r[A].core.tick(800);
+    assert!(
+        matches!(fx.as_slice(), [Action::Append(_)]),
+        "the leader-start: {fx:?}"
+    );
+    let w = net.core(A).heartbeat(850, 1).waiting;
+    assert_eq!((w[0].last_ack_ms, w[0].owed_ms), (50, 50));
 }

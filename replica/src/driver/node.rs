@@ -1,22 +1,26 @@
-//! The driver: executes the engine's action lists in the real runtime, in order, with the
-//! engine locked (so records reach the log thread in LSN order and a truncation cannot be
-//! overtaken), then acknowledges committed writes, wakes streams and starts a due snapshot.
-//! Every caller (the heartbeat handler, leader and follower streams, the log thread's reports,
-//! client writes, the tick) steps the engine and hands the list here; none re-implements the
-//! order. A `PersistEpoch` is handed back to the caller ([`Followups`]), which stores it off
-//! the executor ([`Node::persist_epoch`]) and reports it to the engine.
+//! The driver's runtime side: `Node::step` carries out an engine step through the shared
+//! [`driver::step`](super::step) with the engine locked (so records reach the log thread in
+//! LSN order and a truncation cannot be overtaken): log writes go to the log thread and the
+//! tail, writes are answered on their channels, progress is published on watch channels, and
+//! a due snapshot is written on a thread of its own once the lock is released. Every caller
+//! (the heartbeat handler, leader and follower streams, the log thread's reports, client
+//! writes, the tick) steps the engine and hands the list here. A `PersistEpoch` is handed back
+//! to the caller ([`Followups`]), which stores it off the executor (`Node::persist_epoch`)
+//! and reports it to the engine.
 //!
-//! It also implements the log thread's [`LogEvents`] for the node, and runs background
-//! snapshots.
+//! It also implements the log thread's [`LogEvents`] for the node.
 
-use crate::core::Action;
+use super::{Io, WriteAnswer};
+use crate::core::{Action, Core, Truncation};
+use crate::driver;
 use crate::faults::fault;
 use crate::logthread::{Archived, LogCmd, LogEvents};
-use crate::node::{Inner, Node};
+use crate::node::{Inner, Node, Waiter};
 use crate::snapshot;
 use crate::wal::{LogError, Record};
 use baton_common::api::WriteReply;
 use baton_common::{clock, Epoch, Lsn};
+use std::collections::BTreeMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -45,89 +49,157 @@ pub struct Followups {
     pub install: Option<LogReply<()>>,
 }
 
+/// The runtime's [`Io`]: the node and its locked state for one step.
+struct NodeIo<'a> {
+    node: &'a Node,
+    g: &'a mut Inner,
+    archive: Option<(LogReply<Option<Archived>>, bool)>,
+    install: Option<LogReply<()>>,
+    snapshot: Option<(snapshot::Snapshot, u64)>,
+}
+
+impl Io for NodeIo<'_> {
+    type Write = Waiter;
+    type Barrier = oneshot::Sender<bool>;
+
+    fn core(&mut self) -> &mut Core {
+        &mut self.g.core
+    }
+
+    fn waiters(&mut self) -> &mut BTreeMap<Lsn, Waiter> {
+        &mut self.g.waiters
+    }
+
+    fn barriers(&mut self) -> &mut Vec<(Lsn, oneshot::Sender<bool>)> {
+        &mut self.g.barriers
+    }
+
+    fn now_ms(&self) -> u64 {
+        clock::now_ms()
+    }
+
+    fn append(&mut self, rec: Record) {
+        if !self.node.append_record(self.g, rec) {
+            tracing::warn!("log writer stopped; a record could not be appended");
+        }
+    }
+
+    // The log thread does the small fsynced write, off the lock and the runtime.
+    fn store_unclean(&mut self, unclean: bool) {
+        self.node.send_log(LogCmd::StoreUnclean(unclean));
+    }
+
+    fn truncate(&mut self, t: Truncation) {
+        self.g.tail.cut_from(t.from);
+        let (reply, rx) = oneshot::channel();
+        self.node.send_log(LogCmd::Truncate {
+            from: t.from,
+            records: t.records,
+            reply,
+        });
+        self.archive = Some((LogReply(rx), t.below_commit));
+    }
+
+    fn resync(&mut self, from: Lsn) {
+        self.g.tail.clear();
+        let (reply, rx) = oneshot::channel();
+        self.node.send_log(LogCmd::Resync { from, reply });
+        self.archive = Some((LogReply(rx), true));
+    }
+
+    fn install_snapshot(&mut self, lsn: Lsn) {
+        self.g.tail.clear();
+        let (reply, rx) = oneshot::channel();
+        let tmp = self.node.incoming_snapshot_path();
+        self.node
+            .send_log(LogCmd::InstallSnapshot { tmp, lsn, reply });
+        self.install = Some(LogReply(rx));
+    }
+
+    fn answer_write(&mut self, w: Waiter, answer: WriteAnswer) {
+        let res = match answer {
+            WriteAnswer::Committed => {
+                fault!("client.before_ack");
+                self.node.metrics.writes.with_label_values(&["ok"]).inc();
+                Ok(WriteReply {
+                    version: w.version,
+                    lsn: w.version.lsn,
+                    epoch: w.version.epoch,
+                })
+            }
+            WriteAnswer::LeaseExpired => {
+                self.node
+                    .metrics
+                    .writes
+                    .with_label_values(&["outcome_unknown"])
+                    .inc();
+                Err("the lease expired before the write could be acknowledged".into())
+            }
+            WriteAnswer::Failed(reason) => Err(reason),
+        };
+        let _ = w.tx.send(res);
+    }
+
+    fn answer_barrier(&mut self, b: oneshot::Sender<bool>, answer: Result<(), String>) {
+        let _ = b.send(answer.is_ok());
+    }
+
+    fn published(&mut self) {
+        let flushed = self.g.core.flushed();
+        self.node.flushed.send_if_modified(|f| {
+            let changed = *f != flushed;
+            *f = flushed;
+            changed
+        });
+        let waiting = self.g.waiters.len();
+        self.node.pending_writes.send_if_modified(|n| {
+            let changed = *n != waiting;
+            *n = waiting;
+            changed
+        });
+        self.node.progress.send_modify(|v| *v += 1);
+    }
+
+    // Started once the lock is released (`Node::step`).
+    fn start_snapshot(&mut self, snap: snapshot::Snapshot, gen: u64) {
+        self.snapshot = Some((snap, gen));
+    }
+}
+
 impl Node {
-    /// Executes `fx` (from a step of the engine behind `g`), then acknowledges what committed,
-    /// publishes the flushed LSN and progress, and starts a snapshot when one is due.
+    /// Carries out `fx` (from a step of the engine behind `g`) in the driver's order, then
+    /// releases the lock and starts a due snapshot.
     pub(crate) fn step(
         self: &Arc<Self>,
         mut g: MutexGuard<'_, Inner>,
         fx: Vec<Action>,
     ) -> Followups {
-        let mut out = Followups::default();
-        for a in fx {
-            self.execute(&mut g, a, &mut out);
+        let mut io = NodeIo {
+            node: self,
+            g: &mut g,
+            archive: None,
+            install: None,
+            snapshot: None,
+        };
+        let stepped = driver::step(&mut io, fx);
+        let NodeIo {
+            archive,
+            install,
+            snapshot,
+            ..
+        } = io;
+        drop(g);
+        if let Some(reason) = stepped.fatal {
+            self.set_fatal(reason);
         }
-        self.acknowledge(&mut g);
-        let flushed = g.core.flushed();
-        self.flushed.send_if_modified(|f| {
-            let changed = *f != flushed;
-            *f = flushed;
-            changed
-        });
-        let waiting = g.waiters.len();
-        self.pending_writes.send_if_modified(|n| {
-            let changed = *n != waiting;
-            *n = waiting;
-            changed
-        });
-        self.progress.send_modify(|v| *v += 1);
-        if g.core.snapshot_due() {
-            let snap = g.core.begin_snapshot();
-            let gen = g.core.log_gen();
-            drop(g);
+        if let Some((snap, gen)) = snapshot {
             self.spawn_snapshot(snap, gen);
         }
-        out
-    }
-
-    fn execute(&self, g: &mut Inner, a: Action, out: &mut Followups) {
-        match a {
-            Action::PersistEpoch {
-                epoch,
-                rev,
-                cluster_id,
-            } => out.persist = Some((epoch, rev, cluster_id)),
-            Action::Ignore(why) => out.ignored = Some(why),
-            Action::Append(rec) => {
-                if !self.append_record(g, rec) {
-                    tracing::warn!("log writer stopped; a record could not be appended");
-                }
-            }
-            Action::FailPending(reason) => {
-                for (_, w) in std::mem::take(&mut g.waiters) {
-                    let _ = w.tx.send(Err(reason.clone()));
-                }
-                for (_, b) in std::mem::take(&mut g.barriers) {
-                    let _ = b.send(false);
-                }
-            }
-            // The log thread does the small fsynced write, off the lock and the runtime.
-            Action::StoreUnclean(u) => {
-                self.send_log(LogCmd::StoreUnclean(u));
-            }
-            Action::Truncate(t) => {
-                g.tail.cut_from(t.from);
-                let (reply, rx) = oneshot::channel();
-                self.send_log(LogCmd::Truncate {
-                    from: t.from,
-                    records: t.records,
-                    reply,
-                });
-                out.archive = Some((LogReply(rx), t.below_commit));
-            }
-            Action::Resync { from } => {
-                g.tail.clear();
-                let (reply, rx) = oneshot::channel();
-                self.send_log(LogCmd::Resync { from, reply });
-                out.archive = Some((LogReply(rx), true));
-            }
-            Action::InstallSnapshot { lsn } => {
-                g.tail.clear();
-                let (reply, rx) = oneshot::channel();
-                let tmp = self.incoming_snapshot_path();
-                self.send_log(LogCmd::InstallSnapshot { tmp, lsn, reply });
-                out.install = Some(LogReply(rx));
-            }
+        Followups {
+            persist: stepped.persist,
+            ignored: stepped.ignored,
+            archive,
+            install,
         }
     }
 
@@ -137,51 +209,8 @@ impl Node {
         self.send_log(LogCmd::Append(rec))
     }
 
-    /// Answers the writes and refusal barriers the commit LSN has reached.
-    fn acknowledge(&self, g: &mut Inner) {
-        let now = clock::now_ms();
-        let commit = g.core.commit();
-        if g.waiters
-            .first_key_value()
-            .is_some_and(|(l, _)| *l <= commit)
-        {
-            let ack = g.core.may_acknowledge(now);
-            while let Some(entry) = g.waiters.first_entry() {
-                if *entry.key() > commit {
-                    break;
-                }
-                let w = entry.remove();
-                if ack {
-                    fault!("client.before_ack");
-                    self.metrics.writes.with_label_values(&["ok"]).inc();
-                    let _ = w.tx.send(Ok(WriteReply {
-                        version: w.version,
-                        lsn: w.version.lsn,
-                        epoch: w.version.epoch,
-                    }));
-                } else {
-                    self.metrics
-                        .writes
-                        .with_label_values(&["outcome_unknown"])
-                        .inc();
-                    let _ = w.tx.send(Err(
-                        "the lease expired before the write could be acknowledged".into(),
-                    ));
-                }
-            }
-        }
-        if g.barriers.iter().any(|(l, _)| *l <= commit) {
-            let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut g.barriers)
-                .into_iter()
-                .partition(|(l, _)| *l <= commit);
-            g.barriers = keep;
-            for (_, b) in done {
-                let _ = b.send(true);
-            }
-        }
-    }
-
-    /// Stores what a `PersistEpoch` asks for, off the executor. A failure is fatal (false).
+    /// Stores what a `PersistEpoch` asks for, off the executor. False when it was not stored: a
+    /// full disk (retried by the next directive or stream), otherwise fatal.
     pub(crate) async fn persist_epoch(
         self: &Arc<Self>,
         (epoch, rev, cluster_id): (Epoch, Option<u64>, u64),
@@ -201,6 +230,20 @@ impl Node {
         .await;
         let err = match res {
             Ok(Ok(())) => return true,
+            Ok(Err(e)) if crate::meta::is_no_space(&e) => {
+                // The meta file is untouched (the temp file could not be written): the epoch
+                // is not acted on, and the next directive or stream tries again. Not fatal: a
+                // full disk is not a crash (DESIGN.md §6).
+                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let now = clock::now_ms();
+                let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+                if last == 0 || now.saturating_sub(last) >= 10_000 {
+                    LAST.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(epoch = %epoch, error = %format!("{e:#}"),
+                        "disk full: cannot persist the epoch; not acting on it until it can");
+                }
+                return false;
+            }
             Ok(Err(e)) => format!("{e:#}"),
             Err(e) => e.to_string(),
         };
@@ -313,7 +356,13 @@ impl LogEvents for Node {
     }
 
     fn store_unclean(&self, unclean: bool) -> anyhow::Result<()> {
-        self.update_meta(|m| m.unclean = unclean)
+        self.update_meta(|m| {
+            m.unclean = unclean;
+            if !unclean {
+                // Caught up: the range lost to damage was fetched again.
+                m.damaged = None;
+            }
+        })
     }
 
     fn compacted(&self, first: Lsn, log_bytes: u64) {
@@ -325,5 +374,17 @@ impl LogEvents for Node {
         self.metrics.fsync_seconds.observe(took.as_secs_f64());
         self.metrics.batch_records.observe(records as f64);
         self.set_log_bytes(log_bytes);
+    }
+
+    fn disk_full(&self, full: Option<String>) {
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        self.metrics.disk_full.set(i64::from(full.is_some()));
+        let mut g = self.lock();
+        let fx = g.core.on_disk_full(clock::now_ms(), full);
+        node.step(g, fx);
+        // The controller learns it at once (a leader with a full disk is to be replaced).
+        self.heartbeat_soon();
     }
 }
