@@ -35,12 +35,17 @@ pub struct Limits {
     /// Open connections (replicas' heartbeats, proxies' long-polls, `batonctl`); one more is
     /// answered 503 `overloaded` and closed. Default 1024, as the replicas and the proxy.
     pub connections_max: usize,
+    /// A connection that has not sent a complete request head this long (idle between requests
+    /// included) is closed. Heartbeats and long-polls are held after their head arrived, so
+    /// they are not cut by it.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             connections_max: 1024,
+            idle_timeout_ms: baton_runtime::server::IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -236,6 +241,9 @@ impl ControllerConfig {
         }
         if self.limits.connections_max == 0 {
             return bad("limits.connections_max", "must be positive".into());
+        }
+        if let Err(e) = baton_runtime::server::check_idle_timeout_ms(self.limits.idle_timeout_ms) {
+            return bad("limits.idle_timeout_ms", e);
         }
         if self.clusters.is_empty() {
             return bad(

@@ -105,7 +105,12 @@ pub async fn serve(
     let router = api::router(api);
     #[cfg(feature = "failpoints")]
     let router = router.merge(runtime::faults::router());
-    let opts = ServeOpts::new(cfg.limits.connections_max, DRAIN).with_metrics(conn_metrics);
+    let opts = ServeOpts::new(
+        cfg.limits.connections_max,
+        DRAIN,
+        Duration::from_millis(cfg.limits.idle_timeout_ms),
+    )
+    .with_metrics(conn_metrics);
     let server = tokio::spawn(baton_runtime::serve(listener, router, opts, cancel.clone()));
     shutdown.await;
     tracing::info!("stopping: resigning");

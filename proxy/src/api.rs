@@ -6,11 +6,12 @@ use crate::forward::{self, Outgoing, MIN_EPOCH};
 use crate::shared::Shared;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, Method, Request, StatusCode, Uri};
+use axum::http::{Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use baton_common::api::ErrorCode;
+use baton_runtime::body::BodyError;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,32 +99,19 @@ async fn kv(State(sh): S, req: Request<Body>) -> Response {
         },
     };
     let max = limits.body_bytes_max;
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        if len > max as u64 {
-            return forward::reject(
-                &sh,
-                ErrorCode::TooLarge,
-                format!("the body is {len} bytes; the limit is {max} (limits.body_bytes_max)"),
-            );
-        }
-    }
-    let body = match axum::body::to_bytes(body, max).await {
+    let len = baton_runtime::body::content_length(&parts.headers);
+    let body = match baton_runtime::body::read_limited(body, len, max).await {
         Ok(b) => b,
-        Err(e) => {
-            let msg = e.to_string();
-            // Without a Content-Length only a chunked body can exceed the limit.
-            if msg.to_ascii_lowercase().contains("length limit") {
-                return forward::reject(
-                    &sh,
-                    ErrorCode::TooLarge,
-                    format!("the body exceeds {max} bytes (limits.body_bytes_max)"),
-                );
-            }
+        Err(BodyError::TooLarge { announced }) => {
+            let msg = match announced {
+                Some(len) => {
+                    format!("the body is {len} bytes; the limit is {max} (limits.body_bytes_max)")
+                }
+                None => format!("the body exceeds {max} bytes (limits.body_bytes_max)"),
+            };
+            return baton_runtime::body::closing(forward::reject(&sh, ErrorCode::TooLarge, msg));
+        }
+        Err(BodyError::Read(msg)) => {
             return forward::reject(
                 &sh,
                 ErrorCode::BadRequest,

@@ -88,6 +88,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Requests held at once during a failover; one more is answered 503 `overloaded`.
     pub buffered_max: usize,
+    /// A client connection that has not sent a complete request head this long (idle between
+    /// requests included) is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             body_bytes_max: 1 << 20,
             connections_max: 1024,
             buffered_max: 10_000,
+            idle_timeout_ms: baton_runtime::server::IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -203,6 +207,9 @@ impl ProxyConfig {
         }
         if l.buffered_max == 0 {
             return bad("limits.buffered_max", "must be positive".into());
+        }
+        if let Err(e) = baton_runtime::server::check_idle_timeout_ms(l.idle_timeout_ms) {
+            return bad("limits.idle_timeout_ms", e);
         }
         Ok(())
     }

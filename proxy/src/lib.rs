@@ -55,7 +55,12 @@ pub async fn serve(
         open: sh.metrics.connections.clone(),
         rejected: sh.metrics.connections_rejected.clone(),
     };
-    let opts = ServeOpts::new(sh.cfg.limits.connections_max, drain).with_metrics(conn_metrics);
+    let opts = ServeOpts::new(
+        sh.cfg.limits.connections_max,
+        drain,
+        Duration::from_millis(sh.cfg.limits.idle_timeout_ms),
+    )
+    .with_metrics(conn_metrics);
     let server = tokio::spawn(baton_runtime::serve(
         listener,
         api::router(sh.clone()),

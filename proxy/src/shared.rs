@@ -89,7 +89,7 @@ pub fn http_client(connect_timeout: Duration, idle_per_host: usize) -> HttpClien
     conn.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(idle_per_host)
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(baton_runtime::CLIENT_POOL_IDLE)
         .pool_timer(TokioTimer::new())
         .build(conn)
 }

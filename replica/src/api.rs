@@ -13,6 +13,7 @@ use axum::Router;
 use baton_common::api::{ErrorBody, ErrorCode, LeaderHint};
 use baton_common::clock;
 use baton_common::ids::Expect;
+use baton_runtime::body::BodyError;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -103,11 +104,24 @@ async fn replicate(State(node): State<Arc<Node>>, mut req: axum::http::Request<B
             None,
         );
     };
+    // Counted before the upgrade: an upgraded stream leaves the connection cap.
+    let Ok(permit) = node.repl_streams.clone().try_acquire_owned() else {
+        node.metrics.repl_streams_rejected.inc();
+        return error(
+            ErrorCode::Overloaded,
+            format!(
+                "too many replication streams (limits.replication_streams_max = {})",
+                node.cfg.limits.replication_streams_max
+            ),
+            None,
+        );
+    };
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(io) => crate::repl::leader::serve(node, io).await,
             Err(e) => tracing::debug!(%e, "replication upgrade failed"),
         }
+        drop(permit);
     });
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
     r.headers_mut().insert(
@@ -235,32 +249,25 @@ async fn kv(
         }
         Method::PUT => {
             let max = limits.value_bytes_max;
-            if let Some(len) = headers
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                if len > max as u64 {
-                    return too_large_value(len, max);
-                }
-            }
-            let value = match axum::body::to_bytes(body, max).await {
+            let len = baton_runtime::body::content_length(&headers);
+            let value = match baton_runtime::body::read_limited(body, len, max).await {
                 Ok(b) => b,
-                Err(e) => {
-                    // The only way to exceed the limit without a Content-Length is a chunked body.
-                    let msg = e.to_string();
-                    if msg.to_ascii_lowercase().contains("length limit") {
-                        return error(
-                            ErrorCode::TooLarge,
-                            format!("the value exceeds {max} bytes (limits.value_bytes_max)"),
-                            None,
-                        );
-                    }
+                Err(BodyError::TooLarge {
+                    announced: Some(len),
+                }) => return baton_runtime::body::closing(too_large_value(len, max)),
+                Err(BodyError::TooLarge { announced: None }) => {
+                    return baton_runtime::body::closing(error(
+                        ErrorCode::TooLarge,
+                        format!("the value exceeds {max} bytes (limits.value_bytes_max)"),
+                        None,
+                    ))
+                }
+                Err(BodyError::Read(msg)) => {
                     return error(
                         ErrorCode::BadRequest,
                         format!("cannot read the request body: {msg}"),
                         None,
-                    );
+                    )
                 }
             };
             write(

@@ -99,6 +99,13 @@ pub struct Limits {
     pub value_bytes_max: usize,
     /// Open client connections; one more is answered 503 and closed.
     pub connections_max: usize,
+    /// A connection that has not sent a complete request head this long (idle between requests
+    /// included) is closed: slow or silent peers hold a connection slot this long at most.
+    pub idle_timeout_ms: u64,
+    /// Replication streams served at once (followers, and `batonctl` fetches); one more is
+    /// answered 503 `overloaded`. Streams leave the connection count once upgraded, so they
+    /// have their own cap.
+    pub replication_streams_max: usize,
 }
 
 impl Default for Limits {
@@ -107,6 +114,8 @@ impl Default for Limits {
             key_bytes_max: 1024,
             value_bytes_max: 1 << 20,
             connections_max: 1024,
+            idle_timeout_ms: baton_runtime::server::IDLE_TIMEOUT_MS_DEFAULT,
+            replication_streams_max: 32,
         }
     }
 }
@@ -252,6 +261,12 @@ impl ReplicaConfig {
         }
         if l.connections_max == 0 {
             return bad("limits.connections_max", "must be positive".into());
+        }
+        if let Err(e) = baton_runtime::server::check_idle_timeout_ms(l.idle_timeout_ms) {
+            return bad("limits.idle_timeout_ms", e);
+        }
+        if l.replication_streams_max == 0 {
+            return bad("limits.replication_streams_max", "must be positive".into());
         }
         Ok(())
     }

@@ -34,10 +34,14 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 /// up) reports to the controller that revoked it.
 pub const REVOKED_PERIOD: Duration = Duration::from_millis(10);
 
+/// The least time between two heartbeats to one controller when one is asked for early.
+pub const EARLY_GAP: Duration = Duration::from_millis(10);
+
 /// Runs until `cancel` fires.
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(baton_runtime::CLIENT_POOL_IDLE)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .build_http();
     let handling = Arc::new(tokio::sync::Mutex::new(()));
     let loops: Vec<_> = node
@@ -89,15 +93,29 @@ async fn controller_loop(
     let mut reachable: Option<bool> = None;
     let mut next = Instant::now();
     let mut seq = 0u64;
+    let mut last_sent: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = soon.changed() => {}
+        let early = tokio::select! {
+            _ = tokio::time::sleep_until(next) => false,
+            _ = soon.changed() => true,
             _ = cancel.cancelled() => break,
+        };
+        // Heartbeats asked for early (a role change, or a request carrying a higher
+        // `Baton-Min-Epoch`, which anyone can send) go out at most once per EARLY_GAP: a flood
+        // of such requests costs the controllers 1/EARLY_GAP heartbeats a second, not one each.
+        if let Some(at) = last_sent
+            .map(|t| t + EARLY_GAP)
+            .filter(|at| early && *at > Instant::now())
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.min(next)) => {}
+                _ = cancel.cancelled() => break,
+            }
         }
         soon.borrow_and_update();
         seq += 1;
         let sent = Instant::now();
+        last_sent = Some(sent);
         let sent_at = clock::now_ms();
         let hb = node.lock().core().heartbeat(sent_at, seq);
         let body = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));

@@ -67,8 +67,12 @@ pub async fn run(
     let server = tokio::spawn(baton_runtime::serve(
         listener,
         api::router(node.clone()),
-        ServeOpts::new(node.cfg.limits.connections_max, Duration::from_secs(2))
-            .with_metrics(conn_metrics),
+        ServeOpts::new(
+            node.cfg.limits.connections_max,
+            Duration::from_secs(2),
+            Duration::from_millis(node.cfg.limits.idle_timeout_ms),
+        )
+        .with_metrics(conn_metrics),
         server_cancel.clone(),
     ));
     tracing::info!(listen = %node.cfg.listen, boot_id = %node.boot_id, "serving");

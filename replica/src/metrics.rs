@@ -14,6 +14,7 @@ pub struct Metrics {
     pub batch_records: Histogram,
     pub connections: IntGauge,
     pub connections_rejected: IntCounter,
+    pub repl_streams_rejected: IntCounter,
     pub snapshots: IntCounterVec,
     pub snapshot_seconds: Histogram,
     pub epoch: IntGauge,
@@ -85,6 +86,11 @@ impl Metrics {
             connections_rejected: reg!(IntCounter::new(
                 "baton_replica_connections_rejected_total",
                 "Connections refused over limits.connections_max"
+            )
+            .expect("valid")),
+            repl_streams_rejected: reg!(IntCounter::new(
+                "baton_replica_replication_streams_rejected_total",
+                "Replication streams refused over limits.replication_streams_max"
             )
             .expect("valid")),
             snapshots: reg!(IntCounterVec::new(

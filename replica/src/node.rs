@@ -85,6 +85,9 @@ pub struct Node {
     pub(crate) pending_writes: watch::Sender<usize>,
     /// The flushed LSN: a follower's stream acknowledges on changes.
     pub flushed: watch::Sender<Lsn>,
+    /// One permit per replication stream served (`limits.replication_streams_max`): an
+    /// upgraded stream leaves the server's connection count, so it is counted here.
+    pub repl_streams: Arc<tokio::sync::Semaphore>,
     _lock: DirLock,
 }
 
@@ -230,6 +233,9 @@ impl Node {
             snapshot_thread: Mutex::new(None),
             meta: Mutex::new(meta),
             data_dir: dir,
+            repl_streams: Arc::new(tokio::sync::Semaphore::new(
+                cfg.limits.replication_streams_max,
+            )),
             id: NodeId(cfg.id.clone()),
             boot_id,
             cfg,

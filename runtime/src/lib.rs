@@ -1,6 +1,7 @@
 //! The async plumbing the three Baton servers (`baton-replica`, `baton-controller`,
 //! `baton-proxy`) share, so each binary's library holds only its own logic: the HTTP/1.1 accept
-//! loop with a connection cap and graceful drain (`server.rs`), the SIGTERM/SIGINT shutdown
+//! loop with a connection cap, idle timeout and graceful drain (`server.rs`), request bodies
+//! read under a limit with oversized ones drained so the client reads the 413 (`body.rs`), the SIGTERM/SIGINT shutdown
 //! future (`signal.rs`), the Prometheus exposition and connection metrics (`metrics.rs`), the
 //! log set-up (`logging.rs`), the skeleton of every `main` — `--config FILE.toml`, config,
 //! logging, runtime, exit codes (`process.rs`) — and the shared half of the replica's and the
@@ -11,6 +12,7 @@
 //! dependency graph at all (a cargo feature would be unified on for the whole workspace). It
 //! decides nothing about the protocol and holds no state beyond one server's connections.
 
+pub mod body;
 pub mod faults;
 pub mod logging;
 pub mod metrics;
@@ -19,5 +21,5 @@ pub mod server;
 pub mod signal;
 
 pub use process::{main, main_with_config};
-pub use server::{bind, serve, ServeOpts};
+pub use server::{bind, serve, ServeOpts, CLIENT_POOL_IDLE};
 pub use signal::{shutdown_signal, Shutdown};

@@ -27,21 +27,43 @@ pub struct ServeOpts {
     /// After cancel, how long open requests may take to finish before they are dropped.
     pub drain: Duration,
     /// Closes a connection whose request head has not fully arrived this long after hyper began
-    /// waiting for it. `None` (every server today) keeps hyper without a timer: note that the
-    /// wait includes an idle keep-alive connection waiting for its next request, so this also
-    /// closes idle connections, which pooled clients must then tolerate.
+    /// waiting for it (`limits.idle_timeout_ms`). The wait includes an idle keep-alive
+    /// connection waiting for its next request, so this is also the idle timeout: a client
+    /// that trickles a head byte by byte (slowloris) or opens connections and sends nothing
+    /// holds a slot of `connections_max` this long at most. Baton's own pooled clients keep idle
+    /// connections for less ([`CLIENT_POOL_IDLE`]), so they never reuse one the server is
+    /// closing. `None` leaves hyper without a timer (tests only).
     pub header_read_timeout: Option<Duration>,
     /// Open and refused connections, when the server keeps metrics.
     pub metrics: Option<ConnMetrics>,
 }
 
+/// How long Baton's own HTTP clients (heartbeats, the proxy, `batonctl`, the tests) keep an
+/// idle pooled connection: under the servers' smallest idle timeout (5 s is the least
+/// `limits.idle_timeout_ms` accepts; 15 s is the default), so a client never sends a request
+/// on a connection the server is closing for idleness.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// The default `limits.idle_timeout_ms` of every server.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
+/// Checks a configured `limits.idle_timeout_ms`: between 5 s and 10 min.
+pub fn check_idle_timeout_ms(ms: u64) -> Result<(), String> {
+    if !(5_000..=600_000).contains(&ms) {
+        return Err(format!(
+            "must be between 5000 and 600000 (5 s to 10 min), not {ms}"
+        ));
+    }
+    Ok(())
+}
+
 impl ServeOpts {
-    /// A cap and a drain, no header timeout, no metrics.
-    pub fn new(connections_max: usize, drain: Duration) -> ServeOpts {
+    /// A cap, a drain and the idle (header-read) timeout; no metrics.
+    pub fn new(connections_max: usize, drain: Duration, idle_timeout: Duration) -> ServeOpts {
         ServeOpts {
             connections_max,
             drain,
-            header_read_timeout: None,
+            header_read_timeout: Some(idle_timeout),
             metrics: None,
         }
     }

@@ -57,6 +57,10 @@ impl Client {
         conn.set_nodelay(true);
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
+            // Under the servers' idle timeout (baton_runtime::CLIENT_POOL_IDLE), so a test never
+            // sends on a connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(conn);
         Client { inner, timeout }
     }

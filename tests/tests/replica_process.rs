@@ -1,7 +1,8 @@
 //! Multi-process tests of one `baton-replica` driven by the stand-in controller: acknowledged
 //! writes survive SIGKILL under load (with snapshots and compaction happening meanwhile), a
-//! restarted replica leads only at a new epoch, SIGTERM drains and exits 0, and bad configs
-//! and corrupt logs stop the process with a one-line reason.
+//! restarted replica leads only at a new epoch, SIGTERM drains and exits 0, bad configs and
+//! corrupt logs stop the process with a one-line reason, and replication streams are capped
+//! and cut off when they announce frames no follower sends.
 
 use baton_tests::client::{CallError, Client};
 use baton_tests::procs::{bin_path, wait_for, ReplicaProc, ReplicaSpec};
@@ -256,5 +257,84 @@ fn bad_config_exits_2_with_file_key_and_reason() -> anyhow::Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("bad.toml: limits.value_bytes_max: "), "{err}");
+    Ok(())
+}
+
+/// Opens a replication stream by hand (what any peer that reaches the port can do) and returns
+/// the socket and the status line of the answer.
+async fn open_stream(addr: &str) -> anyhow::Result<(tokio::net::TcpStream, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        b"POST /v1/replicate HTTP/1.1\r\nhost: x\r\nupgrade: baton-replication/1\r\nconnection: upgrade\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        anyhow::ensure!(
+            s.read(&mut b).await? == 1,
+            "closed before the answer's head"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    Ok((s, head.lines().next().unwrap_or_default().to_string()))
+}
+
+/// Replication streams leave the connection count once upgraded: they have their own cap
+/// (`limits.replication_streams_max`), one more is answered 503 `overloaded`, and a stream that
+/// announces a frame bigger than any follower sends is cut before the leader reserves a buffer
+/// for it, which frees its slot (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_streams_are_capped_and_oversized_frames_cut() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    let mut spec = ReplicaSpec::new("r1", tmp.path(), std::slice::from_ref(&standin.url));
+    spec.extra_toml = "[limits]\nreplication_streams_max = 1\n".into();
+    let r = ReplicaProc::start(spec)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r.url).await?;
+    let addr = r.url.trim_start_matches("http://").to_string();
+
+    let (mut first, status) = open_stream(&addr).await?;
+    anyhow::ensure!(status.contains(" 101 "), "first stream: {status}");
+    let (_, status) = open_stream(&addr).await?;
+    anyhow::ensure!(
+        status.contains(" 503 "),
+        "second stream over the cap: {status}"
+    );
+    let metrics = c
+        .call(
+            "GET",
+            &format!("{}/metrics", r.url),
+            &[],
+            Default::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics: {e:?}"))?;
+    anyhow::ensure!(
+        metrics
+            .text()
+            .contains("baton_replica_replication_streams_rejected_total 1"),
+        "the refusal is counted"
+    );
+
+    // A 48 MiB frame announced by the first stream: cut at once.
+    first.write_all(&(48u32 << 20).to_le_bytes()).await?;
+    first.write_all(b"{").await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+        .await
+        .map_err(|_| anyhow::anyhow!("the oversized frame did not end the stream"))??;
+    // Its slot is free again.
+    wait_for(Duration::from_secs(5), "the slot to be free", || async {
+        let (_, status) = open_stream(&addr).await.ok()?;
+        status.contains(" 101 ").then_some(())
+    })
+    .await?;
+    // And the replica still serves.
+    wait_writable(&c, &r.url).await?;
     Ok(())
 }

@@ -55,7 +55,14 @@ impl ClusterCore {
                 ),
             ));
         }
-        let epoch = Epoch(self.heard.values().map(|h| h.hb.epoch.0).max().unwrap_or(0) + 1);
+        let highest = self.heard.values().map(|h| h.hb.epoch.0).max().unwrap_or(0);
+        let Some(next) = highest.checked_add(1) else {
+            return Err(op_err(
+                ErrorCode::Ineligible,
+                format!("a member reports epoch {highest}: epochs are exhausted"),
+            ));
+        };
+        let epoch = Epoch(next);
         let mut cands: Vec<&Member> = self.cfg.members.iter().filter(|m| !m.no_failover).collect();
         cands.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         let leader = cands

@@ -646,3 +646,32 @@ fn init_waits_for_every_member_and_empty_logs() {
         ))
     );
 }
+
+/// A member reporting the highest epoch there is (a forged heartbeat, or a corrupted meta file)
+/// makes init refuse instead of wrapping the new epoch to 0 in release builds (issue 13).
+#[test]
+fn init_refuses_when_epochs_are_exhausted() {
+    let mut c = cfg();
+    c.members = vec![member("r1", 0), member("r2", 0), member("r3", 0)];
+    let mut s = Sim::absent(c, 0);
+    for (who, epoch) in [("r1", 0), ("r2", u64::MAX), ("r3", 0)] {
+        s.hb(
+            1_000,
+            Heartbeat {
+                epoch: Epoch(epoch),
+                role: ReportedRole::None,
+                log_end_epoch: Epoch(0),
+                log_end_lsn: Lsn(0),
+                flushed_lsn: Lsn(0),
+                applied_lsn: Lsn(0),
+                commit_lsn: Lsn(0),
+                applied_rev: 0,
+                since_leader_ms: None,
+                ..follower(who)
+            },
+        );
+    }
+    let e = s.core.init(at(1_000)).expect_err("no epoch after u64::MAX");
+    assert_eq!(e.code, ErrorCode::Ineligible);
+    assert!(e.message.contains("epochs are exhausted"), "{}", e.message);
+}

@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::codec::Framed;
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
-type Stream = Framed<Io, tokio_util::codec::LengthDelimitedCodec>;
+type Stream = Framed<Io, wire::LeaderCodec>;
 
 const BATCH_RECORDS: usize = 4096;
 const BATCH_BYTES: usize = 1 << 20;
@@ -29,7 +29,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one follower stream until it ends.
 pub async fn serve(node: Arc<Node>, io: hyper::upgrade::Upgraded) {
-    let framed = Framed::new(TokioIo::new(io), wire::codec());
+    let framed = Framed::new(TokioIo::new(io), wire::LeaderCodec::new());
     if let Err(e) = serve_inner(&node, framed).await {
         tracing::debug!(error = %e, "replication stream ended");
     }

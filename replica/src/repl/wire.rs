@@ -11,6 +11,7 @@ use crate::wal::Record;
 use baton_common::{BootId, DataId, Epoch, Lsn, NodeId};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// The protocol name in the `Upgrade` header.
 pub const PROTOCOL: &str = "baton-replication/1";
@@ -191,19 +192,94 @@ pub fn decode_records(tail: &[u8], count: u32) -> Result<Vec<Record>, WireError>
     Ok(out)
 }
 
-/// The frame codec used on both ends.
-pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
-    tokio_util::codec::LengthDelimitedCodec::builder()
+/// Largest frame a leader accepts from a follower: a follower only sends small JSON messages
+/// (`Hello`, `EpochQuery`, `Fetch`, `Ack`), so a peer announcing a bigger frame is cut off
+/// before the leader reserves a buffer for it.
+pub const MAX_FOLLOWER_FRAME: usize = 64 << 10;
+
+fn length_codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
         .little_endian()
         .length_field_length(4)
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(max)
         .new_codec()
+}
+
+/// The follower's frame codec: reads and writes frames up to [`MAX_FRAME`].
+pub fn codec() -> LengthDelimitedCodec {
+    length_codec(MAX_FRAME)
+}
+
+/// The leader's frame codec: writes frames up to [`MAX_FRAME`] (records, snapshot chunks) but
+/// reads only up to [`MAX_FOLLOWER_FRAME`].
+#[derive(Debug)]
+pub struct LeaderCodec {
+    read: LengthDelimitedCodec,
+    write: LengthDelimitedCodec,
+}
+
+impl LeaderCodec {
+    pub fn new() -> LeaderCodec {
+        LeaderCodec {
+            read: length_codec(MAX_FOLLOWER_FRAME),
+            write: length_codec(MAX_FRAME),
+        }
+    }
+}
+
+impl Default for LeaderCodec {
+    fn default() -> Self {
+        LeaderCodec::new()
+    }
+}
+
+impl Decoder for LeaderCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        self.read.decode(src)
+    }
+}
+
+impl Encoder<Bytes> for LeaderCodec {
+    type Error = std::io::Error;
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        self.write.encode(item, dst)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wal::Op;
+
+    /// A follower (or a stranger) announcing a frame larger than a follower ever sends is cut
+    /// off before the leader reserves a buffer for it; the leader still writes big frames.
+    #[test]
+    fn leader_codec_refuses_big_frames_from_followers_but_writes_them() {
+        let mut c = LeaderCodec::new();
+        let mut src = BytesMut::new();
+        src.put_u32_le(48 << 20);
+        src.put_slice(b"x");
+        let e = c.decode(&mut src).expect_err("too big");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            src.capacity() < 1 << 20,
+            "no buffer reserved: {}",
+            src.capacity()
+        );
+        let mut ok = BytesMut::new();
+        ok.put_u32_le(3);
+        ok.put_slice(b"abc");
+        assert_eq!(
+            LeaderCodec::new().decode(&mut ok).expect("fits").as_deref(),
+            Some(&b"abc"[..])
+        );
+        let mut dst = BytesMut::new();
+        c.encode(Bytes::from(vec![0u8; 1 << 20]), &mut dst)
+            .expect("the leader writes frames up to MAX_FRAME");
+        assert_eq!(dst.len(), 4 + (1 << 20));
+    }
 
     #[test]
     fn append_round_trips_with_records() {
