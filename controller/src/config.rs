@@ -150,7 +150,18 @@ impl ControllerConfig {
             return bad("etcd", "at least one etcd URL is required".into());
         }
         for (i, u) in self.etcd.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
+            if u.starts_with("https://") {
+                // This build's etcd client has no TLS: an https URL would only ever log
+                // "cannot reach etcd". Refused here, with the reason, instead (issue 13).
+                return bad(
+                    &format!("etcd[{i}]"),
+                    format!(
+                        "{u:?} asks for TLS to etcd, which this controller does not support yet \
+                         (no etcd TLS settings exist); use an http:// URL on a network you trust"
+                    ),
+                );
+            }
+            if !u.starts_with("http://") {
                 return bad(
                     &format!("etcd[{i}]"),
                     format!("{u:?} is not a URL like http://127.0.0.1:2379"),
@@ -331,6 +342,34 @@ mod tests {
         assert_eq!(c.timing.failure_timeout_ms, d.failure_timeout_ms);
         assert_eq!(c.timing.lease_ms, d.lease_ms);
         assert_eq!(c.limits, Limits::default());
+    }
+
+    /// An https etcd URL is refused at start with the reason, not accepted and then retried
+    /// forever against a client without TLS (issue 13).
+    #[test]
+    fn https_etcd_is_refused_with_the_reason() {
+        let base = include_str!("../../deploy/controller.toml");
+        let https = base.replacen("http://127.0.0.1:2379", "https://127.0.0.1:2379", 1);
+        assert_ne!(https, base, "the example names an http etcd URL");
+        let e = ControllerConfig::parse(Path::new("c.toml"), &https)
+            .expect_err("https without TLS support")
+            .to_string();
+        assert!(e.starts_with("c.toml: etcd[0]: "), "{e}");
+        assert!(e.contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn idle_timeout_defaults_and_is_bounded() {
+        let base = include_str!("../../deploy/controller.toml");
+        let c = ControllerConfig::parse(Path::new("c.toml"), base).expect("parses");
+        assert_eq!(c.limits.idle_timeout_ms, 15_000);
+        let e = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &base.replace("idle_timeout_ms = 15000", "idle_timeout_ms = 10"),
+        )
+        .expect_err("too short")
+        .to_string();
+        assert!(e.starts_with("c.toml: limits.idle_timeout_ms: "), "{e}");
     }
 
     #[test]

@@ -177,7 +177,9 @@ pub fn decode(frame: Bytes) -> Result<(Msg, Bytes), WireError> {
 
 /// Decodes the `count` records of an append tail.
 pub fn decode_records(tail: &[u8], count: u32) -> Result<Vec<Record>, WireError> {
-    let mut out = Vec::with_capacity(count as usize);
+    // `count` comes from the peer: reserve no more than the tail can hold (a record frame is
+    // well over 16 bytes), or a forged count of 4 billion aborts the process.
+    let mut out = Vec::with_capacity((count as usize).min(tail.len() / 16));
     let mut off = 0;
     for _ in 0..count {
         let (r, n) = Record::decode(&tail[off..])?;
