@@ -7,7 +7,7 @@ use baton_common::directive::{Member, Mode};
 use baton_common::NodeId;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,13 +19,65 @@ pub struct ControllerConfig {
     /// Address replicas, proxies and `batonctl` reach this controller at (default: listen).
     #[serde(default)]
     pub advertise: Option<String>,
-    /// etcd client URLs. No default.
+    /// etcd client URLs: all `http://`, or all `https://` with `[etcd_tls]`. No default.
     pub etcd: Vec<String>,
+    /// TLS to etcd (required with `https://` URLs, refused with `http://` ones).
+    #[serde(default)]
+    pub etcd_tls: Option<EtcdTls>,
+    /// etcd authentication with a user and password (etcd `auth enable`).
+    #[serde(default)]
+    pub etcd_auth: Option<EtcdAuth>,
     #[serde(default)]
     pub timing: Timing,
     #[serde(default)]
     pub limits: Limits,
     pub clusters: Vec<ClusterConfig>,
+}
+
+/// `[etcd_tls]`: how the controller verifies etcd's certificate, and the client certificate it
+/// presents when etcd runs with `--client-cert-auth`. Files are PEM.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificates.
+    pub ca_file: PathBuf,
+    /// The controller's client certificate (with `key_file`), if etcd asks for one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name etcd's certificate must carry (default: each URL's host).
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// `[etcd_auth]`: an etcd user for the controller. The password is read from a file so that
+/// it sits neither in the config nor in the process's arguments.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdAuth {
+    pub user: String,
+    /// A file holding the password (one line; a trailing newline is ignored).
+    pub password_file: PathBuf,
+}
+
+/// What connecting to etcd needs beyond the URLs, read from the files `[etcd_tls]` and
+/// `[etcd_auth]` name.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSecrets {
+    pub tls: Option<EtcdTlsPem>,
+    /// User and password.
+    pub auth: Option<(String, String)>,
+}
+
+/// The PEM contents `[etcd_tls]` names.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsPem {
+    pub ca: String,
+    /// Client certificate and key.
+    pub identity: Option<(String, String)>,
+    /// The name etcd's certificate must carry, if not the URLs' host.
+    pub domain: Option<String>,
 }
 
 /// Limits of the HTTP API.
@@ -135,6 +187,70 @@ impl ControllerConfig {
         Ok(c)
     }
 
+    /// Reads the files `[etcd_tls]` and `[etcd_auth]` name; an error names the file, the key and
+    /// the problem. Called at validation and again when connecting (files may be replaced).
+    pub fn etcd_secrets(&self, f: &Path) -> Result<EtcdSecrets, ConfigError> {
+        let read = |key: &str, path: &Path, pem: bool| -> Result<String, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(f, key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            if pem && !text.contains("-----BEGIN ") {
+                return Err(ConfigError::invalid(
+                    f,
+                    key,
+                    format!("{} holds no PEM block", path.display()),
+                ));
+            }
+            Ok(text)
+        };
+        let mut out = EtcdSecrets::default();
+        if let Some(t) = &self.etcd_tls {
+            let ca = read("etcd_tls.ca_file", &t.ca_file, true)?;
+            let identity = match (&t.cert_file, &t.key_file) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((
+                    read("etcd_tls.cert_file", c, true)?,
+                    read("etcd_tls.key_file", k, true)?,
+                )),
+                (Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        f,
+                        "etcd_tls.key_file",
+                        "cert_file is set without key_file",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        f,
+                        "etcd_tls.cert_file",
+                        "key_file is set without cert_file",
+                    ))
+                }
+            };
+            out.tls = Some(EtcdTlsPem {
+                ca,
+                identity,
+                domain: t.domain.clone(),
+            });
+        }
+        if let Some(a) = &self.etcd_auth {
+            if a.user.is_empty() {
+                return Err(ConfigError::invalid(f, "etcd_auth.user", "is empty"));
+            }
+            let pw = read("etcd_auth.password_file", &a.password_file, false)?;
+            let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+            if pw.is_empty() {
+                return Err(ConfigError::invalid(
+                    f,
+                    "etcd_auth.password_file",
+                    format!("{} is empty", a.password_file.display()),
+                ));
+            }
+            out.auth = Some((a.user.clone(), pw));
+        }
+        Ok(out)
+    }
+
     pub fn advertised(&self) -> String {
         self.advertise
             .clone()
@@ -150,24 +266,32 @@ impl ControllerConfig {
             return bad("etcd", "at least one etcd URL is required".into());
         }
         for (i, u) in self.etcd.iter().enumerate() {
-            if u.starts_with("https://") {
-                // This build's etcd client has no TLS: an https URL would only ever log
-                // "cannot reach etcd". Refused here, with the reason, instead (issue 13).
-                return bad(
-                    &format!("etcd[{i}]"),
-                    format!(
-                        "{u:?} asks for TLS to etcd, which this controller does not support yet \
-                         (no etcd TLS settings exist); use an http:// URL on a network you trust"
-                    ),
-                );
-            }
-            if !u.starts_with("http://") {
+            let https = u.starts_with("https://");
+            if !https && !u.starts_with("http://") {
                 return bad(
                     &format!("etcd[{i}]"),
                     format!("{u:?} is not a URL like http://127.0.0.1:2379"),
                 );
             }
+            // Without TLS settings an https URL could only ever log "cannot reach etcd";
+            // with them, an http URL would send the credentials in the clear.
+            if https && self.etcd_tls.is_none() {
+                return bad(
+                    &format!("etcd[{i}]"),
+                    format!(
+                        "{u:?} is https:// but there is no [etcd_tls] section \
+                         (ca_file, and cert_file and key_file if etcd asks for client certificates)"
+                    ),
+                );
+            }
+            if !https && self.etcd_tls.is_some() {
+                return bad(
+                    &format!("etcd[{i}]"),
+                    format!("{u:?} is http:// but [etcd_tls] is set: use https:// URLs"),
+                );
+            }
         }
+        self.etcd_secrets(f)?;
         let t = &self.timing;
         // The relations of DESIGN.md §5: a lease renewed by heartbeats, and run out, on the
         // leader's clock, before a failover may be declared.
@@ -355,7 +479,73 @@ mod tests {
             .expect_err("https without TLS support")
             .to_string();
         assert!(e.starts_with("c.toml: etcd[0]: "), "{e}");
-        assert!(e.contains("TLS"), "{e}");
+        assert!(e.contains("[etcd_tls]"), "{e}");
+    }
+
+    /// `[etcd_tls]` and `[etcd_auth]`: each mistake names the key and the file.
+    #[test]
+    fn etcd_tls_and_auth_mistakes_name_the_key() {
+        let d = tempfile::tempdir().expect("tmp");
+        let pem = d.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let not_pem = d.path().join("junk.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let empty = d.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        let base = include_str!("../../deploy/controller.toml");
+        let https = base.replacen("http://127.0.0.1:2379", "https://127.0.0.1:2379", 1);
+        let with = |text: &str, extra: String| format!("{text}\n{extra}");
+        let cases = [
+            (
+                with(base, format!("[etcd_tls]\nca_file = {pem:?}\n")),
+                "etcd[0]",
+                "is http:// but [etcd_tls] is set",
+            ),
+            (
+                with(
+                    &https,
+                    "[etcd_tls]\nca_file = \"/nonexistent/ca.pem\"\n".into(),
+                ),
+                "etcd_tls.ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                with(&https, format!("[etcd_tls]\nca_file = {not_pem:?}\n")),
+                "etcd_tls.ca_file",
+                "holds no PEM block",
+            ),
+            (
+                with(
+                    &https,
+                    format!("[etcd_tls]\nca_file = {pem:?}\ncert_file = {pem:?}\n"),
+                ),
+                "etcd_tls.key_file",
+                "without key_file",
+            ),
+            (
+                with(
+                    base,
+                    format!("[etcd_auth]\nuser = \"baton\"\npassword_file = {empty:?}\n"),
+                ),
+                "etcd_auth.password_file",
+                "is empty",
+            ),
+        ];
+        for (text, key, says) in cases {
+            let e = ControllerConfig::parse(Path::new("c.toml"), &text)
+                .expect_err(key)
+                .to_string();
+            assert!(e.starts_with(&format!("c.toml: {key}: ")), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
+        // And a good pair parses.
+        let ok = with(&https, format!("[etcd_tls]\nca_file = {pem:?}\n"));
+        let c = ControllerConfig::parse(Path::new("c.toml"), &ok).expect("parses");
+        assert!(c.etcd_tls.is_some());
     }
 
     #[test]

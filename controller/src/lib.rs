@@ -49,8 +49,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let cfg = Arc::new(cfg);
+    // Read again here (the config was validated with them): a file removed since is an error.
+    let secrets = cfg
+        .etcd_secrets(std::path::Path::new("the controller config"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let etcd = tokio::select! {
-        c = connect(&cfg) => c,
+        c = connect(&cfg, &secrets) => c,
         _ = &mut shutdown => return Ok(()),
     };
     let local = listener.local_addr().ok();
@@ -129,12 +133,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// An etcd client; retries until etcd answers (warning once).
-async fn connect(cfg: &ControllerConfig) -> etcd_client::Client {
-    let opts = etcd_client::ConnectOptions::new()
+/// The etcd client options: timeouts, and TLS and a user from `[etcd_tls]` and `[etcd_auth]`
+/// (tokens re-obtained when etcd expires them, e.g. after it restarted).
+fn etcd_options(secrets: &config::EtcdSecrets) -> etcd_client::ConnectOptions {
+    let mut opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+    if let Some(t) = &secrets.tls {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&t.ca));
+        if let Some((cert, key)) = &t.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &t.domain {
+            tls = tls.domain_name(d.clone());
+        }
+        opts = opts.with_tls(tls);
+    }
+    if let Some((user, password)) = &secrets.auth {
+        opts = opts
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    opts
+}
+
+/// An etcd client; retries until etcd answers (warning once).
+async fn connect(cfg: &ControllerConfig, secrets: &config::EtcdSecrets) -> etcd_client::Client {
+    let opts = etcd_options(secrets);
     let mut warned = false;
     loop {
         match etcd_client::Client::connect(&cfg.etcd, Some(opts.clone())).await {

@@ -83,7 +83,8 @@ impl EtcdProc {
     }
 }
 
-fn etcd_bin() -> anyhow::Result<PathBuf> {
+/// The etcd binary on PATH, or an error saying how to install it.
+pub fn etcd_bin() -> anyhow::Result<PathBuf> {
     which("etcd").ok_or_else(|| {
         anyhow::anyhow!(
             "etcd is not installed: run scripts/install-prereqs.sh (apt install etcd-server)"
