@@ -95,8 +95,7 @@ fn status_names_the_partial_failures_in_force() {
     );
     v["members"][2]["disk_full"] = true.into();
     assert!(status_lines(&v, "x", 0).contains(
-        &"disk full on r3 (the leader): writes get 507; a planned failover replaces it"
-            .to_string()
+        &"disk full on r3 (the leader): writes get 507; a planned failover replaces it".to_string()
     ));
 }
 
