@@ -518,12 +518,9 @@ fn pause_and_resume_write_the_control() {
     assert_eq!((st.control, st.phase), (Control::Manual, Phase::Switching));
 }
 
-#[test]
-fn init_waits_for_every_member_and_empty_logs() {
-    let mut c = cfg();
-    c.members = vec![member("r1", 0), member("r2", 5), member("r3", 5)];
-    let mut s = Sim::absent(c.clone(), 0);
-    let empty = |who: &str, epoch: u64| Heartbeat {
+/// The heartbeat of a member with an empty log and no role, at `epoch` (what init waits for).
+fn empty(who: &str, epoch: u64) -> Heartbeat {
+    Heartbeat {
         epoch: Epoch(epoch),
         role: ReportedRole::None,
         log_end_epoch: Epoch(0),
@@ -534,7 +531,14 @@ fn init_waits_for_every_member_and_empty_logs() {
         applied_rev: 0,
         since_leader_ms: None,
         ..follower(who)
-    };
+    }
+}
+
+#[test]
+fn init_waits_for_every_member_and_empty_logs() {
+    let mut c = cfg();
+    c.members = vec![member("r1", 0), member("r2", 5), member("r3", 5)];
+    let mut s = Sim::absent(c.clone(), 0);
     // No state yet: active, but no role.
     assert_eq!(
         s.hb(1_000, empty("r1", 0)),
@@ -655,21 +659,7 @@ fn init_refuses_when_epochs_are_exhausted() {
     c.members = vec![member("r1", 0), member("r2", 0), member("r3", 0)];
     let mut s = Sim::absent(c, 0);
     for (who, epoch) in [("r1", 0), ("r2", u64::MAX), ("r3", 0)] {
-        s.hb(
-            1_000,
-            Heartbeat {
-                epoch: Epoch(epoch),
-                role: ReportedRole::None,
-                log_end_epoch: Epoch(0),
-                log_end_lsn: Lsn(0),
-                flushed_lsn: Lsn(0),
-                applied_lsn: Lsn(0),
-                commit_lsn: Lsn(0),
-                applied_rev: 0,
-                since_leader_ms: None,
-                ..follower(who)
-            },
-        );
+        s.hb(1_000, empty(who, epoch));
     }
     let e = s.core.init(at(1_000)).expect_err("no epoch after u64::MAX");
     assert_eq!(e.code, ErrorCode::Ineligible);
