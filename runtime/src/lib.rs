@@ -1,9 +1,9 @@
 //! The async plumbing the three Baton servers (`baton-replica`, `baton-controller`,
 //! `baton-proxy`) share, so each binary's library holds only its own logic: the HTTP/1.1 accept
 //! loop with a connection cap, idle timeout and graceful drain (`server.rs`), request bodies
-//! read under a limit with oversized ones drained so the client reads the 413 (`body.rs`), the SIGTERM/SIGINT shutdown
-//! future (`signal.rs`), the Prometheus exposition and connection metrics (`metrics.rs`), the
-//! log set-up (`logging.rs`), the skeleton of every `main` — `--config FILE.toml`, config,
+//! read under a limit with oversized ones drained so the client reads the 413 (`body.rs`), the
+//! SIGTERM/SIGINT shutdown future (`signal.rs`), the Prometheus exposition and connection
+//! metrics (`metrics.rs`), the log set-up (`logging.rs`), the skeleton of every `main` — `--config FILE.toml`, config,
 //! logging, runtime, exit codes (`process.rs`) — and the shared half of the replica's and the
 //! controller's fault points (`faults.rs`, `failpoints` feature).
 //!
