@@ -31,15 +31,34 @@ pub struct EtcdHealth {
 
 /// How often [`run_etcd_upkeep`] looks at etcd's status and alarms.
 const UPKEEP_EVERY: Duration = Duration::from_secs(10);
-/// How often the active controller compacts etcd's history, and how many revisions it keeps.
+/// How many revisions of history the active controller keeps behind etcd's current one.
+pub const COMPACT_KEEP_REVISIONS: u64 = 1000;
+/// It compacts as soon as this many revisions beyond [`COMPACT_KEEP_REVISIONS`] have piled up
+/// (so history stays under keep + step + one upkeep tick of decisions, however busy)...
+pub const COMPACT_STEP_REVISIONS: u64 = 100;
+/// ...and at least this often whenever there is anything to compact at all.
 const COMPACT_EVERY_MS: u64 = 5 * 60 * 1000;
-const COMPACT_KEEP_REVISIONS: u64 = 1000;
+
+/// The revision to compact etcd's history to now, if any: `revision` is etcd's current one,
+/// `compacted_to` what this controller last compacted to, `since_last_ms` how long ago that was
+/// (`None`: never, in this process). Keeps [`COMPACT_KEEP_REVISIONS`]; compacts once
+/// [`COMPACT_STEP_REVISIONS`] more have piled up, or every [`COMPACT_EVERY_MS`] when fewer have.
+pub fn compaction_target(
+    revision: u64,
+    compacted_to: u64,
+    since_last_ms: Option<u64>,
+) -> Option<u64> {
+    let to = revision.saturating_sub(COMPACT_KEEP_REVISIONS);
+    let behind = to.saturating_sub(compacted_to);
+    let due = since_last_ms.is_none_or(|t| t >= COMPACT_EVERY_MS);
+    (behind >= COMPACT_STEP_REVISIONS || (behind > 0 && due)).then_some(to)
+}
 
 /// etcd's upkeep, one task per controller: every [`UPKEEP_EVERY`] it reads etcd's status and
 /// alarm list into `health`; while this controller is active for some cluster, it compacts
 /// etcd's history to [`COMPACT_KEEP_REVISIONS`] behind the current revision, at most every
-/// [`COMPACT_EVERY_MS`] (the first time as soon as there is that much history) (logically: `physical = false`; bbolt reuses the freed pages, so the database stops
-/// growing). etcd's own `--auto-compaction-*` does the same where it is configured; compacting
+/// as [`compaction_target`] says (logically: `physical = false`; bbolt reuses the freed pages, so
+/// the database stops growing). etcd's own `--auto-compaction-*` does the same where it is configured; compacting
 /// twice is harmless. It does not defragment (that blocks the member) nor disarm alarms.
 pub async fn run_etcd_upkeep(
     mut etcd: Client,
@@ -81,32 +100,52 @@ pub async fn run_etcd_upkeep(
             Err(_) => h.error = Some("alarm list: etcd did not answer".into()),
         }
         let active = clusters.iter().any(|rt| rt.lock().is_active());
-        let due =
-            last_compact_ms.is_none_or(|t| clock::now_ms().saturating_sub(t) >= COMPACT_EVERY_MS);
-        if let (true, true, Some(rev)) = (active, due, h.revision) {
-            let to = rev.saturating_sub(COMPACT_KEEP_REVISIONS);
-            if to > h.compacted_to.unwrap_or(0) {
-                last_compact_ms = Some(clock::now_ms());
-                match tokio::time::timeout(Duration::from_secs(5), etcd.compact(to as i64, None))
-                    .await
-                {
-                    Ok(Ok(_)) => {
-                        tracing::info!(revision = to, "compacted etcd's history");
-                        h.compacted_to = Some(to);
-                    }
-                    // Already compacted further (etcd's auto-compaction): nothing to do.
-                    Ok(Err(e)) if e.to_string().contains("compacted") => h.compacted_to = Some(to),
-                    Ok(Err(e)) => {
-                        tracing::warn!(revision = to, error = %e, "cannot compact etcd's history")
-                    }
-                    Err(_) => tracing::warn!(
-                        revision = to,
-                        "cannot compact etcd's history: etcd did not answer"
-                    ),
+        let since_last_ms = last_compact_ms.map(|t| clock::now_ms().saturating_sub(t));
+        let target = h
+            .revision
+            .and_then(|rev| compaction_target(rev, h.compacted_to.unwrap_or(0), since_last_ms));
+        if let (true, Some(to)) = (active, target) {
+            last_compact_ms = Some(clock::now_ms());
+            match tokio::time::timeout(Duration::from_secs(5), etcd.compact(to as i64, None)).await
+            {
+                Ok(Ok(_)) => {
+                    tracing::info!(revision = to, "compacted etcd's history");
+                    h.compacted_to = Some(to);
                 }
+                // Already compacted further (etcd's auto-compaction): nothing to do.
+                Ok(Err(e)) if e.to_string().contains("compacted") => h.compacted_to = Some(to),
+                Ok(Err(e)) => {
+                    tracing::warn!(revision = to, error = %e, "cannot compact etcd's history")
+                }
+                Err(_) => tracing::warn!(
+                    revision = to,
+                    "cannot compact etcd's history: etcd did not answer"
+                ),
             }
         }
         *health.lock().unwrap_or_else(|p| p.into_inner()) = h;
         tokio::select! { _ = tokio::time::sleep(UPKEEP_EVERY) => {}, _ = cancel.cancelled() => break }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacts_once_a_step_of_history_piles_up_however_recently_it_last_did() {
+        // The first look compacts whatever lies beyond the kept history.
+        assert_eq!(compaction_target(1001, 0, None), Some(1));
+        assert_eq!(compaction_target(1000, 0, None), None);
+        // A busy run: 10 s after compacting to 1, a step more is due at once, not 5 minutes on.
+        assert_eq!(compaction_target(1107, 1, Some(10_000)), Some(107));
+        assert_eq!(compaction_target(1100, 1, Some(10_000)), None);
+        assert_eq!(compaction_target(1101, 1, Some(10_000)), Some(101));
+        // A quiet one: fewer than a step waits for the period, then goes.
+        assert_eq!(compaction_target(1050, 1, Some(COMPACT_EVERY_MS - 1)), None);
+        assert_eq!(compaction_target(1050, 1, Some(COMPACT_EVERY_MS)), Some(50));
+        // Nothing new: nothing to do, however long it has been.
+        assert_eq!(compaction_target(1050, 50, Some(u64::MAX)), None);
+        assert_eq!(compaction_target(1050, 60, None), None);
     }
 }

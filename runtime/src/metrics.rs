@@ -34,11 +34,15 @@ pub struct ConnMetrics {
     pub open: IntGauge,
     /// Connections answered 503 `overloaded` and closed because `connections_max` were open.
     pub rejected: IntCounter,
+    /// Connections closed because their TLS handshake failed or did not finish in time (plain
+    /// HTTP on a TLS port, a certificate from another CA, a silent client).
+    pub tls_failed: IntCounter,
 }
 
 impl ConnMetrics {
-    /// Registers `baton_{component}_connections` and
-    /// `baton_{component}_connections_rejected_total` in `registry`.
+    /// Registers `baton_{component}_connections`,
+    /// `baton_{component}_connections_rejected_total` and
+    /// `baton_{component}_tls_handshakes_failed_total` in `registry`.
     pub fn register(registry: &Registry, component: &str) -> ConnMetrics {
         let open = IntGauge::new(
             format!("baton_{component}_connections"),
@@ -50,12 +54,24 @@ impl ConnMetrics {
             "Connections refused over limits.connections_max",
         )
         .expect("valid counter");
+        let tls_failed = IntCounter::new(
+            format!("baton_{component}_tls_handshakes_failed_total"),
+            "Connections closed because their TLS handshake failed or timed out",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(tls_failed.clone()))
+            .expect("metric registers once");
         registry
             .register(Box::new(open.clone()))
             .expect("metric registers once");
         registry
             .register(Box::new(rejected.clone()))
             .expect("metric registers once");
-        ConnMetrics { open, rejected }
+        ConnMetrics {
+            open,
+            rejected,
+            tls_failed,
+        }
     }
 }

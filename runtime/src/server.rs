@@ -2,12 +2,16 @@
 //! allowed, so the replica's replication streams share its port), caps open connections (one
 //! more is answered 503 `overloaded` JSON naming `limits.connections_max`, and closed) and
 //! shuts down gracefully: on cancel it stops accepting, closes idle keep-alive connections and
-//! gives open requests `drain` to finish.
+//! gives open requests `drain` to finish. With TLS it completes each handshake in the
+//! connection's own task (bounded by the idle timeout, so a silent or plain-HTTP client costs
+//! one slot for that long at most) and puts the connection's [`Peer`] — address and client
+//! certificate — in every request's extensions for `auth::guard` and the handlers.
 //!
 //! It owns no routes and no protocol; what a server does on shutdown before or after the drain
 //! (refusing new writes, resigning) stays in that server's `run`.
 
 use crate::metrics::ConnMetrics;
+use crate::tls::{Peer, Tls};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -36,6 +40,8 @@ pub struct ServeOpts {
     pub header_read_timeout: Option<Duration>,
     /// Open and refused connections, when the server keeps metrics.
     pub metrics: Option<ConnMetrics>,
+    /// `None`: plain HTTP (insecure mode).
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// How long Baton's own HTTP clients (heartbeats, the proxy, `batonctl`, the tests) keep an
@@ -65,7 +71,13 @@ impl ServeOpts {
             drain,
             header_read_timeout: Some(idle_timeout),
             metrics: None,
+            tls: None,
         }
+    }
+
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> ServeOpts {
+        self.tls = tls;
+        self
     }
 
     pub fn with_metrics(mut self, m: ConnMetrics) -> ServeOpts {
@@ -97,7 +109,7 @@ pub async fn serve(
         builder.timer(TokioTimer::new()).header_read_timeout(t);
     }
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -120,19 +132,49 @@ pub async fn serve(
         if let Some(m) = &opts.metrics {
             m.open.inc();
         }
-        let svc = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
         let metrics = opts.metrics.clone();
         let cancel = cancel.clone();
+        let router = router.clone();
+        let builder = builder.clone();
+        let tls = opts.tls.as_ref().and_then(|t| t.server_config());
+        let handshake_timeout = opts.header_read_timeout.unwrap_or(Duration::from_secs(10));
         tracker.spawn(async move {
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => {
+                    let peer = Peer { addr, cert: None };
+                    serve_conn(&builder, TokioIo::new(stream), router, peer, &cancel).await
+                }
+                Some(cfg) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+                    let shake = tokio::select! {
+                        r = tokio::time::timeout(handshake_timeout, accept) => Some(r),
+                        _ = cancel.cancelled() => None,
+                    };
+                    match shake {
+                        Some(Ok(Ok(s))) => {
+                            let cert = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| Arc::new(c.clone().into_owned()));
+                            let peer = Peer { addr, cert };
+                            serve_conn(&builder, TokioIo::new(s), router, peer, &cancel).await
+                        }
+                        Some(Ok(Err(e))) => {
+                            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                            if let Some(m) = &metrics {
+                                m.tls_failed.inc();
+                            }
+                        }
+                        Some(Err(_)) => {
+                            tracing::debug!(peer = %addr, "TLS handshake did not finish in time");
+                            if let Some(m) = &metrics {
+                                m.tls_failed.inc();
+                            }
+                        }
+                        None => {}
+                    }
                 }
             }
             drop(permit);
@@ -151,6 +193,35 @@ pub async fn serve(
             drain_ms = opts.drain.as_millis() as u64,
             "some requests were still open at the end of the shutdown drain"
         );
+    }
+}
+
+/// Serves one connection's requests (each carrying `peer`) until it closes, or, on cancel,
+/// until its open requests finish.
+async fn serve_conn<I>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: TokioIo<I>,
+    router: Router,
+    peer: Peer,
+    cancel: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+    let svc = router.map_request(move |mut r: hyper::Request<hyper::body::Incoming>| {
+        r.extensions_mut().insert(peer.clone());
+        r
+    });
+    let conn = builder
+        .serve_connection(io, TowerToHyperService::new(svc))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

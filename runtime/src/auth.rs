@@ -1,0 +1,341 @@
+//! Who may do what on a Baton server (DESIGN §9): bearer tokens with a role (`read` < `write` <
+//! `admin`), stored as SHA-256 hashes in the config and compared in constant time; node
+//! identities from the connection's client certificate ([`Peer::is`]); one middleware that holds
+//! every request to what its route needs, answering 401 without credentials and 403 with the
+//! wrong ones, counting every refusal and logging it once per peer per minute.
+//!
+//! A server in insecure mode (`insecure = true`, no TLS) has an open [`Auth`]: nothing is
+//! checked, as before security existed.
+
+use crate::tls::Peer;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// What a token lets its holder do. Each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// GETs: reading keys, status, views, history, metrics.
+    Read,
+    /// Also PUT and DELETE of keys.
+    Write,
+    /// Also the controller's operations (switchover, failover, pause, resume, init) and, in
+    /// test builds, fault points.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[tokens]]` entry of a server's config.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, for the logs (never the token itself).
+    pub name: String,
+    pub role: Role,
+    /// The token's SHA-256, 64 hex digits (`batonctl token hash` or `sha256sum`).
+    pub sha256: String,
+}
+
+/// The SHA-256 of `token`, in hex: what a config stores.
+pub fn hash_token(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// A new random token: 32 bytes from the system's CSPRNG, hex.
+pub fn new_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random source works");
+    hex(&b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// What a route needs.
+#[derive(Clone, Debug)]
+pub enum Need {
+    /// Anyone (health checks).
+    Open,
+    /// A token with at least this role, or a node certificate carrying one of these names.
+    Role(Role, Vec<String>),
+    /// A node certificate carrying one of these names; tokens do not help.
+    Node(Vec<String>),
+}
+
+struct Token {
+    name: String,
+    role: Role,
+    hash: [u8; 32],
+}
+
+/// The credentials a server accepts, and its refusal counter.
+pub struct Auth {
+    /// `false`: insecure mode, nothing checked.
+    on: bool,
+    tokens: Vec<Token>,
+    refused: IntCounterVec,
+    logged: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// How often one peer's refusals are logged (the counter counts every one).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Auth {
+    /// Registers `baton_{component}_auth_refused_total{reason}` in `registry`. `on = false` is
+    /// insecure mode. A token entry that cannot be used is an error naming its index and field.
+    pub fn new(
+        on: bool,
+        tokens: &[TokenConfig],
+        registry: &Registry,
+        component: &str,
+    ) -> Result<Arc<Auth>, (String, String)> {
+        let mut out = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let hash = unhex(&t.sha256.to_ascii_lowercase()).ok_or_else(|| {
+                (
+                    format!("tokens[{i}].sha256"),
+                    "must be the token's SHA-256 as 64 hex digits".to_string(),
+                )
+            })?;
+            if t.name.is_empty() {
+                return Err((format!("tokens[{i}].name"), "is empty".into()));
+            }
+            out.push(Token {
+                name: t.name.clone(),
+                role: t.role,
+                hash,
+            });
+        }
+        let refused = IntCounterVec::new(
+            Opts::new(
+                format!("baton_{component}_auth_refused_total"),
+                "Requests refused for missing or wrong credentials, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter");
+        let _ = registry.register(Box::new(refused.clone()));
+        Ok(Arc::new(Auth {
+            on,
+            tokens: out,
+            refused,
+            logged: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// An insecure-mode Auth that registers nothing (tests and tools).
+    pub fn open() -> Arc<Auth> {
+        Arc::new(Auth {
+            on: false,
+            tokens: Vec::new(),
+            refused: IntCounterVec::new(Opts::new("unused", "unused"), &["reason"])
+                .expect("valid counter"),
+            logged: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether credentials are checked at all (not insecure mode).
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// The role of the bearer token in `headers`, if it is one of ours.
+    fn token_role(&self, headers: &HeaderMap) -> Result<Option<(Role, &str)>, ()> {
+        let Some(v) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let v = v.to_str().map_err(|_| ())?;
+        let t = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .ok_or(())?
+            .trim();
+        let h = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        // Every stored hash is compared, whichever matches: the time taken says nothing.
+        let mut found = None;
+        for tok in &self.tokens {
+            if bool::from(tok.hash.ct_eq(h.as_ref())) {
+                found = Some((tok.role, tok.name.as_str()));
+            }
+        }
+        found.map(Some).ok_or(())
+    }
+
+    /// Holds one request to `need`: `Ok` or the refusal to answer with (counted and logged).
+    pub fn check(&self, peer: &Peer, headers: &HeaderMap, need: &Need, what: &str) -> Result<(), Refused> {
+        if !self.on {
+            return Ok(());
+        }
+        let r = match need {
+            Need::Open => return Ok(()),
+            Need::Node(names) => {
+                if names.iter().any(|n| peer.is(n)) {
+                    return Ok(());
+                }
+                if peer.cert.is_none() && headers.get(header::AUTHORIZATION).is_none() {
+                    Refused::unauthorized(format!("{what} needs a node certificate"))
+                } else {
+                    Refused::forbidden(
+                        "wrong_identity",
+                        format!("{what} is only for {}", names.join(" or ")),
+                    )
+                }
+            }
+            Need::Role(role, names) => {
+                if names.iter().any(|n| peer.is(n)) {
+                    return Ok(());
+                }
+                match self.token_role(headers) {
+                    Ok(Some((have, _))) if have >= *role => return Ok(()),
+                    Ok(Some((have, name))) => Refused::forbidden(
+                        "wrong_role",
+                        format!(
+                            "{what} needs the {} role; token {name:?} has {}",
+                            role.as_str(),
+                            have.as_str()
+                        ),
+                    ),
+                    Ok(None) => Refused::unauthorized(format!(
+                        "{what} needs a bearer token with the {} role (Authorization: Bearer TOKEN)",
+                        role.as_str()
+                    )),
+                    Err(()) => Refused {
+                        status: StatusCode::UNAUTHORIZED,
+                        reason: "bad_token",
+                        message: "the bearer token is not one this server knows".into(),
+                    },
+                }
+            }
+        };
+        self.note(peer, &r, what);
+        Err(r)
+    }
+
+    /// Counts a refusal made elsewhere (a handler's own identity check) and logs it as
+    /// [`Auth::check`] does.
+    pub fn note(&self, peer: &Peer, r: &Refused, what: &str) {
+        self.refused.with_label_values(&[r.reason]).inc();
+        let ip = peer.addr.ip();
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() > 10_000 {
+            logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
+        }
+        let due = logged
+            .get(&ip)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        if due {
+            logged.insert(ip, now);
+            tracing::warn!(peer = %peer.addr, reason = r.reason, status = r.status.as_u16(), what,
+                message = %r.message,
+                "refused a request (further refusals from this address in the next minute are only counted)");
+        }
+    }
+}
+
+/// A refused request: 401 (no or unknown credentials) or 403 (the wrong ones).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub status: StatusCode,
+    /// The metric label: `no_credentials`, `bad_token`, `wrong_role`, `wrong_identity`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn unauthorized(message: String) -> Refused {
+        Refused {
+            status: StatusCode::UNAUTHORIZED,
+            reason: "no_credentials",
+            message,
+        }
+    }
+    pub fn forbidden(reason: &'static str, message: String) -> Refused {
+        Refused {
+            status: StatusCode::FORBIDDEN,
+            reason,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let error = if self.status == StatusCode::UNAUTHORIZED {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        let body = serde_json::json!({ "error": error, "message": self.message }).to_string();
+        let mut r = (self.status, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"baton\""),
+            );
+        }
+        r
+    }
+}
+
+/// A server's rule: what each request needs, from its method and path.
+pub type Policy = Arc<dyn Fn(&axum::http::Method, &str) -> Need + Send + Sync>;
+
+/// The middleware every secured router runs first (`axum::middleware::from_fn_with_state`
+/// with `(auth, policy)`): checks the request against the policy with the connection's
+/// [`Peer`] (which the accept loop inserts; a request without one is refused).
+pub async fn guard(
+    axum::extract::State((auth, policy)): axum::extract::State<(Arc<Auth>, Policy)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !auth.is_on() {
+        return next.run(req).await;
+    }
+    let need = policy(req.method(), req.uri().path());
+    let Some(peer) = req.extensions().get::<Peer>().cloned() else {
+        return Refused::unauthorized("no connection identity".into()).into_response();
+    };
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match auth.check(&peer, req.headers(), &need, &what) {
+        Ok(()) => next.run(req).await,
+        Err(r) => r.into_response(),
+    }
+}
