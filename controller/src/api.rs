@@ -1,18 +1,23 @@
 //! The controller's HTTP API (DESIGN.md §7): the heartbeat endpoint replicas call, the cluster
 //! view (with etcd's alarms and size) and the leader (long-poll on the state rev) for `batonctl`
-//! and proxies, operations, the journal, and `/metrics`. Every error is JSON `{error, message}`.
+//! and proxies, operations, the journal, and `/metrics`; and who may call what (DESIGN §9,
+//! [`need`]): every request passes `baton_runtime::auth::guard` first, and a heartbeat must
+//! come with the certificate of the very member it names. Every error is JSON
+//! `{error, message}`.
 
 use crate::core::{ErrorCode, Now, Observed, OpError};
 use crate::runtime::{now, ClusterRt};
 use crate::state::Control;
 use crate::upkeep::EtcdHealth;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use baton_common::directive::{Directive, Heartbeat, Role};
 use baton_common::NodeId;
+use baton_runtime::auth::{Auth, Need, Policy, Refused};
+use baton_runtime::tls::{any_proxy, cluster_name, replica_name, Peer};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,14 +31,67 @@ pub struct Api {
     pub etcd_health: Arc<Mutex<EtcdHealth>>,
     pub id: String,
     pub addr: String,
-    /// Metrics kept outside the clusters' cores (the accept loop's connections).
+    /// Metrics kept outside the clusters' cores (the accept loop's connections, refusals).
     pub registry: prometheus::Registry,
+    /// The credentials this API accepts (open in insecure mode).
+    pub auth: Arc<Auth>,
 }
 
 type S = State<Arc<Api>>;
 
+/// What each request needs (DESIGN §9):
+///
+/// | request | needs |
+/// |---|---|
+/// | `/v1/health/*` | nothing |
+/// | `POST /v1/clusters/{c}/heartbeat` | a certificate of a member of `c` (and, checked by the handler, of the member the heartbeat names) |
+/// | `POST …/switchover`, `failover`, `pause`, `resume`, `init`, `recover` | an `admin` token |
+/// | `/v1/failpoints*` (test builds) | an `admin` token |
+/// | `GET /v1/cluster`, `/v1/clusters/{c}`, `…/leader`, `…/dry-run`, `…/history`, `/metrics` | a `read` token or a proxy's certificate |
+/// | any other GET | a `read` token |
+/// | any other request | an `admin` token (nothing else exists: fail closed) |
+pub fn need(method: &Method, path: &str) -> Need {
+    let read_or_proxy = || Need::Role(baton_runtime::auth::Role::Read, vec![any_proxy()]);
+    let admin = || Need::Role(baton_runtime::auth::Role::Admin, vec![]);
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    match seg.as_slice() {
+        ["v1", "health", ..] => Need::Open,
+        ["v1", "failpoints", ..] => admin(),
+        ["v1", "clusters", c, "heartbeat"] if method == Method::POST => {
+            Need::Node(vec![cluster_name(c)])
+        }
+        ["v1", "clusters", _, "switchover" | "failover" | "pause" | "resume" | "init" | "recover"]
+            if method == Method::POST =>
+        {
+            admin()
+        }
+        ["v1", "cluster"]
+        | ["v1", "clusters", _]
+        | ["v1", "clusters", _, "leader" | "dry-run" | "history"]
+        | ["metrics"]
+            if get =>
+        {
+            read_or_proxy()
+        }
+        _ if get => Need::Role(baton_runtime::auth::Role::Read, vec![]),
+        _ => admin(),
+    }
+}
+
+/// [`need`] as the guard middleware takes it.
+pub fn policy() -> Policy {
+    Arc::new(need)
+}
+
+/// The API's routes (and, in failpoints builds, `/v1/failpoints/*`), every one behind the
+/// guard.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
+    let guard = axum::middleware::from_fn_with_state(
+        (api.auth.clone(), policy()),
+        baton_runtime::auth::guard,
+    );
+    let router = Router::new()
         .route("/v1/cluster", get(cluster_default))
         .route("/v1/clusters/{c}", get(cluster))
         .route("/v1/clusters/{c}/heartbeat", post(heartbeat))
@@ -48,7 +106,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/clusters/{c}/history", get(history))
         .route("/metrics", get(metrics))
         .fallback(|| async { err(404, "not_found", "no such endpoint") })
-        .with_state(api)
+        .with_state(api);
+    #[cfg(feature = "failpoints")]
+    let router = router.merge(crate::runtime::faults::router());
+    router.layer(guard)
 }
 
 fn err(status: u16, code: &str, message: impl Into<String>) -> Response {
@@ -113,6 +174,41 @@ struct HeartbeatQuery {
 /// The longest a heartbeat is held, whatever a replica asks.
 const HOLD_MAX: Duration = Duration::from_secs(1);
 
+/// Epochs no deployment reaches (2^48: a promotion a millisecond for 8900 years). A heartbeat
+/// reporting one is refused rather than heard: promotions take the highest reported epoch
+/// plus one, so one forged or corrupt report could otherwise use up the epochs for good.
+pub const EPOCH_ABSURD: u64 = 1 << 48;
+
+/// Whether `peer` may send a heartbeat naming member `id` of cluster `c`: only that member's
+/// own certificate (DESIGN §9), so no other node — not even another member — can speak for
+/// it (a forged heartbeat naming the leader with a new boot id would start a promotion).
+fn heartbeat_identity(
+    auth: &Auth,
+    peer: Option<&Peer>,
+    c: &str,
+    id: &NodeId,
+) -> Result<(), Refused> {
+    if !auth.is_on() {
+        return Ok(());
+    }
+    let Some(peer) = peer else {
+        return Err(Refused::unauthorized("no connection identity".into()));
+    };
+    let name = replica_name(c, &id.0);
+    if peer.is(&name) {
+        return Ok(());
+    }
+    let r = Refused::forbidden(
+        "wrong_identity",
+        format!(
+            "a heartbeat for member {id} of cluster {c:?} must come with that member's \
+             certificate ({name})"
+        ),
+    );
+    auth.note(peer, &r, "heartbeat");
+    Err(r)
+}
+
 /// A heartbeat (DESIGN.md §5 "Directives reach replicas promptly"): heard at once; answered
 /// at once unless the replica asked to be held and already has this active answer (same rev
 /// and term), then answered as soon as the directives may have changed (`ClusterRt::changed`)
@@ -123,8 +219,23 @@ async fn heartbeat(
     State(api): S,
     Path(c): Path<String>,
     Query(q): Query<HeartbeatQuery>,
+    peer: Option<Extension<Peer>>,
     Json(hb): Json<Heartbeat>,
 ) -> Response {
+    if let Err(r) = heartbeat_identity(&api.auth, peer.as_ref().map(|p| &p.0), &c, &hb.id) {
+        return r.into_response();
+    }
+    if hb.epoch.0 >= EPOCH_ABSURD || hb.log_end_epoch.0 >= EPOCH_ABSURD {
+        return err(
+            400,
+            "bad_heartbeat",
+            format!(
+                "member {} reports epoch {} (log end epoch {}): no deployment gets that far; \
+                 refused",
+                hb.id, hb.epoch, hb.log_end_epoch
+            ),
+        );
+    }
     let rt = match find(&api, &c) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -240,6 +351,8 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
         // The election key's create revision this controller was elected with (its term).
         "term": core.term(),
         "active_controller": core.active_addr,
+        // Plain HTTP without credentials (`insecure = true`): `batonctl status` says so.
+        "insecure": !api.auth.is_on(),
         "etcd": etcd,
     })
 }
@@ -504,6 +617,88 @@ async fn metrics(State(api): S) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn show(n: Need) -> String {
+        match n {
+            Need::Open => "open".into(),
+            Need::Role(r, names) => format!("{} {}", r.as_str(), names.join(",")),
+            Need::Node(names) => format!("node {}", names.join(",")),
+        }
+    }
+
+    #[test]
+    fn every_route_needs_what_the_policy_table_says() {
+        let (g, p, put) = (Method::GET, Method::POST, Method::PUT);
+        let rows = [
+            (&g, "/v1/health/live", "open"),
+            (&g, "/v1/cluster", "read proxy.baton"),
+            (&g, "/v1/clusters/main", "read proxy.baton"),
+            (&g, "/v1/clusters/main/leader", "read proxy.baton"),
+            (&g, "/v1/clusters/main/dry-run", "read proxy.baton"),
+            (&g, "/v1/clusters/main/history", "read proxy.baton"),
+            (&g, "/metrics", "read proxy.baton"),
+            (&p, "/v1/clusters/main/heartbeat", "node main.replica.baton"),
+            (&p, "/v1/clusters/b/heartbeat", "node b.replica.baton"),
+            (&p, "/v1/clusters/main/switchover", "admin "),
+            (&p, "/v1/clusters/main/failover", "admin "),
+            (&p, "/v1/clusters/main/pause", "admin "),
+            (&p, "/v1/clusters/main/resume", "admin "),
+            (&p, "/v1/clusters/main/init", "admin "),
+            (&p, "/v1/clusters/main/recover", "admin "),
+            (&put, "/v1/failpoints/x", "admin "),
+            (&g, "/v1/failpoints", "admin "),
+            // Unknown: a GET needs a read token, anything else admin.
+            (&g, "/v1/elsewhere", "read "),
+            (&g, "/v1/clusters/main/heartbeat", "read "),
+            (&p, "/v1/cluster", "admin "),
+            (&p, "/v1/clusters/main/other", "admin "),
+        ];
+        for (m, path, want) in rows {
+            assert_eq!(show(need(m, path)), want, "{m} {path}");
+        }
+    }
+
+    /// A peer holding the certificate of replica `id` of `cluster`.
+    fn peer_of(ca: &baton_runtime::pki::Ca, cluster: &str, id: &str) -> Peer {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, _) = ca
+            .issue(
+                &baton_runtime::pki::replica_names(cluster, id),
+                &baton_runtime::pki::local_hosts(),
+            )
+            .expect("issue");
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem");
+        Peer {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            cert: Some(Arc::new(der)),
+        }
+    }
+
+    /// DESIGN §9: the controller takes a heartbeat for member r1 only from r1's certificate —
+    /// not from another member's, nor one of another cluster's — and counts each refusal.
+    #[test]
+    fn a_heartbeat_is_heard_only_from_the_member_it_names() {
+        let ca = baton_runtime::pki::Ca::new("test").expect("ca");
+        let registry = prometheus::Registry::new();
+        let auth = Auth::new(true, &[], &registry, "controller").expect("auth");
+        let r1 = NodeId("r1".into());
+        assert!(heartbeat_identity(&auth, Some(&peer_of(&ca, "main", "r1")), "main", &r1).is_ok());
+        for (peer, status) in [
+            (Some(peer_of(&ca, "main", "r2")), 403),
+            (Some(peer_of(&ca, "other", "r1")), 403),
+            (None, 401),
+        ] {
+            let r = heartbeat_identity(&auth, peer.as_ref(), "main", &r1).expect_err("refused");
+            assert_eq!(r.status.as_u16(), status);
+        }
+        let text = baton_runtime::metrics::render(&registry);
+        assert!(
+            text.contains("baton_controller_auth_refused_total{reason=\"wrong_identity\"} 2"),
+            "{text}"
+        );
+        // Insecure mode checks nothing.
+        assert!(heartbeat_identity(&Auth::open(), None, "main", &r1).is_ok());
+    }
 
     #[test]
     fn refusals_keep_their_status_and_code() {

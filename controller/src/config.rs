@@ -1,13 +1,17 @@
-//! `baton-controller`'s config: identity, etcd endpoints, timing, and the clusters it manages
-//! with their declared members. Validated once at start; errors name file, key and problem.
+//! `baton-controller`'s config: identity, security (`insecure`, `[tls]`, `[[tokens]]`: DESIGN
+//! §9), etcd endpoints and their TLS and user, timing, and the clusters it manages with their
+//! declared members. Validated once at start; errors name file, key and problem.
 
 use crate::core::ClusterParams;
 use baton_common::config::{self, ConfigError};
 use baton_common::directive::{Member, Mode};
 use baton_common::NodeId;
+use baton_runtime::auth::TokenConfig;
+use baton_runtime::tls::{Tls, TlsFiles};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,9 +20,22 @@ pub struct ControllerConfig {
     pub id: String,
     /// HTTP API and heartbeat endpoint. No default.
     pub listen: SocketAddr,
-    /// Address replicas, proxies and `batonctl` reach this controller at (default: listen).
+    /// Address (`host:port`) replicas, proxies and `batonctl` reach this controller at
+    /// (default: listen). With TLS its host must be one the certificate names.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Plain HTTP on the API and no credentials checked (DESIGN §9: only where nothing else is
+    /// possible, never the default). Excludes `[tls]` and `[[tokens]]`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The deployment's CA and this controller's certificate and key, PEM (required unless
+    /// `insecure`). The certificate names `{id}.controller.baton` and `controller.baton`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens operators and clients may present (`read`: views, leader, history,
+    /// metrics; `admin`: operations), each stored as its SHA-256. Only with `[tls]`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
     /// etcd client URLs: all `http://`, or all `https://` with `[etcd_tls]`. No default.
     pub etcd: Vec<String>,
     /// TLS to etcd (required with `https://` URLs, refused with `http://` ones).
@@ -251,6 +268,13 @@ impl ControllerConfig {
         Ok(out)
     }
 
+    /// The API's TLS (`None`: insecure), its files read and checked; an error names the key.
+    /// Called at validation and again when serving (files may have been replaced).
+    pub fn security(&self, f: &Path) -> Result<Option<Arc<Tls>>, ConfigError> {
+        baton_runtime::tls::check_security(self.insecure, self.tls.as_ref(), &self.tokens)
+            .map_err(|(key, reason)| ConfigError::invalid(f, &key, reason))
+    }
+
     pub fn advertised(&self) -> String {
         self.advertise
             .clone()
@@ -262,6 +286,15 @@ impl ControllerConfig {
         if let Err(r) = NodeId::validate(&self.id) {
             return bad("id", r);
         }
+        self.security(f)?;
+        // With TLS, ids and cluster names are labels of the identity names certificates carry
+        // (`c1.controller.baton`, `r1.main.replica.baton`).
+        let tls = !self.insecure;
+        let label = |k: &str, v: &str| match baton_runtime::tls::check_label(v) {
+            Err(r) if tls => bad(k, r),
+            _ => Ok(()),
+        };
+        label("id", &self.id)?;
         if self.etcd.is_empty() {
             return bad("etcd", "at least one etcd URL is required".into());
         }
@@ -392,6 +425,7 @@ impl ControllerConfig {
             if let Err(r) = NodeId::validate(&c.name) {
                 return bad(&k("name"), r);
             }
+            label(&k("name"), &c.name)?;
             if !names.insert(c.name.clone()) {
                 return bad(
                     &k("name"),
@@ -406,6 +440,7 @@ impl ControllerConfig {
                 if let Err(r) = NodeId::validate(&m.id.0) {
                     return bad(&k(&format!("members[{j}].id")), r);
                 }
+                label(&k(&format!("members[{j}].id")), &m.id.0)?;
                 if !ids.insert(m.id.clone()) {
                     return bad(
                         &k(&format!("members[{j}].id")),
@@ -456,11 +491,67 @@ impl ControllerConfig {
 mod tests {
     use super::*;
 
+    const EXAMPLE: &str = include_str!("../../deploy/controller.toml");
+
+    /// The deploy example made insecure (its `[tls]`, `[[tokens]]` and `insecure` dropped,
+    /// `insecure = true` put first): the base of the tests of everything else.
+    fn example() -> String {
+        let mut out = String::from("insecure = true\n");
+        let mut skip = false;
+        for line in EXAMPLE.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                skip = t == "[tls]" || t == "[[tokens]]";
+            }
+            if skip || t.starts_with("insecure ") || t.starts_with("insecure=") {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A CA and controller c1's certificate in `dir` (`ca.pem`, `c1.pem`, `c1-key.pem`).
+    fn pki(dir: &Path) -> baton_runtime::pki::NodeFiles {
+        let ca = baton_runtime::pki::Ca::new("test CA").expect("ca");
+        ca.write_node(
+            dir,
+            "c1",
+            &baton_runtime::pki::controller_names("c1"),
+            &baton_runtime::pki::local_hosts(),
+        )
+        .expect("node files")
+    }
+
+    fn tls_table(f: &baton_runtime::pki::NodeFiles) -> String {
+        format!(
+            "[tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            f.ca_file, f.cert_file, f.key_file
+        )
+    }
+
+    /// `base` with `insecure = true` replaced by `top` (top-level keys) and `tables` appended.
+    fn secure(base: &str, top: &str, tables: &str) -> String {
+        format!(
+            "{top}{}\n{tables}",
+            base.replacen("insecure = true\n", "", 1)
+        )
+    }
+
     #[test]
     fn the_example_config_in_deploy_parses() {
-        let text = include_str!("../../deploy/controller.toml");
-        let c = ControllerConfig::parse(Path::new("deploy/controller.toml"), text)
-            .expect("example parses");
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki(dir.path());
+        // Its files are named under /etc/baton/tls/; here they are made on the spot.
+        let text = EXAMPLE.replace("/etc/baton/tls/", &format!("{}/", dir.path().display()));
+        let text = if text.contains("\n[tls]") {
+            text
+        } else {
+            example()
+        };
+        let c = ControllerConfig::parse(Path::new("deploy/controller.toml"), &text)
+            .unwrap_or_else(|e| panic!("example parses: {e}"));
         assert_eq!(c.clusters[0].members.len(), 3);
         let d = Timing::default();
         assert_eq!(c.timing.failure_timeout_ms, d.failure_timeout_ms);
@@ -468,11 +559,103 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
     }
 
+    /// DESIGN §9: TLS unless `insecure = true` says otherwise, never both, no tokens in plain
+    /// text, usable files and token hashes, ids and names that fit in a certificate; each
+    /// refusal names the key.
+    #[test]
+    fn security_settings_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = pki(dir.path());
+        let base = example();
+        let tls = tls_table(&f);
+        let parse =
+            |t: &str| ControllerConfig::parse(Path::new("c.toml"), t).map_err(|e| e.to_string());
+        let h = baton_runtime::auth::hash_token("secret");
+        let token = |role: &str, sha: &str| {
+            format!("[[tokens]]\nname = \"ops\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n")
+        };
+        // A good TLS config, with tokens of each role.
+        let good = secure(
+            &base,
+            "",
+            &format!(
+                "{tls}{}{}",
+                token("admin", &h),
+                token("read", &h.to_uppercase())
+            ),
+        );
+        let c = parse(&good).expect("a good TLS config");
+        assert!(!c.insecure && c.tls.is_some() && c.tokens.len() == 2);
+        assert!(c.security(Path::new("c.toml")).expect("loads").is_some());
+        let c = parse(&base).expect("insecure");
+        assert!(c.security(Path::new("c.toml")).expect("insecure").is_none());
+        let rows: Vec<(String, &str, &str)> = vec![
+            // Neither [tls] nor insecure.
+            (secure(&base, "", ""), "c.toml: tls: ", "insecure = true"),
+            (
+                secure(&base, "insecure = false\n", ""),
+                "c.toml: tls: ",
+                "is missing",
+            ),
+            // Both.
+            (format!("{base}{tls}"), "c.toml: tls: ", "choose one"),
+            // Tokens in plain text.
+            (
+                format!("{base}{}", token("admin", &h)),
+                "c.toml: tokens: ",
+                "plain text",
+            ),
+            // A hash that is not one.
+            (
+                secure(&base, "", &format!("{tls}{}", token("admin", "abc"))),
+                "c.toml: tokens[0].sha256: ",
+                "64 hex",
+            ),
+            (
+                secure(&base, "", &format!("{tls}{}", token("root", &h))),
+                "c.toml: ",
+                "role",
+            ),
+            // Files that cannot be used.
+            (
+                secure(&base, "", &tls.replace("c1-key.pem", "nothing.pem")),
+                "c.toml: tls.key_file: ",
+                "cannot read",
+            ),
+            (
+                secure(&base, "", &tls.replace("c1.pem", "ca.pem")),
+                "c.toml: tls.",
+                "",
+            ),
+            // Names a certificate cannot carry (NodeId allows them; an identity name does not).
+            (
+                secure(&base, "", &tls).replacen("id = \"c1\"", "id = \"c-\"", 1),
+                "c.toml: id: ",
+                "certificate",
+            ),
+            (
+                secure(&base, "", &tls).replacen("name = \"main\"", "name = \"-main\"", 1),
+                "c.toml: clusters[0].name: ",
+                "certificate",
+            ),
+            (
+                secure(&base, "", &tls).replacen("id = \"r2\"", "id = \"r2-\"", 1),
+                "c.toml: clusters[0].members[1].id: ",
+                "certificate",
+            ),
+        ];
+        for (text, prefix, word) in rows {
+            let e = parse(&text).expect_err(&text);
+            assert!(e.starts_with(prefix) && e.contains(word), "{text}\n=> {e}");
+        }
+    }
+
     /// An https etcd URL is refused at start with the reason, not accepted and then retried
     /// forever against a client without TLS (issue 13).
     #[test]
     fn https_etcd_is_refused_with_the_reason() {
-        let base = include_str!("../../deploy/controller.toml");
+        let base = example();
+        let base = base.as_str();
         let https = base.replacen("http://127.0.0.1:2379", "https://127.0.0.1:2379", 1);
         assert_ne!(https, base, "the example names an http etcd URL");
         let e = ControllerConfig::parse(Path::new("c.toml"), &https)
@@ -496,7 +679,8 @@ mod tests {
         std::fs::write(&not_pem, "hello").expect("write");
         let empty = d.path().join("empty");
         std::fs::write(&empty, "\n").expect("write");
-        let base = include_str!("../../deploy/controller.toml");
+        let base = example();
+        let base = base.as_str();
         let https = base.replacen("http://127.0.0.1:2379", "https://127.0.0.1:2379", 1);
         let with = |text: &str, extra: String| format!("{text}\n{extra}");
         let cases = [
@@ -550,7 +734,8 @@ mod tests {
 
     #[test]
     fn idle_timeout_defaults_and_is_bounded() {
-        let base = include_str!("../../deploy/controller.toml");
+        let base = example();
+        let base = base.as_str();
         let c = ControllerConfig::parse(Path::new("c.toml"), base).expect("parses");
         assert_eq!(c.limits.idle_timeout_ms, 15_000);
         let e = ControllerConfig::parse(
@@ -564,7 +749,8 @@ mod tests {
 
     #[test]
     fn connections_max_defaults_and_must_be_positive() {
-        let base = include_str!("../../deploy/controller.toml");
+        let base = example();
+        let base = base.as_str();
         let without = base.replace("connections_max = 1024\n", "");
         assert_ne!(without, base, "the example sets limits.connections_max");
         let c = ControllerConfig::parse(Path::new("c.toml"), &without).expect("parses");
@@ -581,7 +767,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let base = include_str!("../../deploy/controller.toml");
+        let base = example();
+        let base = base.as_str();
         let e = ControllerConfig::parse(
             Path::new("c.toml"),
             &base.replace("lease_ms = 600", "lease_ms = 900"),
@@ -603,7 +790,7 @@ mod tests {
 
     /// The deploy example with one `[timing]` line replaced (or added).
     fn timing(changes: &[(&str, &str)]) -> String {
-        let mut text = include_str!("../../deploy/controller.toml").to_string();
+        let mut text = example();
         for (key, value) in changes {
             let line = text
                 .lines()

@@ -4,10 +4,13 @@
 //! Pure: the cluster state as stored in etcd (`state.rs`), the journal and failover budget
 //! (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster state machine
 //! (`core/`). Runtime: the etcd session, election and guarded writes (`runtime.rs`), etcd
-//! upkeep (`upkeep.rs`), the HTTP API (`api.rs`), and `run` here, the whole process minus
-//! argument parsing and signals, so tests can start a controller in-process and stop it by
-//! completing the `shutdown` future. `batonctl` is a binary of this crate
-//! (`src/bin/batonctl/`).
+//! upkeep (`upkeep.rs`), the HTTP API and who may call it (`api.rs`), and `run` here, the whole
+//! process minus argument parsing and signals, so tests can start a controller in-process and
+//! stop it by completing the `shutdown` future: it serves the API over TLS with the `[tls]`
+//! files (reloaded on SIGHUP) and checks bearer tokens and node certificates (DESIGN §9), or,
+//! with `insecure = true`, plain HTTP without credentials. The controller makes no HTTP calls
+//! of its own (replicas call it; its only client connection is to etcd). `batonctl` is a
+//! binary of this crate (`src/bin/batonctl/`).
 
 pub mod api;
 pub mod config;
@@ -19,6 +22,7 @@ pub mod state;
 pub mod upkeep;
 
 use api::Api;
+use baton_runtime::auth::Auth;
 use baton_runtime::metrics::ConnMetrics;
 use baton_runtime::ServeOpts;
 use config::ControllerConfig;
@@ -39,9 +43,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()>) -> a
 }
 
 /// Runs a controller on an already bound `listener` (tests bind port 0) until `shutdown`
-/// completes: it connects to etcd (retrying), campaigns for every configured cluster, serves
-/// the API and, on shutdown, stops granting at once, resigns every election (deletes its
-/// election keys, revokes its etcd lease) so a standby takes over, and drains the API.
+/// completes: it loads its TLS files, connects to etcd (retrying), campaigns for every
+/// configured cluster, serves the API (TLS and credentials unless insecure) and, on shutdown,
+/// stops granting at once, resigns every election (deletes its election keys, revokes its etcd
+/// lease) so a standby takes over, and drains the API.
 pub async fn serve(
     listener: TcpListener,
     cfg: ControllerConfig,
@@ -50,16 +55,28 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let cfg = Arc::new(cfg);
     // Read again here (the config was validated with them): a file removed since is an error.
-    let secrets = cfg
-        .etcd_secrets(std::path::Path::new("the controller config"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = std::path::Path::new("the controller config");
+    let secrets = cfg.etcd_secrets(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tls = cfg.security(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = prometheus::Registry::new();
+    let auth = Auth::new(!cfg.insecure, &cfg.tokens, &registry, "controller")
+        .map_err(|(key, reason)| anyhow::anyhow!("{}: {key}: {reason}", file.display()))?;
+    if tls.is_none() {
+        tracing::warn!(
+            "insecure = true: the API is plain HTTP and checks no credentials; anyone who reaches \
+             it can read the cluster, run operations and send heartbeats for any member"
+        );
+    }
     let etcd = tokio::select! {
         c = connect(&cfg, &secrets) => c,
         _ = &mut shutdown => return Ok(()),
     };
     let local = listener.local_addr().ok();
-    tracing::info!(id = %cfg.id, listen = ?local, etcd = ?cfg.etcd, "controller started");
+    tracing::info!(id = %cfg.id, listen = ?local, etcd = ?cfg.etcd, tls = tls.is_some(), "controller started");
     let cancel = CancellationToken::new();
+    if let Some(t) = &tls {
+        baton_runtime::tls::reload_on_sighup(t.clone(), cancel.clone());
+    }
     let session = Arc::new(Mutex::new(Session::default()));
     let clusters: Vec<Arc<ClusterRt>> = cfg
         .clusters
@@ -96,7 +113,6 @@ pub async fn serve(
         etcd_health.clone(),
         cancel.clone(),
     )));
-    let registry = prometheus::Registry::new();
     let conn_metrics = ConnMetrics::register(&registry, "controller");
     let api = Arc::new(Api {
         clusters: clusters.clone(),
@@ -105,16 +121,16 @@ pub async fn serve(
         id: cfg.id.clone(),
         addr: cfg.advertised(),
         registry,
+        auth,
     });
     let router = api::router(api);
-    #[cfg(feature = "failpoints")]
-    let router = router.merge(runtime::faults::router());
     let opts = ServeOpts::new(
         cfg.limits.connections_max,
         DRAIN,
         Duration::from_millis(cfg.limits.idle_timeout_ms),
     )
-    .with_metrics(conn_metrics);
+    .with_metrics(conn_metrics)
+    .with_tls(tls);
     let server = tokio::spawn(baton_runtime::serve(listener, router, opts, cancel.clone()));
     shutdown.await;
     tracing::info!("stopping: resigning");

@@ -1,6 +1,12 @@
 //! The proxy's HTTP API on axum/hyper: `/v1/kv/{key}` (checked against the limits, then handed
 //! to `forward.rs`), the proxy's own `GET /v1/status` and `GET /metrics`. Every error is a JSON
 //! [`ErrorBody`](baton_common::api::ErrorBody), as the replicas answer.
+//!
+//! Every request first passes `baton_runtime::auth::guard` with [`policy`] (DESIGN §9): a
+//! bearer token with the `read` role for GETs (keys, status, metrics, and anything unknown,
+//! which then gets its 404), `write` for PUT and DELETE of keys; health checks are open. 401
+//! without a token or with an unknown one, 403 with too small a role; the proxy's own limits
+//! (413, 405, 400) apply after it. In insecure mode nothing is checked.
 
 use crate::forward::{self, Outgoing, MIN_EPOCH};
 use crate::shared::Shared;
@@ -11,14 +17,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use baton_common::api::ErrorCode;
+use baton_runtime::auth::{Auth, Need, Policy, Role};
 use baton_runtime::body::BodyError;
 use std::sync::Arc;
 use std::time::Instant;
 
 type S = State<Arc<Shared>>;
 
-/// The router of one proxy.
-pub fn router(sh: Arc<Shared>) -> Router {
+/// The router of one proxy: every route and the 404 fallback behind the guard.
+pub fn router(sh: Arc<Shared>, auth: Arc<Auth>) -> Router {
+    let policy: Policy = Arc::new(policy);
     Router::new()
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))
@@ -26,6 +34,28 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(sh)
+        .layer(axum::middleware::from_fn_with_state(
+            (auth, policy),
+            baton_runtime::auth::guard,
+        ))
+}
+
+/// What a request needs, from its method and path (see the file comment). No node
+/// certificate stands in for a token here: the proxy's clients are applications.
+pub fn policy(method: &Method, path: &str) -> Need {
+    if path.starts_with("/v1/health/") {
+        return Need::Open;
+    }
+    if path.starts_with("/v1/kv/") && !matches!(*method, Method::GET | Method::HEAD) {
+        return Need::Role(Role::Write, vec![]);
+    }
+    // Reads of keys, /v1/status, /metrics, and GETs of paths that are none of these (404).
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Need::Role(Role::Read, vec![]);
+    }
+    // Anything else names no route today: fail closed, so a route added later is not open
+    // to the read role by accident.
+    Need::Role(Role::Admin, vec![])
 }
 
 async fn not_found(State(sh): S, uri: Uri) -> Response {
@@ -155,6 +185,8 @@ async fn status(State(sh): S) -> Response {
         })
         .collect();
     axum::Json(serde_json::json!({
+        "id": sh.cfg.id,
+        "insecure": sh.cfg.insecure,
         "cluster": sh.cfg.cluster,
         "leader": v.leader.as_ref().map(|l| serde_json::json!({ "id": l.id, "url": l.url })),
         "epoch": v.epoch,
@@ -180,4 +212,42 @@ async fn metrics(State(sh): S) -> Response {
         .controllers_reachable
         .set(sh.controllers_reachable() as i64);
     baton_runtime::metrics::response(sh.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row a case: method, path, and the role needed (`None`: open).
+    #[test]
+    fn the_policy_asks_read_for_reads_write_for_changes_and_admin_for_the_unknown() {
+        let rows: &[(Method, &str, Option<Role>)] = &[
+            (Method::GET, "/v1/kv/k", Some(Role::Read)),
+            (Method::HEAD, "/v1/kv/k", Some(Role::Read)),
+            (Method::GET, "/v1/kv/a/b", Some(Role::Read)),
+            (Method::PUT, "/v1/kv/k", Some(Role::Write)),
+            (Method::DELETE, "/v1/kv/k", Some(Role::Write)),
+            (Method::POST, "/v1/kv/k", Some(Role::Write)),
+            (Method::PATCH, "/v1/kv/", Some(Role::Write)),
+            (Method::GET, "/v1/status", Some(Role::Read)),
+            (Method::GET, "/metrics", Some(Role::Read)),
+            (Method::GET, "/v1/health/live", None),
+            (Method::GET, "/v1/nothing", Some(Role::Read)),
+            // No such route: fail closed.
+            (Method::PUT, "/v1/status", Some(Role::Admin)),
+            (Method::PUT, "/v1/kvx", Some(Role::Admin)),
+            (Method::POST, "/v1/anything", Some(Role::Admin)),
+        ];
+        for (m, path, want) in rows {
+            let got = match policy(m, path) {
+                Need::Open => None,
+                Need::Role(r, names) => {
+                    assert!(names.is_empty(), "{m} {path}: {names:?}");
+                    Some(r)
+                }
+                Need::Node(n) => panic!("{m} {path}: a node-only route {n:?}"),
+            };
+            assert_eq!(got, *want, "{m} {path}");
+        }
+    }
 }

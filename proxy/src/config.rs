@@ -1,9 +1,13 @@
-//! `baton-proxy`'s config: where it listens, which controllers it asks, the timing of holding
-//! and forwarding requests, and the request limits. Validated once at start; a bad config is
-//! reported as `file: key: problem`. It holds no durable state, so there is no data directory.
+//! `baton-proxy`'s config: where it listens, which controllers it asks, its security (DESIGN
+//! §9: `[tls]` files and its identity `id`, the client `[[tokens]]`, or `insecure = true`), the
+//! timing of holding and forwarding requests, and the request limits. Validated once at start
+//! (the TLS files are loaded to check them); a bad config is reported as `file: key: problem`.
+//! It holds no durable state, so there is no data directory.
 
 use baton_common::config::{self, ConfigError};
 use baton_common::NodeId;
+use baton_runtime::auth::TokenConfig;
+use baton_runtime::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,12 +18,29 @@ use std::path::Path;
 pub struct ProxyConfig {
     /// Address the client API listens on. No default.
     pub listen: SocketAddr,
-    /// Base URLs of every controller (`http://host:port`); the proxy long-polls all of them for
-    /// the leader. No default.
+    /// Base URLs of every controller (`https://host:port` with TLS, `http://host:port` when
+    /// `insecure`); the proxy long-polls all of them for the leader. No default.
     pub controllers: Vec<String>,
     /// The cluster whose leader the proxy routes to.
     #[serde(default = "default_cluster")]
     pub cluster: String,
+    /// This proxy's name: its certificate carries `{id}.proxy.baton`
+    /// ([`baton_runtime::tls::proxy_name`]), which it presents to controllers and replicas.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// Plain HTTP without credentials, in and out (no `[tls]`, no `[[tokens]]`). Default false.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The deployment's CA, this proxy's certificate and key (PEM files): the client API is
+    /// served over TLS, controllers and replicas are reached over TLS. Required unless
+    /// `insecure`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// The bearer tokens clients present (`Authorization: Bearer TOKEN`), stored as SHA-256:
+    /// `read` for GETs (keys, `/v1/status`, `/metrics`), `write` also for PUT and DELETE. The
+    /// client's `Authorization` header is forwarded to the replica, which checks it as well.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
     #[serde(default)]
     pub timing: Timing,
     #[serde(default)]
@@ -28,6 +49,10 @@ pub struct ProxyConfig {
 
 fn default_cluster() -> String {
     "main".into()
+}
+
+fn default_id() -> String {
+    "proxy".into()
 }
 
 /// Timing tunables.
@@ -133,6 +158,20 @@ impl ProxyConfig {
         if let Err(r) = NodeId::validate(&self.cluster) {
             return bad("cluster", r);
         }
+        if let Err((key, reason)) =
+            baton_runtime::tls::check_security(self.insecure, self.tls.as_ref(), &self.tokens)
+        {
+            return bad(&key, reason);
+        }
+        let tls = !self.insecure;
+        if tls {
+            if let Err(r) = baton_runtime::tls::check_label(&self.id) {
+                return bad("id", r);
+            }
+            if let Err(r) = baton_runtime::tls::check_label(&self.cluster) {
+                return bad("cluster", r);
+            }
+        }
         if self.controllers.is_empty() {
             return bad(
                 "controllers",
@@ -140,15 +179,20 @@ impl ProxyConfig {
                     .into(),
             );
         }
+        let scheme = if tls { "https" } else { "http" };
         for (i, c) in self.controllers.iter().enumerate() {
+            let key = format!("controllers[{i}]");
+            if let Err(r) = baton_runtime::connect::check_scheme(tls, c) {
+                return bad(&key, r);
+            }
             let ok = c
-                .strip_prefix("http://")
-                .map(|rest| rest.trim_end_matches('/'))
+                .split_once("://")
+                .map(|(_, rest)| rest.trim_end_matches('/'))
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
             if !ok {
                 return bad(
-                    &format!("controllers[{i}]"),
-                    format!("{c:?} is not a base URL like http://127.0.0.1:7001"),
+                    &key,
+                    format!("{c:?} is not a base URL like {scheme}://127.0.0.1:7001"),
                 );
             }
         }
@@ -218,10 +262,18 @@ impl ProxyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_runtime::pki;
 
     const GOOD: &str = r#"
 listen = "127.0.0.1:7200"
 controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
+insecure = true
+"#;
+
+    /// Top-level keys of a secure config (TLS files not included).
+    const SECURE: &str = r#"
+listen = "127.0.0.1:7200"
+controllers = ["https://127.0.0.1:7001", "https://127.0.0.1:7002/"]
 "#;
 
     fn err(text: &str) -> String {
@@ -230,11 +282,40 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
             .to_string()
     }
 
+    /// A CA and this proxy's certificate (`proxy.proxy.baton`) in a new directory; returns it
+    /// and the `[tls]` table naming the files.
+    fn tls_files() -> (tempfile::TempDir, TlsFiles, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = pki::Ca::new("test CA").expect("CA");
+        let files = ca
+            .write_node(
+                dir.path(),
+                "proxy",
+                &pki::proxy_names("proxy"),
+                &pki::local_hosts(),
+            )
+            .expect("certificate")
+            .as_tls();
+        let table = format!(
+            "[tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            files.ca_file, files.cert_file, files.key_file
+        );
+        (dir, files, table)
+    }
+
     #[test]
     fn the_example_config_in_deploy_parses_and_matches_the_defaults() {
         let text = include_str!("../../deploy/proxy.toml");
-        let c = ProxyConfig::parse(Path::new("deploy/proxy.toml"), text).expect("example parses");
+        let path = Path::new("deploy/proxy.toml");
+        let mut c: ProxyConfig = config::parse(path, text).expect("example parses");
+        // The example names files of a real deployment: check the rest with files made here.
+        let (_dir, files, _) = tls_files();
+        if c.tls.is_some() {
+            c.tls = Some(files);
+        }
+        c.validate(path).expect("example is valid");
         assert_eq!(c.cluster, "main");
+        assert_eq!(c.id, "proxy");
         assert_eq!(c.timing, Timing::default());
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.controllers.len(), 2);
@@ -244,6 +325,8 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
     fn defaults_apply() {
         let c = ProxyConfig::parse(Path::new("p.toml"), GOOD).expect("parse");
         assert_eq!(c.cluster, "main");
+        assert_eq!(c.id, "proxy");
+        assert!(c.insecure && c.tls.is_none() && c.tokens.is_empty());
         assert_eq!(c.timing.failover_buffer_ms, 3000);
         assert_eq!(c.limits.body_bytes_max, 1 << 20);
         assert_eq!(c.limits.key_bytes_max, 1024);
@@ -255,14 +338,14 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
 
     #[test]
     fn missing_identity_and_addresses_are_errors() {
-        let e = err("controllers = [\"http://127.0.0.1:7001\"]\n");
+        let e = err("controllers = [\"http://127.0.0.1:7001\"]\ninsecure = true\n");
         assert!(e.starts_with("p.toml: ") && e.contains("listen"), "{e}");
-        let e = err("listen = \"127.0.0.1:7200\"\n");
+        let e = err("listen = \"127.0.0.1:7200\"\ninsecure = true\n");
         assert!(
             e.starts_with("p.toml: ") && e.contains("controllers"),
             "{e}"
         );
-        let e = err("listen = \"127.0.0.1:7200\"\ncontrollers = []\n");
+        let e = err("listen = \"127.0.0.1:7200\"\ncontrollers = []\ninsecure = true\n");
         assert!(e.starts_with("p.toml: controllers: "), "{e}");
     }
 
@@ -314,6 +397,9 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
         assert!(e.starts_with("p.toml: controllers[0]: "), "{e}");
         let e = err(&GOOD.replace("http://127.0.0.1:7001", "http://127.0.0.1:7001/x"));
         assert!(e.starts_with("p.toml: controllers[0]: "), "{e}");
+        let e = err(&GOOD.replace("http://127.0.0.1:7002/", "https://127.0.0.1:7002"));
+        assert!(e.starts_with("p.toml: controllers[1]: "), "{e}");
+        assert!(e.contains("http://"), "{e}");
         let e = err(&GOOD.replace("127.0.0.1:7200", "nowhere"));
         assert!(e.starts_with("p.toml: listen: "), "{e}");
         let e = err(&format!("{GOOD}[timing]\nfailover_bufer_ms = 1\n"));
@@ -323,5 +409,86 @@ controllers = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/"]
         );
         let e = err(&format!("{GOOD}bogus = 1\n"));
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn a_secure_config_with_its_files_is_accepted() {
+        let (_dir, files, table) = tls_files();
+        let tokens = format!(
+            "[[tokens]]\nname = \"app\"\nrole = \"write\"\nsha256 = \"{}\"\n\
+             [[tokens]]\nname = \"dashboards\"\nrole = \"read\"\nsha256 = \"{}\"\n",
+            baton_runtime::auth::hash_token("secret"),
+            baton_runtime::auth::hash_token("other").to_uppercase(),
+        );
+        let text = format!("{SECURE}id = \"p1\"\n{table}{tokens}");
+        // The certificate names `proxy`, not `p1`: the proxy starts anyway (and warns).
+        let c = ProxyConfig::parse(Path::new("p.toml"), &text).expect("valid");
+        assert!(!c.insecure);
+        assert_eq!(c.id, "p1");
+        assert_eq!(c.tls, Some(files));
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(c.tokens[0].role, baton_runtime::auth::Role::Write);
+        assert_eq!(
+            c.controller_urls(),
+            vec!["https://127.0.0.1:7001", "https://127.0.0.1:7002"]
+        );
+        // Without tokens too: then no client gets in, only health checks.
+        ProxyConfig::parse(Path::new("p.toml"), &format!("{SECURE}{table}")).expect("valid");
+    }
+
+    /// One row a case: the config and the key its error must name.
+    #[test]
+    fn security_mistakes_name_the_key() {
+        let (_dir, _, table) = tls_files();
+        let token = |role: &str, sha: &str| {
+            format!("[[tokens]]\nname = \"app\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n")
+        };
+        let good_sha = baton_runtime::auth::hash_token("secret");
+        let missing =
+            "[tls]\nca_file = \"/nonexistent/ca.pem\"\ncert_file = \"/nonexistent/p.pem\"\n\
+                       key_file = \"/nonexistent/p-key.pem\"\n";
+        let rows: Vec<(String, &str)> = vec![
+            // Neither [tls] nor insecure = true.
+            (SECURE.to_string(), "tls"),
+            // Both.
+            (format!("{GOOD}{table}"), "tls"),
+            // Tokens in plain HTTP.
+            (format!("{GOOD}{}", token("read", &good_sha)), "tokens"),
+            // A token hash that is not one.
+            (
+                format!("{SECURE}{table}{}", token("read", "abc123")),
+                "tokens[0].sha256",
+            ),
+            (
+                format!("{SECURE}{table}{}", token("read", &"g".repeat(64))),
+                "tokens[0].sha256",
+            ),
+            // An unknown role.
+            (
+                format!("{SECURE}{table}{}", token("root", &good_sha)),
+                "tokens",
+            ),
+            // Files that are not there.
+            (format!("{SECURE}{missing}"), "tls.ca_file"),
+            // A plain-HTTP controller with TLS on.
+            (
+                format!(
+                    "{}{table}",
+                    SECURE.replace("https://127.0.0.1:7002/", "http://127.0.0.1:7002")
+                ),
+                "controllers[1]",
+            ),
+            // An id or cluster that cannot be a certificate name.
+            (format!("{SECURE}id = \"a.b\"\n{table}"), "id"),
+            (format!("{SECURE}id = \"\"\n{table}"), "id"),
+            (format!("{SECURE}cluster = \"-main\"\n{table}"), "cluster"),
+            // An unknown key under [tls].
+            (format!("{SECURE}{table}crl_file = \"x\"\n"), "tls"),
+        ];
+        for (text, key) in rows {
+            let e = err(&text);
+            assert!(e.starts_with(&format!("p.toml: {key}")), "{text}\n{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

@@ -8,6 +8,10 @@
 //!
 //! Every loop notes its controller's health for `/v1/status`. Held requests wake through the
 //! view's `watch` channel when an answer changes the leader or the rev.
+//!
+//! With TLS the requests go over `https://`: the controller must present a certificate naming
+//! a controller of the deployment (`controller.baton`), and the proxy presents its own
+//! (`{id}.proxy.baton`), which is its credential there; it sends no bearer token.
 
 use crate::shared::Shared;
 use crate::view::{Applied, LeaderAnswer, NewStateWhy};

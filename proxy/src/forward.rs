@@ -7,9 +7,15 @@
 //!
 //! The request body is read whole before the first attempt, so a re-send sends the same bytes.
 //! Nothing here decides *whether* a failure may be re-sent; that is `retry.rs`.
+//!
+//! The client's headers go to the replica as they came, `Authorization` included: the replica
+//! checks the client's bearer token itself (DESIGN §9). They are never logged. The replica must
+//! prove its identity in the TLS handshake: the leader's own name when the request goes to the
+//! leader, any member of the cluster for `consistency=any` reads (`shared.rs`).
 
 use crate::retry::{self, Attempt, Disposition};
-use crate::shared::Shared;
+use crate::shared::{replica_identity, Shared};
+use crate::view::addr_of;
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
@@ -23,8 +29,9 @@ use std::time::{Duration, Instant};
 /// The header carrying the epoch precondition (DESIGN.md §7).
 pub const MIN_EPOCH: &str = "baton-min-epoch";
 
-/// A client request, ready to be sent (and re-sent).
-#[derive(Clone, Debug)]
+/// A client request, ready to be sent (and re-sent). Its `Debug` leaves out the header values
+/// (a bearer token among them) and the body.
+#[derive(Clone)]
 pub struct Outgoing {
     pub method: Method,
     /// Path and query exactly as the client sent them (`/v1/kv/…?…`).
@@ -37,6 +44,20 @@ pub struct Outgoing {
     /// The client's own `Baton-Min-Epoch` (0: none); the proxy sends the higher of it and its
     /// own epoch.
     pub client_min_epoch: u64,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.keys().map(|k| k.as_str()).collect();
+        f.debug_struct("Outgoing")
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("header_names", &names)
+            .field("body_len", &self.body.len())
+            .field("any_read", &self.any_read)
+            .field("client_min_epoch", &self.client_min_epoch)
+            .finish()
+    }
 }
 
 /// A whole reply from a replica.
@@ -178,8 +199,16 @@ struct Tried {
     detail: String,
 }
 
-/// Sends `req` once to `base` with `min_epoch`.
-async fn attempt(sh: &Shared, base: &str, req: &Outgoing, min_epoch: u64) -> Tried {
+/// Where one attempt goes: a replica's base URL and the identity name its certificate must
+/// carry.
+struct Target {
+    base: String,
+    expect: String,
+}
+
+/// Sends `req` once to `to` with `min_epoch`.
+async fn attempt(sh: &Shared, to: &Target, req: &Outgoing, min_epoch: u64) -> Tried {
+    let base = to.base.as_str();
     let mut b = hyper::Request::builder()
         .method(req.method.clone())
         .uri(format!("{base}{}", req.path_and_query));
@@ -198,7 +227,7 @@ async fn attempt(sh: &Shared, base: &str, req: &Outgoing, min_epoch: u64) -> Tri
             };
         }
     };
-    let client = sh.client_for(base, Instant::now());
+    let client = sh.client_for(base, &to.expect, Instant::now());
     let send = async {
         let resp = client.request(out).await.map_err(|e| {
             let what = if e.is_connect() {
@@ -315,14 +344,21 @@ pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
     let reply = loop {
         let (target, epoch, members, hint) = {
             let v = rx.borrow_and_update();
+            let cluster = &sh.cfg.cluster;
             let target = if req.any_read {
-                v.any_target(sh.next_any_turn()).map(str::to_string)
+                v.any_target(sh.next_any_turn()).map(|base| Target {
+                    base: base.to_string(),
+                    expect: replica_identity(cluster, None),
+                })
             } else {
-                v.leader_url().map(str::to_string)
+                v.leader.as_ref().map(|l| Target {
+                    base: l.url.clone(),
+                    expect: replica_identity(cluster, Some(&l.id)),
+                })
             };
             let hint = v.leader.as_ref().map(|l| LeaderHint {
                 id: NodeId(l.id.clone()),
-                addr: l.url.trim_start_matches("http://").to_string(),
+                addr: addr_of(&l.url).to_string(),
                 epoch: Epoch(v.epoch),
             });
             (target, v.epoch, v.members.len(), hint)
@@ -333,7 +369,7 @@ pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
                 reply: None,
                 detail: "no leader is known".into(),
             },
-            Some(base) => attempt(sh, base, &req, epoch.max(req.client_min_epoch)).await,
+            Some(to) => attempt(sh, to, &req, epoch.max(req.client_min_epoch)).await,
         };
         if let Some(r) = &tried.reply {
             for e in r.epochs() {
@@ -351,13 +387,14 @@ pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
                 })
             }
             Disposition::OutcomeUnknown => {
+                let target = target.as_ref().map(|t| t.base.as_str());
                 tracing::debug!(target = ?target, detail = %tried.detail, "outcome unknown");
                 break error_reply(
                     ErrorCode::OutcomeUnknown,
                     format!(
                         "the request may have reached {} but no whole reply came back ({}); \
                          it was not re-sent",
-                        target.as_deref().unwrap_or("the leader"),
+                        target.unwrap_or("the leader"),
                         tried.detail
                     ),
                     None,
@@ -402,7 +439,11 @@ pub async fn forward(sh: &Shared, req: Outgoing) -> Response {
             .retries
             .with_label_values(&[retry::resend_reason(&tried.attempt)])
             .inc();
-        tracing::debug!(target = ?target, detail = %tried.detail, "holding to re-send");
+        tracing::debug!(
+            target = ?target.as_ref().map(|t| t.base.as_str()),
+            detail = %tried.detail,
+            "holding to re-send"
+        );
         if req.any_read && target.is_some() && any_in_row + 1 < members {
             // Another member may answer at once.
             any_in_row += 1;
@@ -474,6 +515,34 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_forwarded_but_never_shown_in_debug_output() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cr3t-token"),
+        );
+        h.insert("if-match", HeaderValue::from_static("3.7"));
+        let out = Outgoing {
+            method: Method::PUT,
+            path_and_query: "/v1/kv/k".into(),
+            headers: end_to_end(&h, &[MIN_EPOCH]),
+            body: Bytes::from_static(b"private value"),
+            any_read: false,
+            client_min_epoch: 0,
+        };
+        assert_eq!(
+            out.headers.get(header::AUTHORIZATION),
+            h.get(header::AUTHORIZATION)
+        );
+        let shown = format!("{out:?}");
+        assert!(shown.contains("authorization"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("private value"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn replies_reveal_epochs_and_results() {
         let mut r = error_reply(
             ErrorCode::NotLeader,
@@ -529,11 +598,11 @@ mod tests {
         });
         let cfg = ProxyConfig::parse(
             std::path::Path::new("p.toml"),
-            "listen = \"127.0.0.1:0\"\ncontrollers = [\"http://127.0.0.1:1\"]\n",
+            "listen = \"127.0.0.1:0\"\ncontrollers = [\"http://127.0.0.1:1\"]\ninsecure = true\n",
         )
         .expect("config");
         assert!(cfg.timing.request_timeout_ms >= 5_000);
-        let sh = Shared::new(cfg);
+        let sh = Shared::new(cfg, None);
         let answer = |id: &str, addr: String, epoch: u64, rev: u64| LeaderAnswer {
             id: Some(id.into()),
             addr: Some(addr),

@@ -1,8 +1,11 @@
 //! Prometheus metrics of the proxy: requests by result, held (buffered) requests, re-sends by
-//! reason, leader changes, cluster states replaced, and what the proxy knows (epoch, rev,
-//! reachable controllers). Counters are updated where things happen; gauges of the view are set when `/metrics` is
-//! scraped. Nothing here decides anything.
+//! reason, leader changes, cluster states replaced, what the proxy knows (epoch, rev, reachable
+//! controllers) and its client connections (open, refused over the cap, failed TLS
+//! handshakes). The refused requests (`baton_proxy_auth_refused_total{reason}`) are registered
+//! in the same registry by the `Auth` (`lib.rs`). Counters are updated where things happen;
+//! gauges of the view are set when `/metrics` is scraped. Nothing here decides anything.
 
+use baton_runtime::metrics::ConnMetrics;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
@@ -24,8 +27,9 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub rev: IntGauge,
     pub controllers_reachable: IntGauge,
-    pub connections: IntGauge,
-    pub connections_rejected: IntCounter,
+    /// `baton_proxy_connections`, `baton_proxy_connections_rejected_total` and
+    /// `baton_proxy_tls_handshakes_failed_total`, kept by the accept loop.
+    pub conn: ConnMetrics,
 }
 
 impl Default for Metrics {
@@ -98,13 +102,14 @@ impl Metrics {
                 "baton_proxy_controllers_reachable",
                 "Controllers whose last long-poll answered"
             )),
-            connections: reg!(g("baton_proxy_connections", "Open client connections")),
-            connections_rejected: reg!(c(
-                "baton_proxy_connections_rejected_total",
-                "Client connections refused over limits.connections_max"
-            )),
+            conn: ConnMetrics::register(&registry, "proxy"),
             registry,
         }
+    }
+
+    /// The registry everything above is in (the `Auth` registers its counter here too).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition.

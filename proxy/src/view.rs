@@ -60,7 +60,7 @@ pub struct LeaderAnswer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leader {
     pub id: String,
-    /// Base URL, `http://host:port`.
+    /// Base URL, `https://host:port` (`http://` in insecure mode).
     pub url: String,
 }
 
@@ -166,16 +166,23 @@ pub struct ClusterView {
     /// The rev of the cluster view `members` came from (0: never fetched, or the state was
     /// replaced since).
     pub members_rev: u64,
+    /// Replicas are reached over TLS: base URLs are `https://` (set once, from the config).
+    pub https: bool,
 }
 
-/// `http://host:port` from a member address (`host:port`, or already a URL).
-pub fn base_url(addr: &str) -> String {
+/// `https://host:port` (`http://` unless `https`) from a member address: `host:port` as the
+/// controllers give it, or a URL, whose scheme is replaced (the proxy speaks TLS to every node or
+/// to none).
+pub fn base_url(addr: &str, https: bool) -> String {
     let a = addr.trim().trim_end_matches('/');
-    if a.starts_with("http://") || a.starts_with("https://") {
-        a.to_string()
-    } else {
-        format!("http://{a}")
-    }
+    let a = a.split_once("://").map_or(a, |(_, rest)| rest);
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{a}")
+}
+
+/// `host:port` from a base URL.
+pub fn addr_of(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
 }
 
 impl ClusterView {
@@ -312,7 +319,7 @@ impl ClusterView {
         let leader = match (&a.id, &a.addr) {
             (Some(id), Some(addr)) if !addr.trim().is_empty() => Some(Leader {
                 id: id.clone(),
-                url: base_url(addr),
+                url: base_url(addr, self.https),
             }),
             _ => None,
         };
@@ -364,7 +371,7 @@ impl ClusterView {
             return false;
         }
         self.members_rev = rev;
-        self.members = addrs.iter().map(|a| base_url(a)).collect();
+        self.members = addrs.iter().map(|a| base_url(a, self.https)).collect();
         true
     }
 

@@ -3,7 +3,8 @@
 //! "no leader" are held and re-sent to the next leader; a connection cut after the request was
 //! read, a timeout and a replica's 504 are answered 504 and reach the replica exactly once.
 //! Also: `Baton-Min-Epoch` carries the highest epoch seen, `any` reads rotate over the members,
-//! and a request held past `failover_buffer_ms` gets 503 `not_leader`.
+//! and a request held past `failover_buffer_ms` gets 503 `not_leader`. All in insecure mode
+//! (plain HTTP); TLS and tokens are `security.rs`.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -211,7 +212,7 @@ struct Proxy {
 
 async fn start_proxy(ctl: SocketAddr, timing: &str) -> Proxy {
     let text =
-        format!("listen = \"127.0.0.1:0\"\ncontrollers = [\"http://{ctl}\"]\n[timing]\n{timing}\n");
+        format!("listen = \"127.0.0.1:0\"\ncontrollers = [\"http://{ctl}\"]\ninsecure = true\n[timing]\n{timing}\n");
     let cfg = ProxyConfig::parse(std::path::Path::new("test.toml"), &text).expect("config");
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
@@ -523,7 +524,7 @@ async fn a_controller_that_starts_late_is_reported_reachable_at_once() {
     let late = closed_port().await;
     let text = format!(
         "listen = \"127.0.0.1:0\"\ncontrollers = [\"http://{ctl_addr}\", \"http://{late}\"]\n\
-         [timing]\nlong_poll_ms = 30000\n"
+         insecure = true\n[timing]\nlong_poll_ms = 30000\n"
     );
     let cfg = ProxyConfig::parse(std::path::Path::new("test.toml"), &text).expect("config");
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

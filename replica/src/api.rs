@@ -19,10 +19,39 @@ use std::sync::Arc;
 
 /// The router for one replica (with `/v1/failpoints` in builds with fault points).
 pub fn router(node: Arc<Node>) -> Router {
+    let guard = (node.auth.clone(), policy(&node.cfg.cluster));
     let r = routes(node);
     #[cfg(feature = "failpoints")]
     let r = r.merge(crate::faults::router());
-    r
+    guarded(r, guard)
+}
+
+/// What each request needs (DESIGN §9): keys are read with the `read` role and written with
+/// `write`; the replication stream is for members of this cluster only (and its Hello must
+/// match the certificate, see `repl/leader.rs`); status, rollbacks and metrics need `read`;
+/// fault points (test builds) and any other request need `admin`.
+pub fn policy(cluster: &str) -> baton_runtime::auth::Policy {
+    use baton_runtime::auth::{Need, Role};
+    let members = vec![baton_runtime::tls::cluster_name(cluster)];
+    Arc::new(move |method: &Method, path: &str| {
+        if path == "/v1/replicate" {
+            Need::Node(members.clone())
+        } else if path.starts_with("/v1/kv/") {
+            match *method {
+                Method::GET | Method::HEAD => Need::Role(Role::Read, vec![]),
+                _ => Need::Role(Role::Write, vec![]),
+            }
+        } else if path.starts_with("/v1/health/") {
+            Need::Open
+        } else if matches!(*method, Method::GET | Method::HEAD)
+            && !path.starts_with("/v1/failpoints")
+        {
+            Need::Role(Role::Read, vec![])
+        } else {
+            // Fault points (test builds), and whatever names no route today: fail closed.
+            Need::Role(Role::Admin, vec![])
+        }
+    })
 }
 
 fn routes(node: Arc<Node>) -> Router {
@@ -39,6 +68,17 @@ fn routes(node: Arc<Node>) -> Router {
             close_when_stopping,
         ))
         .with_state(node)
+}
+
+/// Every route behind the guard (the fault points included).
+fn guarded(
+    r: Router,
+    guard: (Arc<baton_runtime::auth::Auth>, baton_runtime::auth::Policy),
+) -> Router {
+    r.layer(axum::middleware::from_fn_with_state(
+        guard,
+        baton_runtime::auth::guard,
+    ))
 }
 
 /// While the replica stops, every reply asks the client to close its connection, so that no
@@ -116,9 +156,10 @@ async fn replicate(State(node): State<Arc<Node>>, mut req: axum::http::Request<B
             None,
         );
     };
+    let peer = req.extensions().get::<baton_runtime::tls::Peer>().cloned();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(io) => crate::repl::leader::serve(node, io).await,
+            Ok(io) => crate::repl::leader::serve(node, io, peer).await,
             Err(e) => tracing::debug!(%e, "replication upgrade failed"),
         }
         drop(permit);
@@ -162,7 +203,10 @@ async fn rollbacks(State(node): State<Arc<Node>>) -> Response {
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
     let st = node.lock().core().status(clock::now_ms());
-    axum::Json(st).into_response()
+    let mut v = serde_json::to_value(st).unwrap_or_default();
+    // Said in every status (DESIGN §9): plain HTTP with nothing checked.
+    v["insecure"] = serde_json::Value::Bool(!node.auth.is_on());
+    axum::Json(v).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -425,5 +469,60 @@ fn reject_response(r: WriteReject) -> Response {
             format!("the replica stopped: {reason}"),
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_runtime::auth::{Need, Role};
+
+    /// What a route needs, as a row says it.
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Open,
+        Role(Role),
+        Member,
+    }
+
+    /// One row a case: method, path, what it needs. Replication is for members of this
+    /// cluster only; keys read/write; everything unknown that is not a GET needs admin.
+    #[test]
+    fn the_policy_of_every_route() {
+        let p = policy("main");
+        let rows: &[(Method, &str, Want)] = &[
+            (Method::GET, "/v1/kv/k", Want::Role(Role::Read)),
+            (Method::HEAD, "/v1/kv/k", Want::Role(Role::Read)),
+            (Method::PUT, "/v1/kv/k", Want::Role(Role::Write)),
+            (Method::DELETE, "/v1/kv/k", Want::Role(Role::Write)),
+            (Method::POST, "/v1/kv/k", Want::Role(Role::Write)),
+            (Method::GET, "/v1/status", Want::Role(Role::Read)),
+            (Method::GET, "/v1/rollbacks", Want::Role(Role::Read)),
+            (Method::GET, "/metrics", Want::Role(Role::Read)),
+            (Method::POST, "/v1/replicate", Want::Member),
+            (Method::GET, "/v1/failpoints", Want::Role(Role::Admin)),
+            (
+                Method::PUT,
+                "/v1/failpoints/wal.before_fsync",
+                Want::Role(Role::Admin),
+            ),
+            (Method::PUT, "/v1/status", Want::Role(Role::Admin)),
+            (Method::POST, "/v1/anything", Want::Role(Role::Admin)),
+            (Method::GET, "/v1/health/live", Want::Open),
+        ];
+        for (m, path, want) in rows {
+            let got = match p(m, path) {
+                Need::Open => Want::Open,
+                Need::Role(r, names) => {
+                    assert!(names.is_empty(), "{m} {path}: {names:?}");
+                    Want::Role(r)
+                }
+                Need::Node(names) => {
+                    assert_eq!(names, vec!["main.replica.baton".to_string()], "{m} {path}");
+                    Want::Member
+                }
+            };
+            assert_eq!(got, *want, "{m} {path}");
+        }
     }
 }

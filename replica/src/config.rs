@@ -3,6 +3,8 @@
 
 use baton_common::config::{self, ConfigError};
 use baton_common::NodeId;
+use baton_runtime::auth::TokenConfig;
+use baton_runtime::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,15 @@ pub struct ReplicaConfig {
     pub storage: Storage,
     #[serde(default)]
     pub limits: Limits,
+    /// Plain HTTP without credentials (DESIGN §9: for cases that need it, never the default).
+    #[serde(default)]
+    pub insecure: bool,
+    /// The deployment's CA and this replica's certificate and key (required unless insecure).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens clients may present, stored hashed, each with a role.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
 }
 
 fn default_cluster() -> String {
@@ -156,16 +167,32 @@ impl ReplicaConfig {
         if self.controllers.is_empty() {
             return bad("controllers", "at least one controller URL is required: a replica takes its role only from a controller".into());
         }
+        let scheme = if self.insecure { "http://" } else { "https://" };
         for (i, c) in self.controllers.iter().enumerate() {
+            if let Err(r) = baton_runtime::connect::check_scheme(!self.insecure, c) {
+                return bad(&format!("controllers[{i}]"), r);
+            }
             let ok = c
-                .strip_prefix("http://")
+                .strip_prefix(scheme)
                 .map(|rest| rest.trim_end_matches('/'))
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
             if !ok {
                 return bad(
                     &format!("controllers[{i}]"),
-                    format!("{c:?} is not a base URL like http://127.0.0.1:7001"),
+                    format!("{c:?} is not a base URL like {scheme}127.0.0.1:7001"),
                 );
+            }
+        }
+        if let Err((k, r)) =
+            baton_runtime::tls::check_security(self.insecure, self.tls.as_ref(), &self.tokens)
+        {
+            return bad(&k, r);
+        }
+        if !self.insecure {
+            for (k, v) in [("id", &self.id), ("cluster", &self.cluster)] {
+                if let Err(r) = baton_runtime::tls::check_label(v) {
+                    return bad(k, r);
+                }
             }
         }
         let t = &self.timing;
@@ -281,7 +308,21 @@ id = "r1"
 data_dir = "/tmp/r1"
 listen = "127.0.0.1:7101"
 controllers = ["http://127.0.0.1:7001"]
+insecure = true
 "#;
+
+    /// A CA and r1's certificate in `dir`, as the deploy example names them under
+    /// /etc/baton/tls/.
+    fn pki(dir: &Path) -> baton_runtime::pki::NodeFiles {
+        let ca = baton_runtime::pki::Ca::new("test CA").expect("ca");
+        ca.write_node(
+            dir,
+            "r1",
+            &baton_runtime::pki::replica_names("main", "r1"),
+            &baton_runtime::pki::local_hosts(),
+        )
+        .expect("node files")
+    }
 
     fn err(extra: &str) -> String {
         ReplicaConfig::parse(Path::new("r.toml"), &format!("{GOOD}{extra}"))
@@ -291,9 +332,13 @@ controllers = ["http://127.0.0.1:7001"]
 
     #[test]
     fn the_example_config_in_deploy_parses_and_matches_the_defaults() {
-        let text = include_str!("../../deploy/replica.toml");
-        let c =
-            ReplicaConfig::parse(Path::new("deploy/replica.toml"), text).expect("example parses");
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki(dir.path());
+        let text = include_str!("../../deploy/replica.toml")
+            .replace("/etc/baton/tls/", &format!("{}/", dir.path().display()));
+        let c = ReplicaConfig::parse(Path::new("deploy/replica.toml"), &text)
+            .unwrap_or_else(|e| panic!("example parses: {e}"));
+        assert!(!c.insecure && c.tls.is_some() && c.tokens.len() == 1);
         let (t, s, l) = (Timing::default(), Storage::default(), Limits::default());
         assert_eq!(c.timing.heartbeat_interval_ms, t.heartbeat_interval_ms);
         assert_eq!(c.timing.heartbeat_timeout_ms, t.heartbeat_timeout_ms);
@@ -348,6 +393,71 @@ controllers = ["http://127.0.0.1:7001"]
         .expect_err("bad listen")
         .to_string();
         assert!(e.starts_with("r.toml: listen: "), "{e}");
+    }
+
+    /// DESIGN §9: TLS unless `insecure = true` says otherwise, never both, no tokens in plain
+    /// text, URLs matching the mode, usable files; each refusal names the key.
+    #[test]
+    fn security_settings_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = pki(dir.path());
+        let secure = GOOD
+            .replace("insecure = true\n", "")
+            .replace("http://", "https://");
+        let tls = format!(
+            "[tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            f.ca_file, f.cert_file, f.key_file
+        );
+        let parse =
+            |t: &str| ReplicaConfig::parse(Path::new("r.toml"), t).map_err(|e| e.to_string());
+        let c = parse(&format!("{secure}{tls}")).expect("secure config");
+        assert!(c.tls.is_some());
+        let token = "[[tokens]]\nname = \"app\"\nrole = \"write\"\nsha256 = \"";
+        let h = baton_runtime::auth::hash_token("t");
+        parse(&format!("{secure}{tls}{token}{h}\"\n")).expect("with a token");
+        let rows: Vec<(String, &str, &str)> = vec![
+            (secure.clone(), "r.toml: tls: ", "insecure = true"),
+            (format!("{GOOD}{tls}"), "r.toml: tls: ", "choose one"),
+            (
+                format!("{GOOD}{token}{h}\"\n"),
+                "r.toml: tokens: ",
+                "plain text",
+            ),
+            (
+                format!("{secure}{tls}{token}abc\"\n"),
+                "r.toml: tokens[0].sha256: ",
+                "64 hex",
+            ),
+            (
+                format!("{}{tls}", secure.replace("https://", "http://")),
+                "r.toml: controllers[0]: ",
+                "https://",
+            ),
+            (
+                format!("{}{tls}", GOOD.replace("insecure = true\n", "")),
+                "r.toml: controllers[0]: ",
+                "https://",
+            ),
+            (
+                format!("{secure}{}", tls.replace("r1-key.pem", "nothing.pem")),
+                "r.toml: tls.key_file: ",
+                "cannot read",
+            ),
+            (
+                format!("{secure}{}", tls.replace("r1.pem", "ca.pem")),
+                "r.toml: tls.",
+                "",
+            ),
+            (
+                format!("{}{tls}", secure.replace("\"r1\"", "\"-r1\"")),
+                "r.toml: id: ",
+                "",
+            ),
+        ];
+        for (text, prefix, word) in rows {
+            let e = parse(&text).expect_err(&text);
+            assert!(e.starts_with(prefix) && e.contains(word), "{text}\n=> {e}");
+        }
     }
 
     /// Issue 10 item 9: timings that cannot work are refused at start, naming the key and the

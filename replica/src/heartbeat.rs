@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = Client<baton_runtime::connect::Connector, Full<Bytes>>;
 
 /// How often a leader whose lease was revoked (a switchover waits for its successor to catch
 /// up) reports to the controller that revoked it.
@@ -39,10 +39,18 @@ pub const EARLY_GAP: Duration = Duration::from_millis(10);
 
 /// Runs until `cancel` fires.
 pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
+    // Only a controller's certificate is believed (directives come back in the answers), and
+    // this replica presents its own, which the controller checks against the member id.
+    let dialer =
+        baton_runtime::connect::Dialer::new(node.tls.clone(), baton_runtime::tls::any_controller());
+    let connect_timeout = Duration::from_millis(node.cfg.timing.heartbeat_timeout_ms);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(baton_runtime::CLIENT_POOL_IDLE)
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build_http();
+        .build(baton_runtime::connect::Connector::new(
+            dialer,
+            Some(connect_timeout),
+        ));
     let handling = Arc::new(tokio::sync::Mutex::new(()));
     let loops: Vec<_> = node
         .cfg

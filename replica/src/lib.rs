@@ -63,7 +63,11 @@ pub async fn run(
     let conn_metrics = baton_runtime::metrics::ConnMetrics {
         open: node.metrics.connections.clone(),
         rejected: node.metrics.connections_rejected.clone(),
+        tls_failed: node.metrics.tls_failed.clone(),
     };
+    if let Some(tls) = &node.tls {
+        baton_runtime::tls::reload_on_sighup(tls.clone(), server_cancel.clone());
+    }
     let server = tokio::spawn(baton_runtime::serve(
         listener,
         api::router(node.clone()),
@@ -72,7 +76,8 @@ pub async fn run(
             Duration::from_secs(2),
             Duration::from_millis(node.cfg.limits.idle_timeout_ms),
         )
-        .with_metrics(conn_metrics),
+        .with_metrics(conn_metrics)
+        .with_tls(node.tls.clone()),
         server_cancel.clone(),
     ));
     tracing::info!(listen = %node.cfg.listen, boot_id = %node.boot_id, "serving");

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub batch_records: Histogram,
     pub connections: IntGauge,
     pub connections_rejected: IntCounter,
+    pub tls_failed: IntCounter,
     pub repl_streams_rejected: IntCounter,
     pub snapshots: IntCounterVec,
     pub snapshot_seconds: Histogram,
@@ -86,6 +87,11 @@ impl Metrics {
             connections_rejected: reg!(IntCounter::new(
                 "baton_replica_connections_rejected_total",
                 "Connections refused over limits.connections_max"
+            )
+            .expect("valid")),
+            tls_failed: reg!(IntCounter::new(
+                "baton_replica_tls_handshakes_failed_total",
+                "Connections closed because their TLS handshake failed or timed out"
             )
             .expect("valid")),
             repl_streams_rejected: reg!(IntCounter::new(
@@ -161,6 +167,11 @@ impl Metrics {
             .expect("valid")),
             registry,
         }
+    }
+
+    /// The registry, for metrics kept elsewhere (the auth refusals).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Prometheus text exposition.

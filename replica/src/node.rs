@@ -88,6 +88,11 @@ pub struct Node {
     /// One permit per replication stream served (`limits.replication_streams_max`): an
     /// upgraded stream leaves the server's connection count, so it is counted here.
     pub repl_streams: Arc<tokio::sync::Semaphore>,
+    /// This replica's TLS (`None`: insecure mode): its listener, its heartbeats to the
+    /// controllers and its streams from the leader.
+    pub tls: Option<Arc<baton_runtime::tls::Tls>>,
+    /// Who may do what on its API (open in insecure mode).
+    pub auth: Arc<baton_runtime::auth::Auth>,
     _lock: DirLock,
 }
 
@@ -220,7 +225,19 @@ impl Node {
         core.set_promises(cfg.timing.promise_ms, clock::now_ms());
         let (tx, rx) = mpsc::channel();
         let log_bytes = log.size_bytes();
+        let metrics = Arc::new(Metrics::new());
+        let tls = baton_runtime::tls::check_security(cfg.insecure, cfg.tls.as_ref(), &cfg.tokens)
+            .map_err(|(k, r)| anyhow::anyhow!("{k}: {r}"))?;
+        let auth = baton_runtime::auth::Auth::new(
+            !cfg.insecure,
+            &cfg.tokens,
+            metrics.registry(),
+            "replica",
+        )
+        .map_err(|(k, r)| anyhow::anyhow!("{k}: {r}"))?;
         let node = Arc::new_cyclic(|me| Node {
+            tls,
+            auth,
             me: me.clone(),
             inner: Mutex::new(Inner {
                 core,
@@ -239,7 +256,7 @@ impl Node {
             id: NodeId(cfg.id.clone()),
             boot_id,
             cfg,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             fatal: Mutex::new(None),
             fatal_notify: Notify::new(),
             heartbeat_now: tokio::sync::watch::channel(0).0,

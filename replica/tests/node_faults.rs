@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 fn config(dir: &Path) -> ReplicaConfig {
     let text = format!(
-        "id = \"r1\"\ndata_dir = {:?}\nlisten = \"127.0.0.1:1\"\ncontrollers = [\"http://127.0.0.1:2\"]\n[timing]\nwrite_timeout_ms = 2000\n",
+        "id = \"r1\"\ndata_dir = {:?}\nlisten = \"127.0.0.1:1\"\ncontrollers = [\"http://127.0.0.1:2\"]\ninsecure = true\n[timing]\nwrite_timeout_ms = 2000\n",
         dir.display().to_string()
     );
     ReplicaConfig::parse(Path::new("test.toml"), &text).expect("valid config")

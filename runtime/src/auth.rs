@@ -50,7 +50,7 @@ pub struct TokenConfig {
     /// Who holds it, for the logs (never the token itself).
     pub name: String,
     pub role: Role,
-    /// The token's SHA-256, 64 hex digits (`batonctl token hash` or `sha256sum`).
+    /// The token's SHA-256, 64 hex digits (`printf %s TOKEN | sha256sum`).
     pub sha256: String,
 }
 
@@ -112,6 +112,8 @@ pub struct Auth {
 
 /// How often one peer's refusals are logged (the counter counts every one).
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// How many addresses the once-a-minute log remembers (beyond, refusals are only counted).
+const LOG_PEERS_MAX: usize = 10_000;
 
 impl Auth {
     /// Registers `baton_{component}_auth_refused_total{reason}` in `registry`. `on = false` is
@@ -195,7 +197,13 @@ impl Auth {
     }
 
     /// Holds one request to `need`: `Ok` or the refusal to answer with (counted and logged).
-    pub fn check(&self, peer: &Peer, headers: &HeaderMap, need: &Need, what: &str) -> Result<(), Refused> {
+    pub fn check(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+        need: &Need,
+        what: &str,
+    ) -> Result<(), Refused> {
         if !self.on {
             return Ok(());
         }
@@ -251,8 +259,26 @@ impl Auth {
         let ip = peer.addr.ip();
         let now = Instant::now();
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        if logged.len() > 10_000 {
+        if logged.len() >= LOG_PEERS_MAX && !logged.contains_key(&ip) {
             logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
+            if logged.len() >= LOG_PEERS_MAX {
+                // Refused by more addresses than we remember within a minute: count only, and
+                // say so once a minute (under the entry of the unspecified address).
+                let key = IpAddr::from([0u8; 16]);
+                if logged
+                    .get(&key)
+                    .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY)
+                {
+                    logged.insert(key, now);
+                    tracing::warn!(
+                        peers = LOG_PEERS_MAX,
+                        reason = r.reason,
+                        "refusing requests from more addresses than are logged one by one; \
+                         see baton_*_auth_refused_total"
+                    );
+                }
+                return;
+            }
         }
         let due = logged
             .get(&ip)
@@ -336,6 +362,23 @@ pub async fn guard(
     let what = format!("{} {}", req.method(), req.uri().path());
     match auth.check(&peer, req.headers(), &need, &what) {
         Ok(()) => next.run(req).await,
-        Err(r) => r.into_response(),
+        Err(r) => {
+            // A stranger's body is not read, but some of it is thrown away first (bounded
+            // tighter than an authorised one's), so that a client that sends it all before
+            // reading gets the 401/403 rather than a reset; then the connection closes.
+            let unread = req.headers().contains_key(header::CONTENT_LENGTH)
+                || req.headers().contains_key(header::TRANSFER_ENCODING);
+            if unread {
+                crate::body::discard(req.into_body(), 0, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIME)
+                    .await;
+                crate::body::closing(r.into_response())
+            } else {
+                r.into_response()
+            }
+        }
     }
 }
+
+/// How much of a refused request's body is thrown away before the answer, at most.
+const REFUSED_DRAIN_BYTES: u64 = 1 << 20;
+const REFUSED_DRAIN_TIME: Duration = Duration::from_secs(1);

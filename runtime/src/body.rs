@@ -54,10 +54,17 @@ pub async fn read_limited(
 
 /// Reads and discards the rest of `body`, `already` bytes having been read, until its end,
 /// [`DRAIN_MAX_BYTES`] in all, [`DRAIN_MAX_TIME`], or an error.
-async fn drain(mut body: Body, already: u64) {
+async fn drain(body: Body, already: u64) {
+    discard(body, already, DRAIN_MAX_BYTES, DRAIN_MAX_TIME).await
+}
+
+/// Reads and discards `body` until its end, `max_bytes` in all (`already` counted), `max_time`,
+/// or an error: a request refused before its body was read (401/403, 413) is answered after
+/// this, with `Connection: close`, so that the client reads the answer instead of a reset.
+pub async fn discard(mut body: Body, already: u64, max_bytes: u64, max_time: Duration) {
     let mut seen = already;
-    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
-        while seen < DRAIN_MAX_BYTES {
+    let _ = tokio::time::timeout(max_time, async {
+        while seen < max_bytes {
             match body.frame().await {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {

@@ -38,7 +38,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -80,6 +84,9 @@ impl AsyncWrite for Stream {
 pub struct Dialer {
     pub tls: Option<Arc<Tls>>,
     pub expect: String,
+    /// Also speak plain HTTP to `http://` URLs while TLS is configured (the tests' client,
+    /// which talks to etcd's plain port too); Baton's own nodes never set it.
+    pub allow_plain: bool,
 }
 
 impl Dialer {
@@ -87,7 +94,14 @@ impl Dialer {
         Dialer {
             tls,
             expect: expect.into(),
+            allow_plain: false,
         }
+    }
+
+    /// See [`Dialer::allow_plain`].
+    pub fn allowing_plain(mut self) -> Dialer {
+        self.allow_plain = true;
+        self
     }
 
     /// The URL scheme this dialer speaks.
@@ -105,6 +119,10 @@ impl Dialer {
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
         };
+        self.wrap_tls(tls, tcp, host).await
+    }
+
+    async fn wrap_tls(&self, tls: &Tls, tcp: TcpStream, host: &str) -> Result<Stream, String> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host:?} is not a host name TLS can check: {e}"))?;
@@ -179,7 +197,11 @@ impl hyper::rt::Read for Conn {
 }
 
 impl hyper::rt::Write for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -201,11 +223,14 @@ impl hyper::rt::Write for Conn {
 }
 
 /// A hyper legacy-client connector over [`Dialer`]: DNS and TCP by hyper's own
-/// [`HttpConnector`], then TLS when the URL is `https://`.
+/// [`HttpConnector`], then TLS when the URL is `https://`, both within the connect timeout.
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
     dialer: Dialer,
+    /// Bounds the TLS handshake as the connect timeout bounds the TCP connect: a request
+    /// that never got a session was never sent, so the caller may safely send it elsewhere.
+    handshake_timeout: Option<Duration>,
 }
 
 impl Connector {
@@ -216,7 +241,11 @@ impl Connector {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(connect_timeout);
-        Connector { http, dialer }
+        Connector {
+            http,
+            dialer,
+            handshake_timeout: connect_timeout,
+        }
     }
 }
 
@@ -233,13 +262,33 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dialer = self.dialer.clone();
-        let checked = check_scheme(dialer.tls.is_some(), &uri.to_string());
+        let plain = dialer.allow_plain && uri.scheme_str() == Some("http");
+        let checked = if plain {
+            Ok(())
+        } else {
+            check_scheme(dialer.tls.is_some(), &uri.to_string())
+        };
         let host = uri.host().unwrap_or_default().to_string();
         let connecting = tower::Service::<Uri>::call(&mut self.http, uri);
+        let handshake_timeout = self.handshake_timeout;
         Box::pin(async move {
             checked?;
             let tcp = connecting.await?.into_inner();
-            let s = dialer.wrap(tcp, &host).await?;
+            let s = match (&dialer.tls, plain) {
+                (Some(tls), false) => {
+                    let shake = dialer.wrap_tls(tls, tcp, &host);
+                    match handshake_timeout {
+                        Some(t) => tokio::time::timeout(t, shake)
+                            .await
+                            .map_err(|_| format!("TLS handshake with {host} timed out"))??,
+                        None => shake.await?,
+                    }
+                }
+                _ => {
+                    let _ = tcp.set_nodelay(true);
+                    Stream::Plain(tcp)
+                }
+            };
             Ok(Conn(TokioIo::new(s)))
         })
     }

@@ -33,19 +33,23 @@ impl NodeFiles {
     }
 }
 
-/// Writes `text` to `path`, readable only by its owner when `secret`.
+/// Writes `text` to `path` (readable only by its owner when `secret`) through a temporary file
+/// renamed over it: a node reading the file meanwhile (a SIGHUP reload, another node starting)
+/// sees the old file or the new one, never half of one.
 fn write(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
-    if secret {
-        o.mode(0o600);
-    }
+    o.mode(if secret { 0o600 } else { 0o644 });
     let mut f = o
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        .open(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -80,8 +84,10 @@ impl Ca {
                 p.subject_alt_names.push(san);
             }
         }
-        p.distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        p.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -90,8 +96,8 @@ impl Ca {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// Writes `dir/ca.pem` (once) and `dir/{file}.pem`, `dir/{file}-key.pem` (owner-only) for a
-    /// node; returns its `[tls]` files.
+    /// Writes `dir/ca.pem` (unless it already holds this CA) and `dir/{file}.pem`,
+    /// `dir/{file}-key.pem` (owner-only) for a node; returns its `[tls]` files.
     pub fn write_node(
         &self,
         dir: &Path,
@@ -112,10 +118,13 @@ impl Ca {
         })
     }
 
-    /// Writes `dir/ca.pem`; returns its path.
+    /// Writes `dir/ca.pem` unless it already holds this CA; returns its path.
     pub fn write_ca(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let ca_file = dir.join("ca.pem");
-        write(&ca_file, &self.cert_pem(), false)?;
+        let pem = self.cert_pem();
+        if std::fs::read_to_string(&ca_file).ok().as_deref() != Some(pem.as_str()) {
+            write(&ca_file, &pem, false)?;
+        }
         Ok(ca_file)
     }
 }

@@ -126,7 +126,17 @@ pub async fn serve(
             if let Some(m) = &opts.metrics {
                 m.rejected.inc();
             }
-            tokio::spawn(reject(stream, max));
+            match opts.tls.as_ref().and_then(|t| t.server_config()) {
+                None => tokio::spawn(reject(stream, max)),
+                // Over TLS the refusal needs a session to be read at all: a short handshake
+                // (bounded on its own, outside the cap) and then the same 503.
+                Some(cfg) => tokio::spawn(async move {
+                    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), accept).await {
+                        reject(s, max).await
+                    }
+                }),
+            };
             continue;
         };
         if let Some(m) = &opts.metrics {
@@ -136,7 +146,20 @@ pub async fn serve(
         let cancel = cancel.clone();
         let router = router.clone();
         let builder = builder.clone();
-        let tls = opts.tls.as_ref().and_then(|t| t.server_config());
+        let tls = match &opts.tls {
+            None => None,
+            Some(t) => match t.server_config() {
+                Some(c) => Some(c),
+                // A TLS without this node's certificate (a client's) never serves plain HTTP
+                // in its place: the connection is dropped.
+                None => {
+                    tracing::error!(
+                        "TLS is configured without a server certificate: connection dropped"
+                    );
+                    continue;
+                }
+            },
+        };
         let handshake_timeout = opts.header_read_timeout.unwrap_or(Duration::from_secs(10));
         tracker.spawn(async move {
             match tls {
@@ -226,7 +249,7 @@ async fn serve_conn<I>(
 }
 
 /// The answer to one connection over the cap: 503 `overloaded`, then close.
-async fn reject(mut stream: tokio::net::TcpStream, max: usize) {
+async fn reject<S: tokio::io::AsyncWrite + Unpin>(mut stream: S, max: usize) {
     let body = format!(
         "{{\"error\":\"overloaded\",\"message\":\"too many open connections (limits.connections_max = {max})\"}}"
     );

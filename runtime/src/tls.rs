@@ -88,6 +88,8 @@ impl std::fmt::Display for TlsFileError {
     }
 }
 
+impl std::error::Error for TlsFileError {}
+
 fn bad(key: &'static str, reason: impl Into<String>) -> TlsFileError {
     TlsFileError {
         key,
@@ -100,12 +102,20 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(key: &'static str, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?;
+fn read_certs(
+    key: &'static str,
+    path: &PathBuf,
+) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(key, format!("cannot read {}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(key, format!("{}: not PEM certificates: {e}", path.display())))?;
+        .map_err(|e| {
+            bad(
+                key,
+                format!("{}: not PEM certificates: {e}", path.display()),
+            )
+        })?;
     if certs.is_empty() {
         return Err(bad(key, format!("{} holds no certificate", path.display())));
     }
@@ -116,9 +126,12 @@ fn read_certs(key: &'static str, path: &PathBuf) -> Result<Vec<CertificateDer<'s
 pub fn read_roots(key: &'static str, path: &PathBuf) -> Result<Arc<RootCertStore>, TlsFileError> {
     let mut roots = RootCertStore::empty();
     for c in read_certs(key, path)? {
-        roots
-            .add(c)
-            .map_err(|e| bad(key, format!("{}: not a usable CA certificate: {e}", path.display())))?;
+        roots.add(c).map_err(|e| {
+            bad(
+                key,
+                format!("{}: not a usable CA certificate: {e}", path.display()),
+            )
+        })?;
     }
     Ok(Arc::new(roots))
 }
@@ -143,13 +156,17 @@ fn load(ca: &PathBuf, identity: Option<(&PathBuf, &PathBuf)>) -> Result<Loaded, 
             let bytes = std::fs::read(key)
                 .map_err(|e| bad("key_file", format!("cannot read {}: {e}", key.display())))?;
             let pk = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-                bad("key_file", format!("{}: no PEM private key: {e}", key.display()))
+                bad(
+                    "key_file",
+                    format!("{}: no PEM private key: {e}", key.display()),
+                )
             })?;
             // Our own certificate must chain to the CA and be usable as a client certificate
             // (nodes present it to each other): say so now rather than at the first handshake.
-            let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| bad("ca_file", format!("{}: {e}", ca.display())))?;
+            let client_verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| bad("ca_file", format!("{}: {e}", ca.display())))?;
             client_verifier
                 .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
                 .map_err(|e| {
@@ -201,7 +218,9 @@ pub struct Tls {
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("ca", &self.ca).finish_non_exhaustive()
+        f.debug_struct("Tls")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
     }
 }
 
@@ -307,8 +326,13 @@ impl ServerCertVerifier for ExpectName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         if !self.expect_text.is_empty() && !names(end_entity, &self.expect_text, &self.expect) {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName,
@@ -383,8 +407,12 @@ pub fn reload_on_sighup(tls: Arc<Tls>, cancel: tokio_util::sync::CancellationTok
                 _ = cancel.cancelled() => break,
             }
             match tls.reload() {
-                Ok(()) => tracing::info!(ca = %tls.ca.display(), "SIGHUP: reloaded the TLS certificates and keys"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: cannot reload TLS files; the old ones stay in use"),
+                Ok(()) => {
+                    tracing::info!(ca = %tls.ca.display(), "SIGHUP: reloaded the TLS certificates and keys")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: cannot reload TLS files; the old ones stay in use")
+                }
             }
         }
     });
@@ -418,7 +446,9 @@ pub fn check_security(
                 .into(),
         )),
         (false, Some(files)) => {
-            if let Err((k, r)) = crate::auth::Auth::new(true, tokens, &prometheus::Registry::new(), "check") {
+            if let Err((k, r)) =
+                crate::auth::Auth::new(true, tokens, &prometheus::Registry::new(), "check")
+            {
                 return Err((k, r));
             }
             Tls::server(files)

@@ -1,5 +1,7 @@
 //! A small HTTP client for tests and the benchmark: keep-alive connections through hyper's
-//! pooled client, with the status, headers and body of each reply.
+//! pooled client, with the status, headers and body of each reply. It speaks the tests'
+//! secure default (`secure.rs`): https trusting the tests' CA, and the admin token on every
+//! request that does not carry its own `Authorization` ([`Client::anonymous`] sends none).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -41,8 +43,10 @@ pub enum CallError {
 /// A pooled HTTP/1.1 client.
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    inner: HyperClient<baton_runtime::connect::Connector, Full<Bytes>>,
     pub timeout: Duration,
+    /// Sent as `Authorization: Bearer …` unless a request has its own.
+    token: Option<String>,
 }
 
 impl Default for Client {
@@ -52,9 +56,32 @@ impl Default for Client {
 }
 
 impl Client {
+    /// A client with the tests' CA and admin token (plain, tokenless in insecure mode).
     pub fn new(timeout: Duration) -> Client {
-        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
-        conn.set_nodelay(true);
+        Client::with_token(timeout, crate::secure::admin_token())
+    }
+
+    /// A client that presents no credentials: what a stranger sends.
+    pub fn anonymous(timeout: Duration) -> Client {
+        Client::with_token(timeout, None)
+    }
+
+    /// A client that presents `token` (or nothing).
+    pub fn with_token(timeout: Duration, token: Option<String>) -> Client {
+        // Plain http:// is still spoken to etcd's port (etcd_growth, the benchmark's etcd).
+        let dialer =
+            baton_runtime::connect::Dialer::new(crate::secure::client_tls(), "").allowing_plain();
+        Client::with_dialer(timeout, dialer, token)
+    }
+
+    /// A client that connects with `dialer` (e.g. presenting a member's certificate) and
+    /// presents `token` (or nothing).
+    pub fn with_dialer(
+        timeout: Duration,
+        dialer: baton_runtime::connect::Dialer,
+        token: Option<String>,
+    ) -> Client {
+        let conn = baton_runtime::connect::Connector::new(dialer, None);
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             // Under the servers' idle timeout (baton_runtime::CLIENT_POOL_IDLE), so a test never
@@ -62,7 +89,11 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(4))
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(conn);
-        Client { inner, timeout }
+        Client {
+            inner,
+            timeout,
+            token,
+        }
     }
 
     /// Sends one request. `url` is absolute.
@@ -76,6 +107,14 @@ impl Client {
         let mut b = hyper::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, *v);
+        }
+        if let Some(t) = &self.token {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
         }
         let req = b
             .body(Full::new(body))

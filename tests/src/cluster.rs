@@ -188,7 +188,7 @@ pub struct ControllerProc {
 
 /// The proxy process.
 pub struct ProxyProc {
-    /// Base URL of its client API, `http://127.0.0.1:…`.
+    /// Base URL of its client API, `https://127.0.0.1:…`.
     pub url: String,
     pub daemon: Daemon,
 }
@@ -206,8 +206,10 @@ impl ProxyProc {
         let port = free_port();
         let ctl: Vec<String> = controllers.iter().map(|c| format!("{c:?}")).collect();
         let text = format!(
-            "listen = \"127.0.0.1:{port}\"\ncontrollers = [{}]\ncluster = \"main\"\n{extra}\n",
-            ctl.join(", ")
+            "listen = \"127.0.0.1:{port}\"\ncontrollers = [{}]\ncluster = \"main\"\n{}{extra}\n{}",
+            ctl.join(", "),
+            crate::secure::top(),
+            crate::secure::proxy_tables("proxy"),
         );
         let cfg = dir.join("proxy.toml");
         std::fs::write(&cfg, text)?;
@@ -223,7 +225,7 @@ impl ProxyProc {
             dir.join("proxy.log"),
         )?;
         Ok(ProxyProc {
-            url: format!("http://127.0.0.1:{port}"),
+            url: crate::secure::url(format!("127.0.0.1:{port}")),
             daemon,
         })
     }
@@ -294,8 +296,13 @@ impl Cluster {
             let cdir = dir.join(&id);
             std::fs::create_dir_all(&cdir)?;
             let text = format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{}]\n[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{}\n{members}",
-                etcd_list.join(", "), opts.controller_timing, opts.mode, opts.cluster_toml
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{}]\n{}[timing]\n{}\n[[clusters]]\nname = \"main\"\nmode = \"{}\"\n{}\n{members}{}",
+                etcd_list.join(", "),
+                crate::secure::top(),
+                opts.controller_timing,
+                opts.mode,
+                opts.cluster_toml,
+                crate::secure::controller_tables(&id),
             );
             let cfg = cdir.join("controller.toml");
             std::fs::write(&cfg, text)?;
@@ -307,7 +314,7 @@ impl Cluster {
             )?;
             controllers.push(ControllerProc {
                 id,
-                url: format!("http://127.0.0.1:{port}"),
+                url: crate::secure::url(format!("127.0.0.1:{port}")),
                 daemon,
             });
         }

@@ -121,6 +121,9 @@ pub fn free_port() -> u16 {
 #[derive(Clone, Debug)]
 pub struct ReplicaSpec {
     pub id: String,
+    /// Its cluster (`main` unless a test says otherwise): written as `cluster` in the config
+    /// and named by its certificate.
+    pub cluster: String,
     /// Holds `data/`, the config file and the process log.
     pub dir: PathBuf,
     pub port: u16,
@@ -145,6 +148,7 @@ impl ReplicaSpec {
     pub fn new(id: &str, dir: &Path, controllers: &[String]) -> ReplicaSpec {
         ReplicaSpec {
             id: id.to_string(),
+            cluster: "main".into(),
             dir: dir.join(id),
             port: free_port(),
             controllers: controllers.to_vec(),
@@ -163,12 +167,15 @@ impl ReplicaSpec {
             .map(|a| format!("advertise = {a:?}\n"))
             .unwrap_or_default();
         format!(
-            "id = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{}\"\n{advertise}controllers = [{}]\n{}\n",
+            "id = {:?}\ncluster = {:?}\ndata_dir = {:?}\nlisten = \"127.0.0.1:{}\"\n{advertise}controllers = [{}]\n{}{}\n{}\n",
             self.id,
+            self.cluster,
             self.dir.join("data").display().to_string(),
             self.port,
             ctl.join(", "),
-            self.extra_toml
+            crate::secure::top(),
+            self.extra_toml,
+            crate::secure::replica_tables(&self.cluster, &self.id),
         )
     }
 }
@@ -396,7 +403,7 @@ impl ReplicaProc {
             log_path.clone(),
         )?;
         Ok(ReplicaProc {
-            url: format!("http://127.0.0.1:{}", spec.port),
+            url: crate::secure::url(format!("127.0.0.1:{}", spec.port)),
             log_path,
             cfg_path,
             spec,

@@ -159,8 +159,10 @@ impl Relay {
         !lock(&self.shared.rules).is_empty()
     }
 
+    /// The URL of what it relays to, as the tests' mode speaks it (https by default: TLS
+    /// passes through a relay untouched).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        crate::secure::url(self.addr)
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Plan {
     last_seen: HashMap<String, Instant>,
     /// While true, heartbeats get no answer (a controller that vanished).
     pub silent: bool,
+    /// Heartbeats received, answered or not (silent).
+    pub heard: u64,
     leader_boot: Option<BootId>,
     /// Last heartbeat per member.
     pub seen: HashMap<String, Heartbeat>,
@@ -50,8 +52,18 @@ pub struct Standin {
 }
 
 impl Standin {
-    /// Starts on an ephemeral loopback port, naming `leader` as the leader.
+    /// Starts on an ephemeral loopback port, naming `leader` as the leader; served as a
+    /// controller is, over TLS with a controller's certificate (plain when insecure).
     pub async fn start(leader: &str) -> anyhow::Result<Standin> {
+        Standin::start_with_tls(leader, crate::secure::controller_tls("standin")).await
+    }
+
+    /// As [`Standin::start`], serving TLS with `tls` (the attack tests give it a certificate
+    /// that is not a controller's, or one of another CA).
+    pub async fn start_with_tls(
+        leader: &str,
+        tls: Option<Arc<baton_runtime::tls::Tls>>,
+    ) -> anyhow::Result<Standin> {
         let plan = Arc::new(Mutex::new(Plan {
             leader: leader.to_string(),
             epoch: 0,
@@ -66,6 +78,7 @@ impl Standin {
             waited: Vec::new(),
             last_seen: HashMap::new(),
             silent: false,
+            heard: 0,
             leader_boot: None,
             seen: HashMap::new(),
         }));
@@ -73,10 +86,16 @@ impl Standin {
             .route("/v1/clusters/{cluster}/heartbeat", post(heartbeat))
             .with_state(plan.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let url = crate::secure::url(listener.local_addr()?);
+        let opts =
+            baton_runtime::ServeOpts::new(1024, Duration::from_secs(1), Duration::from_secs(15))
+                .with_tls(tls);
+        let task = tokio::spawn(baton_runtime::serve(
+            listener,
+            app,
+            opts,
+            tokio_util::sync::CancellationToken::new(),
+        ));
         Ok(Standin {
             url,
             plan,
@@ -108,6 +127,7 @@ async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<Json<Directive>, axum::http::StatusCode> {
     let mut p = plan.lock().unwrap_or_else(|p| p.into_inner());
+    p.heard += 1;
     if p.silent {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -7,6 +7,7 @@ use baton_controller::config::ControllerConfig;
 use baton_tests::client::Client;
 use baton_tests::cluster::EtcdProc;
 use baton_tests::procs::{free_port, wait_for};
+use baton_tests::secure;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -18,10 +19,12 @@ async fn controller_runs_in_process_caps_connections_and_resigns_on_shutdown() -
     let etcd = EtcdProc::start(&tmp.path().join("etcd")).await?;
     let port = free_port();
     let text = format!(
-        "id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[limits]\nconnections_max = 2\n\
-         [[clusters]]\nname = \"main\"\n[[clusters.members]]\nid = \"r1\"\naddr = \"127.0.0.1:{}\"\n",
+        "id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n{}[limits]\nconnections_max = 2\n\
+         [[clusters]]\nname = \"main\"\n[[clusters.members]]\nid = \"r1\"\naddr = \"127.0.0.1:{}\"\n{}",
         etcd.url,
-        free_port()
+        secure::top(),
+        free_port(),
+        secure::controller_tables("c1"),
     );
     let cfg = ControllerConfig::parse(Path::new("controller.toml"), &text)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -30,7 +33,7 @@ async fn controller_runs_in_process_caps_connections_and_resigns_on_shutdown() -
     }));
 
     // Active, and serving the cluster view and the metrics.
-    let base = format!("http://127.0.0.1:{port}");
+    let base = secure::url(format!("127.0.0.1:{port}"));
     let client = Client::new(Duration::from_secs(2));
     let view = wait_for(
         Duration::from_secs(20),

@@ -7,6 +7,7 @@ use baton_controller::config::ControllerConfig;
 use baton_tests::client::Client;
 use baton_tests::cluster::etcd_bin;
 use baton_tests::procs::{free_port, wait_for, Daemon};
+use baton_tests::secure;
 use etcd_client::{Certificate, ConnectOptions, Identity, Permission, TlsOptions};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
@@ -150,13 +151,15 @@ async fn controller_uses_etcd_with_tls_client_certificates_and_a_user() -> anyho
             String::new()
         };
         let text = format!(
-            "id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{url}\"]\n\
+            "id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{url}\"]\n{}\
              [etcd_tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{user}\
-             [[clusters]]\nname = \"main\"\n[[clusters.members]]\nid = \"r1\"\naddr = \"127.0.0.1:{}\"\n",
+             [[clusters]]\nname = \"main\"\n[[clusters.members]]\nid = \"r1\"\naddr = \"127.0.0.1:{}\"\n{}",
+            secure::top(),
             pki.ca_file().display(),
             c1.0.display(),
             c1.1.display(),
-            free_port()
+            free_port(),
+            secure::controller_tables("c1"),
         );
         Ok(ControllerConfig::parse(
             Path::new("controller.toml"),
@@ -170,7 +173,7 @@ async fn controller_uses_etcd_with_tls_client_certificates_and_a_user() -> anyho
             let r = client
                 .call(
                     "GET",
-                    &format!("http://127.0.0.1:{port}/v1/clusters/main"),
+                    &secure::url(format!("127.0.0.1:{port}/v1/clusters/main")),
                     &[],
                     bytes::Bytes::new(),
                 )

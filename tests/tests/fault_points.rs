@@ -25,6 +25,7 @@ use baton_replica::wal::{Op, Record};
 use baton_tests::client::{assert_all_readable, Client};
 use baton_tests::cluster::EtcdProc;
 use baton_tests::procs::{bin_path, free_port, wait_for, Daemon, ReplicaSpec};
+use baton_tests::secure;
 use baton_tests::standin::Standin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -98,7 +99,7 @@ impl Replica {
             failpoints,
         )?;
         Ok(Replica {
-            url: format!("http://127.0.0.1:{}", spec.port),
+            url: secure::url(format!("127.0.0.1:{}", spec.port)),
             data: spec.dir.join("data"),
             proc,
         })
@@ -1232,7 +1233,7 @@ async fn a_full_disk_refuses_writes_with_507_serves_reads_and_resumes_once_space
         side.join("replica.log"),
         None,
     )?;
-    let url = format!("http://127.0.0.1:{}", spec.port);
+    let url = secure::url(format!("127.0.0.1:{}", spec.port));
     let c = Client::new(Duration::from_secs(5));
     wait_writable(&c, &url, "r1").await?;
     let boot = status(&c, &url).await["boot_id"].clone();
@@ -1532,8 +1533,10 @@ impl Deployment {
             let cdir = dir.join(&id);
             std::fs::create_dir_all(&cdir)?;
             let text = format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n[[clusters]]\nname = \"main\"\nmode = \"semi-sync\"\nmax_failovers_per_hour = 50\n{members}",
-                etcd.url
+                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [\"{}\"]\n{}[[clusters]]\nname = \"main\"\nmode = \"semi-sync\"\nmax_failovers_per_hour = 50\n{members}{}",
+                etcd.url,
+                secure::top(),
+                secure::controller_tables(&id),
             );
             let cfg = cdir.join("controller.toml");
             std::fs::write(&cfg, text)?;
@@ -1543,7 +1546,7 @@ impl Deployment {
                 cdir.join("controller.log"),
                 None,
             )?;
-            ctl.push((format!("http://127.0.0.1:{port}"), p));
+            ctl.push((secure::url(format!("127.0.0.1:{port}")), p));
         }
         let curls: Vec<String> = ctl.iter().map(|(u, _)| u.clone()).collect();
         let mut replicas = BTreeMap::new();

@@ -1,6 +1,8 @@
 //! `batonctl local up|stop|start|down` as a user runs it: the real binaries, a private etcd,
 //! `cluster.json` in the shape DESIGN.md §8 gives, every kind of node stopped and started, and
-//! the clear errors (DIR already running, etcd missing).
+//! the clear errors (DIR already running, etcd missing). Secure by default (DESIGN §9): every
+//! URL is https, `cluster.json` names the CA and the tokens, nothing answers a request without
+//! them, and `--insecure` says so in `batonctl status`.
 
 use baton_tests::client::Client;
 use baton_tests::procs::{bin_path, wait_for};
@@ -16,6 +18,22 @@ fn layout(dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(
         dir.join("cluster.json"),
     )?)?)
+}
+
+/// A client of the cluster in `l` (cluster.json): its CA, and the token of `role` if any.
+fn client_of(l: &serde_json::Value, role: Option<&str>) -> anyhow::Result<Client> {
+    let ca = l["ca"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no ca in {l}"))?;
+    let tls = baton_runtime::tls::Tls::client_only(&ca.into())?;
+    let token = role
+        .and_then(|r| l["tokens"][r].as_str())
+        .map(str::to_string);
+    Ok(Client::with_dialer(
+        Duration::from_secs(3),
+        baton_runtime::connect::Dialer::new(Some(tls), "").allowing_plain(),
+        token,
+    ))
 }
 
 fn alive(pid: u64) -> bool {
@@ -59,9 +77,20 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
     assert!(
         l["etcd"][0]
             .as_str()
-            .is_some_and(|u| u.starts_with("http://127.0.0.1:")),
+            .is_some_and(|u| u.starts_with("https://127.0.0.1:")),
         "{l}"
     );
+    for t in ["read", "write", "admin"] {
+        assert!(
+            l["tokens"][t].as_str().is_some_and(|t| t.len() >= 32),
+            "{l}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("cluster.json"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "cluster.json holds tokens: owner only");
     assert_eq!(l["controllers"].as_array().map(Vec::len), Some(2));
     assert_eq!(l["replicas"].as_array().map(Vec::len), Some(3));
     for r in l["replicas"].as_array().into_iter().flatten() {
@@ -71,7 +100,8 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         );
         assert!(alive(r["pid"].as_u64().unwrap_or(0)));
     }
-    let c = Client::new(Duration::from_secs(3));
+    let c = client_of(&l, Some("admin"))?;
+    let anonymous = client_of(&l, None)?;
     let ctl = l["controllers"]
         .as_array()
         .into_iter()
@@ -97,6 +127,23 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         None
     };
     wait_for(Duration::from_secs(20), "a write", write_somewhere).await?;
+    // Without a token nothing is read or written, anywhere.
+    let mut urls: Vec<String> = l["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["url"].as_str().map(str::to_string))
+        .collect();
+    urls.extend(l["proxy"]["url"].as_str().map(str::to_string));
+    for u in &urls {
+        for r in [
+            anonymous.get(u, "k").await,
+            anonymous.put(u, "k", "stolen").await,
+        ] {
+            let r = r.map_err(|e| anyhow::anyhow!("{u}: {e:?}"))?;
+            assert_eq!(r.status, 401, "{u}: {} {}", r.status, r.text());
+        }
+    }
     // Every kind of node: stop it, start it, and the cluster still takes writes.
     let mut nodes = vec!["r2", "c1", "etcd"];
     if !l["proxy"].is_null() {
@@ -137,7 +184,7 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
     let r3 = layout(&dir)?["replicas"][2]["url"]
         .as_str()
         .unwrap_or_default()
-        .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .to_string();
     let r3_pid = layout(&dir)?["replicas"][2]["pid"].as_u64().unwrap_or(0);
     wait_for(Duration::from_secs(15), "r3 to exit", || async {
@@ -160,11 +207,22 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st = batonctl(&["--controller", &ctl, "status"])?;
+    let ca = l["ca"].as_str().unwrap_or_default();
+    let admin = l["tokens"]["admin"].as_str().unwrap_or_default();
+    let st = batonctl(&["--controller", &ctl, "--ca", ca, "--token", admin, "status"])?;
     assert!(
         st.status.success(),
         "{}",
         String::from_utf8_lossy(&st.stderr)
+    );
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("security: TLS"), "{text}");
+    // Without the CA batonctl refuses an https controller instead of trusting anything.
+    let st = batonctl(&["--controller", &ctl, "status"])?;
+    assert!(
+        !st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
     );
     // A second `up` on the same DIR refuses, naming what runs.
     let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
@@ -185,6 +243,50 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         assert_eq!(n["pid"], 0, "down records every node as stopped: {n}");
     }
     assert!(dir.join("r1/data/meta.json").exists(), "the data stays");
+    Ok(())
+}
+
+/// `--insecure` runs plain HTTP without credentials, and every status output says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_insecure_says_so_in_status() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("cl");
+    let d = dir.display().to_string();
+    let _down = Down(&dir);
+    let out = batonctl(&["local", "up", "--dir", &d, "--detach", "--insecure"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "up failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("INSECURE"), "{stdout}");
+    let l = layout(&dir)?;
+    assert_eq!(l["insecure"], true, "{l}");
+    assert!(l["ca"].is_null() && l["tokens"].is_null(), "{l}");
+    let proxy = l["proxy"]["url"].as_str().unwrap_or_default().to_string();
+    assert!(proxy.starts_with("http://"), "{l}");
+    let c = Client::with_dialer(
+        Duration::from_secs(3),
+        baton_runtime::connect::Dialer::new(None, ""),
+        None,
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "a write without credentials",
+        || async {
+            matches!(c.put(&proxy, "k", "v").await, Ok(r) if r.status == 200).then_some(())
+        },
+    )
+    .await?;
+    let st = batonctl(&["--local-dir", &d, "status"])?;
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success() && text.contains("security: INSECURE"),
+        "{text}{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     Ok(())
 }
 

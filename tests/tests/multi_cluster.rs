@@ -4,6 +4,7 @@
 use baton_tests::client::Client;
 use baton_tests::cluster::EtcdProc;
 use baton_tests::procs::{bin_path, free_port, wait_for, Daemon, ReplicaProc, ReplicaSpec};
+use baton_tests::secure;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,8 +17,9 @@ async fn two_clusters_under_one_controller_are_independent() -> anyhow::Result<(
         .map(|(c, r)| (c.to_string(), r.to_string(), free_port()))
         .collect();
     let mut cfg = format!(
-        "id = \"c1\"\nlisten = \"127.0.0.1:{cport}\"\netcd = [\"{}\"]\n",
-        etcd.url
+        "id = \"c1\"\nlisten = \"127.0.0.1:{cport}\"\netcd = [\"{}\"]\n{}",
+        etcd.url,
+        secure::top()
     );
     for cl in ["a", "b"] {
         cfg.push_str(&format!("\n[[clusters]]\nname = \"{cl}\"\n"));
@@ -29,6 +31,7 @@ async fn two_clusters_under_one_controller_are_independent() -> anyhow::Result<(
             }
         }
     }
+    cfg.push_str(&secure::controller_tables("c1"));
     let cpath = tmp.path().join("controller.toml");
     std::fs::write(&cpath, cfg)?;
     let _controller = Daemon::start(
@@ -37,12 +40,12 @@ async fn two_clusters_under_one_controller_are_independent() -> anyhow::Result<(
         vec!["--config".into(), cpath.into()],
         tmp.path().join("c1.log"),
     )?;
-    let ctl = format!("http://127.0.0.1:{cport}");
+    let ctl = secure::url(format!("127.0.0.1:{cport}"));
     let mut replicas = Vec::new();
     for (c, r, p) in &ports {
         let mut spec = ReplicaSpec::new(r, tmp.path(), std::slice::from_ref(&ctl));
         spec.port = *p;
-        spec.extra_toml = format!("cluster = \"{c}\"\n");
+        spec.cluster = c.clone();
         replicas.push((c.clone(), r.clone(), ReplicaProc::start(spec)?));
     }
     let client = Client::new(Duration::from_secs(2));

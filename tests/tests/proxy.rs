@@ -609,7 +609,7 @@ async fn bad_config_exits_2_naming_file_and_key_and_sigterm_stops_cleanly() -> a
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:1\"\ncontrollers = [\"http://127.0.0.1:2\"]\n[timing]\nlong_poll_ms = 5\n",
+        "listen = \"127.0.0.1:1\"\ncontrollers = [\"http://127.0.0.1:2\"]\ninsecure = true\n[timing]\nlong_poll_ms = 5\n",
     )?;
     let out = std::process::Command::new(&bin)
         .arg("--config")
@@ -629,8 +629,10 @@ async fn bad_config_exits_2_naming_file_and_key_and_sigterm_stops_cleanly() -> a
     std::fs::write(
         &good,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ncontrollers = [\"http://127.0.0.1:{}\"]\n",
-            baton_tests::procs::free_port()
+            "listen = \"127.0.0.1:{port}\"\ncontrollers = [\"{}\"]\n{}{}",
+            baton_tests::secure::url(format!("127.0.0.1:{}", baton_tests::procs::free_port())),
+            baton_tests::secure::top(),
+            baton_tests::secure::proxy_tables("proxy"),
         ),
     )?;
     let mut d = baton_tests::procs::Daemon::start(
@@ -640,7 +642,7 @@ async fn bad_config_exits_2_naming_file_and_key_and_sigterm_stops_cleanly() -> a
         tmp.path().join("proxy.log"),
     )?;
     let c = Client::new(Duration::from_secs(2));
-    let url = format!("http://127.0.0.1:{port}");
+    let url = baton_tests::secure::url(format!("127.0.0.1:{port}"));
     let st = wait_for(Duration::from_secs(10), "the proxy to serve", || async {
         c.status(&url).await.ok()
     })

@@ -140,8 +140,34 @@ fn any_reads_rotate_over_members_and_fall_back_to_the_leader() {
 
 #[test]
 fn base_urls() {
-    assert_eq!(base_url("127.0.0.1:1"), "http://127.0.0.1:1");
-    assert_eq!(base_url("http://h:1/"), "http://h:1");
+    assert_eq!(base_url("127.0.0.1:1", false), "http://127.0.0.1:1");
+    assert_eq!(base_url("http://h:1/", false), "http://h:1");
+    // The proxy's own scheme wins: TLS to every node or to none.
+    assert_eq!(base_url("127.0.0.1:1", true), "https://127.0.0.1:1");
+    assert_eq!(base_url("http://h:1/", true), "https://h:1");
+    assert_eq!(base_url("https://h:1", false), "http://h:1");
+    assert_eq!(addr_of("https://h:1"), "h:1");
+    assert_eq!(addr_of("h:1"), "h:1");
+}
+
+#[test]
+fn over_tls_leaders_and_members_get_https_urls() {
+    let mut v = ClusterView {
+        https: true,
+        ..ClusterView::default()
+    };
+    let a = LeaderAnswer {
+        id: Some("r1".into()),
+        addr: Some("10.0.0.1:7101".into()),
+        epoch: Some(1),
+        rev: 1,
+        from_active: true,
+        state_id: None,
+    };
+    assert!(matches!(v.on_leader_answer(0, &a), Applied::Changed { .. }));
+    assert_eq!(v.leader_url(), Some("https://10.0.0.1:7101"));
+    assert!(v.on_members(1, &["10.0.0.2:7101".to_string()]));
+    assert_eq!(v.members, vec!["https://10.0.0.2:7101"]);
 }
 
 fn at(v: &mut ClusterView, now: u64, a: LeaderAnswer) -> Applied {

@@ -66,19 +66,22 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
     }
 }
 
-async fn connect(addr: &str) -> Result<Stream, String> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
+/// Opens the stream to the leader `leader_id` at `addr`: over TLS (with this replica's
+/// certificate) the leader must present `leader_id`'s certificate of this cluster, so nobody
+/// else can feed this replica records or snapshots.
+async fn connect(node: &Node, leader_id: &str, addr: &str) -> Result<Stream, String> {
+    let dialer = baton_runtime::connect::Dialer::new(
+        node.tls.clone(),
+        baton_runtime::tls::replica_name(&node.cfg.cluster, leader_id),
+    );
+    let tcp = dialer.dial(addr, CONNECT_TIMEOUT).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let req = hyper::Request::post(format!("http://{addr}/v1/replicate"))
+    let req = hyper::Request::post(format!("{}://{addr}/v1/replicate", dialer.scheme()))
         .header(hyper::header::HOST, addr)
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, PROTOCOL)
@@ -138,7 +141,7 @@ fn note_cut(node: &Node, a: &Archived, below_commit: bool) {
 
 /// One stream's life.
 async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> Result<(), String> {
-    let mut framed = connect(&leader.addr).await?;
+    let mut framed = connect(node, &leader.id.0, &leader.addr).await?;
     let (data_id, epoch, cluster_id) = {
         let g = node.lock();
         (g.core().data_id(), g.core().epoch(), g.core().cluster_id())

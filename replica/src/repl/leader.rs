@@ -12,6 +12,7 @@ use crate::faults::fault;
 use crate::node::Node;
 use crate::snapshot;
 use baton_common::{clock, Epoch, Lsn, NodeId};
+use baton_runtime::tls::Peer;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -28,9 +29,11 @@ const BATCH_BYTES: usize = 1 << 20;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one follower stream until it ends.
-pub async fn serve(node: Arc<Node>, io: hyper::upgrade::Upgraded) {
+/// `peer` is the connection's TLS identity (the guard has let only a member of this cluster
+/// through); its Hello must name the member the certificate names.
+pub async fn serve(node: Arc<Node>, io: hyper::upgrade::Upgraded, peer: Option<Peer>) {
     let framed = Framed::new(TokioIo::new(io), wire::LeaderCodec::new());
-    if let Err(e) = serve_inner(&node, framed).await {
+    if let Err(e) = serve_inner(&node, framed, peer).await {
         tracing::debug!(error = %e, "replication stream ended");
     }
 }
@@ -53,7 +56,11 @@ where
         .map_err(|e| format!("send failed: {e}"))
 }
 
-async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String> {
+async fn serve_inner(
+    node: &Arc<Node>,
+    mut framed: Stream,
+    peer: Option<Peer>,
+) -> Result<(), String> {
     let framed_ref = &mut framed;
     let (
         Msg::Hello {
@@ -69,6 +76,32 @@ async fn serve_inner(node: &Arc<Node>, mut framed: Stream) -> Result<(), String>
     else {
         return Err("the first message was not a hello".into());
     };
+    // With TLS, the stream speaks for the member its certificate names and no other: a
+    // certificate of r3 cannot acknowledge for r2 (forged acks would count toward commit).
+    if node.auth.is_on() {
+        let want = baton_runtime::tls::replica_name(&node.cfg.cluster, &id.0);
+        let peer = peer.unwrap_or_else(|| Peer {
+            addr: ([0, 0, 0, 0], 0).into(),
+            cert: None,
+        });
+        if !peer.is(&want) {
+            let refused = baton_runtime::auth::Refused::forbidden(
+                "wrong_identity",
+                format!("the hello names {id}, but the connection's certificate is not {want}"),
+            );
+            node.auth.note(&peer, &refused, "replication hello");
+            let epoch = node.lock().core().epoch();
+            let _ = send(
+                framed_ref,
+                &Msg::Refused {
+                    reason: refused.message.clone(),
+                    epoch,
+                },
+            )
+            .await;
+            return Err(refused.message);
+        }
+    }
     let (accepted, epoch, me) = {
         let mut g = node.lock();
         // Identity first: nothing a stranger says (its epoch included) may count.

@@ -3,16 +3,25 @@
 //! the active controller's answer (`Ctl::read`), and operations sent to the active controller
 //! only, following a standby's `503 not_active` to the address it names and never re-sending a
 //! request that may have arrived (`Ctl::operate`). What the answers mean is the commands' job.
+//!
+//! Security (DESIGN §9): `https://` URLs are reached over TLS checked against the deployment's
+//! CA ([`Credentials::ca`]; a controller must also carry the identity `controller.baton`, a
+//! member `{cluster}.replica.baton`), `http://` ones in plain text; the bearer token goes with
+//! every request over TLS and never over plain HTTP. A 401 or 403 answer becomes a message
+//! saying which credential is missing or too weak.
 
-use crate::targets::{active_from_message, normalize_url, Whose};
+use crate::targets::{active_from_message, normalize_url, scheme_of, Whose};
 use crate::Fail;
+use baton_runtime::connect::{Connector, Dialer};
+use baton_runtime::tls::{any_controller, cluster_name, Tls};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Per-request limit (connect + answer).
@@ -34,20 +43,31 @@ impl Answer {
         (200..300).contains(&self.status)
     }
 
-    /// `(error, message)` of an error answer.
+    /// `(error, message)` of an error answer; a refusal for credentials (401, 403) says so and
+    /// what to give instead.
     pub fn error(&self) -> Option<(String, String)> {
         if self.ok() {
             return None;
         }
         let code = self.body.get("error").and_then(Value::as_str);
         let msg = self.body.get("message").and_then(Value::as_str);
-        Some((
-            code.unwrap_or("http_error").to_string(),
-            msg.map_or_else(
-                || format!("HTTP {}: {}", self.status, self.body),
-                str::to_string,
+        let msg = msg.map_or_else(
+            || format!("HTTP {}: {}", self.status, self.body),
+            str::to_string,
+        );
+        let msg = match self.status {
+            401 => format!(
+                "the controller refused: {msg} (HTTP 401: no valid credentials; give a bearer \
+                 token with --token or BATON_TOKEN, or --local-dir DIR for a local cluster's \
+                 admin token)"
             ),
-        ))
+            403 => format!(
+                "the controller refused: {msg} (HTTP 403: the token's role is not enough; \
+                 operations need the admin role)"
+            ),
+            _ => msg,
+        };
+        Some((code.unwrap_or("http_error").to_string(), msg))
     }
 
     pub fn is(&self, status: u16, code: &str) -> bool {
@@ -72,6 +92,24 @@ pub enum CallError {
 
 impl CallError {
     pub fn message(&self) -> String {
+        match self {
+            CallError::Unreachable { url, detail, .. } | CallError::Broken { url, detail }
+                if detail.contains("TLS") || detail.contains("certificate") =>
+            {
+                format!(
+                    "TLS with the controller at {url} failed: {detail} (is --ca / BATON_CA the \
+                     CA of this deployment, and the URL's host one its certificate names?)"
+                )
+            }
+            CallError::Broken { url, .. } if url.starts_with("http://") => format!(
+                "{} (if the controller serves TLS, use its https:// URL and the deployment's CA)",
+                self.message_only()
+            ),
+            _ => self.message_only(),
+        }
+    }
+
+    fn message_only(&self) -> String {
         match self {
             CallError::Unreachable {
                 url,
@@ -148,32 +186,116 @@ pub fn failures_message(errors: &[CallError]) -> String {
     parts.join("; ")
 }
 
+/// What `batonctl` presents: the CA that signed the nodes' certificates (TLS, for `https://`
+/// URLs) and the bearer token. From `--ca` / `BATON_CA` and `--token` / `BATON_TOKEN`, else a
+/// local cluster's `cluster.json` (`"ca"`, `"tokens"."admin"`).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub ca: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+pub type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// A pooled client: TLS with `tls` when given (the server must carry the identity `expect`,
+/// `""`: any certificate of the CA), plain HTTP without.
+pub fn http_client(tls: Option<Arc<Tls>>, expect: &str) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(baton_runtime::CLIENT_POOL_IDLE)
+        .build(Connector::new(
+            Dialer::new(tls, expect),
+            Some(CONNECT_TIMEOUT),
+        ))
+}
+
+/// Loads the CA of `creds` (an error names it).
+pub fn load_ca(creds: &Credentials) -> Result<Option<Arc<Tls>>, String> {
+    creds
+        .ca
+        .as_ref()
+        .map(|ca| {
+            Tls::client_only(ca)
+                .map_err(|e| format!("--ca / BATON_CA {}: {}", ca.display(), e.reason))
+        })
+        .transpose()
+}
+
+/// Whom a request goes to: the certificate it must show differs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum To {
+    Controller,
+    Member,
+}
+
 pub struct Ctl {
     pub controllers: Vec<String>,
     pub cluster: String,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    plain: HttpClient,
+    /// TLS clients to controllers and to members, when a CA is given.
+    tls: Option<(HttpClient, HttpClient)>,
+    token: Option<String>,
 }
 
 impl Ctl {
-    pub fn new(controllers: Vec<String>, cluster: String) -> Ctl {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        conn.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(conn);
-        Ctl {
+    /// Refuses `https://` controllers without a CA, and a CA file that cannot be used.
+    pub fn new(
+        controllers: Vec<String>,
+        cluster: String,
+        creds: &Credentials,
+    ) -> Result<Ctl, String> {
+        let tls = load_ca(creds)?;
+        if tls.is_none() {
+            if let Some(u) = controllers.iter().find(|u| u.starts_with("https://")) {
+                return Err(format!(
+                    "{u}: checking its TLS certificate needs the deployment's CA: --ca FILE or \
+                     BATON_CA (or --local-dir DIR for a local cluster)"
+                ));
+            }
+        }
+        let tls = tls.map(|t| {
+            (
+                http_client(Some(t.clone()), &any_controller()),
+                http_client(Some(t), &cluster_name(&cluster)),
+            )
+        });
+        Ok(Ctl {
             controllers,
             cluster,
-            client,
-        }
+            plain: http_client(None, ""),
+            tls,
+            token: creds.token.clone().filter(|t| !t.is_empty()),
+        })
     }
 
     pub fn path(&self, tail: &str) -> String {
         format!("/v1/clusters/{}{tail}", self.cluster)
     }
 
+    /// The scheme members are reached with: `https` when a CA is given.
+    pub fn member_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// One request to one controller.
     pub async fn call(
         &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, CallError> {
+        self.call_to(To::Controller, base, method, path, body).await
+    }
+
+    /// One request to one node: over TLS (checked for what `to` must carry, the token sent)
+    /// for an `https://` base, plain for an `http://` one.
+    pub async fn call_to(
+        &self,
+        to: To,
         base: &str,
         method: Method,
         path: &str,
@@ -186,6 +308,21 @@ impl Ctl {
         let uri = format!("{base}{path}")
             .parse::<hyper::Uri>()
             .map_err(|e| bad(format!("cannot form a request URL: {e}")))?;
+        let https = uri.scheme_str() == Some("https");
+        let client = match (&self.tls, https) {
+            (_, false) => &self.plain,
+            (Some((ctl, _)), true) if to == To::Controller => ctl,
+            (Some((_, member)), true) => member,
+            (None, true) => {
+                return Err(CallError::Unreachable {
+                    url: base.to_string(),
+                    refused: false,
+                    detail: "an https:// URL needs the deployment's CA: --ca FILE or BATON_CA \
+                             (or --local-dir DIR)"
+                        .into(),
+                })
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -193,16 +330,16 @@ impl Ctl {
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        // Only over TLS: in plain text the token would be anyone's.
+        if let (true, Some(t)) = (https, &self.token) {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
         let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| bad(format!("cannot form the request: {e}")))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| classify(base, &e))?;
+            let resp = client.request(req).await.map_err(|e| classify(base, &e))?;
             let status = resp.status().as_u16();
             let raw = resp
                 .into_body()
@@ -271,7 +408,8 @@ impl Ctl {
                     }
                     match whose(&a.body) {
                         Whose::Standby(named) => {
-                            if let Some(n) = named.and_then(|n| normalize_url(&n).ok()) {
+                            let scheme = scheme_of(&url);
+                            if let Some(n) = named.and_then(|n| normalize_url(&n, scheme).ok()) {
                                 if !order.contains(&n) {
                                     order.insert(i, n);
                                 }
@@ -305,7 +443,7 @@ impl Ctl {
             match self.call(&url, Method::POST, path, body).await {
                 Ok(a) if a.is(503, "not_active") => {
                     let msg = a.error().map(|(_, m)| m).unwrap_or_default();
-                    if let Some(active) = active_from_message(&msg) {
+                    if let Some(active) = active_from_message(&msg, scheme_of(&url)) {
                         if !queue.contains(&active) {
                             queue.insert(i, active);
                         }
@@ -402,6 +540,15 @@ mod tests {
              set --controller or BATON_CONTROLLER); cannot reach the controller at http://c:3: \
              timed out (is baton-controller running? set --controller or BATON_CONTROLLER)"
         );
+        let tls = CallError::Unreachable {
+            url: "https://c:3".into(),
+            refused: false,
+            detail: "TLS handshake with c: invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(tls
+            .message()
+            .starts_with("TLS with the controller at https://c:3 failed: TLS handshake"));
+        assert!(tls.message().contains("--ca"));
         let no = NoActive {
             unreachable: vec![refused("http://a:1")],
             standby: vec![("http://b:2".into(), "this controller is not active".into())],
@@ -409,6 +556,30 @@ mod tests {
         assert!(no
             .message("main")
             .starts_with("no active controller for cluster \"main\" answered"));
+    }
+
+    #[test]
+    fn refusals_for_credentials_say_what_to_give() {
+        let a = Answer {
+            status: 401,
+            body: serde_json::json!({"error": "unauthorized", "message": "POST /x needs a bearer token"}),
+        };
+        let (code, m) = a.error().expect("error");
+        assert_eq!(code, "unauthorized");
+        assert!(
+            m.starts_with("the controller refused: POST /x needs"),
+            "{m}"
+        );
+        assert!(m.contains("--token") && m.contains("BATON_TOKEN"), "{m}");
+        let a = Answer {
+            status: 403,
+            body: serde_json::json!({"error": "forbidden", "message": "needs the admin role"}),
+        };
+        let (_, m) = a.error().expect("error");
+        assert!(
+            m.contains("needs the admin role") && m.contains("HTTP 403"),
+            "{m}"
+        );
     }
 
     #[test]

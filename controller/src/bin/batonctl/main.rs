@@ -22,7 +22,8 @@ mod status;
 mod targets;
 
 use clap::{Parser, Subcommand};
-use client::Ctl;
+use client::{Credentials, Ctl};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,13 +32,30 @@ use std::time::Duration;
 #[command(name = "batonctl", version)]
 struct Cli {
     /// Controller URL; repeat it or separate several with commas. Default: the
-    /// comma-separated list in BATON_CONTROLLER, else http://127.0.0.1:7001.
+    /// comma-separated list in BATON_CONTROLLER, else 127.0.0.1:7001 (https:// when a CA is
+    /// given, else http://).
     #[arg(long = "controller", value_name = "URL", global = true)]
     controller: Vec<String>,
+    /// The deployment's CA certificate (PEM): https:// controllers must present a certificate
+    /// it signed. Default: "ca" of --local-dir's cluster.json.
+    #[arg(long, value_name = "FILE", global = true, env = "BATON_CA")]
+    ca: Option<PathBuf>,
+    /// Bearer token sent with every request over TLS (`Authorization: Bearer TOKEN`); prefer
+    /// BATON_TOKEN, which other users cannot read in the process list. Default: the admin
+    /// token of --local-dir's cluster.json.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        global = true,
+        env = "BATON_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// The cluster to act on.
     #[arg(long, value_name = "NAME", default_value = "main", global = true)]
     cluster: String,
-    /// A `batonctl local up` directory: its controllers are used unless --controller is given.
+    /// A `batonctl local up` directory: its controllers, CA and admin token (cluster.json) are
+    /// used unless --controller, --ca or --token give others.
     #[arg(
         long = "local-dir",
         value_name = "DIR",
@@ -141,31 +159,47 @@ async fn main() -> ExitCode {
         return local::run(cmd, cli.cluster).await;
     }
     let mut env = std::env::var("BATON_CONTROLLER").ok();
-    if let (true, Some(dir)) = (cli.controller.is_empty(), &cli.local_dir) {
+    let mut creds = Credentials {
+        ca: cli.ca.clone(),
+        token: cli.token.clone(),
+    };
+    if let Some(dir) = &cli.local_dir {
         match local::layout::read_layout(dir) {
             Ok(l) => {
-                env = Some(
-                    l.controllers
-                        .iter()
-                        .map(|c| c.url.clone())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )
+                if cli.controller.is_empty() {
+                    env = Some(
+                        l.controllers
+                            .iter()
+                            .map(|c| c.url.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                }
+                // Its token goes only to its own deployment: with its CA, not another.
+                let (ca, token) = l.credentials();
+                if creds.ca.is_none() || creds.ca == ca {
+                    creds.token = creds.token.or(token);
+                }
+                creds.ca = creds.ca.or(ca);
             }
+            // Only its controllers were wanted, and --controller named them.
+            Err(_) if !cli.controller.is_empty() => {}
             Err(e) => {
                 eprintln!("batonctl: --local-dir: {e}");
                 return ExitCode::from(2);
             }
         }
     }
-    let controllers = match targets::controller_list(&cli.controller, env.as_deref()) {
+    let scheme = if creds.ca.is_some() { "https" } else { "http" };
+    let ctl = targets::controller_list(&cli.controller, env.as_deref(), scheme)
+        .and_then(|controllers| Ctl::new(controllers, cli.cluster, &creds));
+    let ctl = match ctl {
         Ok(c) => c,
         Err(e) => {
             eprintln!("batonctl: {e}");
             return ExitCode::from(2);
         }
     };
-    let ctl = Ctl::new(controllers, cli.cluster);
     match run(&ctl, cli.cmd).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(m)) => {

@@ -1,8 +1,9 @@
-//! The reads: `status` (a header line and a `patronictl list`-shaped table, etcd alarms after
-//! it), `leader`, `history` (the decision journal), `dry-run` and `rollbacks` (asked of every
-//! member). Each prints the answer as text, or as JSON with `--json`; none changes anything.
+//! The reads: `status` (a header line, a line saying how the cluster is secured — loudly when it
+//! is not — and a `patronictl list`-shaped table, etcd alarms after it), `leader`, `history`
+//! (the decision journal), `dry-run` and `rollbacks` (asked of every member). Each prints the
+//! answer as text, or as JSON with `--json`; none changes anything.
 
-use crate::client::Ctl;
+use crate::client::{Ctl, To};
 use crate::output::{
     leader_id, local_time, num_or_dash, print_json, print_lines, s_or, secs, unix_ms,
 };
@@ -40,13 +41,9 @@ pub async fn rollbacks(ctl: &Ctl, json: bool) -> Result<(), Fail> {
         let (Some(id), Some(addr)) = (m["id"].as_str(), m["addr"].as_str()) else {
             continue;
         };
+        let base = format!("{}://{addr}", ctl.member_scheme());
         match ctl
-            .call(
-                &format!("http://{addr}"),
-                Method::GET,
-                "/v1/rollbacks",
-                None,
-            )
+            .call_to(To::Member, &base, Method::GET, "/v1/rollbacks", None)
             .await
         {
             Ok(a) if a.ok() => {
@@ -62,6 +59,10 @@ pub async fn rollbacks(ctl: &Ctl, json: bool) -> Result<(), Fail> {
                 }
                 all.push(serde_json::json!({ "member": id, "rollbacks": a.body }));
             }
+            Ok(a) if a.status == 401 || a.status == 403 => lines.push(format!(
+                "{id:<8} (refused: {})",
+                a.error().map(|(_, m)| m).unwrap_or_default()
+            )),
             Ok(a) => lines.push(format!("{id:<8} (answered HTTP {})", a.status)),
             Err(_) => lines.push(format!("{id:<8} (unreachable at {addr})")),
         }
@@ -113,7 +114,20 @@ pub async fn dry_run(ctl: &Ctl, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The `status` text: one header line, then a table with one row per member.
+/// How the cluster is secured, as `status` says it: insecure when the controller answered over
+/// plain HTTP (or says it runs with `insecure = true`).
+pub fn security_line(v: &Value, answered_by: &str) -> String {
+    let insecure = !answered_by.starts_with("https://")
+        || v.get("insecure").and_then(Value::as_bool) == Some(true);
+    if insecure {
+        "security: INSECURE (plain HTTP, no credentials)".into()
+    } else {
+        "security: TLS, tokens".into()
+    }
+}
+
+/// The `status` text: one header line, the security line, then a table with one row per
+/// member.
 pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<String> {
     let cluster = s_or(v, "cluster", "?");
     let mut head = vec![format!("Cluster: {cluster}")];
@@ -155,7 +169,7 @@ pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<Strin
             s_or(op, "kind", "?")
         ));
     }
-    let mut lines = vec![head.join(" | ")];
+    let mut lines = vec![head.join(" | "), security_line(v, answered_by)];
 
     let adding = v
         .get("adding")

@@ -5,13 +5,18 @@
 
 use serde_json::Value;
 
-/// Used when neither `--controller` nor `BATON_CONTROLLER` names a controller.
-pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7001";
+/// Used when neither `--controller` nor `BATON_CONTROLLER` names a controller (over TLS when a
+/// CA is given).
+pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:7001";
 
 /// The controllers to talk to, in order: `--controller` values (each possibly comma-separated),
 /// else `BATON_CONTROLLER` (comma-separated), else the default. A bare `host:port` gets
-/// `http://`; duplicates and trailing slashes go.
-pub fn controller_list(flags: &[String], env: Option<&str>) -> Result<Vec<String>, String> {
+/// `{scheme}://` (`https` when a CA is given); duplicates and trailing slashes go.
+pub fn controller_list(
+    flags: &[String],
+    env: Option<&str>,
+    scheme: &str,
+) -> Result<Vec<String>, String> {
     let mut raw: Vec<&str> = flags.iter().flat_map(|f| f.split(',')).collect();
     let mut source = "--controller";
     if raw.iter().all(|s| s.trim().is_empty()) {
@@ -24,38 +29,52 @@ pub fn controller_list(flags: &[String], env: Option<&str>) -> Result<Vec<String
         if t.is_empty() {
             continue;
         }
-        let url = normalize_url(t).map_err(|e| format!("{source}: {e}"))?;
+        let url = normalize_url(t, scheme).map_err(|e| format!("{source}: {e}"))?;
         if !out.contains(&url) {
             out.push(url);
         }
     }
     if out.is_empty() {
-        out.push(DEFAULT_CONTROLLER.to_string());
+        out.push(format!("{scheme}://{DEFAULT_CONTROLLER}"));
     }
     Ok(out)
 }
 
-pub fn normalize_url(s: &str) -> Result<String, String> {
+/// `s` as a base URL: `http://` or `https://`, `{scheme}://` put before a bare `host:port`.
+pub fn normalize_url(s: &str, scheme: &str) -> Result<String, String> {
     let s = s.trim().trim_end_matches('/');
     let url = if s.contains("://") {
         s.to_string()
     } else {
-        format!("http://{s}")
+        format!("{scheme}://{s}")
     };
-    if !url.starts_with("http://") {
-        return Err(format!("{s:?}: only http:// controller URLs are supported"));
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!(
+            "{s:?}: only https:// (and, for an insecure cluster, http://) controller URLs are \
+             supported"
+        ));
     }
     match url.parse::<hyper::Uri>() {
         Ok(u) if u.host().is_some() && (u.path() == "/" || u.path().is_empty()) => Ok(url),
         _ => Err(format!(
-            "{s:?} is not a controller URL like http://127.0.0.1:7001"
+            "{s:?} is not a controller URL like https://127.0.0.1:7001"
         )),
     }
 }
 
+/// `https` for an `https://` URL, else `http`: the scheme of the addresses a controller
+/// reached at `url` names (they are `host:port`, served the same way).
+pub fn scheme_of(url: &str) -> &'static str {
+    if url.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The active controller a standby names in its `not_active` message ("… the active one is
-/// 127.0.0.1:7001"), as a URL.
-pub fn active_from_message(msg: &str) -> Option<String> {
+/// 127.0.0.1:7001"), as a URL with `scheme`.
+pub fn active_from_message(msg: &str, scheme: &str) -> Option<String> {
     let (_, rest) = msg.split_once("the active one is ")?;
     let addr = rest
         .split_whitespace()
@@ -64,7 +83,7 @@ pub fn active_from_message(msg: &str) -> Option<String> {
     if addr.is_empty() || addr == "unknown" {
         return None;
     }
-    normalize_url(addr).ok()
+    normalize_url(addr, scheme).ok()
 }
 
 /// Who gave a read's answer, as the answer itself says.
@@ -134,46 +153,61 @@ mod tests {
                 "",
             ]),
             Some("http://ignored:1"),
+            "http",
         );
         assert_eq!(
             got,
             Ok(s(&["http://10.0.0.1:7001", "http://127.0.0.1:7002"]))
         );
+        // With a CA, a bare address is reached over TLS.
+        let got = controller_list(&s(&["127.0.0.1:7002", "https://a:1/"]), None, "https");
+        assert_eq!(got, Ok(s(&["https://127.0.0.1:7002", "https://a:1"])));
     }
 
     #[test]
     fn controller_list_falls_back_to_env_then_default() {
         assert_eq!(
-            controller_list(&[], Some(" a:1, ,http://b:2 ")),
+            controller_list(&[], Some(" a:1, ,http://b:2 "), "http"),
             Ok(s(&["http://a:1", "http://b:2"]))
         );
         assert_eq!(
-            controller_list(&s(&[","]), Some("")),
-            Ok(s(&[DEFAULT_CONTROLLER]))
+            controller_list(&s(&[","]), Some(""), "http"),
+            Ok(s(&["http://127.0.0.1:7001"]))
         );
-        assert_eq!(controller_list(&[], None), Ok(s(&[DEFAULT_CONTROLLER])));
+        assert_eq!(
+            controller_list(&[], None, "http"),
+            Ok(s(&["http://127.0.0.1:7001"]))
+        );
     }
 
     #[test]
     fn controller_list_rejects_what_it_cannot_use() {
-        let e = controller_list(&s(&["https://a:1"]), None).expect_err("https");
+        let e = controller_list(&s(&["ftp://a:1"]), None, "http").expect_err("ftp");
         assert!(e.starts_with("--controller: "), "{e}");
-        assert!(e.contains("only http://"), "{e}");
-        let e = controller_list(&[], Some("http://a:1/v1/cluster")).expect_err("path");
+        assert!(e.contains("only https://"), "{e}");
+        let e = controller_list(&[], Some("http://a:1/v1/cluster"), "http").expect_err("path");
         assert!(e.starts_with("BATON_CONTROLLER: "), "{e}");
     }
 
     #[test]
     fn the_active_controller_is_read_from_a_standby_message() {
+        let msg = "this controller is not active; the active one is 127.0.0.1:7001";
         assert_eq!(
-            active_from_message("this controller is not active; the active one is 127.0.0.1:7001"),
+            active_from_message(msg, "http"),
             Some("http://127.0.0.1:7001".into())
         );
         assert_eq!(
-            active_from_message("this controller is not active; the active one is unknown"),
+            active_from_message(msg, scheme_of("https://127.0.0.1:7002")),
+            Some("https://127.0.0.1:7001".into())
+        );
+        assert_eq!(
+            active_from_message(
+                "this controller is not active; the active one is unknown",
+                "http"
+            ),
             None
         );
-        assert_eq!(active_from_message("busy"), None);
+        assert_eq!(active_from_message("busy", "http"), None);
     }
 
     #[test]

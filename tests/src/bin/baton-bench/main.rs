@@ -18,7 +18,9 @@
 //! `baton-bench failover` times leader kills and switchovers with the real controller;
 //! `baton-bench partial` holds partial failures (cut links both ways and one way, a cut-off
 //! controller, etcd trouble, both controllers down, full and slow disks, a corrupted follower
-//! log) and reports the longest write gap of each next to its bound. One module per command.
+//! log) and reports the longest write gap of each next to its bound. `baton-bench tls` measures
+//! the cluster's writes in the secure default and in plain HTTP side by side (what TLS and
+//! tokens cost). One module per command.
 
 mod catchup;
 mod cluster;
@@ -27,6 +29,7 @@ mod etcd;
 mod failover;
 mod partial;
 mod replica;
+mod tls;
 
 use catchup::run_catchup;
 use clap::{Parser, Subcommand};
@@ -35,6 +38,7 @@ use failover::run_failover;
 use partial::run_partial;
 use replica::run_replica;
 use std::path::PathBuf;
+use tls::run_tls;
 
 #[derive(Parser)]
 struct Args {
@@ -66,6 +70,21 @@ enum Cmd {
     },
     /// Three replicas (leader r1): writes through the leader in semi-sync, then async mode.
     Cluster {
+        /// Seconds per load level.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients per load level.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Working directory (on the disk to measure); a temporary one by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// What TLS costs: the three-replica semi-sync cluster with TLS and tokens, then in plain
+    /// HTTP (`insecure = true`), in one run.
+    Tls {
         /// Seconds per load level.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
@@ -144,6 +163,12 @@ async fn main() -> anyhow::Result<()> {
             value_bytes,
             dir,
         } => run_cluster(seconds, clients, value_bytes, dir).await,
+        Cmd::Tls {
+            seconds,
+            clients,
+            value_bytes,
+            dir,
+        } => run_tls(seconds, clients, value_bytes, dir).await,
         Cmd::Catchup {
             gib,
             value_bytes,

@@ -3,15 +3,24 @@
 //! given), controllers, replicas and the proxy as processes, their configs, logs and data under
 //! DIR, and `DIR/cluster.json` describing it. Binaries are found next to `batonctl`.
 //!
+//! Secure by default (DESIGN §9): every node, the private etcd included, serves and connects
+//! over TLS with certificates of a CA made for the deployment, and takes bearer tokens of the
+//! roles read, write and admin, which `cluster.json` holds for clients; `--insecure` runs it
+//! all in plain HTTP without credentials instead, and says so.
+//!
 //! This file is the subcommands (`run` is `main`'s entry for them); `layout.rs` is
-//! `cluster.json`, `procs.rs` starting, finding and signalling the processes.
+//! `cluster.json`, `secure.rs` the CA, certificates, tokens and config sections, `procs.rs`
+//! starting, finding and signalling the processes.
 
 pub mod layout;
 mod procs;
+mod secure;
 
-use crate::client::Ctl;
+use crate::client::{load_ca, Credentials, Ctl};
+use baton_runtime::pki;
 use layout::{layout_path, read_layout, write_layout, Layout, Node};
-use procs::{alive, bin, free_port, http, last_line, signal, spawn, which};
+use procs::{alive, bin, free_port, last_line, signal, spawn, which, Http};
+use secure::{toml_path, Secure};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -36,6 +45,10 @@ pub enum LocalCmd {
         /// Return once the cluster is up instead of staying in the foreground.
         #[arg(long)]
         detach: bool,
+        /// Plain HTTP without certificates or tokens: anyone who can reach a port can read,
+        /// write and operate everything. Every status output says so.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Signal one node (`r2`, `c1`, `proxy`, `etcd`).
     Stop {
@@ -69,10 +82,16 @@ pub async fn run(cmd: LocalCmd, cluster: String) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Some((controllers, dir, detach)) = up else {
+    let Some((controllers, creds, dir, detach)) = up else {
         return ExitCode::SUCCESS;
     };
-    let ctl = Ctl::new(controllers, cluster);
+    let ctl = match Ctl::new(controllers, cluster, &creds) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("batonctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // Let a few heartbeats reach the controllers so the table shows current positions.
     tokio::time::sleep(Duration::from_millis(400)).await;
     println!();
@@ -115,8 +134,12 @@ pub async fn run(cmd: LocalCmd, cluster: String) -> ExitCode {
     }
 }
 
-/// Runs a `local` subcommand. `up` returns the controller URLs for the caller's status table.
-async fn launch(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, String> {
+/// What `up` hands back for the status table: the controller URLs, the credentials, DIR and
+/// `--detach`.
+type Launched = (Vec<String>, Credentials, PathBuf, bool);
+
+/// Runs a `local` subcommand.
+async fn launch(cmd: LocalCmd) -> Result<Option<Launched>, String> {
     match cmd {
         LocalCmd::Up {
             dir,
@@ -125,9 +148,10 @@ async fn launch(cmd: LocalCmd) -> Result<Option<(Vec<String>, PathBuf, bool)>, S
             mode,
             etcd,
             detach,
+            insecure,
         } => {
-            let urls = up(&dir, replicas, controllers, &mode, etcd).await?;
-            Ok(Some((urls, dir, detach)))
+            let (urls, creds) = up(&dir, replicas, controllers, &mode, etcd, insecure).await?;
+            Ok(Some((urls, creds, dir, detach)))
         }
         LocalCmd::Stop {
             dir,
@@ -216,7 +240,8 @@ async fn up(
     controllers: usize,
     mode: &str,
     etcd: Vec<String>,
-) -> Result<Vec<String>, String> {
+    insecure: bool,
+) -> Result<(Vec<String>, Credentials), String> {
     if !(1..=9).contains(&replicas) || !(1..=9).contains(&controllers) {
         return Err("--replicas and --controllers must be between 1 and 9".into());
     }
@@ -243,22 +268,42 @@ async fn up(
     let (rbin, cbin) = (bin("baton-replica")?, bin("baton-controller")?);
     let pbin = bin("baton-proxy").ok();
     let s = |p: &Path| p.display().to_string();
+    // Secure unless --insecure: a CA, certificates and tokens made afresh under DIR/tls.
+    let sec = if insecure {
+        None
+    } else {
+        Some(Secure::new(&dir)?)
+    };
+    let scheme = if insecure { "http" } else { "https" };
+    // Plain HTTP must be chosen in every config: the default is TLS.
+    let insecure_line = if insecure { "insecure = true\n" } else { "" };
+    let creds = Credentials {
+        ca: sec.as_ref().map(|x| x.ca_file.clone()),
+        token: sec.as_ref().map(|x| x.tokens.admin.clone()),
+    };
+    let http = Http::new(load_ca(&creds)?, creds.token.clone());
     let mut layout = Layout {
         etcd: etcd.clone(),
         etcd_node: None,
         proxy: None,
         controllers: Vec::new(),
         replicas: Vec::new(),
+        ca: sec.as_ref().map(|x| s(&x.ca_file)),
+        tokens: sec.as_ref().map(|x| x.tokens.clone()),
+        insecure,
     };
     let result = async {
+        // The controllers reach a private etcd over TLS, presenting their own certificates.
+        let mut etcd_tls = false;
         if etcd.is_empty() {
             let e = which("etcd").ok_or("etcd is not installed: `sudo apt install etcd-server` (or ./scripts/install-prereqs.sh), or pass --etcd URL")?;
             let (c, p) = (free_port()?, free_port()?);
-            let url = format!("http://127.0.0.1:{c}");
+            let url = format!("{scheme}://127.0.0.1:{c}");
+            // A single member: nothing but itself on the peer port, which stays on loopback.
             let peer = format!("http://127.0.0.1:{p}");
             let edir = dir.join("etcd");
             std::fs::create_dir_all(&edir).map_err(|e| e.to_string())?;
-            let cmd = vec![
+            let mut cmd = vec![
                 s(&e), "--name".into(), "baton-local".into(), "--data-dir".into(), s(&edir.join("data")),
                 "--listen-client-urls".into(), url.clone(), "--advertise-client-urls".into(), url.clone(),
                 "--listen-peer-urls".into(), peer.clone(), "--initial-advertise-peer-urls".into(), peer.clone(),
@@ -267,6 +312,16 @@ async fn up(
                 // too): etcd's size stays flat however long the deployment runs.
                 "--auto-compaction-mode".into(), "revision".into(), "--auto-compaction-retention".into(), "1000".into(),
             ];
+            if let Some(sec) = &sec {
+                // TLS on the client port, and only clients with a certificate of the etcd-clients
+                // CA, which signs the controllers' etcd certificates alone.
+                let f = sec.node("etcd", &["etcd.baton".to_string()])?;
+                cmd.extend([
+                    "--cert-file".into(), s(&f.cert_file), "--key-file".into(), s(&f.key_file),
+                    "--trusted-ca-file".into(), s(&sec.etcd_ca_file), "--client-cert-auth".into(),
+                ]);
+                etcd_tls = true;
+            }
             let log = s(&edir.join("etcd.log"));
             let pid = spawn(&cmd, Path::new(&log))?;
             layout.etcd = vec![url.clone()];
@@ -274,15 +329,31 @@ async fn up(
         }
         let rports: Vec<u16> = (0..replicas).map(|_| free_port()).collect::<Result<_, _>>()?;
         let cports: Vec<u16> = (0..controllers).map(|_| free_port()).collect::<Result<_, _>>()?;
-        let curls: Vec<String> = cports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let curls: Vec<String> = cports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
         let members: String = rports.iter().enumerate().map(|(i, p)| format!("[[clusters.members]]\nid = \"r{}\"\naddr = \"127.0.0.1:{p}\"\n\n", i + 1)).collect();
         let etcd_list = layout.etcd.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
+        // A node's `[tls]` and `[[tokens]]` (nothing when insecure), its certificate carrying
+        // `names`.
+        let sections = |file: &str, names: Vec<String>| -> Result<(String, Option<pki::NodeFiles>), String> {
+            match &sec {
+                None => Ok((String::new(), None)),
+                Some(sec) => {
+                    let f = sec.node(file, &names)?;
+                    Ok((sec.sections(&f), Some(f)))
+                }
+            }
+        };
         for (i, port) in cports.iter().enumerate() {
             let id = format!("c{}", i + 1);
             let d = dir.join(&id);
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
             let cfg = d.join("controller.toml");
-            let text = format!("id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{etcd_list}]\n\n[[clusters]]\nname = \"main\"\nmode = \"{mode}\"\n\n{members}");
+            let (tls, files) = sections(&id, pki::controller_names(&id))?;
+            let etcd_tls = match (&sec, &files, etcd_tls) {
+                (Some(sec), Some(_), true) => sec.etcd_tls(&id)?,
+                _ => String::new(),
+            };
+            let text = format!("id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\netcd = [{etcd_list}]\n{insecure_line}\n{etcd_tls}\n{tls}\n[[clusters]]\nname = \"main\"\nmode = \"{mode}\"\n\n{members}");
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let cmd = vec![s(&cbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("controller.log"));
@@ -296,23 +367,26 @@ async fn up(
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
             let cfg = d.join("replica.toml");
             let data = d.join("data");
-            let text = format!("id = \"{id}\"\ndata_dir = {:?}\nlisten = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n", s(&data));
+            let (tls, _) = sections(&id, pki::replica_names("main", &id))?;
+            let text = format!("id = \"{id}\"\ndata_dir = {}\nlisten = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n{insecure_line}\n{tls}", toml_path(&data));
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let cmd = vec![s(&rbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("replica.log"));
             let pid = spawn(&cmd, Path::new(&log))?;
-            layout.replicas.push(Node { id, url: format!("http://127.0.0.1:{port}"), pid, data_dir: Some(s(&data)), cmd, log });
+            layout.replicas.push(Node { id, url: format!("{scheme}://127.0.0.1:{port}"), pid, data_dir: Some(s(&data)), cmd, log });
         }
         if let Some(pbin) = &pbin {
             let port = free_port()?;
             let d = dir.join("proxy");
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
             let cfg = d.join("proxy.toml");
-            std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n")).map_err(|e| e.to_string())?;
+            // Its id is the default, "proxy", which its certificate names.
+            let (tls, _) = sections("proxy", pki::proxy_names("proxy"))?;
+            std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n{insecure_line}\n{tls}")).map_err(|e| e.to_string())?;
             let cmd = vec![s(pbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("proxy.log"));
             let pid = spawn(&cmd, Path::new(&log))?;
-            layout.proxy = Some(Node { id: "proxy".into(), url: format!("http://127.0.0.1:{port}"), pid, data_dir: None, cmd, log });
+            layout.proxy = Some(Node { id: "proxy".into(), url: format!("{scheme}://127.0.0.1:{port}"), pid, data_dir: None, cmd, log });
         }
         write_layout(&dir, &layout)?;
         // A node that exits at once (port taken, bad config) is reported with its last log line.
@@ -322,12 +396,12 @@ async fn up(
                 return Err(format!("{} exited at start: {} (log: {})", n.id, last_line(&n.log), n.log));
             }
         }
-        // init, through whichever controller is active.
+        // init, through whichever controller is active (with the admin token).
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         'init: loop {
             for u in &curls {
-                match http("POST", &format!("{u}/v1/clusters/main/init"), "").await {
+                match http.call("POST", &format!("{u}/v1/clusters/main/init"), "").await {
                     Ok((200, _)) => break 'init,
                     Ok((409, b)) if b.contains("initialized") => break 'init,
                     Ok((_, b)) => last = b,
@@ -345,14 +419,17 @@ async fn up(
             None => layout.replicas.iter().map(|r| r.url.clone()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
         'ready: loop {
             for t in &targets {
-                if let Ok((200, _)) = http("PUT", &format!("{t}/v1/kv/__baton_local_up"), "ok").await {
-                    break 'ready;
+                match http.call("PUT", &format!("{t}/v1/kv/__baton_local_up"), "ok").await {
+                    Ok((200, _)) => break 'ready,
+                    Ok((status, b)) => last = format!("HTTP {status}: {b}"),
+                    Err(e) => last = e,
                 }
             }
             if Instant::now() > deadline {
-                return Err("no leader accepted a write within 30 s; see the logs under DIR".into());
+                return Err(format!("no leader accepted a write within 30 s ({last}); see the logs under DIR"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -362,6 +439,15 @@ async fn up(
     match result {
         Ok(curls) => {
             println!("Baton is up in {}", dir.display());
+            match &layout.ca {
+                Some(ca) => println!(
+                    "  security:    TLS everywhere (CA {ca}); bearer tokens read, write, admin in {}",
+                    layout_path(&dir).display()
+                ),
+                None => println!(
+                    "  security:    INSECURE (plain HTTP, no credentials: anyone who reaches a port can do anything)"
+                ),
+            }
             println!("  etcd:        {}", layout.etcd.join(", "));
             for c in &layout.controllers {
                 println!("  controller:  {} {}", c.id, c.url);
@@ -376,12 +462,18 @@ async fn up(
                 ),
             }
             println!("  description: {}", layout_path(&dir).display());
+            if let Some(ca) = &layout.ca {
+                println!(
+                    "  clients:     curl --cacert {ca} -H \"Authorization: Bearer TOKEN\" (TOKEN: \"tokens\" of {})",
+                    layout_path(&dir).display()
+                );
+            }
             println!(
                 "  operate:     batonctl --local-dir {} status   (or export BATON_LOCAL_DIR={})",
                 dir.display(),
                 dir.display()
             );
-            Ok(curls)
+            Ok((curls, creds))
         }
         Err(e) => {
             let _ = write_layout(&dir, &layout);

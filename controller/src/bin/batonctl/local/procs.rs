@@ -1,6 +1,7 @@
 //! The processes of a local deployment: finding our binaries, starting one detached from the
 //! terminal with its log, telling whether a recorded pid is still ours and alive, signalling it,
-//! free loopback ports, and the small HTTP client `up` uses before any controller runs.
+//! free loopback ports, and the small HTTP client `up` uses for its own readiness checks (TLS
+//! against the deployment's CA and the admin token, unless insecure).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,29 +105,60 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn http(method: &str, url: &str, body: &str) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let b = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&b).into_owned()))
+/// The client of `up`'s own requests (init, the first write): TLS checked against the new
+/// deployment's CA with its admin token, or plain HTTP for `--insecure`.
+pub struct Http {
+    client: crate::client::HttpClient,
+    token: Option<String>,
+}
+
+impl Http {
+    pub fn new(
+        tls: Option<std::sync::Arc<baton_runtime::tls::Tls>>,
+        token: Option<String>,
+    ) -> Http {
+        Http {
+            client: crate::client::http_client(tls, ""),
+            token,
+        }
+    }
+
+    pub async fn call(&self, method: &str, url: &str, body: &str) -> Result<(u16, String), String> {
+        use http_body_util::BodyExt;
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                // The innermost cause says the most (a refused connection, a TLS failure).
+                let mut detail = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    detail = s.to_string();
+                    src = s.source();
+                }
+                detail
+            })?;
+            let status = resp.status().as_u16();
+            let b = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, String::from_utf8_lossy(&b).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .map_err(|_| "timeout".to_string())?
+    }
 }

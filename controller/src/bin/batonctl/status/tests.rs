@@ -40,6 +40,7 @@ fn status_renders_a_header_and_one_row_per_member() {
     let got = status_lines(&sample(), "http://127.0.0.1:7001", 0);
     let want = [
         "Cluster: main | epoch 4 | leader r3 | phase steady | control auto | mode semi-sync | active controller 127.0.0.1:7001",
+        "security: INSECURE (plain HTTP, no credentials)",
         "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
         "| Member | Host           | Role     | Health            | Epoch |  LSN | Lag | Sync   | Unclean |",
         "+--------+----------------+----------+-------------------+-------+------+-----+--------+---------+",
@@ -115,8 +116,8 @@ fn status_says_paused_names_the_op_and_a_standby_answer() {
          | mode semi-sync | active controller 127.0.0.1:7001 (answered by standby http://127.0.0.1:7002) \
          | op op-0000abcd switchover:r1 (deadline in 7.5 s)"
     );
-    assert!(got[2].ends_with("| Unclean | Tags        |"), "{}", got[2]);
-    assert!(got[7].ends_with("|         | no_failover |"), "{}", got[7]);
+    assert!(got[3].ends_with("| Unclean | Tags        |"), "{}", got[3]);
+    assert!(got[8].ends_with("|         | no_failover |"), "{}", got[8]);
 }
 
 #[test]
@@ -124,16 +125,16 @@ fn status_names_an_etcd_alarm_after_the_table() {
     let mut v = sample();
     v["etcd"] = serde_json::json!({"alarms": ["NOSPACE (member 8e9e05c52164694d)"], "db_size": 2147483648u64});
     let got = status_lines(&v, "http://127.0.0.1:7001", 0);
-    assert_eq!(got.len(), 10);
+    assert_eq!(got.len(), 11);
     assert!(
-        got[9].starts_with(
+        got[10].starts_with(
             "etcd ALARM NOSPACE (member 8e9e05c52164694d): etcd's space quota is exhausted"
         ),
         "{}",
-        got[9]
+        got[10]
     );
     v["etcd"]["alarms"] = serde_json::json!([]);
-    assert_eq!(status_lines(&v, "http://127.0.0.1:7001", 0).len(), 9);
+    assert_eq!(status_lines(&v, "http://127.0.0.1:7001", 0).len(), 10);
 }
 
 #[test]
@@ -148,7 +149,22 @@ fn status_of_an_uninitialized_cluster_says_to_run_init() {
         got[0],
         "Cluster: main | not initialized (run `batonctl init`) | active controller http://127.0.0.1:7001"
     );
-    assert_eq!(got.len(), 5);
+    assert_eq!(got.len(), 6);
+}
+
+/// DESIGN §9: every status says when the cluster runs insecure.
+#[test]
+fn status_says_how_the_cluster_is_secured() {
+    let mut v = sample();
+    let secure = status_lines(&v, "https://127.0.0.1:7001", 0);
+    assert_eq!(secure[1], "security: TLS, tokens");
+    let plain = status_lines(&v, "http://127.0.0.1:7001", 0);
+    assert_eq!(plain[1], "security: INSECURE (plain HTTP, no credentials)");
+    v["insecure"] = true.into();
+    assert_eq!(
+        status_lines(&v, "https://127.0.0.1:7001", 0)[1],
+        "security: INSECURE (plain HTTP, no credentials)"
+    );
 }
 
 #[test]
