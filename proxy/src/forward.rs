@@ -8,7 +8,7 @@
 //! The request body is read whole before the first attempt, so a re-send sends the same bytes.
 //! Nothing here decides *whether* a failure may be re-sent; that is `retry.rs`.
 //!
-//! The client's headers go to the replica as they came, `Authorization` included: the replica
+//! The client's headers go to the replica as they came, Authorization included: the replica
 //! checks the client's bearer token itself (DESIGN §9). They are never logged. The replica must
 //! prove its identity in the TLS handshake: the leader's own name when the request goes to the
 //! leader, any member of the cluster for `consistency=any` reads (`shared.rs`).

@@ -12,7 +12,7 @@
 //! Security (DESIGN §9): unless `insecure = true`, the client API is served over TLS, every
 //! request needs a bearer token of the right role (`api::policy`), and controllers and replicas
 //! are reached over TLS with the proxy's own certificate, each checked for the identity it
-//! should carry (`shared.rs`); the client's `Authorization` is forwarded to the replica, which
+//! should carry (`shared.rs`); the client's Authorization is forwarded to the replica, which
 //! checks it too.
 //!
 //! Layout: `view.rs` and `retry.rs` are pure (the cluster view, the re-send decision table);

@@ -2,7 +2,7 @@
 //! scripted replicas that serve TLS with certificates of one test CA: a request without a token,
 //! or with an unknown one, gets 401, one with too small a role 403, and neither reaches a
 //! replica; health checks are open; a request that passes is forwarded over TLS with the
-//! client's `Authorization` unchanged and the proxy's own certificate; the leader must present
+//! client's Authorization unchanged and the proxy's own certificate; the leader must present
 //! its own name (a replica with another member's certificate gets nothing), while a
 //! `consistency=any` read takes any member of the cluster; plain HTTP to the proxy is refused
 //! and counted.

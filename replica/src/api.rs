@@ -1,5 +1,6 @@
 //! The client HTTP API of DESIGN.md §7 on axum/hyper: `PUT/GET/DELETE /v1/kv/{key}`,
-//! `GET /v1/status`, `GET /metrics`. Every error is a JSON [`ErrorBody`]; limits are checked
+//! `GET /v1/status`, the health checks `GET /v1/health/{live,ready,leader,replica}` (open to
+//! load balancers and orchestrators, like Patroni's), `GET /metrics`. Every error is a JSON [`ErrorBody`]; limits are checked
 //! before anything reaches the core. Request parsing lives here; decisions live in the core.
 
 use crate::core::{Consistency, WriteReject, WriteReq};
@@ -59,6 +60,7 @@ fn routes(node: Arc<Node>) -> Router {
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))
         .route("/v1/status", get(status))
+        .route("/v1/health/{check}", get(health))
         .route("/v1/replicate", axum::routing::post(replicate))
         .route("/v1/rollbacks", get(rollbacks))
         .route("/metrics", get(metrics))
@@ -199,6 +201,90 @@ async fn rollbacks(State(node): State<Arc<Node>>) -> Response {
     }
     out.sort_by_key(|v| v["at_unix_ms"].as_u64());
     axum::Json(out).into_response()
+}
+
+/// The health checks of DESIGN §7, for load balancers and orchestrators (no credentials: they
+/// say only what role this replica plays). 200 or 503 with a small JSON body saying why:
+/// - `live`: the process serves;
+/// - `ready`: recovery finished and a role was applied (not fatal);
+/// - `leader`: the leader holding its lease with its leader-start applied (writes go here);
+/// - `replica?max_lag_records=N`: a follower streaming from its leader within N records
+///   (any lag without N).
+async fn health(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(check): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    let st = node.lock().core().status(clock::now_ms());
+    let (ok, why) = match check.as_str() {
+        "live" => (true, "serving".to_string()),
+        "ready" => match st.health.as_str() {
+            "fatal" => (false, "a fatal error stopped this replica".into()),
+            "no_role" => (false, "no role applied yet".into()),
+            _ => (true, format!("{:?}", st.role).to_lowercase()),
+        },
+        "leader" => match (st.role, st.health.as_str()) {
+            (baton_common::directive::ReportedRole::Leader, "ok") => (true, "leader".into()),
+            (baton_common::directive::ReportedRole::Leader, h) => {
+                (false, format!("leader, but {h}"))
+            }
+            (r, _) => (false, format!("{r:?}").to_lowercase()),
+        },
+        "replica" => {
+            let max = match query_param(&uri, "max_lag_records").map(str::parse::<u64>) {
+                None => u64::MAX,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return error(
+                        ErrorCode::BadRequest,
+                        "max_lag_records must be a number of records",
+                        None,
+                    )
+                }
+            };
+            match (&st.role, &st.upstream) {
+                (baton_common::directive::ReportedRole::Follower, Some(u))
+                    if u.phase == "streaming" && u.records_behind <= max =>
+                {
+                    (
+                        true,
+                        format!(
+                            "streaming from {}, {} records behind",
+                            u.leader, u.records_behind
+                        ),
+                    )
+                }
+                (baton_common::directive::ReportedRole::Follower, Some(u)) => (
+                    false,
+                    format!(
+                        "{} from {}, {} records behind",
+                        u.phase, u.leader, u.records_behind
+                    ),
+                ),
+                (r, _) => (false, format!("{r:?}").to_lowercase()),
+            }
+        }
+        other => {
+            return error(
+                ErrorCode::NotFound,
+                format!("no health check {other:?} (live, ready, leader, replica)"),
+                None,
+            )
+        }
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "check": check,
+        "ok": ok,
+        "why": why,
+        "id": st.id,
+        "epoch": st.epoch,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {

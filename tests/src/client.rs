@@ -1,7 +1,7 @@
 //! A small HTTP client for tests and the benchmark: keep-alive connections through hyper's
 //! pooled client, with the status, headers and body of each reply. It speaks the tests'
 //! secure default (`secure.rs`): https trusting the tests' CA, and the admin token on every
-//! request that does not carry its own `Authorization` ([`Client::anonymous`] sends none).
+//! request that does not carry its own Authorization ([`Client::anonymous`] sends none).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -45,7 +45,7 @@ pub enum CallError {
 pub struct Client {
     inner: HyperClient<baton_runtime::connect::Connector, Full<Bytes>>,
     pub timeout: Duration,
-    /// Sent as `Authorization: Bearer …` unless a request has its own.
+    /// Sent as `Authorization: Bearer …` on https requests that do not carry their own.
     token: Option<String>,
 }
 
@@ -108,7 +108,9 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        if let Some(t) = &self.token {
+        // Only to Baton's own TLS ports: etcd's plain gateway reads `Authorization` as its own
+        // auth token (and a token never crosses the network in plain text).
+        if let Some(t) = self.token.as_ref().filter(|_| url.starts_with("https://")) {
             if !headers
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))

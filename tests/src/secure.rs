@@ -190,3 +190,17 @@ pub fn member_dialer(cluster: &str, id: &str, expect: &str) -> baton_runtime::co
     });
     baton_runtime::connect::Dialer::new(tls, expect)
 }
+
+/// The arguments that let `batonctl` talk to the tests' nodes: `--ca` and `--token` (admin), or
+/// nothing when insecure.
+pub fn batonctl_args() -> Vec<String> {
+    match pki() {
+        Some(p) => vec![
+            "--ca".into(),
+            p.ca_file().display().to_string(),
+            "--token".into(),
+            p.tokens.admin.clone(),
+        ],
+        None => Vec::new(),
+    }
+}

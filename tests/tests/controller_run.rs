@@ -95,11 +95,16 @@ async fn controller_runs_in_process_caps_connections_and_resigns_on_shutdown() -
                 "{} idle connections accepted with limits.connections_max = 2",
                 held.len()
             );
-            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            let mut text = String::new();
-            match tokio::time::timeout(Duration::from_millis(500), c.read_to_string(&mut text))
+            // Over TLS as a client connects (the refusal is answered inside a session).
+            let mut c = baton_runtime::connect::Dialer::new(secure::client_tls(), "")
+                .dial(&format!("127.0.0.1:{port}"), Duration::from_secs(2))
                 .await
-            {
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let mut buf = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_millis(500), c.read_to_end(&mut buf)).await;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            match read {
                 // Accepted: the server waits for a request on it.
                 Err(_) => held.push(c),
                 Ok(_) if text.starts_with("HTTP/1.1 503") => break text,

@@ -191,6 +191,7 @@ async fn idle_and_busy_cluster_keep_etcd_flat() -> anyhow::Result<()> {
     )
     .await;
     let out = std::process::Command::new(bin_path("batonctl")?)
+        .args(baton_tests::secure::batonctl_args())
         .args(["--controller", &cl.controllers[0].url, "status"])
         .output()?;
     etcd_alarm(&c, &etcd, "DEACTIVATE", &member).await?;

@@ -360,3 +360,64 @@ async fn wiped_replica_rebuilds_from_the_leaders_snapshot() -> anyhow::Result<()
         .contains("installed a snapshot from the leader"));
     Ok(())
 }
+
+/// The health checks of DESIGN §7, as a load balancer calls them (no credentials): live and
+/// ready everywhere, leader only on the leader, replica only on a streaming follower within
+/// the lag asked for; moving the leader moves the answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_checks_answer_as_a_load_balancer_needs() -> anyhow::Result<()> {
+    let cl = Cluster::start("").await?;
+    let lb = Client::anonymous(Duration::from_secs(5));
+    let check = |id: &str, path: &str| {
+        let url = format!("{}/v1/health/{path}", cl.url(id));
+        let lb = lb.clone();
+        async move {
+            let r = lb
+                .call("GET", &url, &[], bytes::Bytes::new())
+                .await
+                .map_err(|e| anyhow::anyhow!("{url}: {e:?}"))?;
+            anyhow::Ok((r.status, r.json()))
+        }
+    };
+    wait_for(Duration::from_secs(20), "r2 and r3 to stream", || async {
+        let a = check("r2", "replica?max_lag_records=0").await.ok()?.0;
+        let b = check("r3", "replica?max_lag_records=0").await.ok()?.0;
+        (a == 200 && b == 200).then_some(())
+    })
+    .await?;
+    for id in ["r1", "r2", "r3"] {
+        for p in ["live", "ready"] {
+            let (st, body) = check(id, p).await?;
+            assert_eq!(st, 200, "{id} {p}: {body}");
+        }
+        let (st, body) = check(id, "leader").await?;
+        assert_eq!(
+            st,
+            if id == "r1" { 200 } else { 503 },
+            "{id} leader: {body}"
+        );
+        let (st, body) = check(id, "replica").await?;
+        assert_eq!(
+            st,
+            if id == "r1" { 503 } else { 200 },
+            "{id} replica: {body}"
+        );
+    }
+    let (st, body) = check("r2", "replica?max_lag_records=x").await?;
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = check("r2", "nothing").await?;
+    assert_eq!(st, 404, "{body}");
+    // Leadership moves to r2: so do the answers.
+    cl.standin.set_leader("r2");
+    wait_for(Duration::from_secs(20), "r2 to answer leader", || async {
+        (check("r2", "leader").await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    wait_for(
+        Duration::from_secs(20),
+        "r1 to stop answering leader",
+        || async { (check("r1", "leader").await.ok()?.0 == 503).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
