@@ -2,7 +2,8 @@
 # Installs what building, testing and benchmarking Baton need beyond a Rust toolchain:
 # etcd (the controller's store and the benchmark's peer), protoc and its well-known types
 # (etcd-client's build),
-# iptables and iproute2 (partition tests). Installs only what is missing.
+# iptables and iproute2 (partition tests), haproxy (the tested alternative to baton-proxy,
+# tests/tests/haproxy.rs). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -12,6 +13,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
