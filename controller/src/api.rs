@@ -205,7 +205,7 @@ fn heartbeat_identity(
              certificate ({name})"
         ),
     );
-    auth.note(peer, &r, "heartbeat");
+    auth.note(peer, &r, &"heartbeat");
     Err(r)
 }
 
@@ -697,7 +697,13 @@ mod tests {
             "{text}"
         );
         // Insecure mode checks nothing.
-        assert!(heartbeat_identity(&Auth::open(), None, "main", &r1).is_ok());
+        assert!(heartbeat_identity(
+            &Auth::new(false, &[], &prometheus::Registry::new(), "t").expect("auth"),
+            None,
+            "main",
+            &r1
+        )
+        .is_ok());
     }
 
     #[test]

@@ -158,17 +158,6 @@ impl Auth {
         }))
     }
 
-    /// An insecure-mode Auth that registers nothing (tests and tools).
-    pub fn open() -> Arc<Auth> {
-        Arc::new(Auth {
-            on: false,
-            tokens: Vec::new(),
-            refused: IntCounterVec::new(Opts::new("unused", "unused"), &["reason"])
-                .expect("valid counter"),
-            logged: Mutex::new(HashMap::new()),
-        })
-    }
-
     /// Whether credentials are checked at all (not insecure mode).
     pub fn is_on(&self) -> bool {
         self.on
@@ -202,7 +191,7 @@ impl Auth {
         peer: &Peer,
         headers: &HeaderMap,
         need: &Need,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> Result<(), Refused> {
         if !self.on {
             return Ok(());
@@ -254,7 +243,7 @@ impl Auth {
 
     /// Counts a refusal made elsewhere (a handler's own identity check) and logs it as
     /// [`Auth::check`] does.
-    pub fn note(&self, peer: &Peer, r: &Refused, what: &str) {
+    pub fn note(&self, peer: &Peer, r: &Refused, what: &dyn std::fmt::Display) {
         self.refused.with_label_values(&[r.reason]).inc();
         let ip = peer.addr.ip();
         let now = Instant::now();
@@ -285,7 +274,7 @@ impl Auth {
             .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
         if due {
             logged.insert(ip, now);
-            tracing::warn!(peer = %peer.addr, reason = r.reason, status = r.status.as_u16(), what,
+            tracing::warn!(peer = %peer.addr, reason = r.reason, status = r.status.as_u16(), what = %what,
                 message = %r.message,
                 "refused a request (further refusals from this address in the next minute are only counted)");
         }
@@ -341,6 +330,15 @@ impl IntoResponse for Refused {
     }
 }
 
+/// `METHOD /path`, written out only when a refusal names it.
+struct Described<'a>(&'a axum::http::Method, &'a str);
+
+impl std::fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
+}
+
 /// A server's rule: what each request needs, from its method and path.
 pub type Policy = Arc<dyn Fn(&axum::http::Method, &str) -> Need + Send + Sync>;
 
@@ -359,7 +357,8 @@ pub async fn guard(
     let Some(peer) = req.extensions().get::<Peer>().cloned() else {
         return Refused::unauthorized("no connection identity".into()).into_response();
     };
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // Rendered only into a refusal: an admitted request formats nothing.
+    let what = Described(req.method(), req.uri().path());
     match auth.check(&peer, req.headers(), &need, &what) {
         Ok(()) => next.run(req).await,
         Err(r) => {

@@ -147,11 +147,6 @@ impl Dialer {
             .await
             .map_err(|_| format!("connecting to {addr} timed out"))?
     }
-
-    /// Checks that `url` has the scheme this dialer speaks; the error names the URL.
-    pub fn check_url(&self, url: &str) -> Result<(), String> {
-        check_scheme(self.tls.is_some(), url)
-    }
 }
 
 /// `https://` with TLS configured, `http://` without; anything else is an error naming the URL.

@@ -393,7 +393,14 @@ async fn forged_directives_from_a_fake_controller_are_never_taken() -> anyhow::R
         c.status(&r.url).await.ok().filter(|s| s["id"] == "r1")
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The heartbeat loop goes to every controller each round: once the genuine one has heard
+    // a dozen, the fakes had as many chances.
+    wait_for(
+        Duration::from_secs(20),
+        "the genuine controller to hear 12 heartbeats",
+        || async { (genuine.with(|p| p.heard) >= 12).then_some(()) },
+    )
+    .await?;
     for (name, s) in [
         ("wrong identity", &wrong_identity),
         ("foreign CA", &foreign_ca),
@@ -401,11 +408,6 @@ async fn forged_directives_from_a_fake_controller_are_never_taken() -> anyhow::R
         let heard = s.with(|p| p.heard);
         anyhow::ensure!(heard == 0, "the {name} controller heard {heard} heartbeats");
     }
-    let heard = genuine.with(|p| p.heard);
-    anyhow::ensure!(
-        heard > 5,
-        "the genuine controller heard only {heard} heartbeats"
-    );
     let st = c
         .status(&r.url)
         .await

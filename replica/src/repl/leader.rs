@@ -89,7 +89,7 @@ async fn serve_inner(
                 "wrong_identity",
                 format!("the hello names {id}, but the connection's certificate is not {want}"),
             );
-            node.auth.note(&peer, &refused, "replication hello");
+            node.auth.note(&peer, &refused, &"replication hello");
             let epoch = node.lock().core().epoch();
             let _ = send(
                 framed_ref,

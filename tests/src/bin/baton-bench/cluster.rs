@@ -140,16 +140,7 @@ pub(crate) async fn cluster_inner(
         set_mode(standin, &c, &leader, mode).await?;
         // The stand-in waits for every follower heard recently; both must be in the set and
         // streaming, so that semi-sync numbers are for two waited followers.
-        wait_for(
-            Duration::from_secs(30),
-            "both followers to stream from r1 and be in its waited set",
-            || async {
-                let st = status_of(&c, &leader).await?;
-                (st["followers"].as_array()?.len() == 2 && st["waited"].as_array()?.len() == 2)
-                    .then_some(())
-            },
-        )
-        .await?;
+        wait_two_waited(&c, &leader).await?;
         let lsn = wait_converged(&c, &urls).await?;
         eprintln!("{label}: the replicas converged at applied LSN {lsn}; measuring…");
         for &n in clients {

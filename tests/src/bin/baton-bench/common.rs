@@ -213,6 +213,21 @@ pub(crate) fn start_release(
     ReplicaProc::start(spec)
 }
 
+/// Waits until the leader at `leader` streams to both followers and waits for both (so that
+/// semi-sync numbers are for two waited followers).
+pub(crate) async fn wait_two_waited(c: &Client, leader: &str) -> anyhow::Result<()> {
+    wait_for(
+        Duration::from_secs(30),
+        "both followers to stream from r1 and be in its waited set",
+        || async {
+            let st = status_of(c, leader).await?;
+            (st["followers"].as_array()?.len() == 2 && st["waited"].as_array()?.len() == 2)
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// Waits until every replica reports the same applied LSN; returns it.
 pub(crate) async fn wait_converged(c: &Client, urls: &[String]) -> anyhow::Result<u64> {
     wait_for(

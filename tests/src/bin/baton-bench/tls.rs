@@ -39,16 +39,7 @@ pub(crate) async fn run_tls(
         let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
         let ready = async {
             wait_writable(&c, &leader, "r1 to accept writes").await?;
-            baton_tests::procs::wait_for(
-                Duration::from_secs(30),
-                "both followers to stream from r1 and be in its waited set",
-                || async {
-                    let st = status_of(&c, &leader).await?;
-                    (st["followers"].as_array()?.len() == 2 && st["waited"].as_array()?.len() == 2)
-                        .then_some(())
-                },
-            )
-            .await?;
+            wait_two_waited(&c, &leader).await?;
             wait_converged(&c, &urls).await
         };
         if let Err(e) = ready.await {
