@@ -52,12 +52,120 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
     })
 }
 
+/// Checks an address other nodes dial: `host:port` with a DNS name (`r1`,
+/// `r1.baton.svc.cluster.local`), an IPv4 address or a bracketed IPv6 address, and a port in
+/// 1..=65535. Names are resolved each time a connection is made, not here (DESIGN.md §8), so a
+/// node whose name moves to a new IP is still found.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(format!("{addr:?}: the port must be a number in 1..=65535")),
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{addr:?}: {v6:?} is not an IPv6 address"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.contains("://") {
+        return Err(format!("{addr:?} is a URL: give host:port"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "{addr:?}: an IPv6 address goes in brackets, [::1]:7101"
+        ));
+    }
+    check_dns_name(host).map_err(|r| format!("{addr:?}: {r}"))
+}
+
+/// A host name as DNS and TLS certificates allow it: dot-separated labels of letters, digits
+/// and `-` (not first or last), each 1..=63 bytes, 253 in all.
+pub fn check_dns_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.len() > 253 {
+        return Err(format!(
+            "the host name is {} bytes (at most 253)",
+            host.len()
+        ));
+    }
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not a host name (labels of letters, digits and '-', 1 to 63 bytes)"
+            ));
+        }
+    }
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is neither an IPv4 address nor a host name"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `addr`'s host is a wildcard (`0.0.0.0`, `[::]`): fine to listen on, useless to dial.
+pub fn is_wildcard(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    matches!(host, "0.0.0.0" | "[::]" | "::")
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{check_host_port, is_wildcard};
+
+    #[test]
+    fn addresses_may_be_host_names_ips_or_bracketed_ipv6() {
+        for ok in [
+            "r1:7101",
+            "r1.baton.svc.cluster.local:7101",
+            "10.0.0.5:1",
+            "[::1]:7101",
+            "a-b:65535",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("r1", "not host:port"),
+            ("r1:0", "1..=65535"),
+            ("r1:70000", "1..=65535"),
+            (":7101", "empty"),
+            ("-r1:7101", "not a host name"),
+            ("r_1:7101", "not a host name"),
+            ("::1:7101", "brackets"),
+            ("[zz]:7101", "not an IPv6"),
+            ("10.0.0.256:7101", "neither an IPv4"),
+            ("http://r1:7101", "is a URL"),
+        ] {
+            let e = check_host_port(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(is_wildcard("0.0.0.0:7101") && is_wildcard("[::]:7101"));
+        assert!(!is_wildcard("r1:7101"));
+    }
+
     use super::*;
     use serde::Deserialize;
 

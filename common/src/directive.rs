@@ -31,7 +31,10 @@ pub enum ReportedRole {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: NodeId,
-    /// Client/replication address, `host:port`.
+    /// Client/replication address, `host:port` (a host name or an IP): the one the member
+    /// advertises in its heartbeats once heard, else the one declared; empty when neither is
+    /// known yet.
+    #[serde(default)]
     pub addr: String,
     #[serde(default)]
     pub priority: i32,

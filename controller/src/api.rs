@@ -79,6 +79,12 @@ pub fn need(method: &Method, path: &str) -> Need {
     }
 }
 
+/// 200 while the process serves (an orchestrator's liveness check; open, like every
+/// `/v1/health/` path).
+async fn live() -> Response {
+    Json(serde_json::json!({ "live": true })).into_response()
+}
+
 /// [`need`] as the guard middleware takes it.
 pub fn policy() -> Policy {
     Arc::new(need)
@@ -104,6 +110,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/clusters/{c}/recover", post(recover))
         .route("/v1/clusters/{c}/dry-run", get(dry_run))
         .route("/v1/clusters/{c}/history", get(history))
+        .route("/v1/health/live", get(live))
         .route("/metrics", get(metrics))
         .fallback(|| async { err(404, "not_found", "no such endpoint") })
         .with_state(api);
@@ -309,8 +316,7 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
         })
         .unwrap_or_default();
     let members: Vec<serde_json::Value> = core
-        .cfg
-        .members
+        .members_reached()
         .iter()
         .map(|m| {
             let h = core.heard().get(&m.id);
@@ -402,8 +408,8 @@ async fn leader(State(api): S, Path(c): Path<String>, Query(q): Query<LeaderQuer
     };
     let addr = leader
         .as_ref()
-        .and_then(|l| core.cfg.members.iter().find(|m| m.id == l.id))
-        .map(|m| m.addr.clone());
+        .map(|l| core.member_addr(&l.id))
+        .filter(|a| !a.is_empty());
     Json(serde_json::json!({
         "id": leader.map(|l| l.id), "addr": addr, "epoch": epoch, "rev": rev, "from_active": core.is_active(),
         "state_id": state_id,

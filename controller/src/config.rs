@@ -295,6 +295,19 @@ impl ControllerConfig {
             _ => Ok(()),
         };
         label("id", &self.id)?;
+        let advertised = self.advertised();
+        if let Err(r) = config::check_host_port(&advertised) {
+            return bad("advertise", r);
+        }
+        if config::is_wildcard(&advertised) {
+            return bad(
+                "advertise",
+                format!(
+                    "listen is {} (every interface): say which address replicas and proxies                      reach this controller at, e.g. advertise = \"c1:7001\"",
+                    self.listen
+                ),
+            );
+        }
         if self.etcd.is_empty() {
             return bad("etcd", "at least one etcd URL is required".into());
         }
@@ -447,11 +460,12 @@ impl ControllerConfig {
                         format!("member {} is declared twice", m.id),
                     );
                 }
-                if m.addr.parse::<SocketAddr>().is_err() {
-                    return bad(
-                        &k(&format!("members[{j}].addr")),
-                        format!("{:?} is not host:port", m.addr),
-                    );
+                // Optional: the address a member advertises in its heartbeats is the one
+                // followers and proxies are sent to; this one serves until it is heard.
+                if !m.addr.is_empty() {
+                    if let Err(r) = config::check_host_port(&m.addr) {
+                        return bad(&k(&format!("members[{j}].addr")), r);
+                    }
                 }
             }
             if c.sync_size >= c.members.len() && c.mode == Mode::SemiSync && c.members.len() > 1 {
@@ -786,6 +800,42 @@ mod tests {
             e.starts_with("c.toml: clusters[0].members[1].addr: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn member_addresses_are_optional_host_names_and_advertise_is_checked() {
+        let base = example();
+        let named = base
+            .replace(
+                "addr = \"127.0.0.1:7101\"",
+                "addr = \"r1.baton.internal:7101\"",
+            )
+            .replace("addr = \"127.0.0.1:7102\"\n", "");
+        let c = ControllerConfig::parse(Path::new("c.toml"), &named).expect("host names parse");
+        let m = &c.clusters[0].members;
+        assert_eq!(
+            (m[0].addr.as_str(), m[1].addr.as_str()),
+            ("r1.baton.internal:7101", "")
+        );
+        let wild = base.replace(
+            "listen = \"127.0.0.1:7001\"\nadvertise = \"127.0.0.1:7001\"\n",
+            "listen = \"0.0.0.0:7001\"\n",
+        );
+        assert_ne!(wild, base);
+        let e = ControllerConfig::parse(Path::new("c.toml"), &wild)
+            .expect_err("a wildcard listen needs an advertise")
+            .to_string();
+        assert!(
+            e.starts_with("c.toml: advertise: listen is 0.0.0.0:7001"),
+            "{e}"
+        );
+        let e = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &base.replace("advertise = \"127.0.0.1:7001\"", "advertise = \"c1\""),
+        )
+        .expect_err("no port")
+        .to_string();
+        assert!(e.starts_with("c.toml: advertise: "), "{e}");
     }
 
     /// The deploy example with one `[timing]` line replaced (or added).

@@ -76,6 +76,8 @@ pub enum Kind {
     Abort,
     /// The active controller wrote its configuration into the state (`strict`).
     Config,
+    /// The active controller recorded the address a member advertises in its heartbeats.
+    Address,
     /// The active controller heard fewer members than a standby for a failure timeout and
     /// resigned its election so that the standby takes over.
     Handover,
@@ -102,6 +104,7 @@ impl Kind {
             Kind::Recover => "recover",
             Kind::Abort => "abort",
             Kind::Config => "config",
+            Kind::Address => "address",
             Kind::Handover => "handover",
             Kind::Other(s) => s,
         }
@@ -126,6 +129,7 @@ impl From<&str> for Kind {
             "recover" => Kind::Recover,
             "abort" => Kind::Abort,
             "config" => Kind::Config,
+            "address" => Kind::Address,
             "handover" => Kind::Handover,
             other => Kind::Other(other.to_string()),
         }

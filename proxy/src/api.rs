@@ -1,5 +1,6 @@
 //! The proxy's HTTP API on axum/hyper: `/v1/kv/{key}` (checked against the limits, then handed
-//! to `forward.rs`), the proxy's own `GET /v1/status` and `GET /metrics`. Every error is a JSON
+//! to `forward.rs`), the proxy's own `GET /v1/status`, its health checks `GET
+//! /v1/health/{live,ready}` and `GET /metrics`. Every error is a JSON
 //! [`ErrorBody`](baton_common::api::ErrorBody), as the replicas answer.
 //!
 //! Every request first passes `baton_runtime::auth::guard` with [`policy`] (DESIGN §9): a
@@ -31,6 +32,8 @@ pub fn router(sh: Arc<Shared>, auth: Arc<Auth>) -> Router {
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))
         .route("/v1/status", get(status))
+        .route("/v1/health/live", get(live))
+        .route("/v1/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(sh)
@@ -164,6 +167,30 @@ async fn kv(State(sh): S, req: Request<Body>) -> Response {
         client_min_epoch,
     };
     forward::forward(&sh, out).await
+}
+
+/// 200 while the process serves (an orchestrator's liveness check; open).
+async fn live() -> Response {
+    axum::Json(serde_json::json!({ "live": true })).into_response()
+}
+
+/// 200 once the proxy knows a leader to send writes to, else 503 with what it lacks (a load
+/// balancer's or orchestrator's readiness check; open). A failover in progress makes it 503
+/// for its duration, while requests are held rather than refused.
+async fn ready(State(sh): S) -> Response {
+    let v = sh.view.borrow().clone();
+    let leader = v.leader.as_ref().map(|l| l.id.to_string());
+    let reachable = sh.controllers_reachable();
+    let ok = leader.is_some() && reachable > 0;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ok, "leader": leader, "epoch": v.epoch, "controllers_reachable": reachable,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn status(State(sh): S) -> Response {

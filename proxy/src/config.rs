@@ -188,11 +188,11 @@ impl ProxyConfig {
             let ok = c
                 .split_once("://")
                 .map(|(_, rest)| rest.trim_end_matches('/'))
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                .is_some_and(|rest| config::check_host_port(rest).is_ok());
             if !ok {
                 return bad(
                     &key,
-                    format!("{c:?} is not a base URL like {scheme}://127.0.0.1:7001"),
+                    format!("{c:?} is not a base URL like {scheme}://c1:7001 or {scheme}://10.0.0.1:7001"),
                 );
             }
         }

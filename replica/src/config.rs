@@ -175,13 +175,30 @@ impl ReplicaConfig {
             let ok = c
                 .strip_prefix(scheme)
                 .map(|rest| rest.trim_end_matches('/'))
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                .is_some_and(|rest| config::check_host_port(rest).is_ok());
             if !ok {
                 return bad(
                     &format!("controllers[{i}]"),
-                    format!("{c:?} is not a base URL like {scheme}127.0.0.1:7001"),
+                    format!(
+                        "{c:?} is not a base URL like {scheme}c1:7001 or {scheme}10.0.0.1:7001"
+                    ),
                 );
             }
+        }
+        // Sent in every heartbeat: the controller directs followers and proxies to it.
+        let advertised = self.advertised();
+        if let Err(r) = config::check_host_port(&advertised) {
+            return bad("advertise", r);
+        }
+        if config::is_wildcard(&advertised) {
+            return bad(
+                "advertise",
+                format!(
+                    "listen is {} (every interface): say which address the other replicas and \
+                     the proxy reach this replica at, e.g. advertise = \"r1:7101\"",
+                    self.listen
+                ),
+            );
         }
         if let Err((k, r)) =
             baton_runtime::tls::check_security(self.insecure, self.tls.as_ref(), &self.tokens)
@@ -359,6 +376,33 @@ insecure = true
         assert_eq!(c.limits.key_bytes_max, 1024);
         assert_eq!(c.limits.value_bytes_max, 1 << 20);
         assert_eq!(c.advertised(), "127.0.0.1:7101");
+    }
+
+    #[test]
+    fn addresses_may_be_host_names_and_a_wildcard_listen_needs_an_advertise() {
+        let c = ReplicaConfig::parse(
+            Path::new("r.toml"),
+            &GOOD
+                .replace(
+                    "127.0.0.1:7101\"",
+                    "0.0.0.0:7101\"\nadvertise = \"r1:7101\"",
+                )
+                .replace("http://127.0.0.1:7001", "http://c1.baton.internal:7001"),
+        )
+        .expect("host names");
+        assert_eq!(c.advertised(), "r1:7101");
+        let e = ReplicaConfig::parse(
+            Path::new("r.toml"),
+            &GOOD.replace("127.0.0.1:7101", "0.0.0.0:7101"),
+        )
+        .expect_err("wildcard without advertise")
+        .to_string();
+        assert!(
+            e.starts_with("r.toml: advertise: listen is 0.0.0.0:7101"),
+            "{e}"
+        );
+        assert!(err("advertise = \"r_1:7101\"\n").starts_with("r.toml: advertise: "));
+        assert!(err("advertise = \"r1\"\n").contains("not host:port"));
     }
 
     #[test]

@@ -101,7 +101,36 @@ impl ClusterCore {
         Some(msg)
     }
 
-    /// The steady phase: the configured `strict` recorded, then leader health (a restart or an
+    /// Members whose heartbeats (within the failure timeout) advertise another address than
+    /// the state recorded: the state is written with theirs (journaled), so that every
+    /// controller, the proxies and `status` agree on where each member is even before they
+    /// hear it. Directives do not wait for this write ([`ClusterCore::member_addr`]).
+    fn record_addresses(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        let mut s = state.clone();
+        let mut moved = Vec::new();
+        for m in &mut s.members {
+            let Some(h) = self.reporting(now, &m.id) else {
+                continue;
+            };
+            if !h.hb.addr.is_empty() && h.hb.addr != m.addr {
+                let was = if m.addr.is_empty() {
+                    "none"
+                } else {
+                    m.addr.as_str()
+                };
+                moved.push(format!("{} at {} (was {was})", m.id, h.hb.addr));
+                m.addr = h.hb.addr.clone();
+            }
+        }
+        if moved.is_empty() {
+            return None;
+        }
+        let msg = format!("members advertise new addresses: {}", moved.join(", "));
+        self.write(now, Some(s), Kind::Address, msg, serde_json::Value::Null)
+    }
+
+    /// The steady phase: the configured `strict` and the members' advertised addresses
+    /// recorded, then leader health (a restart or an
     /// automatic failover within the budget, or a refusal), then sync-set upkeep.
     pub(super) fn step_steady(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
         if state.strict != Some(self.cfg.strict) {
@@ -115,6 +144,9 @@ impl ClusterCore {
                     .map_or("nothing".to_string(), |b| b.to_string())
             );
             return self.write(now, Some(s), Kind::Config, msg, serde_json::Value::Null);
+        }
+        if let Some(w) = self.record_addresses(now, state) {
+            return Some(w);
         }
         if let Some(msg) = self.leader_not_leading(now, state) {
             // In any mode and outside the anti-flapping budget, like a restart.

@@ -9,7 +9,7 @@
 use super::{ClusterCore, Now, Observed};
 use crate::decide::Heard;
 use crate::state::{ClusterState, Phase};
-use baton_common::directive::{Directive, Heartbeat, LeaderRef, Mode, ReportedRole, Role};
+use baton_common::directive::{Directive, Heartbeat, LeaderRef, Member, Mode, ReportedRole, Role};
 use baton_common::{BootId, DataId, Epoch};
 
 /// One process run of a member, as heard by this controller: a new boot is heard only once the
@@ -63,7 +63,7 @@ impl ClusterCore {
             epoch: Epoch(0),
             role: None,
             leader: None,
-            members: self.cfg.members.clone(),
+            members: self.members_reached(),
             waited: Vec::new(),
             lease_ms: 0,
             start_after_ms: 0,
@@ -89,7 +89,14 @@ impl ClusterCore {
         };
         d.epoch = state.epoch;
         d.rev = rev;
-        d.members = state.members.clone();
+        d.members = state
+            .members
+            .iter()
+            .map(|m| Member {
+                addr: self.member_addr(&m.id),
+                ..m.clone()
+            })
+            .collect();
         d.mode = state.mode;
         d.cluster_id = state.cluster_id;
         d.lossy = state.lossy || state.mode == Mode::Async;
@@ -136,10 +143,7 @@ impl ClusterCore {
         d.waited = state.waited();
         let leader_ref = state.leader.as_ref().map(|l| LeaderRef {
             id: l.id.clone(),
-            addr: state
-                .member(&l.id)
-                .map(|m| m.addr.clone())
-                .unwrap_or_default(),
+            addr: self.member_addr(&l.id),
             boot_id: l.boot_id,
             data_id: l.data_id,
         });

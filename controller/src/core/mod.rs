@@ -276,6 +276,39 @@ impl ClusterCore {
         now.ms.saturating_sub(h.at_ms) < self.cfg.failure_timeout_ms
     }
 
+    /// Where member `id` is reached (DESIGN.md §8, one source of truth for addresses): the
+    /// address its newest admitted heartbeat advertised (a heartbeat that, with TLS, came with
+    /// `id`'s own certificate), else the one the state recorded, else the declared one; empty
+    /// when none is known. Followers and proxies are sent there, so a member that moved
+    /// (restarted on another host or IP) is found as soon as it heartbeats.
+    pub fn member_addr(&self, id: &NodeId) -> String {
+        if let Some(h) = self.heard.get(id).filter(|h| !h.hb.addr.is_empty()) {
+            return h.hb.addr.clone();
+        }
+        let recorded = self
+            .state()
+            .and_then(|(s, _)| s.member(id).map(|m| m.addr.clone()))
+            .filter(|a| !a.is_empty());
+        recorded
+            .or_else(|| {
+                let m = self.cfg.members.iter().find(|m| &m.id == id)?;
+                Some(m.addr.clone())
+            })
+            .unwrap_or_default()
+    }
+
+    /// The declared members, each with [`ClusterCore::member_addr`].
+    pub fn members_reached(&self) -> Vec<Member> {
+        self.cfg
+            .members
+            .iter()
+            .map(|m| Member {
+                addr: self.member_addr(&m.id),
+                ..m.clone()
+            })
+            .collect()
+    }
+
     /// The last heartbeat of `id`, if heard within the failure timeout.
     fn reporting(&self, now: Now, id: &NodeId) -> Option<&Heard> {
         self.heard.get(id).filter(|h| self.fresh(now, h))

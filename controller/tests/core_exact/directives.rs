@@ -255,3 +255,72 @@ fn restarted_leader_is_fenced_and_gets_a_new_epoch_in_any_mode_outside_the_budge
     );
     assert_eq!(s.failovers(10_300), 3);
 }
+
+// ----- addresses -------------------------------------------------------------------------------
+
+/// One source of truth for addresses (DESIGN.md §8): a member that comes back at another
+/// address (a restart on another host, a container with a new IP) is reached there as soon as
+/// it heartbeats: the followers' directives and the cluster view name the advertised address
+/// at once, and the active controller records it in the state (one journaled write, then
+/// nothing more while nothing changes).
+#[test]
+fn a_member_that_moved_is_reached_at_the_address_it_advertises() {
+    let mut s = steady_sim();
+    assert_eq!(s.tick(10_050), None, "nothing moved: nothing to write");
+    let d = s.hb(10_100, follower("r2"));
+    assert_eq!(d.leader.map(|l| l.addr), Some(addr("r1")));
+    // r1 now advertises a host name instead of the address recorded at init.
+    let moved = Heartbeat {
+        addr: "r1.baton.internal:7101".into(),
+        ..leader_hb()
+    };
+    s.hb(10_150, moved);
+    let d = s.hb(10_160, follower("r2"));
+    assert_eq!(
+        d.leader.map(|l| l.addr).as_deref(),
+        Some("r1.baton.internal:7101"),
+        "followers are sent to the advertised address before any write"
+    );
+    assert_eq!(
+        d.members
+            .iter()
+            .find(|m| m.id == id("r1"))
+            .map(|m| m.addr.as_str()),
+        Some("r1.baton.internal:7101")
+    );
+    assert_eq!(s.core.member_addr(&id("r1")), "r1.baton.internal:7101");
+    let w = s.tick(10_200).expect("the new address is recorded");
+    assert_eq!(last(&w).0, Kind::Address);
+    names(&w, &["r1"]);
+    assert!(
+        says(&w).contains("r1.baton.internal:7101 (was r1.local:7000)"),
+        "{}",
+        says(&w)
+    );
+    let st = w.state.clone().expect("a state write");
+    assert_eq!(
+        st.member(&id("r1")).map(|m| m.addr.as_str()),
+        Some("r1.baton.internal:7101")
+    );
+    assert_eq!(
+        st.member(&id("r2")).map(|m| m.addr.as_str()),
+        Some(addr("r2").as_str())
+    );
+    assert_eq!(
+        (st.epoch, st.leader.clone()),
+        (steady().epoch, steady().leader),
+        "no new epoch"
+    );
+    s.commit(10_210, &w);
+    assert_eq!(s.tick(10_300), None, "recorded once");
+    // A standby that never heard r1 reads the recorded address from the state.
+    let mut standby = ClusterCore::new(cfg());
+    standby.on_election(at(0), None, Some(ADDR.into()));
+    standby.on_observed(at(0), Observed::Present { state: st, rev: 99 }, vec![]);
+    assert_eq!(standby.member_addr(&id("r1")), "r1.baton.internal:7101");
+    // A member declared without an address and never heard has none.
+    let mut bare = cfg();
+    bare.members[2].addr = String::new();
+    let core = ClusterCore::new(bare);
+    assert_eq!(core.member_addr(&id("r3")), "");
+}

@@ -14,6 +14,7 @@
 //! controllers, whose answer) and `output.rs` (printing, times).
 
 mod client;
+mod compose;
 mod init;
 mod local;
 mod ops;
@@ -140,6 +141,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: local::LocalCmd,
     },
+    /// The files of the Docker Compose deployment (deploy/compose/compose.yaml, DESIGN.md §8):
+    /// `compose render --dir DIR` (scripts/compose.sh runs it).
+    Compose {
+        #[command(subcommand)]
+        cmd: compose::ComposeCmd,
+    },
+    /// GET one URL and exit 0 on 200, 1 otherwise (a container health check:
+    /// `batonctl probe https://localhost:7101/v1/health/ready --ca /etc/baton/ca.pem`).
+    Probe {
+        /// The URL (https:// needs --ca).
+        url: String,
+    },
 }
 
 /// A failure to report: the message is printed as is, and the process exits 1.
@@ -155,9 +168,20 @@ impl<T: Into<String>> From<T> for Fail {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Local { cmd } = cli.cmd {
-        return local::run(cmd, cli.cluster).await;
-    }
+    let cli = match cli.cmd {
+        Cmd::Local { cmd } => return local::run(cmd, cli.cluster).await,
+        Cmd::Compose { cmd } => {
+            return match compose::run(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("batonctl: compose: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Probe { url } => return probe(&url, cli.ca.as_deref()).await,
+        _ => cli,
+    };
     let mut env = std::env::var("BATON_CONTROLLER").ok();
     let mut creds = Credentials {
         ca: cli.ca.clone(),
@@ -212,8 +236,8 @@ async fn main() -> ExitCode {
 /// Runs one command that talks to the controllers.
 async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
     match cmd {
-        Cmd::Local { .. } => Err(Fail(
-            "`local` is handled before any controller is contacted".into(),
+        Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } => Err(Fail(
+            "`local`, `compose` and `probe` are handled before any controller is contacted".into(),
         )),
         Cmd::Status { json } => status::status(ctl, json).await,
         Cmd::Leader => status::leader(ctl).await,
@@ -230,5 +254,31 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
             force,
             allow_data_loss,
         } => ops::failover(ctl, to, force, allow_data_loss).await,
+    }
+}
+
+/// `batonctl probe URL`: one GET (no token: health checks are open), 2 s at most.
+async fn probe(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
+    let creds = Credentials {
+        ca: ca.map(PathBuf::from),
+        token: None,
+    };
+    let http = match client::load_ca(&creds) {
+        Ok(tls) => local::Http::new(tls, None),
+        Err(e) => {
+            eprintln!("batonctl: probe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match http.call("GET", url, "").await {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((status, body)) => {
+            eprintln!("batonctl: probe {url}: HTTP {status} {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("batonctl: probe {url}: {e}");
+            ExitCode::from(1)
+        }
     }
 }

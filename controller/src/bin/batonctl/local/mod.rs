@@ -14,12 +14,13 @@
 
 pub mod layout;
 mod procs;
-mod secure;
+pub mod secure;
+pub use procs::Http;
 
 use crate::client::{load_ca, Credentials, Ctl};
 use baton_runtime::pki;
 use layout::{layout_path, read_layout, write_layout, Layout, Node};
-use procs::{alive, bin, free_port, last_line, signal, spawn, which, Http};
+use procs::{alive, bin, free_port, last_line, signal, spawn, which};
 use secure::{toml_path, Secure};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -26,7 +26,7 @@ pub struct Secure {
 }
 
 /// Writes `text` to a new `path` (an old one is replaced) with `mode`.
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
@@ -37,6 +37,18 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// One `[[tokens]]` per role (`local-read`, `local-write`, `local-admin`), stored hashed.
+pub fn token_sections(t: &Tokens) -> String {
+    let mut out = String::new();
+    for (role, token) in [("read", &t.read), ("write", &t.write), ("admin", &t.admin)] {
+        out.push_str(&format!(
+            "\n[[tokens]]\nname = \"local-{role}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            hash_token(token)
+        ));
+    }
+    out
 }
 
 /// A path as a TOML string.
@@ -57,7 +69,7 @@ impl Secure {
         let etcd_ca =
             Ca::new("Baton local etcd clients CA").map_err(|e| format!("cannot make a CA: {e}"))?;
         let etcd_ca_file = tls.join("etcd-clients-ca.pem");
-        write(&etcd_ca_file, &etcd_ca.cert_pem(), 0o644)?;
+        write_file(&etcd_ca_file, &etcd_ca.cert_pem(), 0o644)?;
         Ok(Secure {
             ca,
             etcd_ca,
@@ -85,8 +97,8 @@ impl Secure {
             cert_file: self.dir.join(format!("{file}.pem")),
             key_file: self.dir.join(format!("{file}-key.pem")),
         };
-        write(&files.cert_file, &cert, 0o644)?;
-        write(&files.key_file, &key, 0o600)?;
+        write_file(&files.cert_file, &cert, 0o644)?;
+        write_file(&files.key_file, &key, 0o600)?;
         Ok(files)
     }
 
@@ -98,13 +110,7 @@ impl Secure {
             toml_path(&f.cert_file),
             toml_path(&f.key_file)
         );
-        let t = &self.tokens;
-        for (role, token) in [("read", &t.read), ("write", &t.write), ("admin", &t.admin)] {
-            out.push_str(&format!(
-                "\n[[tokens]]\nname = \"local-{role}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
-                hash_token(token)
-            ));
-        }
+        out.push_str(&token_sections(&self.tokens));
         out
     }
 
@@ -118,8 +124,8 @@ impl Secure {
             .map_err(|e| format!("cannot make the etcd certificate of {id}: {e}"))?;
         let cert_file = self.dir.join(format!("{id}-etcd.pem"));
         let key_file = self.dir.join(format!("{id}-etcd-key.pem"));
-        write(&cert_file, &cert, 0o644)?;
-        write(&key_file, &key, 0o600)?;
+        write_file(&cert_file, &cert, 0o644)?;
+        write_file(&key_file, &key, 0o600)?;
         Ok(format!(
             "[etcd_tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
             toml_path(&self.ca_file),
