@@ -999,3 +999,123 @@ async fn active_controller_cut_from_every_replica_hands_over_to_the_standby() ->
     dump.passed();
     Ok(())
 }
+
+// ----- issue 14: a member that moved is found at the address it advertises --------------------
+
+/// A follower restarted at another address, advertised by host name (`localhost:P`, where the
+/// controllers' configs still say `127.0.0.1:Q`), is recorded there (journal kind `address`),
+/// shown there in the view, and, once made leader by a switchover, is followed there: the
+/// other replicas stream from it (semi-sync writes through the proxy need their acks) and the
+/// proxy sends writes to it. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_restarted_at_a_new_address_is_found_by_followers_and_the_proxy(
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cl = Cluster::start(
+        tmp.path(),
+        Opts {
+            proxy: true,
+            ..Opts::default()
+        },
+    )
+    .await?;
+    cl.wait_proxy_writable(Duration::from_secs(30)).await?;
+    let proxy = cl.proxy_url();
+    let mut acked = BTreeMap::new();
+    for i in 0..20 {
+        let (k, v) = (format!("before-{i}"), format!("v{i}"));
+        let r = cl
+            .client
+            .put(&proxy, &k, v.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(r.status, 200, "{}", r.text());
+        acked.insert(k, v);
+    }
+    let leader = cl.leader_id().await.expect("a leader");
+    let mover = cl
+        .replicas
+        .keys()
+        .find(|id| **id != leader)
+        .cloned()
+        .expect("a follower");
+    let mut old = cl.replicas.remove(&mover).expect("the follower");
+    old.term(Duration::from_secs(10));
+    let mut spec = old.spec.clone();
+    drop(old);
+    spec.port = baton_tests::procs::free_port();
+    let moved_to = format!("localhost:{}", spec.port);
+    spec.advertise = Some(moved_to.clone());
+    cl.replicas
+        .insert(mover.clone(), baton_tests::procs::ReplicaProc::start(spec)?);
+    // The view names the new address, and the active controller recorded it.
+    wait_for(
+        Duration::from_secs(20),
+        "the view to show the new address",
+        || async {
+            let v = cl.view().await?;
+            let m = v["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == mover.as_str())?;
+            (m["addr"] == moved_to.as_str() && m["health"] == "ok").then_some(())
+        },
+    )
+    .await?;
+    wait_for(
+        Duration::from_secs(20),
+        "the address to be journaled",
+        || async {
+            let h = cl.history().await;
+            (!journaled(&h, "address", &moved_to).is_empty()).then_some(())
+        },
+    )
+    .await?;
+    let r = cl
+        .op(
+            "switchover",
+            serde_json::json!({ "to": mover }),
+            Duration::from_secs(10),
+        )
+        .await?;
+    assert_eq!(r.status, 200, "switchover: {}", r.text());
+    wait_for(
+        Duration::from_secs(30),
+        "the moved member to lead",
+        || async {
+            let (_, v) = cl.active_view().await?;
+            (v["phase"] == "steady" && v["leader"]["id"] == mover.as_str()).then_some(())
+        },
+    )
+    .await?;
+    // Semi-sync: each write needs a follower's ack, so the followers found the new leader;
+    // the proxy sent the writes there.
+    for i in 0..20 {
+        let (k, v) = (format!("after-{i}"), format!("w{i}"));
+        let r = wait_for(
+            Duration::from_secs(20),
+            "a write through the proxy",
+            || async {
+                cl.client
+                    .put(&proxy, &k, v.clone())
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        )
+        .await?;
+        acked.insert(k, v);
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "both followers streaming from the new leader",
+        || async {
+            let st = cl.client.status(&cl.url(&mover)).await.ok()?;
+            let followers = st["followers"].as_array().map_or(0, |a| a.len());
+            (followers == 2 && st["degraded"] == false).then_some(())
+        },
+    )
+    .await?;
+    assert_all_readable(&cl.url(&mover), &acked).await?;
+    converged(&cl).await
+}

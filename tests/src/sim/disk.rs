@@ -13,6 +13,20 @@ use rand::Rng;
 impl World {
     pub(super) fn start_replica(&mut self, r: usize) {
         let boot = BootId(self.rng.random());
+        // A third of the restarts come back at another address (another host, a container
+        // with a new IP), decided by the boot id so that no other draw moves: the controller's
+        // config keeps naming the old one, and followers and clients must find it at the
+        // address its heartbeats advertise (DESIGN.md §8).
+        if boot.0 % 3 == 0 && self.replicas[r].started > 0 {
+            let n = self.replicas[r].started;
+            self.members[r].addr = format!("r{}-moved{n}:7000", r + 1);
+            *self
+                .report
+                .fault_kinds
+                .entry("moved_address".into())
+                .or_insert(0) += 1;
+        }
+        self.replicas[r].started += 1;
         let snapshot_log_bytes = self.snapshot_bytes;
         let rep = &mut self.replicas[r];
         rep.log.truncate(rep.durable);

@@ -207,6 +207,7 @@ impl World {
                 hb_sent_at: 0,
                 stream: None,
                 retry_at_ms: 0,
+                started: 0,
                 serving: BTreeMap::new(),
                 max_epoch: Epoch(0),
             })

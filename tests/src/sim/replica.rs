@@ -86,6 +86,8 @@ pub(super) struct Replica {
     pub(super) hb_sent_at: u64,
     pub(super) stream: Option<FollowerStream>,
     pub(super) retry_at_ms: u64,
+    /// How many times this member's process started (a restart may move its address).
+    pub(super) started: u64,
     pub(super) serving: BTreeMap<u64, Serving>,
     /// Highest epoch this data directory ever reported (epochs never go back).
     pub(super) max_epoch: Epoch,
@@ -210,8 +212,15 @@ impl World {
         let rep = &self.replicas[r];
         if rep.stream.is_none() && now >= rep.retry_at_ms {
             if let Some((l, e)) = target {
-                if let Some(li) = self.members.iter().position(|m| m.id == l.id) {
-                    self.open_stream(r, li, l, e);
+                // Dialed by address, as the runtime does: nobody listens at an address a
+                // member left (connection refused; try again later).
+                match self
+                    .members
+                    .iter()
+                    .position(|m| m.id == l.id && m.addr == l.addr)
+                {
+                    Some(li) => self.open_stream(r, li, l, e),
+                    None => self.replicas[r].retry_at_ms = now + 50,
                 }
             }
         }
