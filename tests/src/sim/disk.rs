@@ -17,7 +17,7 @@ impl World {
         // with a new IP), decided by the boot id so that no other draw moves: the controller's
         // config keeps naming the old one, and followers and clients must find it at the
         // address its heartbeats advertise (DESIGN.md §8).
-        if boot.0 % 3 == 0 && self.replicas[r].started > 0 {
+        if boot.0.is_multiple_of(3) && self.replicas[r].started > 0 {
             let n = self.replicas[r].started;
             self.members[r].addr = format!("r{}-moved{n}:7000", r + 1);
             *self
