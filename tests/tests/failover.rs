@@ -1092,7 +1092,7 @@ async fn a_member_restarted_at_a_new_address_is_found_by_followers_and_the_proxy
     // the proxy sent the writes there.
     for i in 0..20 {
         let (k, v) = (format!("after-{i}"), format!("w{i}"));
-        let r = wait_for(
+        wait_for(
             Duration::from_secs(20),
             "a write through the proxy",
             || async {
