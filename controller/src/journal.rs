@@ -268,6 +268,25 @@ impl Budget {
     }
 }
 
+/// `message` with every run of digits replaced by `#`: what stays the same while a refusal
+/// holds (the core journals a refusal once per shape; the simulation checks it).
+pub fn reason_shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_digits = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

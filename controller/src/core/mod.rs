@@ -139,7 +139,7 @@ struct TermState {
     /// Revision at which `adding` was first seen (the add protocol's R), and when.
     adding_rev: Option<u64>,
     adding_since_ms: Option<u64>,
-    /// The last refusal journaled, to journal only changes.
+    /// The shape (numbers elided) of the last refusal journaled, to journal only changes.
     last_refusal: Option<String>,
     /// The recorded leader's run and when it was first heard not leading (a role other than
     /// leader, or no lease) in the steady phase; cleared when it reports leading again.

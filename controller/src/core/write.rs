@@ -81,12 +81,16 @@ impl ClusterCore {
         })
     }
 
-    /// A refusal or a blocked decision: journaled once per change of reason.
+    /// A refusal or a blocked decision: journaled once per change of reason. Reasons that
+    /// differ only in their numbers (how long a leader has been cut off, how many failovers
+    /// the last hour saw) are the same reason: a cut that lasts is not a new refusal at every
+    /// tick (each one an etcd write).
     pub(super) fn refuse(&mut self, now: Now, kind: Kind, message: String) -> Option<Write> {
-        if self.ts.last_refusal.as_deref() == Some(message.as_str()) || self.state().is_none() {
+        let shape = crate::journal::reason_shape(&message);
+        if self.ts.last_refusal.as_deref() == Some(shape.as_str()) || self.state().is_none() {
             return None;
         }
-        self.ts.last_refusal = Some(message.clone());
+        self.ts.last_refusal = Some(shape);
         self.write(now, None, kind, message, serde_json::Value::Null)
     }
 

@@ -164,6 +164,56 @@ fn paused_cluster_refuses_the_planned_failover_and_says_why() {
     assert_eq!(w.state, None);
 }
 
+/// Found across containers (issue 14): the reason a planned failover is refused names how
+/// long the leader has been cut off, a number that grows every tick; the refusal must still
+/// be journaled once while it holds, not written to etcd at every tick.
+#[test]
+fn a_refused_planned_failover_is_journaled_once_while_the_cut_lasts() {
+    // Strict: the unreachable sync member stays (writes block), so the cut keeps the
+    // planned failover due, and refused, for as long as it lasts.
+    let mut s = Sim::active(
+        ClusterParams {
+            strict: true,
+            ..cfg()
+        },
+        ClusterState {
+            control: Control::Manual,
+            strict: Some(true),
+            ..steady()
+        },
+        vec![],
+        0,
+    );
+    cut_from_followers(&mut s, 11_000);
+    let w = s.tick(11_060).expect("refusal");
+    assert_eq!(last(&w), (Kind::Refusal, 5, 1));
+    s.commit(11_070, &w);
+    for t in (11_100..=13_000).step_by(HB as usize) {
+        // The cut goes on: each round of heartbeats reports it a little longer.
+        let gone = t - 10_000;
+        s.hb(
+            t,
+            Heartbeat {
+                log_end_lsn: Lsn(130),
+                waiting: vec![wait_info("r2", 90, 100, gone)],
+                last_sync_ack_ms: Some(gone),
+                ..leader_hb()
+            },
+        );
+        s.hb(t + 30, lost("r2", gone + 30));
+        s.hb(t + 60, lost("r3", gone + 60));
+        if let Some(w) = s.tick(t + 70) {
+            assert_ne!(
+                last(&w).0,
+                Kind::Refusal,
+                "refusal journaled again at {t}: {}",
+                says(&w)
+            );
+            s.commit(t + 5, &w);
+        }
+    }
+}
+
 #[test]
 fn flush_pending_for_a_failure_timeout_fails_over() {
     let mut s = steady_sim();

@@ -393,6 +393,7 @@ impl World {
             self.check_idle();
         }
         self.check_impostor_journal();
+        self.check_refusal_floods();
         for o in &self.ops {
             self.report.ops += 1;
             match o.h.outcome {
@@ -503,6 +504,34 @@ impl World {
 
     /// A long quiet run: nothing wedges (every operation after the start-up succeeds), the
     /// controllers leave etcd alone, and compaction keeps the logs bounded.
+    /// A refusal is journaled once while its reason holds (`ClusterCore::refuse`): ten or more
+    /// refusals of one shape (numbers elided) in a row, each within a second of the previous,
+    /// mean one was written at every tick (each an etcd write).
+    pub(super) fn check_refusal_floods(&mut self) {
+        use baton_controller::journal::{reason_shape, Kind};
+        let mut run: Option<(String, u64, usize)> = None;
+        let mut floods = Vec::new();
+        for e in &self.etcd.journal {
+            if e.kind != Kind::Refusal {
+                run = None;
+                continue;
+            }
+            let shape = reason_shape(&e.message);
+            run = match run {
+                Some((s, at, n)) if s == shape && e.at_unix_ms.saturating_sub(at) < 1000 => {
+                    if n + 1 == 10 {
+                        floods.push(e.message.clone());
+                    }
+                    Some((s, e.at_unix_ms, n + 1))
+                }
+                _ => Some((shape, e.at_unix_ms, 1)),
+            };
+        }
+        for m in floods {
+            self.violation(format!("refusal journaled at every tick: {m}"));
+        }
+    }
+
     pub(super) fn check_idle(&mut self) {
         let settle = 5_000_000;
         let end = self.cfg.duration_ms * 1000;

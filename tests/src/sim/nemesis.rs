@@ -52,7 +52,7 @@ impl World {
             kinds.push("etcd-restore");
         }
         if f.operator && f.partition {
-            kinds.push("cut-and-failover");
+            kinds.extend(["cut-and-failover", "paused-cut"]);
         }
         if f.forced {
             kinds.extend(["forced-failover", "cut-and-forced"]);
@@ -316,6 +316,26 @@ impl World {
                 self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
                 let d = self.rng.random_range(0..200_000);
                 self.after_us(d, Ev::ManualFailover);
+            }
+            "paused-cut" => {
+                // Automatic failover paused, then the leader cut from its followers (a planned
+                // failover is due and refused) for as long as `hold`: the refusal is journaled
+                // once, not at every tick (`check_refusal_floods`); resumed after the heal.
+                let Some(l) = leader else { return };
+                self.operator(super::ops::Act::Pause);
+                let p = Proc::Replica(l);
+                let mut pairs = Vec::new();
+                for r in (0..nr).filter(|r| *r != l) {
+                    pairs.push((p, Proc::Replica(r)));
+                    pairs.push((Proc::Replica(r), p));
+                }
+                self.note(format!(
+                    "partition: r{} cut from its followers while paused",
+                    l + 1
+                ));
+                self.net.cut.extend(pairs.iter().copied());
+                self.after_us(hold, Ev::Heal(Heal::Uncut(pairs)));
+                self.after_us(hold + 100_000, Ev::Operator(super::ops::Act::Resume));
             }
             // A manual failover while the leader may still be healthy: the new leader must wait
             // out the old one's lease (`start_after_ms`).
