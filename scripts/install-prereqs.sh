@@ -14,6 +14,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# scripts/compose.sh writes through the proxy with curl.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -86,13 +86,33 @@ pub fn url(addr: impl std::fmt::Display) -> String {
     format!("{}://{addr}", scheme())
 }
 
+/// A deployment this process did not make (the Compose deployment of
+/// `tests/tests/compose.rs`): its CA and tokens, which the tests' clients then use.
+static ADOPTED: OnceLock<(Arc<Tls>, Tokens)> = OnceLock::new();
+
+/// Makes the tests' clients trust `ca_file` and present `tokens` instead of this process's
+/// own: for a deployment made elsewhere. Call it before any client is made; once per process.
+pub fn adopt(ca_file: &std::path::Path, tokens: Tokens) -> anyhow::Result<()> {
+    let tls = Tls::client_only(&ca_file.to_path_buf())
+        .map_err(|e| anyhow::anyhow!("{}: {}", ca_file.display(), e.reason))?;
+    ADOPTED
+        .set((tls, tokens))
+        .map_err(|_| anyhow::anyhow!("secure::adopt was called twice"))
+}
+
 /// The TLS the tests' clients use (trusts the CA, presents no certificate).
 pub fn client_tls() -> Option<Arc<Tls>> {
+    if let Some((tls, _)) = ADOPTED.get() {
+        return Some(tls.clone());
+    }
     pki().map(|p| p.client.clone())
 }
 
 /// The admin token (what the tests' client sends by default).
 pub fn admin_token() -> Option<String> {
+    if let Some((_, t)) = ADOPTED.get() {
+        return Some(t.admin.clone());
+    }
     pki().map(|p| p.tokens.admin.clone())
 }
 
