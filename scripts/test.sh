@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --workspace --bins --locked
+# The container tests (tests/tests/compose.rs) run these debug binaries as image baton:test, on
+# images built offline (reused while nothing changed). Without a Docker engine they are skipped,
+# and said so here and at the end.
+docker_missing=""
+if docker info >/dev/null 2>&1; then
+  BATON_IMAGES_PROFILE=debug BATON_IMAGES_NO_CARGO=1 ./scripts/images.sh
+else
+  docker_missing="no Docker engine reachable: the container tests (tests/tests/compose.rs) are SKIPPED"
+  echo "=== $docker_missing ===" >&2
+fi
 # The fault-point tests (tests/tests/fault_points.rs) run the replica and controller with their
 # named fault points compiled in: separate binaries (`*-failpoints`) built with the
 # `failpoints` feature; the normal and release binaries have none. Unoptimized and without
@@ -26,3 +36,6 @@ cargo run -q --locked -p baton-tests --bin baton-sim -- --seeds 2000 --start 100
 # The write-availability bounds (issue 12): one bounded fault at a time, each fault's longest
 # write gap held against its bound in simulated time; prints the per-fault table.
 cargo run -q --locked -p baton-tests --bin baton-sim -- --bounds --seeds 16 --start 101 --duration-ms 60000
+if [ -n "$docker_missing" ]; then
+  echo "=== $docker_missing ===" >&2
+fi
