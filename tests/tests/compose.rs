@@ -523,6 +523,51 @@ async fn containers_killed_cut_moved_and_restarted_lose_nothing() -> anyhow::Res
     ));
     d.heal(active)?;
 
+    // 3b. An etcd member killed and started again: no controller change is needed, writes go
+    //     on (etcd keeps a quorum of two).
+    d.wait_settled(Duration::from_secs(60)).await?;
+    let (_, epoch) = d.leader().await.expect("a leader");
+    let from = rec.now();
+    d.dc(&["kill", "-s", "SIGKILL", "etcd2"])?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.wait_writable(Duration::from_secs(30)).await?;
+    let gap = longest_gap(&rec.ack_times(), from, rec.now());
+    d.dc(&["start", "etcd2"])?;
+    let (_, after) = d.leader().await.expect("a leader");
+    anyhow::ensure!(
+        after == epoch,
+        "an etcd member's loss changed the epoch {epoch} -> {after}"
+    );
+    report.push(format!(
+        "etcd member killed: no failover, longest write gap {} ms",
+        gap.as_millis()
+    ));
+
+    // 3c. The leader's container frozen (docker pause) past the failure timeout: a failover;
+    //     thawed, the old leader finds itself fenced and rejoins as a follower.
+    d.wait_settled(Duration::from_secs(60)).await?;
+    let (leader, epoch) = d.leader().await.expect("a leader");
+    let from = rec.now();
+    d.dc(&["pause", &leader])?;
+    let moved = wait_for(
+        Duration::from_secs(30),
+        "a failover away from the frozen leader",
+        || async {
+            let (l, e) = d.leader().await?;
+            (l != leader && e > epoch).then_some(())
+        },
+    )
+    .await;
+    d.dc(&["unpause", &leader])?;
+    moved?;
+    d.wait_writable(Duration::from_secs(30)).await?;
+    let gap = longest_gap(&rec.ack_times(), from, rec.now());
+    d.wait_settled(Duration::from_secs(60)).await?;
+    report.push(format!(
+        "leader {leader} frozen: failed over, thawed and rejoined; longest write gap {} ms",
+        gap.as_millis()
+    ));
+
     // The run's verdict.
     rec.stop();
     for t in clients {
