@@ -306,3 +306,86 @@ fn local_up_without_etcd_says_what_to_install() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Processes whose command line names `dir` (every node `up` starts gets its config path there).
+fn running_in(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) && alive(pid) {
+            out.push(format!("{pid}: {cmd}"));
+        }
+    }
+    out
+}
+
+/// Issue 16: a node that exits while `up` waits makes `up` fail with the node's name, how it
+/// exited and what its log said last — and nothing `up` started is left running (the failed
+/// `up` used to guess liveness from /proc and could leave a node serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_exits_at_start_fails_up_and_nothing_is_left_running() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().display().to_string();
+    let _down = Down(tmp.path());
+    // r2's data directory is a file: the replica refuses to start.
+    std::fs::create_dir_all(tmp.path().join("r2"))?;
+    std::fs::write(tmp.path().join("r2/data"), "not a directory")?;
+    let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "up succeeded: {err}");
+    assert!(err.contains("r2 exited (exit code"), "{err}");
+    assert!(err.contains("r2/replica.log"), "{err}");
+    let left = running_in(tmp.path());
+    assert!(left.is_empty(), "left running after a failed up: {left:?}");
+    let l = layout(tmp.path())?;
+    for n in l["replicas"].as_array().into_iter().flatten() {
+        assert_eq!(n["pid"], 0, "{n}");
+    }
+    Ok(())
+}
+
+/// Issue 16: the `local` subcommands take their directory from BATON_LOCAL_DIR, as the README
+/// tells users to set it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_subcommands_honour_baton_local_dir() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().display().to_string();
+    let _down = Down(tmp.path());
+    let with_env = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin_path("batonctl")?)
+            .args(args)
+            .env("BATON_LOCAL_DIR", &d)
+            .output()?)
+    };
+    let out = with_env(&["local", "up", "--detach"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_env(&["local", "stop", "r3"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_env(&["status"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_env(&["local", "down"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(running_in(tmp.path()).is_empty());
+    Ok(())
+}

@@ -20,7 +20,7 @@ pub use procs::Http;
 use crate::client::{load_ca, Credentials, Ctl};
 use baton_runtime::pki;
 use layout::{layout_path, read_layout, write_layout, Layout, Node};
-use procs::{alive, bin, free_port, last_line, signal, spawn, which};
+use procs::{alive, bin, exited, free_port, signal, spawn, which, Started};
 use secure::{toml_path, Secure};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 pub enum LocalCmd {
     /// Start etcd (unless --etcd), controllers, replicas and a proxy; init; wait for a leader.
     Up {
-        #[arg(long)]
+        /// The deployment's directory (default: BATON_LOCAL_DIR).
+        #[arg(long, env = "BATON_LOCAL_DIR")]
         dir: PathBuf,
         #[arg(long, default_value_t = 3)]
         replicas: usize,
@@ -53,7 +54,8 @@ pub enum LocalCmd {
     },
     /// Signal one node (`r2`, `c1`, `proxy`, `etcd`).
     Stop {
-        #[arg(long)]
+        /// The deployment's directory (default: BATON_LOCAL_DIR).
+        #[arg(long, env = "BATON_LOCAL_DIR")]
         dir: PathBuf,
         node: String,
         /// KILL, TERM, STOP or CONT.
@@ -62,13 +64,15 @@ pub enum LocalCmd {
     },
     /// Start a stopped node again with the same config and data.
     Start {
-        #[arg(long)]
+        /// The deployment's directory (default: BATON_LOCAL_DIR).
+        #[arg(long, env = "BATON_LOCAL_DIR")]
         dir: PathBuf,
         node: String,
     },
     /// Stop everything; the data stays in DIR.
     Down {
-        #[arg(long)]
+        /// The deployment's directory (default: BATON_LOCAL_DIR).
+        #[arg(long, env = "BATON_LOCAL_DIR")]
         dir: PathBuf,
     },
 }
@@ -183,16 +187,14 @@ async fn launch(cmd: LocalCmd) -> Result<Option<Launched>, String> {
             if alive(n.pid) {
                 return Err(format!("{node} is already running (pid {})", n.pid));
             }
-            n.pid = spawn(&n.cmd, Path::new(&n.log))?;
+            let mut child = spawn(&n.cmd, Path::new(&n.log))?;
+            n.pid = child.id();
             let (pid, log) = (n.pid, n.log.clone());
             write_layout(&dir, &l)?;
             // A node that exits at once (its port taken meanwhile, say) is reported, with why.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if !alive(pid) {
-                return Err(format!(
-                    "{node} exited at start: {} (log: {log})",
-                    last_line(&log)
-                ));
+            if let Some(why) = exited(&mut child, &log) {
+                return Err(format!("{node} exited at start ({why}); log: {log}"));
             }
             println!("started {node} (pid {pid})");
             Ok(None)
@@ -293,6 +295,7 @@ async fn up(
         tokens: sec.as_ref().map(|x| x.tokens.clone()),
         insecure,
     };
+    let mut started = Started::default();
     let result = async {
         // The controllers reach a private etcd over TLS, presenting their own certificates.
         let mut etcd_tls = false;
@@ -324,7 +327,7 @@ async fn up(
                 etcd_tls = true;
             }
             let log = s(&edir.join("etcd.log"));
-            let pid = spawn(&cmd, Path::new(&log))?;
+            let pid = started.spawn("etcd", &cmd, &log)?;
             layout.etcd = vec![url.clone()];
             layout.etcd_node = Some(Node { id: "etcd".into(), url, pid, data_dir: Some(s(&edir.join("data"))), cmd, log });
         }
@@ -358,7 +361,7 @@ async fn up(
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let cmd = vec![s(&cbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("controller.log"));
-            let pid = spawn(&cmd, Path::new(&log))?;
+            let pid = started.spawn(&id, &cmd, &log)?;
             layout.controllers.push(Node { id, url: curls[i].clone(), pid, data_dir: None, cmd, log });
         }
         let ctl_list = curls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
@@ -373,7 +376,7 @@ async fn up(
             std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
             let cmd = vec![s(&rbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("replica.log"));
-            let pid = spawn(&cmd, Path::new(&log))?;
+            let pid = started.spawn(&id, &cmd, &log)?;
             layout.replicas.push(Node { id, url: format!("{scheme}://127.0.0.1:{port}"), pid, data_dir: Some(s(&data)), cmd, log });
         }
         if let Some(pbin) = &pbin {
@@ -386,21 +389,20 @@ async fn up(
             std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\ncontrollers = [{ctl_list}]\n{insecure_line}\n{tls}")).map_err(|e| e.to_string())?;
             let cmd = vec![s(pbin), "--config".into(), s(&cfg)];
             let log = s(&d.join("proxy.log"));
-            let pid = spawn(&cmd, Path::new(&log))?;
+            let pid = started.spawn("proxy", &cmd, &log)?;
             layout.proxy = Some(Node { id: "proxy".into(), url: format!("{scheme}://127.0.0.1:{port}"), pid, data_dir: None, cmd, log });
         }
         write_layout(&dir, &layout)?;
-        // A node that exits at once (port taken, bad config) is reported with its last log line.
+        // A node that exits at once (port taken, bad config) is reported with how it exited and
+        // the last lines of its log.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        for n in layout.nodes() {
-            if !alive(n.pid) {
-                return Err(format!("{} exited at start: {} (log: {})", n.id, last_line(&n.log), n.log));
-            }
-        }
+        started.check()?;
         // init, through whichever controller is active (with the admin token).
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
+        println!("waiting for the controllers to initialize the cluster…");
         'init: loop {
+            started.check()?;
             for u in &curls {
                 match http.call("POST", &format!("{u}/v1/clusters/main/init"), "").await {
                     Ok((200, _)) => break 'init,
@@ -421,7 +423,9 @@ async fn up(
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
+        println!("waiting for a leader to accept a write…");
         'ready: loop {
+            started.check()?;
             for t in &targets {
                 match http.call("PUT", &format!("{t}/v1/kv/__baton_local_up"), "ok").await {
                     Ok((200, _)) => break 'ready,
@@ -477,8 +481,12 @@ async fn up(
             Ok((curls, creds))
         }
         Err(e) => {
+            // Nothing stays running: every process this `up` started is stopped and reaped.
+            started.kill_all();
+            for n in layout.nodes_mut() {
+                n.pid = 0;
+            }
             let _ = write_layout(&dir, &layout);
-            let _ = down(&dir);
             Err(e)
         }
     }

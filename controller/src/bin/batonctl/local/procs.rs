@@ -3,9 +3,9 @@
 //! free loopback ports, and the small HTTP client `up` uses for its own readiness checks (TLS
 //! against the deployment's CA and the admin token, unless insecure).
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Whether `pid` is a live process running one of our binaries (not a reused pid).
@@ -56,8 +56,10 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Starts a node detached from batonctl's terminal (its own process group).
-pub fn spawn(cmd: &[String], log: &Path) -> Result<u32, String> {
+/// Starts a node detached from batonctl's terminal (its own process group), its stdout and
+/// stderr appended to `log`. The caller keeps the [`Child`] to tell, without guessing from
+/// `/proc`, whether it exited and how (`exited`).
+pub fn spawn(cmd: &[String], log: &Path) -> Result<Child, String> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -73,14 +75,71 @@ pub fn spawn(cmd: &[String], log: &Path) -> Result<u32, String> {
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", cmd[0]))?;
-    Ok(child.id())
+    Ok(child)
 }
 
-pub fn last_line(log: &str) -> String {
-    std::fs::read_to_string(log)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
-        .unwrap_or_default()
+/// How `child` ended, if it did: its exit status and the last lines of its log (what it said
+/// before exiting).
+pub fn exited(child: &mut Child, log: &str) -> Option<String> {
+    let status = child.try_wait().ok()??;
+    let how = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    };
+    let tail = last_lines(log, 3);
+    Some(if tail.is_empty() {
+        format!("{how}, nothing in its log")
+    } else {
+        format!("{how}: {tail}")
+    })
+}
+
+/// The last `n` non-empty lines of `log`, joined by " | ".
+pub fn last_lines(log: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// The processes one `up` started, held as children: whether one exited is known from
+/// `waitpid`, not guessed, and a failed `up` stops every one of them.
+#[derive(Default)]
+pub struct Started {
+    nodes: Vec<(String, Child, String)>,
+}
+
+impl Started {
+    /// Starts node `id` (see [`spawn`]); returns its pid.
+    pub fn spawn(&mut self, id: &str, cmd: &[String], log: &str) -> Result<u32, String> {
+        let child = spawn(cmd, Path::new(log))?;
+        let pid = child.id();
+        self.nodes.push((id.to_string(), child, log.to_string()));
+        Ok(pid)
+    }
+
+    /// An error naming the first node that exited, how, and what its log said last.
+    pub fn check(&mut self) -> Result<(), String> {
+        for (id, child, log) in &mut self.nodes {
+            if let Some(why) = exited(child, log) {
+                return Err(format!("{id} exited ({why}); log: {log}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops (SIGKILL) and reaps every node started.
+    pub fn kill_all(&mut self) {
+        for (_, child, _) in &mut self.nodes {
+            kill_child(child);
+        }
+    }
+}
+
+/// Stops `child` (SIGKILL) and reaps it.
+pub fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
