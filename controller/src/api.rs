@@ -350,6 +350,8 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
         "op": state.as_ref().and_then(|s| s.op.clone()),
         "members": members,
         "leader_waiting": waiting,
+        // DESIGN §4/§7: the leader acknowledges alone (an empty sync set, not strict).
+        "degraded": leader_hb.is_some_and(|h| h.degraded_for_ms > 0),
         // Since when this controller's etcd session has failed (keepalives, lease grants).
         "etcd_unreachable_ms": core.etcd_failing_since_ms.map(|t| n.ms.saturating_sub(t)),
         // Acting as the active controller now: elected, within its etcd lease's trusted window.

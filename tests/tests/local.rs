@@ -368,6 +368,56 @@ async fn local_subcommands_honour_baton_local_dir() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Issue 16: operations that move leadership ask first; without a terminal they need
+    // --yes; exit codes tell a refusal (3) from an unreachable cluster (4) from usage (2).
+    let code = |o: &std::process::Output| o.status.code();
+    let out = with_env(&["switchover"])?;
+    assert_eq!(
+        code(&out),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --yes"));
+    let v: serde_json::Value = serde_json::from_slice(&with_env(&["status", "--json"])?.stdout)?;
+    let leader = v["leader"]["id"].as_str().unwrap_or_default().to_string();
+    let plain = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["sync"] == false && m["id"] != leader.as_str())
+        .and_then(|m| m["id"].as_str())
+        .map(str::to_string);
+    let plain = plain.expect("a follower outside the sync set (3 replicas, sync_size 1)");
+    // Not a sync member: a lossless failover to it is refused, and says how to force it.
+    let out = with_env(&["failover", "--to", &plain, "--yes"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(3), "{err}");
+    assert!(err.contains("sync"), "{err}");
+    // `--force` is patronictl's "do not ask", never an acceptance of data loss.
+    let out = with_env(&["failover", "--to", &plain, "--force"])?;
+    assert_eq!(
+        code(&out),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_env(&["switchover", "--yes"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin_path("batonctl")?)
+        .args(["--controller", "https://127.0.0.1:1", "status"])
+        .env("BATON_LOCAL_DIR", &d)
+        .output()?;
+    assert_eq!(
+        code(&out),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = with_env(&["local", "stop", "r3"])?;
     assert!(
         out.status.success(),

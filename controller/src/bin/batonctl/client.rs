@@ -422,7 +422,7 @@ impl Ctl {
                 Err(e) => errors.push(e),
             }
         }
-        standby.ok_or_else(|| failures_message(&errors).into())
+        standby.ok_or_else(|| Fail::unreachable(failures_message(&errors)))
     }
 
     /// An operation: sent to each controller in turn until one that is active answers.
@@ -453,11 +453,10 @@ impl Ctl {
                 Ok(a) => return Ok(Ok((url, a))),
                 Err(e @ CallError::Unreachable { .. }) => no.unreachable.push(e),
                 Err(e) => {
-                    return Err(format!(
+                    return Err(Fail::unknown(format!(
                         "{}; the operation may or may not have been applied: check `batonctl status` and `batonctl history`",
                         e.message()
-                    )
-                    .into())
+                    )))
                 }
             }
         }
@@ -478,11 +477,11 @@ impl Ctl {
                 }
                 Ok((url, a)) => {
                     if let Some((_, m)) = a.error() {
-                        return Err(m.into());
+                        return Err(Fail::refused(m));
                     }
                     return Ok((url, a));
                 }
-                Err(no) => return Err(no.message(&self.cluster).into()),
+                Err(no) => return Err(Fail::unreachable(no.message(&self.cluster))),
             }
         }
     }

@@ -23,12 +23,15 @@ pub async fn init(ctl: &Ctl, wait: Duration) -> Result<(), Fail> {
             Ok((_, a)) if a.is(409, "members_missing") || a.status == 503 => {
                 a.error().map(|(_, m)| m).unwrap_or_default()
             }
-            Ok((_, a)) => return Err(a.error().map(|(_, m)| m).unwrap_or_default().into()),
+            Ok((_, a)) => return Err(Fail::refused(a.error().map(|(_, m)| m).unwrap_or_default())),
             Err(no) if !no.standby.is_empty() => no.message(&ctl.cluster),
-            Err(no) => return Err(no.message(&ctl.cluster).into()),
+            Err(no) => return Err(Fail::unreachable(no.message(&ctl.cluster))),
         };
         if start.elapsed() >= wait {
-            return Err(format!("init gave up after {} s: {waiting_for}", wait.as_secs()).into());
+            return Err(Fail::refused(format!(
+                "init gave up after {} s: {waiting_for}",
+                wait.as_secs()
+            )));
         }
         if waiting_for != last_said {
             print_lines(&[format!("waiting: {waiting_for}")]);

@@ -52,6 +52,12 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Do not ask for confirmation before an operation that changes the leader or may lose
+    /// data (switchover, failover, recover). Without a terminal such an operation is refused
+    /// unless --yes is given. `--force` means the same (as in patronictl): it never accepts
+    /// a loss of data; that is `failover --accept-data-loss`.
+    #[arg(long, short = 'y', global = true, alias = "force")]
+    yes: bool,
     /// The cluster to act on.
     #[arg(long, value_name = "NAME", default_value = "main", global = true)]
     cluster: String,
@@ -76,7 +82,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Planned, lossless change of leader.
+    /// Planned, lossless change of leader (asks for confirmation unless --yes).
     Switchover {
         /// The member to hand over to (default: the controller picks the best sync member).
         #[arg(long, value_name = "MEMBER")]
@@ -85,17 +91,19 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         timeout_ms: Option<u64>,
     },
-    /// Forced promotion of a member.
+    /// Manual promotion of a member (asks for confirmation unless --yes).
     Failover {
         /// The member to promote.
         #[arg(long, value_name = "MEMBER")]
         to: String,
-        /// Accept promoting a member that may lack acknowledged writes.
+        /// Promote it even if it may lack acknowledged writes (it is not a sync member, or
+        /// lags): those writes are lost. The records at risk are printed first.
         #[arg(long)]
-        force: bool,
-        /// Also accept promoting an unclean member.
-        #[arg(long)]
-        allow_data_loss: bool,
+        accept_data_loss: bool,
+        /// Also promote an unclean member (its log lost acknowledged records to damage or a
+        /// cut); implies --accept-data-loss.
+        #[arg(long, alias = "allow-data-loss")]
+        allow_unclean: bool,
     },
     /// Stop automatic failover (a running promotion still finishes).
     Pause,
@@ -155,13 +163,45 @@ enum Cmd {
     },
 }
 
-/// A failure to report: the message is printed as is, and the process exits 1.
+/// batonctl's exit codes (documented in the README), so that a script can tell a refusal from
+/// an unreachable cluster from an outcome nobody knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Anything else that failed.
+    Failed = 1,
+    /// Bad command line, config or credentials files.
+    Usage = 2,
+    /// A controller refused (4xx), or the operation was accepted and did not happen.
+    Refused = 3,
+    /// No controller (or no active one) could be reached.
+    Unreachable = 4,
+    /// The request may have been applied, or an operation is still running: check
+    /// `batonctl status` and `batonctl history`.
+    Unknown = 5,
+}
+
+/// A failure to report: the message is printed as is, and the process exits with `code`.
 #[derive(Debug)]
-pub struct Fail(pub String);
+pub struct Fail(pub String, pub Exit);
 
 impl<T: Into<String>> From<T> for Fail {
     fn from(s: T) -> Fail {
-        Fail(s.into())
+        Fail(s.into(), Exit::Failed)
+    }
+}
+
+impl Fail {
+    pub fn refused(m: impl Into<String>) -> Fail {
+        Fail(m.into(), Exit::Refused)
+    }
+    pub fn unreachable(m: impl Into<String>) -> Fail {
+        Fail(m.into(), Exit::Unreachable)
+    }
+    pub fn unknown(m: impl Into<String>) -> Fail {
+        Fail(m.into(), Exit::Unknown)
+    }
+    pub fn usage(m: impl Into<String>) -> Fail {
+        Fail(m.into(), Exit::Usage)
     }
 }
 
@@ -224,20 +264,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&ctl, cli.cmd).await {
+    match run(&ctl, cli.cmd, cli.yes).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(m)) => {
+        Err(Fail(m, code)) => {
             eprintln!("batonctl: {m}");
-            ExitCode::from(1)
+            ExitCode::from(code as u8)
         }
     }
 }
 
 /// Runs one command that talks to the controllers.
-async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
+async fn run(ctl: &Ctl, cmd: Cmd, yes: bool) -> Result<(), Fail> {
     match cmd {
-        Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } => Err(Fail(
-            "`local`, `compose` and `probe` are handled before any controller is contacted".into(),
+        Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } => Err(Fail::usage(
+            "`local`, `compose` and `probe` are handled before any controller is contacted",
         )),
         Cmd::Status { json } => status::status(ctl, json).await,
         Cmd::Leader => status::leader(ctl).await,
@@ -246,14 +286,29 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Result<(), Fail> {
         Cmd::DryRun { json } => status::dry_run(ctl, json).await,
         Cmd::Pause => ops::simple_op(ctl, "/pause").await,
         Cmd::Resume => ops::simple_op(ctl, "/resume").await,
-        Cmd::Recover => ops::simple_op(ctl, "/recover").await,
+        Cmd::Recover => {
+            ops::confirm(
+                yes,
+                "recover writes a new epoch with no leader: writes stop until `failover --to`",
+            )?;
+            ops::simple_op(ctl, "/recover").await
+        }
         Cmd::Init { wait_s } => init::init(ctl, Duration::from_secs(wait_s)).await,
-        Cmd::Switchover { to, timeout_ms } => ops::switchover(ctl, to, timeout_ms).await,
+        Cmd::Switchover { to, timeout_ms } => ops::switchover(ctl, to, timeout_ms, yes).await,
         Cmd::Failover {
             to,
-            force,
-            allow_data_loss,
-        } => ops::failover(ctl, to, force, allow_data_loss).await,
+            accept_data_loss,
+            allow_unclean,
+        } => {
+            ops::failover(
+                ctl,
+                to,
+                accept_data_loss || allow_unclean,
+                allow_unclean,
+                yes,
+            )
+            .await
+        }
     }
 }
 

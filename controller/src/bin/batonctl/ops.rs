@@ -28,14 +28,53 @@ pub fn answer_message(v: &Value) -> String {
         .map_or_else(|| v.to_string(), str::to_string)
 }
 
+/// Asks the person at the terminal to confirm `what` (`--yes` skips it). Without a terminal
+/// the operation is refused: a script must say `--yes`.
+pub fn confirm(yes: bool, what: &str) -> Result<(), Fail> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Fail::usage(format!(
+            "{what}: refusing to go on without a terminal to confirm it; add --yes"
+        )));
+    }
+    eprint!("{what}\nGo on? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    match line.trim() {
+        "y" | "Y" | "yes" | "YES" => Ok(()),
+        _ => Err(Fail::refused("not confirmed; nothing was changed")),
+    }
+}
+
+/// A member's row in the cluster view.
+fn member<'a>(view: &'a Value, id: &str) -> Option<&'a Value> {
+    view.get("members")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("id").and_then(Value::as_str) == Some(id))
+}
+
 pub async fn switchover(
     ctl: &Ctl,
     to: Option<String>,
     timeout_ms: Option<u64>,
+    yes: bool,
 ) -> Result<(), Fail> {
     let (_, before) = ctl.read(&ctl.path(""), None, whose_view).await?;
     let old_leader = leader_id(&before);
     let old_epoch = before.get("epoch").and_then(Value::as_u64).unwrap_or(0);
+    confirm(
+        yes,
+        &format!(
+            "switchover: {} hands leadership to {} (lossless; writes pause briefly)",
+            old_leader.as_deref().unwrap_or("no leader"),
+            to.as_deref().unwrap_or("the best sync member")
+        ),
+    )?;
     let mut body = serde_json::Map::new();
     if let Some(t) = &to {
         body.insert("to".into(), Value::from(t.as_str()));
@@ -62,11 +101,10 @@ pub async fn switchover(
         return Ok(());
     }
     let why = last_journal_message(ctl, &url, started, &["abort", "refusal", "blocked"]).await;
-    Err(format!(
+    Err(Fail::refused(format!(
         "the switchover did not happen: {who} leads epoch {epoch}{}",
         why.map(|w| format!(" ({w})")).unwrap_or_default()
-    )
-    .into())
+    )))
 }
 
 pub async fn failover(
@@ -74,7 +112,43 @@ pub async fn failover(
     to: String,
     force: bool,
     allow_data_loss: bool,
+    yes: bool,
 ) -> Result<(), Fail> {
+    let (_, before) = ctl.read(&ctl.path(""), None, whose_view).await?;
+    let old_leader = leader_id(&before);
+    let target = member(&before, &to);
+    // What a forced promotion may lose: the records the target lacks of the leader's log end
+    // (acknowledged or not: the controller knows no finer split), or unknown.
+    let lag = target
+        .and_then(|m| m.get("lag_records"))
+        .and_then(Value::as_u64);
+    let in_sync = target.and_then(|m| m.get("sync")).and_then(Value::as_bool) == Some(true);
+    let risk = match (force, in_sync, lag) {
+        (false, _, _) => "lossless: refused if it may lack acknowledged writes".to_string(),
+        (true, true, Some(0)) => {
+            "it is a sync member and holds the leader's log end: nothing at risk".into()
+        }
+        (true, _, Some(n)) => format!(
+            "ACCEPTING DATA LOSS: {to} lacks {n} record(s) of the leader's log end; acknowledged \
+             writes among them are lost (archived on the old leader when it returns)"
+        ),
+        (true, _, None) => {
+            "ACCEPTING DATA LOSS: how far it lags is unknown (the leader is not heard)".into()
+        }
+    };
+    let risk = if allow_data_loss {
+        format!("{risk}; an unclean member may have lost acknowledged records of its own")
+    } else {
+        risk
+    };
+    print_lines(&[format!("failover to {to}: {risk}")]);
+    confirm(
+        yes,
+        &format!(
+            "failover: promote {to} (leader now: {})",
+            old_leader.as_deref().unwrap_or("none")
+        ),
+    )?;
     let body = serde_json::json!({ "to": to, "force": force, "allow_data_loss": allow_data_loss });
     let started = unix_ms();
     let (url, a) = ctl
@@ -89,12 +163,11 @@ pub async fn failover(
         return Ok(());
     }
     let why = last_journal_message(ctl, &url, started, &["blocked", "refusal", "abort"]).await;
-    Err(format!(
+    Err(Fail::refused(format!(
         "the failover did not happen: {} leads epoch {epoch}{}",
         leader.unwrap_or_else(|| "no member".into()),
         why.map(|w| format!(" ({w})")).unwrap_or_default()
-    )
-    .into())
+    )))
 }
 
 /// Polls the cluster until no operation runs and the phase is steady (or `wait` passes),
@@ -116,11 +189,10 @@ pub async fn wait_for_op(
         }
         if start.elapsed() >= wait {
             let phase = v.get("phase").and_then(Value::as_str).unwrap_or("unknown");
-            return Err(format!(
+            return Err(Fail::unknown(format!(
                 "still {phase} after {} s; watch `batonctl status` and `batonctl history`",
                 wait.as_secs()
-            )
-            .into());
+            )));
         }
         if asked.elapsed() >= Duration::from_secs(1) {
             asked = Instant::now();

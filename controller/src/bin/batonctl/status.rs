@@ -147,6 +147,9 @@ pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<Strin
             head.push(format!("control {control}"));
         }
         head.push(format!("mode {}", s_or(v, "mode", "?")));
+        if v.get("degraded").and_then(Value::as_bool) == Some(true) {
+            head.push("DEGRADED (the leader acknowledges alone)".into());
+        }
     }
     let active = v.get("active").and_then(Value::as_bool).unwrap_or(false);
     let active_addr = v.get("active_controller").and_then(Value::as_str);
@@ -421,7 +424,7 @@ pub fn leader_line(v: &Value) -> String {
 
 pub fn parse_history(v: Value) -> Result<Vec<Entry>, Fail> {
     serde_json::from_value::<Vec<Entry>>(v).map_err(|e| {
-        Fail(format!(
+        Fail::from(format!(
             "the controller's journal is not in the expected shape: {e}"
         ))
     })

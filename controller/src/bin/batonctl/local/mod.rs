@@ -100,7 +100,7 @@ pub async fn run(cmd: LocalCmd, cluster: String) -> ExitCode {
     // Let a few heartbeats reach the controllers so the table shows current positions.
     tokio::time::sleep(Duration::from_millis(400)).await;
     println!();
-    if let Err(crate::Fail(m)) = crate::status::status(&ctl, false).await {
+    if let Err(crate::Fail(m, _)) = crate::status::status(&ctl, false).await {
         eprintln!("batonctl: status: {m}");
     }
     if detach {
