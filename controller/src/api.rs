@@ -151,8 +151,19 @@ fn status(code: ErrorCode) -> u16 {
     }
 }
 
-fn op_error(e: OpError) -> Response {
-    err(status(e.code), e.code.as_str(), e.message)
+/// A refused operator request. A standby's `not_active` also names the active controller in
+/// a field of its own (`active_controller`, null when unknown), so that clients need not read
+/// it out of the message.
+fn op_error(e: OpError, rt: &ClusterRt) -> Response {
+    if e.code != ErrorCode::NotActive {
+        return err(status(e.code), e.code.as_str(), e.message);
+    }
+    let active = rt.lock().active_addr.clone();
+    let s = StatusCode::from_u16(status(e.code)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let body = serde_json::json!({
+        "error": e.code.as_str(), "message": e.message, "active_controller": active,
+    });
+    (s, Json(body)).into_response()
 }
 
 fn find(api: &Api, c: &str) -> Result<Arc<ClusterRt>, Box<Response>> {
@@ -478,7 +489,7 @@ async fn switchover(
         .switchover(now(), to, req.timeout_ms.unwrap_or(10_000), id.clone());
     match w {
         Ok(w) => run_write(&api, &rt, w, Some(id)).await,
-        Err(e) => op_error(e),
+        Err(e) => op_error(e, &rt),
     }
 }
 
@@ -506,7 +517,7 @@ async fn failover(State(api): S, Path(c): Path<String>, Json(req): Json<Failover
     );
     match w {
         Ok(w) => run_write(&api, &rt, w, Some(id)).await,
-        Err(e) => op_error(e),
+        Err(e) => op_error(e, &rt),
     }
 }
 
@@ -518,7 +529,7 @@ async fn set_control(api: Arc<Api>, c: String, control: Control) -> Response {
     let w = rt.lock().set_control(now(), control);
     match w {
         Ok(w) => run_write(&api, &rt, w, None).await,
-        Err(e) => op_error(e),
+        Err(e) => op_error(e, &rt),
     }
 }
 
@@ -538,7 +549,7 @@ async fn init(State(api): S, Path(c): Path<String>) -> Response {
     let w = rt.lock().init(now());
     match w {
         Ok(w) => run_write(&api, &rt, w, None).await,
-        Err(e) => op_error(e),
+        Err(e) => op_error(e, &rt),
     }
 }
 
@@ -550,7 +561,7 @@ async fn recover(State(api): S, Path(c): Path<String>) -> Response {
     let w = rt.lock().recover(now());
     match w {
         Ok(w) => run_write(&api, &rt, w, None).await,
-        Err(e) => op_error(e),
+        Err(e) => op_error(e, &rt),
     }
 }
 

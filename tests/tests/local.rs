@@ -402,6 +402,49 @@ async fn local_subcommands_honour_baton_local_dir() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A standby's refusal names the active controller in a field of its own.
+    let l = layout(tmp.path())?;
+    let c = client_of(&l, Some("admin"))?;
+    let mut standby_said = None;
+    for ctl in l["controllers"].as_array().into_iter().flatten() {
+        let url = ctl["url"].as_str().unwrap_or_default();
+        let r = c
+            .call(
+                "POST",
+                &format!("{url}/v1/clusters/main/pause"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if r.status == 503 && r.json()["error"] == "not_active" {
+            standby_said = Some(r.json());
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
+            let r = c
+                .call(
+                    "POST",
+                    &format!("{url}/v1/clusters/main/resume"),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let said = standby_said.expect("one of the two controllers is a standby");
+    let active = said["active_controller"]
+        .as_str()
+        .expect("active_controller");
+    assert!(
+        l["controllers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["url"].as_str().is_some_and(|u| u.ends_with(active))),
+        "{said}"
+    );
     let out = with_env(&["switchover", "--yes"])?;
     assert!(
         out.status.success(),

@@ -443,7 +443,14 @@ impl Ctl {
             match self.call(&url, Method::POST, path, body).await {
                 Ok(a) if a.is(503, "not_active") => {
                     let msg = a.error().map(|(_, m)| m).unwrap_or_default();
-                    if let Some(active) = active_from_message(&msg, scheme_of(&url)) {
+                    // The typed field; the message for controllers older than it.
+                    let named = a
+                        .body
+                        .get("active_controller")
+                        .and_then(Value::as_str)
+                        .and_then(|addr| normalize_url(addr, scheme_of(&url)).ok())
+                        .or_else(|| active_from_message(&msg, scheme_of(&url)));
+                    if let Some(active) = named {
                         if !queue.contains(&active) {
                             queue.insert(i, active);
                         }

@@ -14,7 +14,7 @@
 //! config; controllers also hold `etcd-ca.pem`, `etcd-client.pem`, `etcd-client-key.pem`. Each container sees only
 //! its own key; on the host the keys are kept from other users by `DIR`'s mode, and they are
 //! readable inside the container by its unprivileged user. An existing `cluster.json` is kept
-//! (its tokens and certificates with it) unless `--force`.
+//! (its tokens and certificates with it) unless `--renew`.
 
 use crate::local::layout::{read_layout, write_layout, Layout, Node, Tokens};
 use crate::local::secure::{token_sections, write_file};
@@ -40,16 +40,16 @@ pub enum ComposeCmd {
         dir: PathBuf,
         /// Make everything afresh (new CA and tokens) even if DIR/cluster.json exists.
         #[arg(long)]
-        force: bool,
+        renew: bool,
     },
 }
 
 pub fn run(cmd: ComposeCmd) -> Result<(), String> {
     match cmd {
-        ComposeCmd::Render { dir, force } => {
-            if !force && read_layout(&dir).is_ok() {
+        ComposeCmd::Render { dir, renew } => {
+            if !renew && read_layout(&dir).is_ok() {
                 println!(
-                    "{} exists: keeping its CA, certificates and tokens (--force makes new ones)",
+                    "{} exists: keeping its CA, certificates and tokens (--renew makes new ones)",
                     dir.join("cluster.json").display()
                 );
                 return Ok(());

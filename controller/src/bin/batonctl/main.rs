@@ -81,6 +81,9 @@ enum Cmd {
         /// Print the controller's answer as JSON.
         #[arg(long)]
         json: bool,
+        /// Print it again every N seconds (default 2) until Ctrl-C.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
     /// Planned, lossless change of leader (asks for confirmation unless --yes).
     Switchover {
@@ -155,6 +158,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: compose::ComposeCmd,
     },
+    /// Print a shell completion script: `batonctl completion bash > /etc/bash_completion.d/batonctl`.
+    Completion { shell: clap_complete::Shell },
     /// GET one URL and exit 0 on 200, 1 otherwise (a container health check:
     /// `batonctl probe https://localhost:7101/v1/health/ready --ca /etc/baton/ca.pem`).
     Probe {
@@ -220,6 +225,16 @@ async fn main() -> ExitCode {
             }
         }
         Cmd::Probe { url } => return probe(&url, cli.ca.as_deref()).await,
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            // Into memory first: a closed pipe (`| head`) is not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "batonctl", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            return ExitCode::SUCCESS;
+        }
         _ => cli,
     };
     let mut env = std::env::var("BATON_CONTROLLER").ok();
@@ -276,10 +291,16 @@ async fn main() -> ExitCode {
 /// Runs one command that talks to the controllers.
 async fn run(ctl: &Ctl, cmd: Cmd, yes: bool) -> Result<(), Fail> {
     match cmd {
-        Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } => Err(Fail::usage(
-            "`local`, `compose` and `probe` are handled before any controller is contacted",
-        )),
-        Cmd::Status { json } => status::status(ctl, json).await,
+        Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } | Cmd::Completion { .. } => {
+            Err(Fail::usage(
+                "`local`, `compose` and `probe` are handled before any controller is contacted",
+            ))
+        }
+        Cmd::Status { json, watch: None } => status::status(ctl, json).await,
+        Cmd::Status {
+            json,
+            watch: Some(every),
+        } => status::watch(ctl, json, Duration::from_secs(every.max(1))).await,
         Cmd::Leader => status::leader(ctl).await,
         Cmd::Rollbacks { json } => status::rollbacks(ctl, json).await,
         Cmd::History { limit, json } => status::history(ctl, limit, json).await,
@@ -335,5 +356,16 @@ async fn probe(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
             eprintln!("batonctl: probe {url}: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over the whole command line (duplicate flags, bad
+    /// defaults): a conflict would otherwise show only when that command is parsed.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

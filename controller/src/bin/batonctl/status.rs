@@ -12,6 +12,7 @@ use crate::Fail;
 use baton_controller::journal::Entry;
 use hyper::Method;
 use serde_json::Value;
+use std::time::Duration;
 
 /// `batonctl status [--json]`.
 pub async fn status(ctl: &Ctl, json: bool) -> Result<(), Fail> {
@@ -419,6 +420,25 @@ pub fn leader_line(v: &Value) -> String {
             s_or(v, "addr", "?")
         ),
         None => format!("no leader (epoch {epoch}, rev {rev}{standby})"),
+    }
+}
+
+/// `status --watch`: the status again every `every` until Ctrl-C (the screen cleared first on
+/// a terminal; JSON answers one per line). A failed read is shown and the watch goes on.
+pub async fn watch(ctl: &Ctl, json: bool, every: Duration) -> Result<(), Fail> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        if tty && !json {
+            print!("\x1b[2J\x1b[H");
+        }
+        if let Err(Fail(m, _)) = status(ctl, json).await {
+            eprintln!("batonctl: {m}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
     }
 }
 

@@ -73,7 +73,8 @@ pub fn scheme_of(url: &str) -> &'static str {
 }
 
 /// The active controller a standby names in its `not_active` message ("… the active one is
-/// 127.0.0.1:7001"), as a URL with `scheme`.
+/// 127.0.0.1:7001"), as a URL with `scheme`: for controllers older than the answer's
+/// `active_controller` field, which is read first.
 pub fn active_from_message(msg: &str, scheme: &str) -> Option<String> {
     let (_, rest) = msg.split_once("the active one is ")?;
     let addr = rest
