@@ -18,6 +18,7 @@ pub async fn init(ctl: &Ctl, wait: Duration) -> Result<(), Fail> {
         let waiting_for = match ctl.operate(&path, None).await? {
             Ok((_, a)) if a.ok() => {
                 print_lines(&[answer_message(&a.body)]);
+                crate::output::print_result(&a.body);
                 return Ok(());
             }
             Ok((_, a)) if a.is(409, "members_missing") || a.status == 503 => {

@@ -58,6 +58,9 @@ struct Cli {
     /// a loss of data; that is `failover --accept-data-loss`.
     #[arg(long, short = 'y', global = true, alias = "force")]
     yes: bool,
+    /// Print each command's answer as JSON on stdout (messages for a person go to stderr).
+    #[arg(long, global = true)]
+    json: bool,
     /// The cluster to act on.
     #[arg(long, value_name = "NAME", default_value = "main", global = true)]
     cluster: String,
@@ -78,9 +81,6 @@ struct Cli {
 enum Cmd {
     /// Members with role, health, epoch, positions, lag, sync set and unclean flag.
     Status {
-        /// Print the controller's answer as JSON.
-        #[arg(long)]
-        json: bool,
         /// Print it again every N seconds (default 2) until Ctrl-C.
         #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
@@ -127,25 +127,14 @@ enum Cmd {
         /// How many of the newest entries to show.
         #[arg(long, value_name = "N", default_value_t = 50)]
         limit: usize,
-        /// Print the entries as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// What automatic failover would do now, and why.
-    DryRun {
-        /// Print the controller's answer as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    DryRun,
     /// The current leader and its address.
     Leader,
     /// Rollback files on every member: records cut from a replica's log because they diverged
     /// from the leader's (an old leader's unreplicated writes), never silently erased.
-    Rollbacks {
-        /// Print the answers as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Rollbacks,
     /// A whole deployment on this machine: `local up|stop|start|down --dir DIR` (DESIGN.md §8).
     /// It talks to no controller until it has started them, so `main` dispatches it first.
     Local {
@@ -279,7 +268,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&ctl, cli.cmd, cli.yes).await {
+    output::set_json(cli.json);
+    let json = cli.json;
+    match run(&ctl, cli.cmd, cli.yes, json).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(m, code)) => {
             eprintln!("batonctl: {m}");
@@ -289,22 +280,21 @@ async fn main() -> ExitCode {
 }
 
 /// Runs one command that talks to the controllers.
-async fn run(ctl: &Ctl, cmd: Cmd, yes: bool) -> Result<(), Fail> {
+async fn run(ctl: &Ctl, cmd: Cmd, yes: bool, json: bool) -> Result<(), Fail> {
     match cmd {
         Cmd::Local { .. } | Cmd::Compose { .. } | Cmd::Probe { .. } | Cmd::Completion { .. } => {
             Err(Fail::usage(
                 "`local`, `compose` and `probe` are handled before any controller is contacted",
             ))
         }
-        Cmd::Status { json, watch: None } => status::status(ctl, json).await,
-        Cmd::Status {
-            json,
-            watch: Some(every),
-        } => status::watch(ctl, json, Duration::from_secs(every.max(1))).await,
+        Cmd::Status { watch: None } => status::status(ctl, json).await,
+        Cmd::Status { watch: Some(every) } => {
+            status::watch(ctl, json, Duration::from_secs(every.max(1))).await
+        }
         Cmd::Leader => status::leader(ctl).await,
-        Cmd::Rollbacks { json } => status::rollbacks(ctl, json).await,
-        Cmd::History { limit, json } => status::history(ctl, limit, json).await,
-        Cmd::DryRun { json } => status::dry_run(ctl, json).await,
+        Cmd::Rollbacks => status::rollbacks(ctl, json).await,
+        Cmd::History { limit } => status::history(ctl, limit, json).await,
+        Cmd::DryRun => status::dry_run(ctl, json).await,
         Cmd::Pause => ops::simple_op(ctl, "/pause").await,
         Cmd::Resume => ops::simple_op(ctl, "/resume").await,
         Cmd::Recover => {

@@ -4,7 +4,7 @@
 //! when it did not. `init` is `init.rs`.
 
 use crate::client::{Ctl, POLL};
-use crate::output::{leader_id, print_lines, unix_ms};
+use crate::output::{leader_id, print_lines, print_result, unix_ms};
 use crate::status::parse_history;
 use crate::targets::{whose_any, whose_view};
 use crate::Fail;
@@ -19,6 +19,7 @@ pub const SWITCHOVER_DEFAULT_MS: u64 = 10_000;
 pub async fn simple_op(ctl: &Ctl, tail: &str) -> Result<(), Fail> {
     let (_, a) = ctl.operate_retrying(&ctl.path(tail), None).await?;
     print_lines(&[answer_message(&a.body)]);
+    print_result(&a.body);
     Ok(())
 }
 
@@ -98,6 +99,7 @@ pub async fn switchover(
     let who = leader.unwrap_or_else(|| "no member".into());
     if done {
         print_lines(&[format!("switchover done: {who} leads epoch {epoch}")]);
+        print_result(&serde_json::json!({ "done": true, "leader": who, "epoch": epoch }));
         return Ok(());
     }
     let why = last_journal_message(ctl, &url, started, &["abort", "refusal", "blocked"]).await;
@@ -160,6 +162,7 @@ pub async fn failover(
     let epoch = v.get("epoch").and_then(Value::as_u64).unwrap_or(0);
     if leader.as_deref() == Some(to.as_str()) {
         print_lines(&[format!("failover done: {to} leads epoch {epoch}")]);
+        print_result(&serde_json::json!({ "done": true, "leader": to, "epoch": epoch }));
         return Ok(());
     }
     let why = last_journal_message(ctl, &url, started, &["blocked", "refusal", "abort"]).await;

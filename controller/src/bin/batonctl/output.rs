@@ -25,18 +25,45 @@ pub fn secs(ms: u64) -> String {
 }
 
 /// Prints lines to stdout; a closed pipe (`batonctl history | head`) is not an error.
+/// `--json`: stdout carries only the JSON answer; the lines meant for a person (progress,
+/// "waiting: …") go to stderr.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_json(on: bool) {
+    JSON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn json_mode() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Lines for a person: stdout, or stderr under `--json`.
 pub fn print_lines(lines: &[String]) {
-    let mut out = std::io::stdout().lock();
-    for l in lines {
-        if writeln!(out, "{l}").is_err() {
-            return;
+    let write = |out: &mut dyn std::io::Write| {
+        for l in lines {
+            if writeln!(out, "{l}").is_err() {
+                return;
+            }
         }
+    };
+    if json_mode() {
+        write(&mut std::io::stderr().lock());
+    } else {
+        write(&mut std::io::stdout().lock());
     }
 }
 
+/// The machine-readable answer of a command under `--json` (nothing otherwise).
+pub fn print_result(v: &serde_json::Value) {
+    if json_mode() {
+        print_json(v);
+    }
+}
+
+/// A JSON answer, on stdout whatever the mode.
 pub fn print_json(v: &Value) {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    print_lines(&[text]);
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 pub fn unix_ms() -> u64 {

@@ -28,7 +28,11 @@ pub async fn status(ctl: &Ctl, json: bool) -> Result<(), Fail> {
 /// `batonctl leader`.
 pub async fn leader(ctl: &Ctl) -> Result<(), Fail> {
     let (_, v) = ctl.read(&ctl.path("/leader"), None, whose_leader).await?;
-    print_lines(&[leader_line(&v)]);
+    if crate::output::json_mode() {
+        crate::output::print_result(&v);
+    } else {
+        print_lines(&[leader_line(&v)]);
+    }
     Ok(())
 }
 
