@@ -9,7 +9,7 @@
 //!
 //! Layout: `DIR` (0700) holds `cluster.json` (0600, the tokens) and `ca.pem`; `DIR/nodes/NAME/`
 //! is what container NAME mounts read-only at `/etc/baton`: `ca.pem`, `cert.pem`, `key.pem`, and
-//! `baton.toml`. etcd members have their own CA (server, peer and client certificates: their
+//! baton.toml. etcd members have their own CA (server, peer and client certificates: their
 //! `ca.pem` is it, and `client.pem`, `client-key.pem` serve their health checks) instead of a
 //! config; controllers also hold `etcd-ca.pem`, `etcd-client.pem`, `etcd-client-key.pem`. Each container sees only
 //! its own key; on the host the keys are kept from other users by `DIR`'s mode, and they are
