@@ -36,6 +36,9 @@ pub struct ControllerConfig {
     /// metrics; `admin`: operations), each stored as its SHA-256. Only with `[tls]`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// `[log]`: `format = "text" | "json"`, `level` (default `info`; `RUST_LOG` overrides).
+    #[serde(default)]
+    pub log: baton_runtime::logging::LogConfig,
     /// etcd client URLs: all `http://`, or all `https://` with `[etcd_tls]`. No default.
     pub etcd: Vec<String>,
     /// TLS to etcd (required with `https://` URLs, refused with `http://` ones).
@@ -283,6 +286,9 @@ impl ControllerConfig {
 
     fn validate(&self, f: &Path) -> Result<(), ConfigError> {
         let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err((k, r)) = self.log.check() {
+            return bad(&k, r);
+        }
         if let Err(r) = NodeId::validate(&self.id) {
             return bad("id", r);
         }
@@ -498,6 +504,12 @@ impl ControllerConfig {
             max_lag_on_failover: c.max_lag_on_failover,
             max_failovers_per_hour: c.max_failovers_per_hour,
         }
+    }
+}
+
+impl baton_runtime::logging::Logged for ControllerConfig {
+    fn log(&self) -> &baton_runtime::logging::LogConfig {
+        &self.log
     }
 }
 

@@ -41,6 +41,9 @@ pub struct ProxyConfig {
     /// client's `Authorization` header is forwarded to the replica, which checks it as well.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// `[log]`: `format = "text" | "json"`, `level` (default `info`; `RUST_LOG` overrides).
+    #[serde(default)]
+    pub log: baton_runtime::logging::LogConfig,
     #[serde(default)]
     pub timing: Timing,
     #[serde(default)]
@@ -155,6 +158,9 @@ impl ProxyConfig {
 
     fn validate(&self, f: &Path) -> Result<(), ConfigError> {
         let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err((k, r)) = self.log.check() {
+            return bad(&k, r);
+        }
         if let Err(r) = NodeId::validate(&self.cluster) {
             return bad("cluster", r);
         }
@@ -256,6 +262,12 @@ impl ProxyConfig {
             return bad("limits.idle_timeout_ms", e);
         }
         Ok(())
+    }
+}
+
+impl baton_runtime::logging::Logged for ProxyConfig {
+    fn log(&self) -> &baton_runtime::logging::LogConfig {
+        &self.log
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ReplicaConfig {
     /// Bearer tokens clients may present, stored hashed, each with a role.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// `[log]`: `format = "text" | "json"`, `level` (default `info`; `RUST_LOG` overrides).
+    #[serde(default)]
+    pub log: baton_runtime::logging::LogConfig,
 }
 
 fn default_cluster() -> String {
@@ -155,6 +158,9 @@ impl ReplicaConfig {
 
     fn validate(&self, f: &Path) -> Result<(), ConfigError> {
         let bad = |k: &str, r: String| Err(ConfigError::invalid(f, k, r));
+        if let Err((k, r)) = self.log.check() {
+            return bad(&k, r);
+        }
         if let Err(r) = NodeId::validate(&self.id) {
             return bad("id", r);
         }
@@ -313,6 +319,12 @@ impl ReplicaConfig {
             return bad("limits.replication_streams_max", "must be positive".into());
         }
         Ok(())
+    }
+}
+
+impl baton_runtime::logging::Logged for ReplicaConfig {
+    fn log(&self) -> &baton_runtime::logging::LogConfig {
+        &self.log
     }
 }
 

@@ -22,6 +22,7 @@ pub fn main_with_config<C, E, F, Fut>(
 ) -> ExitCode
 where
     E: Display,
+    C: crate::logging::Logged,
     F: FnOnce(C, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
@@ -54,6 +55,7 @@ pub fn main<C, E, F, Fut>(
     run: F,
 ) -> ExitCode
 where
+    C: crate::logging::Logged,
     E: Display,
     F: FnOnce(C, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -65,7 +67,7 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::logging::init();
+    crate::logging::init_with(cfg.log());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

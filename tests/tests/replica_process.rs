@@ -180,6 +180,42 @@ async fn sigterm_drains_and_exits_cleanly_and_data_survives() -> anyhow::Result<
     Ok(())
 }
 
+/// Issue 16: `[log] format = "json"` makes every log line one JSON object (for log
+/// shippers) carrying the level, the message's fields and the process span with its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let standin = Standin::start("r1").await?;
+    let mut spec = ReplicaSpec::new("r1", tmp.path(), std::slice::from_ref(&standin.url));
+    // (The level comes from RUST_LOG here: the test harness sets it for every process.)
+    spec.extra_toml = "[log]\nformat = \"json\"\n".into();
+    let mut r = ReplicaProc::start(spec)?;
+    let c = Client::new(Duration::from_secs(5));
+    wait_writable(&c, &r.url).await?;
+    let st = r
+        .term(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert!(st.success(), "{st:?}");
+    let log = r.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    let mut with_span = 0;
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("not a JSON line ({e}): {l}"))?;
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        assert!(
+            v["fields"]["message"].is_string() || v["fields"].is_object(),
+            "{l}"
+        );
+        if v["span"]["id"] == "r1" {
+            with_span += 1;
+        }
+    }
+    assert!(with_span > 0, "no line carries the replica's span: {log}");
+    Ok(())
+}
+
 /// A damaged record in a synced log is cut with everything after it: an ERROR names the file,
 /// the offset and the LSN, the cut bytes are kept under `wal/damaged/`, and the replica is
 /// marked unclean, so that a leader repairs it. This one is alone and directed to lead: nobody
