@@ -79,8 +79,8 @@ if [ "${BATON_IMAGES_NO_CARGO:-0}" = 1 ]; then
   echo "==> BATON_IMAGES_NO_CARGO=1: target/$PROFILE as it is, no cargo build"
 else
   command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust from https://rustup.rs"
-  echo "==> cargo build ${cargo_args[*]} --locked --workspace --bins"
-  cargo build "${cargo_args[@]}" --locked --workspace --bins ||
+  echo "==> cargo build ${cargo_args[*]} --locked -p baton-replica -p baton-controller -p baton-proxy --bins"
+  cargo build "${cargo_args[@]}" --locked -p baton-replica -p baton-controller -p baton-proxy --bins ||
     die "cargo build failed (above); fix the build, then re-run"
 fi
 command -v objcopy >/dev/null 2>&1 || die "objcopy is missing (Debian: apt-get install binutils)"
@@ -90,7 +90,7 @@ mkdir -p "$STAGE/bin-$PROFILE"
 bin_paths=()
 for b in "${BINS[@]}"; do
   src=target/$PROFILE/$b dst=$STAGE/bin-$PROFILE/$b
-  [ -x "$src" ] || die "$src is missing (build it: cargo build ${cargo_args[*]} --workspace --bins)"
+  [ -x "$src" ] || die "$src is missing (build it: cargo build ${cargo_args[*]} -p baton-replica -p baton-controller -p baton-proxy --bins)"
   if [ ! -e "$dst" ] || [ "$src" -nt "$dst" ]; then
     objcopy --strip-debug "$src" "$dst.tmp" && mv "$dst.tmp" "$dst"
   fi

@@ -6,5 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-prereqs.sh
-cargo build --release --workspace --bins
+# The four programs only (not the test tools: baton-bench, baton-sim, baton-chaos).
+cargo build --release --locked -p baton-replica -p baton-controller -p baton-proxy --bins
 exec ./target/release/batonctl local up --dir "${BATON_LOCAL_DIR:-./baton-local}" "$@"
