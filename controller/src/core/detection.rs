@@ -197,8 +197,11 @@ impl ClusterCore {
                 return Some(w);
             }
         }
-        if healthy {
-            // The refusal (if any) no longer holds: journal it again when it comes back.
+        // The refusal (if any) no longer holds: journal it again when it comes back. A leader
+        // that is healthy but due a planned failover (cut from its followers, flush stuck,
+        // disk full) that was refused still has that refusal standing: forgetting it here
+        // journaled it again every other tick.
+        if healthy && !(observed && self.planned_trigger(now, state).is_some()) {
             self.ts.last_refusal = None;
         }
         if state.mode == Mode::SemiSync && observed {

@@ -62,13 +62,19 @@ const BATCH: u64 = 64;
 /// remove the seed here, pin it as a regression test). `simulation.rs`
 /// `known_bug_*` asserts each one still fails. Adding a seed here needs an issue that names it.
 ///
-/// Empty today. Still open without a reproducing seed: etcd restored to an epoch-1 backup while
-/// every replica that knew epoch 2 was down or paused — nothing can tell the controller epoch 2
-/// was used, and it may start epoch 2 again with another leader (two leaders of epoch 2, I1).
-/// Seed 11159 (`all,no-forced`) showed it until issue 12's changes moved its schedule; 1,200
-/// seeds of that mix (11001–12200) no longer reach it. The fix is a store identity the
-/// replicas check (etcd's cluster id in every directive).
-pub const KNOWN_BUG_SEEDS: &[(u64, &str, &str)] = &[];
+/// Seed 10983 (`all`) reproduces the bug this list described without a seed since issue 12:
+/// etcd restored to an epoch-1 backup while the replicas that knew epoch 2 were down, moving or
+/// not yet heard — a controller that becomes active at the heal hears only the restarted old
+/// leader, starts epoch 2 again with it, and two leaders of epoch 2 exist (I1). Found when
+/// issue 14 changed the nemesis's schedule (a new fault kind); Seed 11159 (`all,no-forced`)
+/// showed it before issue 12. The fix is a store identity the replicas check (etcd's cluster
+/// id in every directive), or a newly active controller that hears every member for a failure
+/// timeout before it promotes.
+pub const KNOWN_BUG_SEEDS: &[(u64, &str, &str)] = &[(
+    10983,
+    "all",
+    "etcd restored behind the replicas: epoch 2 started twice after the heal (two leaders of epoch 2)",
+)];
 
 // ----- the world ---------------------------------------------------------------------------
 
