@@ -16,6 +16,13 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # scripts/compose.sh writes through the proxy with curl.
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The container tests and scripts/compose.sh need Compose next to a Docker engine (v2 plugin or
+# Debian's docker-compose); without an engine they are skipped and say so.
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 &&
+  ! command -v docker-compose >/dev/null 2>&1; then
+  need+=(docker-compose)
+fi
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
