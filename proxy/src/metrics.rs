@@ -66,8 +66,10 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid"))
             )
             .expect("valid")),
+            // Not `baton_proxy_buffered_requests`: beside the counter below, that gauge would
+            // share its OpenMetrics family name (a counter `X_total` is family `X`).
             buffered: reg!(g(
-                "baton_proxy_buffered_requests",
+                "baton_proxy_requests_held",
                 "Requests held right now, waiting for a leader"
             )),
             buffered_total: reg!(c(
@@ -115,5 +117,22 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         baton_runtime::metrics::render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// No two metric families share a name once a counter's `_total` is taken off (the
+    /// OpenMetrics rule a gauge `X` beside a counter `X_total` breaks).
+    #[test]
+    fn family_names_do_not_clash() {
+        let m = super::Metrics::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in m.registry().gather() {
+            let name = f.get_name();
+            let family = name.strip_suffix("_total").unwrap_or(name).to_string();
+            assert!(seen.insert(family.clone()), "two metrics are family {family}");
+        }
+        assert!(seen.len() > 5, "{seen:?}");
     }
 }
