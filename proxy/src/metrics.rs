@@ -131,7 +131,10 @@ mod tests {
         for f in m.registry().gather() {
             let name = f.get_name();
             let family = name.strip_suffix("_total").unwrap_or(name).to_string();
-            assert!(seen.insert(family.clone()), "two metrics are family {family}");
+            assert!(
+                seen.insert(family.clone()),
+                "two metrics are family {family}"
+            );
         }
         assert!(seen.len() > 5, "{seen:?}");
     }
