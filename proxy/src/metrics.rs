@@ -129,7 +129,7 @@ mod tests {
         let m = super::Metrics::new();
         let mut seen = std::collections::BTreeSet::new();
         for f in m.registry().gather() {
-            let name = f.get_name();
+            let name = f.name();
             let family = name.strip_suffix("_total").unwrap_or(name).to_string();
             assert!(
                 seen.insert(family.clone()),
