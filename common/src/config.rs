@@ -122,6 +122,19 @@ pub fn check_dns_name(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the address a node advertises (its `advertise`, else its `listen`): others dial it,
+/// so it must be `host:port` and not a wildcard. `example` is a good value for the message.
+pub fn check_advertise(advertised: &str, listen: &str, example: &str) -> Result<(), String> {
+    check_host_port(advertised)?;
+    if is_wildcard(advertised) {
+        return Err(format!(
+            "listen is {listen} (every interface): say which address the other nodes reach this \
+             one at, e.g. advertise = {example:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `addr`'s host is a wildcard (`0.0.0.0`, `[::]`): fine to listen on, useless to dial.
 pub fn is_wildcard(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);

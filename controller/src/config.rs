@@ -301,18 +301,10 @@ impl ControllerConfig {
             _ => Ok(()),
         };
         label("id", &self.id)?;
-        let advertised = self.advertised();
-        if let Err(r) = config::check_host_port(&advertised) {
+        if let Err(r) =
+            config::check_advertise(&self.advertised(), &self.listen.to_string(), "c1:7001")
+        {
             return bad("advertise", r);
-        }
-        if config::is_wildcard(&advertised) {
-            return bad(
-                "advertise",
-                format!(
-                    "listen is {} (every interface): say which address replicas and proxies                      reach this controller at, e.g. advertise = \"c1:7001\"",
-                    self.listen
-                ),
-            );
         }
         if self.etcd.is_empty() {
             return bad("etcd", "at least one etcd URL is required".into());

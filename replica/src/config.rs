@@ -192,19 +192,10 @@ impl ReplicaConfig {
             }
         }
         // Sent in every heartbeat: the controller directs followers and proxies to it.
-        let advertised = self.advertised();
-        if let Err(r) = config::check_host_port(&advertised) {
+        if let Err(r) =
+            config::check_advertise(&self.advertised(), &self.listen.to_string(), "r1:7101")
+        {
             return bad("advertise", r);
-        }
-        if config::is_wildcard(&advertised) {
-            return bad(
-                "advertise",
-                format!(
-                    "listen is {} (every interface): say which address the other replicas and \
-                     the proxy reach this replica at, e.g. advertise = \"r1:7101\"",
-                    self.listen
-                ),
-            );
         }
         if let Err((k, r)) =
             baton_runtime::tls::check_security(self.insecure, self.tls.as_ref(), &self.tokens)

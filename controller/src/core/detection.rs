@@ -106,24 +106,26 @@ impl ClusterCore {
     /// controller, the proxies and `status` agree on where each member is even before they
     /// hear it. Directives do not wait for this write ([`ClusterCore::member_addr`]).
     fn record_addresses(&mut self, now: Now, state: &ClusterState) -> Option<Write> {
+        // Looked at every tick: the state is copied only when a member moved.
+        let advertised = |m: &baton_common::directive::Member| {
+            let h = self.reporting(now, &m.id)?;
+            (!h.hb.addr.is_empty() && h.hb.addr != m.addr).then(|| h.hb.addr.clone())
+        };
+        if !state.members.iter().any(|m| advertised(m).is_some()) {
+            return None;
+        }
         let mut s = state.clone();
         let mut moved = Vec::new();
         for m in &mut s.members {
-            let Some(h) = self.reporting(now, &m.id) else {
-                continue;
-            };
-            if !h.hb.addr.is_empty() && h.hb.addr != m.addr {
+            if let Some(addr) = advertised(m) {
                 let was = if m.addr.is_empty() {
                     "none"
                 } else {
                     m.addr.as_str()
                 };
-                moved.push(format!("{} at {} (was {was})", m.id, h.hb.addr));
-                m.addr = h.hb.addr.clone();
+                moved.push(format!("{} at {addr} (was {was})", m.id));
+                m.addr = addr;
             }
-        }
-        if moved.is_empty() {
-            return None;
         }
         let msg = format!("members advertise new addresses: {}", moved.join(", "));
         self.write(now, Some(s), Kind::Address, msg, serde_json::Value::Null)

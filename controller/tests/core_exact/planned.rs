@@ -9,20 +9,25 @@ use crate::harness::*;
 fn cut_from_followers(s: &mut Sim, until: u64) {
     let mut t = 10_000;
     while t <= until {
-        let gone = t - 10_000;
-        s.hb(
-            t,
-            Heartbeat {
-                log_end_lsn: Lsn(130),
-                waiting: vec![wait_info("r2", 90, 100, gone)],
-                last_sync_ack_ms: Some(gone),
-                ..leader_hb()
-            },
-        );
-        s.hb(t + 30, lost("r2", gone + 30));
-        s.hb(t + 60, lost("r3", gone + 60));
+        cut_round(s, t);
         t += HB;
     }
+}
+
+/// One round of [`cut_from_followers`]'s heartbeats, at `t`..`t + 60`.
+fn cut_round(s: &mut Sim, t: u64) {
+    let gone = t - 10_000;
+    s.hb(
+        t,
+        Heartbeat {
+            log_end_lsn: Lsn(130),
+            waiting: vec![wait_info("r2", 90, 100, gone)],
+            last_sync_ack_ms: Some(gone),
+            ..leader_hb()
+        },
+    );
+    s.hb(t + 30, lost("r2", gone + 30));
+    s.hb(t + 60, lost("r3", gone + 60));
 }
 
 #[test]
@@ -190,18 +195,7 @@ fn a_refused_planned_failover_is_journaled_once_while_the_cut_lasts() {
     s.commit(11_070, &w);
     for t in (11_100..=13_000).step_by(HB as usize) {
         // The cut goes on: each round of heartbeats reports it a little longer.
-        let gone = t - 10_000;
-        s.hb(
-            t,
-            Heartbeat {
-                log_end_lsn: Lsn(130),
-                waiting: vec![wait_info("r2", 90, 100, gone)],
-                last_sync_ack_ms: Some(gone),
-                ..leader_hb()
-            },
-        );
-        s.hb(t + 30, lost("r2", gone + 30));
-        s.hb(t + 60, lost("r3", gone + 60));
+        cut_round(&mut s, t);
         if let Some(w) = s.tick(t + 70) {
             assert_ne!(
                 last(&w).0,
