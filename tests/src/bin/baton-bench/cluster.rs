@@ -1,7 +1,10 @@
 //! `baton-bench cluster`: three replicas driven by the stand-in controller, writes through the
-//! leader in semi-sync then async mode, with the followers' lag after each load.
+//! leader in semi-sync and in async mode next to a three-member etcd cluster on the same machine
+//! (interleaved per client count: semi-sync, etcd, async), one side-by-side table per mode
+//! against the same etcd run, and the followers' lag after each Baton load.
 
 use super::common::*;
+use super::etcd::{EtcdCluster, Versus};
 use baton_common::directive::Mode;
 use baton_tests::client::Client;
 use baton_tests::procs::{wait_for, ReplicaProc};
@@ -97,17 +100,35 @@ pub(crate) async fn run_cluster(
     clients: Vec<usize>,
     value_bytes: usize,
     dir: Option<PathBuf>,
+    versus: Versus,
 ) -> anyhow::Result<()> {
+    versus.announce();
     let (dir, _tmp) = work_dir(dir)?;
     let standin = Standin::start("r1").await?;
     let mut nodes = Vec::new();
     for id in ["r1", "r2", "r3"] {
-        nodes.push(start_release(id, &dir, &standin, "")?);
+        nodes.push(start_replica(id, &dir, &standin, "", !versus.debug)?);
     }
-    let res = cluster_inner(&standin, &nodes, seconds, &clients, value_bytes, &dir).await;
+    // Dropped (members killed, directory removed) when this function returns, on error too.
+    let etcd = if versus.no_etcd {
+        None
+    } else {
+        Some(EtcdCluster::start(&dir.join("etcd")).await?)
+    };
+    let res = cluster_inner(
+        &standin,
+        &nodes,
+        etcd.as_ref(),
+        seconds,
+        &clients,
+        value_bytes,
+        &dir,
+    )
+    .await;
     if res.is_err() {
         dump_logs(&nodes.iter().collect::<Vec<_>>());
     }
+    drop(etcd);
     for n in &mut nodes {
         n.term(Duration::from_secs(30));
     }
@@ -117,6 +138,7 @@ pub(crate) async fn run_cluster(
 pub(crate) async fn cluster_inner(
     standin: &Standin,
     nodes: &[ReplicaProc],
+    etcd: Option<&EtcdCluster>,
     seconds: u64,
     clients: &[usize],
     value_bytes: usize,
@@ -127,25 +149,41 @@ pub(crate) async fn cluster_inner(
     let leader = urls[0].clone();
     wait_writable(&c, &leader, "r1 to accept writes").await?;
     println!(
-        "three replicas (leader r1, stand-in controller), durable writes through the leader, \
-         {value_bytes}-byte values, {seconds} s per level, on {}\n",
+        "durable writes, {value_bytes}-byte values, {seconds} s per level, on {} (same disk for \
+         both)",
         dir.display()
     );
-    let mut rows = Vec::new();
+    println!(
+        "Baton: three replicas (leader r1, stand-in controller), writes through the leader's \
+         HTTP API; semi-sync waits for both followers"
+    );
+    match etcd {
+        Some(e) => println!(
+            "{}\ninterleaved per client count: Baton semi-sync, then etcd, then Baton async, \
+             back to back; both tables use the same etcd run\n",
+            e.describe()
+        ),
+        None => println!("etcd: skipped (--no-etcd)\n"),
+    }
+    let mut semi = Vec::new();
+    let mut asy = Vec::new();
+    let mut etcd_rows = Vec::new();
     let mut lags = Vec::new();
-    for (mode, label, prefix) in [
-        (Mode::SemiSync, "semi-sync", "s"),
-        (Mode::Async, "async", "a"),
-    ] {
-        set_mode(standin, &c, &leader, mode).await?;
-        // The stand-in waits for every follower heard recently; both must be in the set and
-        // streaming, so that semi-sync numbers are for two waited followers.
-        wait_two_waited(&c, &leader).await?;
-        let lsn = wait_converged(&c, &urls).await?;
-        eprintln!("{label}: the replicas converged at applied LSN {lsn}; measuring…");
-        for &n in clients {
+    for &n in clients {
+        for (mode, label, prefix) in [
+            (Mode::SemiSync, "semi-sync", "s"),
+            (Mode::Async, "async", "a"),
+        ] {
+            set_mode(standin, &c, &leader, mode).await?;
+            // The stand-in waits for every follower heard recently; both must be in the set
+            // and streaming, so that semi-sync numbers are for two waited followers.
+            wait_two_waited(&c, &leader).await?;
+            let lsn = wait_converged(&c, &urls).await?;
+            eprintln!(
+                "{label}, {n} in flight: the replicas converged at applied LSN {lsn}; measuring…"
+            );
             let rev0 = standin.with(|p| p.rev);
-            rows.push(put_load(label, prefix, &leader, n, seconds, value_bytes).await);
+            let row = put_load(label, prefix, &leader, n, seconds, value_bytes).await;
             let rev_changes = standin.with(|p| p.rev) - rev0;
             let (behind, waited, caught_up_ms) = follower_lag(&c, &leader).await;
             lags.push(Lag {
@@ -156,9 +194,26 @@ pub(crate) async fn cluster_inner(
                 waited,
                 rev_changes,
             });
+            if mode == Mode::SemiSync {
+                semi.push(row);
+                if let Some(e) = etcd {
+                    eprintln!("etcd, {n} in flight: measuring…");
+                    etcd_rows.push(e.put_load("etcd", "e", n, seconds, value_bytes).await?);
+                }
+            } else {
+                asy.push(row);
+            }
         }
     }
-    print_rows_as("mode", &mut rows);
+    for (label, rows) in [("semi-sync", semi), ("async", asy)] {
+        println!("\nBaton {label} vs etcd (3 members)\n");
+        let mut pairs: Vec<(Row, Option<Row>)> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, etcd_rows.get(i).cloned()))
+            .collect();
+        print_side_by_side(&mut pairs);
+    }
     println!(
         "\nfollowers' lag from the leader's status right after each load \
          (followers[].records_behind, ~bytes = approx_bytes_behind)\n"

@@ -1,6 +1,7 @@
-//! What every `baton-bench` command shares: the latency table (`Row`), a timed load of
-//! concurrent clients, a single writer's acknowledgement times, working directories, waits on
-//! replicas and their status, and small statistics.
+//! What every `baton-bench` command shares: the latency table (`Row`) and the side-by-side
+//! table of Baton next to etcd, a timed load of concurrent clients, a single writer's
+//! acknowledgement times, working directories, waits on replicas and their status, and small
+//! statistics.
 
 use baton_tests::client::Client;
 use baton_tests::procs::{wait_for, ReplicaProc, ReplicaSpec};
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 pub(crate) struct Row {
     pub(crate) system: String,
     pub(crate) clients: usize,
@@ -28,10 +30,6 @@ pub(crate) fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-pub(crate) fn print_rows(rows: &mut [Row]) {
-    print_rows_as("system", rows)
-}
-
 /// The latency table, with `first` naming the first column (`system`, `mode`).
 pub(crate) fn print_rows_as(first: &str, rows: &mut [Row]) {
     println!("| {first} | clients | writes/s | p50 ms | p99 ms | max ms | errors |");
@@ -47,6 +45,46 @@ pub(crate) fn print_rows_as(first: &str, rows: &mut [Row]) {
             pct(&r.lat_us, 0.99),
             pct(&r.lat_us, 1.0),
             r.errors
+        );
+    }
+}
+
+/// One table of Baton's rows next to etcd's of the same client count (`None`: etcd skipped),
+/// with the ratio of their write rates.
+pub(crate) fn print_side_by_side(rows: &mut [(Row, Option<Row>)]) {
+    println!(
+        "| in flight | Baton w/s | Baton p50 ms | Baton p99 ms | etcd w/s | etcd p50 ms | \
+         etcd p99 ms | ratio (Baton w/s / etcd w/s) | errors Baton / etcd |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cells = |r: &mut Row| {
+        r.lat_us.sort_unstable();
+        let rate = r.ops as f64 / r.secs;
+        (
+            rate,
+            format!(
+                "{rate:.0} | {:.3} | {:.3}",
+                pct(&r.lat_us, 0.5),
+                pct(&r.lat_us, 0.99)
+            ),
+        )
+    };
+    for (b, e) in rows {
+        let (b_rate, b_cells) = cells(b);
+        let (ratio, e_cells, e_errors) = match e {
+            Some(e) => {
+                let (e_rate, e_cells) = cells(e);
+                (
+                    format!("{:.2}", b_rate / e_rate),
+                    e_cells,
+                    e.errors.to_string(),
+                )
+            }
+            None => ("–".into(), "– | – | –".into(), "–".into()),
+        };
+        println!(
+            "| {} | {b_cells} | {e_cells} | {ratio} | {} / {e_errors} |",
+            b.clients, b.errors
         );
     }
 }
@@ -98,19 +136,6 @@ pub(crate) fn value(n: usize) -> Bytes {
     Bytes::from(vec![b'x'; n])
 }
 
-pub(crate) async fn bench_baton(
-    url: &str,
-    clients: &[usize],
-    secs: u64,
-    vbytes: usize,
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for &n in clients {
-        rows.push(put_load("baton replica", "b", url, n, secs, vbytes).await);
-    }
-    rows
-}
-
 /// One load level of PUTs with unique keys `{prefix}{clients}-{task}-{i}` against `url`.
 pub(crate) async fn put_load(
     label: &str,
@@ -130,16 +155,6 @@ pub(crate) async fn put_load(
         async move { matches!(c.put(&url, &key, v).await, Ok(r) if r.status == 200) }
     })
     .await
-}
-
-pub(crate) fn which(name: &str) -> anyhow::Result<PathBuf> {
-    for d in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(d).join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("{name} not found")
 }
 
 pub(crate) fn du(p: &Path) -> u64 {
@@ -207,8 +222,19 @@ pub(crate) fn start_release(
     standin: &Standin,
     extra_toml: &str,
 ) -> anyhow::Result<ReplicaProc> {
+    start_replica(id, dir, standin, extra_toml, true)
+}
+
+/// A replica led by `standin`, from the release build or (`release == false`) the debug one.
+pub(crate) fn start_replica(
+    id: &str,
+    dir: &Path,
+    standin: &Standin,
+    extra_toml: &str,
+    release: bool,
+) -> anyhow::Result<ReplicaProc> {
     let mut spec = ReplicaSpec::new(id, dir, std::slice::from_ref(&standin.url));
-    spec.release = true;
+    spec.release = release;
     spec.extra_toml = extra_toml.to_string();
     ReplicaProc::start(spec)
 }

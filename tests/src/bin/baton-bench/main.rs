@@ -3,14 +3,18 @@
 //! reports instead).
 //!
 //! `baton-bench replica` measures one replica (release build) acknowledging durable writes:
-//! throughput and latency at 1/16/64 concurrent clients with 100-byte values, the same load
-//! against a single-node etcd through its HTTP gateway when `etcd` is installed, and restart
-//! time with a million keys (clean stop and SIGKILL).
+//! throughput and latency at 1/16/64 concurrent clients with 100-byte values, next to the same
+//! load with the same client concurrency against a three-member etcd cluster on the same
+//! machine through its gRPC API (`etcd-client`), in one side-by-side table with the ratio
+//! (`--no-etcd` skips etcd), and restart time with a million keys (clean stop and SIGKILL).
 //!
 //! `baton-bench cluster` measures three replicas (leader r1, release build) driven by the
-//! stand-in controller: write throughput and latency through the leader at each client count,
-//! first in semi-sync mode (both followers waited), then in async mode, with the followers' lag
-//! after each load.
+//! stand-in controller: write throughput and latency through the leader at each client count in
+//! semi-sync mode (both followers waited) and in async mode, each next to the same three-member
+//! etcd run (`--no-etcd` skips it), with the followers' lag after each load. Both commands run
+//! Baton and etcd interleaved per client count, with the same security on both sides (TLS by
+//! default, `--plain` for none); `--debug` runs the debug binaries, as the CI smoke test
+//! (`tests/tests/bench_smoke.rs`) does.
 //!
 //! `baton-bench catchup` measures how fast a follower that was down catches up from the leader's
 //! log (about `--gib` GiB of it), next to the disk's sequential write speed measured with `dd`.
@@ -34,6 +38,7 @@ mod tls;
 use catchup::run_catchup;
 use clap::{Parser, Subcommand};
 use cluster::run_cluster;
+use etcd::Versus;
 use failover::run_failover;
 use partial::run_partial;
 use replica::run_replica;
@@ -48,7 +53,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Single-replica durable writes and restart time, next to etcd.
+    /// Single-replica durable writes next to a three-member etcd, and restart time.
     Replica {
         /// Seconds per load level.
         #[arg(long, default_value_t = 5)]
@@ -64,11 +69,11 @@ enum Cmd {
         /// Working directory (on the disk to measure); a temporary one by default.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Skip the etcd comparison.
-        #[arg(long)]
-        no_etcd: bool,
+        #[command(flatten)]
+        versus: Versus,
     },
-    /// Three replicas (leader r1): writes through the leader in semi-sync, then async mode.
+    /// Three replicas (leader r1): writes through the leader in semi-sync and async mode, next
+    /// to a three-member etcd.
     Cluster {
         /// Seconds per load level.
         #[arg(long, default_value_t = 5)]
@@ -81,6 +86,8 @@ enum Cmd {
         /// Working directory (on the disk to measure); a temporary one by default.
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        versus: Versus,
     },
     /// What TLS costs: the three-replica semi-sync cluster with TLS and tokens, then in plain
     /// HTTP (`insecure = true`), in one run.
@@ -155,14 +162,15 @@ async fn main() -> anyhow::Result<()> {
             value_bytes,
             restart_keys,
             dir,
-            no_etcd,
-        } => run_replica(seconds, clients, value_bytes, restart_keys, dir, no_etcd).await,
+            versus,
+        } => run_replica(seconds, clients, value_bytes, restart_keys, dir, versus).await,
         Cmd::Cluster {
             seconds,
             clients,
             value_bytes,
             dir,
-        } => run_cluster(seconds, clients, value_bytes, dir).await,
+            versus,
+        } => run_cluster(seconds, clients, value_bytes, dir, versus).await,
         Cmd::Tls {
             seconds,
             clients,

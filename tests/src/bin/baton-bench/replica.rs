@@ -1,8 +1,9 @@
-//! `baton-bench replica`: one replica's durable writes next to etcd, and restart time with a
-//! million keys.
+//! `baton-bench replica`: one replica's durable writes next to a three-member etcd cluster on
+//! the same machine (the same load, interleaved per client count, one side-by-side table), and
+//! restart time with a million keys.
 
 use super::common::*;
-use super::etcd::*;
+use super::etcd::{EtcdCluster, Versus};
 use baton_tests::client::Client;
 use baton_tests::procs::{wait_for, ReplicaProc, ReplicaSpec};
 use baton_tests::standin::Standin;
@@ -73,12 +74,13 @@ pub(crate) async fn run_replica(
     value_bytes: usize,
     restart_keys: u64,
     dir: Option<PathBuf>,
-    no_etcd: bool,
+    versus: Versus,
 ) -> anyhow::Result<()> {
+    versus.announce();
     let (dir, _tmp) = work_dir(dir)?;
     let standin = Standin::start("r1").await?;
     let mut spec = ReplicaSpec::new("r1", &dir, std::slice::from_ref(&standin.url));
-    spec.release = true;
+    spec.release = !versus.debug;
     let mut r = ReplicaProc::start(spec)?;
     let c = Client::new(Duration::from_secs(5));
     wait_for(
@@ -89,17 +91,39 @@ pub(crate) async fn run_replica(
         },
     )
     .await?;
+    let etcd = if versus.no_etcd {
+        None
+    } else {
+        Some(EtcdCluster::start(&dir.join("etcd")).await?)
+    };
     println!(
-        "durable writes, {value_bytes}-byte values, {seconds} s per level, on {} (same disk for both)\n",
+        "durable writes, {value_bytes}-byte values, {seconds} s per level, on {} (same disk for both)",
         dir.display()
     );
-    let mut rows = bench_baton(&r.url, &clients, seconds, value_bytes).await;
-    if !no_etcd {
-        if let Some(etcd) = start_etcd(&dir).await? {
-            rows.extend(bench_etcd(&etcd.url, &clients, seconds, value_bytes).await);
-        }
+    println!("Baton: one replica (no followers), writes through its HTTP API");
+    match &etcd {
+        Some(e) => println!(
+            "{}
+interleaved per client count: Baton's load, then etcd's, back to back
+",
+            e.describe()
+        ),
+        None => println!(
+            "etcd: skipped (--no-etcd)
+"
+        ),
     }
-    print_rows(&mut rows);
+    let mut rows = Vec::new();
+    for &n in &clients {
+        let b = put_load("baton replica", "b", &r.url, n, seconds, value_bytes).await;
+        let e = match &etcd {
+            Some(e) => Some(e.put_load("etcd", "e", n, seconds, value_bytes).await?),
+            None => None,
+        };
+        rows.push((b, e));
+    }
+    drop(etcd);
+    print_side_by_side(&mut rows);
     if restart_keys > 0 {
         restart_time(&mut r, restart_keys, value_bytes).await?;
     }
