@@ -184,6 +184,13 @@ pub struct Heartbeat {
     /// etcd or every controller out of reach, DESIGN §5).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_promises: bool,
+    /// The first LSN the log still holds (records below it were compacted into a snapshot).
+    #[serde(default)]
+    pub log_start_lsn: Lsn,
+    /// Bytes of log on disk: with `log_start_lsn` and `log_end_lsn`, the mean record size the
+    /// controller turns a member's lag in records into an estimate in bytes with.
+    #[serde(default)]
+    pub log_bytes: u64,
 }
 
 fn is_zero(v: &u64) -> bool {

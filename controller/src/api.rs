@@ -31,8 +31,9 @@ pub struct Api {
     pub etcd_health: Arc<Mutex<EtcdHealth>>,
     pub id: String,
     pub addr: String,
-    /// Metrics kept outside the clusters' cores (the accept loop's connections, refusals).
+    /// Every metric this controller exports (its own, the accept loop's, the auth refusals).
     pub registry: prometheus::Registry,
+    pub metrics: Arc<crate::metrics::ControllerMetrics>,
     /// The credentials this API accepts (open in insecure mode).
     pub auth: Arc<Auth>,
 }
@@ -271,6 +272,7 @@ async fn heartbeat(
         });
         let after = Some((hb.boot_id, hb.epoch, hb.role, hb.lease_left_ms == Some(0)));
         let d = core.on_heartbeat(now(), hb.clone());
+        rt.metrics.on_answer(&rt.name, &d);
         (d, before != after)
     };
     if wake {
@@ -601,36 +603,7 @@ async fn history(
 }
 
 async fn metrics(State(api): S) -> Response {
-    let n = now();
-    let mut out = String::new();
-    out.push_str("# HELP baton_controller_active 1 when this controller is active for the cluster\n# TYPE baton_controller_active gauge\n");
-    for rt in &api.clusters {
-        let core = rt.lock();
-        out.push_str(&format!(
-            "baton_controller_active{{cluster=\"{}\"}} {}\n",
-            rt.name,
-            u8::from(core.is_active())
-        ));
-    }
-    out.push_str("# HELP baton_controller_members_heard Members heard within the failure timeout\n# TYPE baton_controller_members_heard gauge\n");
-    for rt in &api.clusters {
-        out.push_str(&format!(
-            "baton_controller_members_heard{{cluster=\"{}\"}} {}\n",
-            rt.name,
-            rt.lock().hears(n)
-        ));
-    }
-    out.push_str("# HELP baton_controller_epoch Epoch of the cluster state\n# TYPE baton_controller_epoch gauge\n");
-    for rt in &api.clusters {
-        if let Observed::Present { state, .. } = &rt.lock().observed {
-            out.push_str(&format!(
-                "baton_controller_epoch{{cluster=\"{}\"}} {}\n",
-                rt.name, state.epoch.0
-            ));
-        }
-    }
-    out.push_str(&baton_runtime::metrics::render(&api.registry));
-    baton_runtime::metrics::response(out)
+    baton_runtime::metrics::response(api.metrics.render(&api.registry, &api.clusters, now()))
 }
 
 #[cfg(test)]

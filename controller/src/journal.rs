@@ -43,6 +43,11 @@ pub struct Entry {
     pub inputs: serde_json::Value,
     #[serde(default = "one")]
     pub count: u64,
+    /// A refusal's or a blocked decision's reason as a short stable code (`paused`,
+    /// `budget_exhausted`, …; see [`ClusterCore::refuse`](crate::core::ClusterCore)): the label
+    /// of `baton_controller_refusals_total`. Empty for other kinds and in older entries.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// The kind of a journal entry. Stored (and shown by the API) as the snake_case strings below;
@@ -335,6 +340,7 @@ mod tests {
             epoch: 1,
             inputs: serde_json::Value::Null,
             count: 1,
+            reason: String::new(),
         }
     }
 

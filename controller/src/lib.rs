@@ -4,7 +4,7 @@
 //! Pure: the cluster state as stored in etcd (`state.rs`), the journal and failover budget
 //! (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster state machine
 //! (`core/`). Runtime: the etcd session, election and guarded writes (`runtime.rs`), etcd
-//! upkeep (`upkeep.rs`), the HTTP API and who may call it (`api.rs`), and `run` here, the whole
+//! upkeep (`upkeep.rs`), the metrics (`metrics.rs`), the HTTP API and who may call it (`api.rs`), and `run` here, the whole
 //! process minus argument parsing and signals, so tests can start a controller in-process and
 //! stop it by completing the `shutdown` future: it serves the API over TLS with the `[tls]`
 //! files (reloaded on SIGHUP) and checks bearer tokens and node certificates (DESIGN §9), or,
@@ -17,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod decide;
 pub mod journal;
+pub mod metrics;
 pub mod runtime;
 pub mod state;
 pub mod upkeep;
@@ -59,6 +60,8 @@ pub async fn serve(
     let secrets = cfg.etcd_secrets(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tls = cfg.security(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registry = prometheus::Registry::new();
+    baton_runtime::metrics::register_process(&registry, "controller");
+    let metrics = metrics::ControllerMetrics::register(&registry);
     let auth = Auth::new(!cfg.insecure, &cfg.tokens, &registry, "controller")
         .map_err(|(key, reason)| anyhow::anyhow!("{}: {key}: {reason}", file.display()))?;
     if tls.is_none() {
@@ -85,6 +88,7 @@ pub async fn serve(
             Arc::new(ClusterRt::new(
                 &c.name,
                 core::ClusterCore::new(cfg.cluster_cfg(c)),
+                metrics.clone(),
             ))
         })
         .collect();
@@ -121,6 +125,7 @@ pub async fn serve(
         id: cfg.id.clone(),
         addr: cfg.advertised(),
         registry,
+        metrics,
         auth,
     });
     let router = api::router(api);

@@ -16,6 +16,7 @@
 use crate::config::ControllerConfig;
 use crate::core::{ClusterCore, Now, Observed, Write, WriteOutcome};
 use crate::journal;
+use crate::metrics::ControllerMetrics;
 use crate::state::Phase;
 use baton_common::clock;
 use etcd_client::{
@@ -55,6 +56,8 @@ pub struct ClusterRt {
     /// Wakes the cluster loop at once (a member's report changed its role, epoch or lease, so
     /// a decision may be due) instead of at its next poll.
     pub wake: tokio::sync::Notify,
+    /// The controller's metrics (counted here as writes commit and heartbeats are answered).
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 pub fn now() -> Now {
@@ -69,8 +72,9 @@ pub fn now() -> Now {
 }
 
 impl ClusterRt {
-    pub fn new(name: &str, core: ClusterCore) -> ClusterRt {
+    pub fn new(name: &str, core: ClusterCore, metrics: Arc<ControllerMetrics>) -> ClusterRt {
         ClusterRt {
+            metrics,
             name: name.to_string(),
             keys: Keys::new(name),
             core: Mutex::new(core),
@@ -122,7 +126,8 @@ impl ClusterRt {
         }
         match &outcome {
             WriteOutcome::Committed { rev } => {
-                tracing::info!(cluster = %self.name, rev, why = %w.why, "cluster state written")
+                self.metrics.on_committed(&self.name, &w);
+                log_decisions(&self.name, *rev, &w);
             }
             WriteOutcome::Rejected => {
                 tracing::warn!(cluster = %self.name, why = %w.why, "write rejected by its guard (the state moved or the election was lost)")
@@ -137,6 +142,34 @@ impl ClusterRt {
         }
         self.bump();
         outcome
+    }
+}
+
+/// Logs each decision `w` journaled (committed at `rev`) once, with its inputs as fields; a
+/// write that journals nothing new (a coalesced repeat's rewrite) logs one line of its own.
+fn log_decisions(cluster: &str, rev: u64, w: &Write) {
+    let mut new = w
+        .journal
+        .iter()
+        .filter(|e| e.seq > w.journal_after)
+        .peekable();
+    if new.peek().is_none() {
+        tracing::info!(cluster, rev, why = %w.why, "cluster state written");
+    }
+    for e in new {
+        let inputs = (!e.inputs.is_null()).then(|| e.inputs.to_string());
+        tracing::info!(
+            cluster,
+            rev,
+            kind = %e.kind,
+            epoch = e.epoch,
+            seq = e.seq,
+            reason = (!e.reason.is_empty()).then_some(e.reason.as_str()),
+            inputs,
+            state_changed = w.state.is_some(),
+            "decision: {}",
+            e.message
+        );
     }
 }
 

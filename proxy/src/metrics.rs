@@ -41,6 +41,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        baton_runtime::metrics::register_process(&registry, "proxy");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;

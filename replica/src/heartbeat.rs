@@ -125,7 +125,8 @@ async fn controller_loop(
         let sent = Instant::now();
         last_sent = Some(sent);
         let sent_at = clock::now_ms();
-        let hb = node.lock().core().heartbeat(sent_at, seq);
+        let mut hb = node.lock().core().heartbeat(sent_at, seq);
+        hb.log_bytes = node.log_bytes();
         let body = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
         // Held only while nothing else is expected: the controller answers at once otherwise.
         let hold = known.filter(|k| !k.revoked).map(|_| period);

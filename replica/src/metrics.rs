@@ -43,6 +43,7 @@ fn buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        baton_runtime::metrics::register_process(&registry, "replica");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;
@@ -187,5 +188,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// No two metric families share a name once a counter's `_total` is taken off (the
+    /// OpenMetrics rule a gauge `X` beside a counter `X_total` breaks).
+    #[test]
+    fn family_names_do_not_clash() {
+        let m = super::Metrics::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in m.registry().gather() {
+            let name = f.name();
+            let family = name.strip_suffix("_total").unwrap_or(name).to_string();
+            assert!(
+                seen.insert(family.clone()),
+                "two metrics are family {family}"
+            );
+        }
+        assert!(seen.contains("baton_build_info"), "{seen:?}");
+        assert!(seen.contains("process_cpu_seconds"), "{seen:?}");
     }
 }

@@ -445,6 +445,11 @@ impl Node {
         let _ = commit;
     }
 
+    /// Bytes of log on disk, as the log thread last reported.
+    pub(crate) fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn set_log_bytes(&self, b: u64) {
         self.log_bytes
             .store(b, std::sync::atomic::Ordering::Relaxed);

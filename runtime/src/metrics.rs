@@ -1,13 +1,45 @@
 //! Prometheus plumbing shared by the servers: the text exposition of a registry, the `/metrics`
-//! response around it, and the two connection metrics the accept loop keeps. Which metrics a
+//! response around it, the connection metrics the accept loop keeps, and what every server
+//! exports about itself (build info, `process_*`). Which metrics a
 //! server has, and when its gauges are refreshed, stays with the server.
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The content type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The revision the binaries were built from: `BATON_REVISION` at build time (the image
+/// builds and CI set it to the git commit), else "unknown".
+pub const REVISION: &str = match option_env!("BATON_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// Registers what every server exports besides its own metrics: `baton_build_info{component,
+/// version, revision}` (always 1) and the standard `process_*` series of this process (CPU
+/// seconds, resident memory, open and maximum file descriptors, start time).
+pub fn register_process(registry: &Registry, component: &str) {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "baton_build_info",
+            "Always 1; the labels say which build runs",
+        ),
+        &["component", "version", "revision"],
+    )
+    .expect("valid gauge");
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION"), REVISION])
+        .set(1);
+    registry
+        .register(Box::new(info))
+        .expect("metric registers once");
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("metric registers once");
+}
 
 /// The text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> String {

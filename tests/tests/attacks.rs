@@ -9,7 +9,7 @@
 
 use baton_common::api::ReplicaStatus;
 use baton_common::directive::{Heartbeat, ReportedRole};
-use baton_common::{BootId, Epoch, NodeId};
+use baton_common::{BootId, Epoch, Lsn, NodeId};
 use baton_replica::repl::wire::{self, Msg};
 use baton_runtime::connect::Dialer;
 use baton_runtime::pki::{self, Ca};
@@ -284,6 +284,8 @@ async fn forged_heartbeats_are_refused_and_change_nothing() -> anyhow::Result<()
         disk_full: false,
         degraded_for_ms: 0,
         on_promises: false,
+        log_start_lsn: Lsn(0),
+        log_bytes: 0,
     };
     let body = Bytes::from(serde_json::to_vec(&hb)?);
     let thief = cl

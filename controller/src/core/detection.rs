@@ -171,19 +171,20 @@ impl ClusterCore {
                     return self.refuse(
                         now,
                         Kind::Refusal,
+                        "paused",
                         format!("paused: automatic failover is off ({why})"),
                     );
                 }
                 let used = self.failovers_in_last_hour(now);
                 if used >= self.cfg.max_failovers_per_hour {
-                    return self.refuse(now, Kind::Refusal, format!(
+                    return self.refuse(now, Kind::Refusal, "budget_exhausted", format!(
                         "failover budget exhausted: {used} automatic failovers in the last hour (max_failovers_per_hour = {}); \
                          automatic failover pauses ({why})", self.cfg.max_failovers_per_hour));
                 }
                 return self.start_promotion(now, state, Kind::Failover, why, None);
             }
             LeaderHealth::Unproven(why) => {
-                if let Some(w) = self.refuse(now, Kind::Refusal, why) {
+                if let Some(w) = self.refuse(now, Kind::Refusal, "leader_unproven", why) {
                     return Some(w);
                 }
             }

@@ -258,6 +258,15 @@ impl ClusterCore {
         self.valid_until_ms = if lease.is_some() { valid_until_ms } else { 0 };
     }
 
+    /// How long this controller may still act without a lease renewal (0: not active).
+    pub fn trusted_for_ms(&self, now: Now) -> u64 {
+        if self.active_at(now) {
+            self.valid_until_ms.saturating_sub(now.ms)
+        } else {
+            0
+        }
+    }
+
     pub fn term(&self) -> Option<u64> {
         self.term
     }
@@ -458,11 +467,11 @@ impl ClusterCore {
         }
         if self.state().is_some() && !self.notices.is_empty() {
             let (_, msg) = self.notices.remove(0);
-            return self.write(now, None, journal::Kind::Refusal, msg, self.inputs(now));
+            return self.journal_notice(now, msg);
         }
         let (state, rev) = self.state().map(|(s, r)| (s.clone(), r))?;
         if let Some(why) = self.check_behind(&state, rev) {
-            return self.refuse(now, journal::Kind::Refusal, why);
+            return self.refuse(now, journal::Kind::Refusal, "state_behind", why);
         }
         if let Some(w) = self.expire_op(now, &state) {
             return Some(w);

@@ -181,12 +181,13 @@ impl ClusterCore {
             return self.refuse(
                 now,
                 Kind::Refusal,
+                "paused",
                 format!("paused: planned failover is off ({why})"),
             );
         }
         let used = self.failovers_in_last_hour(now);
         if used >= self.cfg.max_failovers_per_hour {
-            return self.refuse(now, Kind::Refusal, format!(
+            return self.refuse(now, Kind::Refusal, "budget_exhausted", format!(
                 "failover budget exhausted: {used} automatic failovers in the last hour (max_failovers_per_hour = {}); no planned failover ({why})",
                 self.cfg.max_failovers_per_hour));
         }
@@ -196,6 +197,7 @@ impl ClusterCore {
                 return self.refuse(
                     now,
                     Kind::Refusal,
+                    "no_planned_target",
                     format!("no planned failover: {e} ({why})"),
                 )
             }

@@ -31,6 +31,7 @@ impl ClusterCore {
             return self.refuse(
                 now,
                 Kind::Refusal,
+                "epochs_exhausted",
                 format!("epochs are exhausted (a member reports epoch {max_reported}); {why}"),
             );
         };
@@ -87,6 +88,7 @@ impl ClusterCore {
                 return self.refuse(
                     now,
                     Kind::Blocked,
+                    "no_fenced_member",
                     "blocked: no member has reported its log at the new epoch".into(),
                 );
             }
@@ -161,7 +163,12 @@ impl ClusterCore {
                     "fenced": fenced.iter().map(|f| serde_json::json!({"id": f.id, "log_end": [f.hb.log_end_epoch, f.hb.log_end_lsn], "unclean": f.hb.unclean})).collect::<Vec<_>>()
                 }))
             }
-            Choice::Blocked(why) => self.refuse(now, Kind::Blocked, format!("blocked: {why}")),
+            Choice::Blocked(why) => self.refuse(
+                now,
+                Kind::Blocked,
+                "no_eligible_member",
+                format!("blocked: {why}"),
+            ),
         }
     }
 

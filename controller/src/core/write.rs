@@ -46,6 +46,7 @@ impl ClusterCore {
             epoch: epoch.0,
             inputs,
             count: 1,
+            reason: String::new(),
         };
         let repeat = journal::repeats(j.last(), &e);
         if repeat
@@ -84,14 +85,32 @@ impl ClusterCore {
     /// A refusal or a blocked decision: journaled once per change of reason. Reasons that
     /// differ only in their numbers (how long a leader has been cut off, how many failovers
     /// the last hour saw) are the same reason: a cut that lasts is not a new refusal at every
-    /// tick (each one an etcd write).
-    pub(super) fn refuse(&mut self, now: Now, kind: Kind, message: String) -> Option<Write> {
+    /// tick (each one an etcd write). `reason` is the refusal's stable code (the label of
+    /// `baton_controller_refusals_total`, stored with the entry): `paused`, `budget_exhausted`,
+    /// `leader_unproven`, `no_planned_target`, `state_behind`, `epochs_exhausted`,
+    /// `no_fenced_member`, `no_eligible_member`, `notice`.
+    pub(super) fn refuse(
+        &mut self,
+        now: Now,
+        kind: Kind,
+        reason: &'static str,
+        message: String,
+    ) -> Option<Write> {
         let shape = crate::journal::reason_shape(&message);
         if self.ts.last_refusal.as_deref() == Some(shape.as_str()) || self.state().is_none() {
             return None;
         }
         self.ts.last_refusal = Some(shape);
-        self.write(now, None, kind, message, serde_json::Value::Null)
+        let w = self.write(now, None, kind, message, serde_json::Value::Null);
+        with_reason(w, reason)
+    }
+
+    /// A notice (foreign data directory, duplicated id, …): journaled as a refusal with reason
+    /// `notice` and the decision's inputs.
+    pub(super) fn journal_notice(&mut self, now: Now, msg: String) -> Option<Write> {
+        let inputs = self.inputs(now);
+        let w = self.write(now, None, Kind::Refusal, msg, inputs);
+        with_reason(w, "notice")
     }
 
     /// The inputs journaled with a decision: who was heard when, at which position.
@@ -118,4 +137,15 @@ impl ClusterCore {
         self.noticed.insert(key, now.ms);
         msg
     }
+}
+
+/// `w` with its new journal entry (the last one) carrying `reason`; a rewrite of an entry that
+/// has one keeps it.
+fn with_reason(w: Option<Write>, reason: &'static str) -> Option<Write> {
+    w.map(|mut w| {
+        if let Some(e) = w.journal.last_mut().filter(|e| e.reason.is_empty()) {
+            e.reason = reason.to_string();
+        }
+        w
+    })
 }

@@ -91,6 +91,8 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
         disk_full: false,
         degraded_for_ms: 0,
         on_promises: false,
+        log_start_lsn: Lsn(0),
+        log_bytes: 0,
     }
 }
 

@@ -156,6 +156,8 @@ pub fn follower(who: &str) -> Heartbeat {
         disk_full: false,
         degraded_for_ms: 0,
         on_promises: false,
+        log_start_lsn: Lsn(0),
+        log_bytes: 0,
     }
 }
 
@@ -214,6 +216,7 @@ pub fn entry(kind: &str, message: &str, epoch: u64, at_unix_ms: u64) -> Entry {
         epoch,
         inputs: serde_json::Value::Null,
         count: 1,
+        reason: String::new(),
     }
 }
 

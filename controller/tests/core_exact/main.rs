@@ -18,6 +18,7 @@ mod detection;
 mod directives;
 mod handover;
 mod journal;
+mod metrics;
 mod operations;
 mod planned;
 mod prompt;

@@ -47,6 +47,9 @@ impl Core {
             disk_full: self.disk_full.is_some(),
             degraded_for_ms: self.degraded_for_ms(now),
             on_promises: self.on_promises_only(now),
+            log_start_lsn: self.log.start,
+            // The log thread knows the size; the runtime fills it in (`heartbeat.rs`).
+            log_bytes: 0,
         }
     }
 

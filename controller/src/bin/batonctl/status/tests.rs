@@ -179,6 +179,7 @@ fn history_lines_show_time_kind_epoch_message_and_count() {
         epoch: 3,
         inputs: Value::Null,
         count: 1,
+        reason: String::new(),
     };
     assert_eq!(
         history_line(&e, &t),
