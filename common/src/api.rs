@@ -131,6 +131,32 @@ pub struct ReplicaStatus {
     /// until a retry succeeds; reads are served (DESIGN.md §6).
     #[serde(default)]
     pub disk_full: bool,
+    /// Follower: the catch-up in progress, if it is behind by more than a moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup: Option<CatchUp>,
+}
+
+/// A follower's catch-up in progress (a log far behind, or a snapshot install): how much is
+/// done, how fast it goes and how long it should still take. Reported by the follower in its
+/// status and heartbeats (so `batonctl status` and the controller's metrics and page show it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    /// `log` (records streamed from the leader's log) or `snapshot` (a snapshot install).
+    pub what: String,
+    /// Bytes received since this catch-up started.
+    pub bytes_done: u64,
+    /// A snapshot: what is left of its announced size. The log: the records left times the
+    /// mean size of the records received (an estimate).
+    pub bytes_remaining: u64,
+    /// The log: records between this follower's log end and the leader's (0 for a snapshot).
+    pub records_remaining: u64,
+    /// Over the last second or so.
+    pub bytes_per_s: u64,
+    pub records_per_s: u64,
+    /// At the current rate (None until a rate is known).
+    pub eta_ms: Option<u64>,
+    /// Since this catch-up started.
+    pub elapsed_ms: u64,
 }
 
 /// A follower as its leader sees it.

@@ -191,6 +191,9 @@ pub struct Heartbeat {
     /// controller turns a member's lag in records into an estimate in bytes with.
     #[serde(default)]
     pub log_bytes: u64,
+    /// A follower's catch-up in progress (rate, ETA), for status and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup: Option<crate::api::CatchUp>,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -345,6 +345,7 @@ fn view(api: &Api, rt: &ClusterRt, n: Now) -> serde_json::Value {
                 "lag_records": match (leader_end, h) { (Some(e), Some(h)) => Some(e.saturating_sub(h.hb.flushed_lsn.0)), _ => None },
                 "disk_full": h.map(|h| h.hb.disk_full), "degraded_for_ms": h.map(|h| h.hb.degraded_for_ms),
                 "on_promises": h.map(|h| h.hb.on_promises), "since_leader_ms": h.and_then(|h| h.hb.since_leader_ms),
+                "catchup": h.and_then(|h| h.hb.catchup.clone()),
             })
         })
         .collect();

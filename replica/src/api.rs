@@ -288,7 +288,8 @@ async fn health(
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
-    let st = node.lock().core().status(clock::now_ms());
+    let mut st = node.lock().core().status(clock::now_ms());
+    st.catchup = node.catchup();
     let mut v = serde_json::to_value(st).unwrap_or_default();
     // Said in every status (DESIGN §9): plain HTTP with nothing checked.
     v["insecure"] = serde_json::Value::Bool(!node.auth.is_on());

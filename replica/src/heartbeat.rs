@@ -127,6 +127,7 @@ async fn controller_loop(
         let sent_at = clock::now_ms();
         let mut hb = node.lock().core().heartbeat(sent_at, seq);
         hb.log_bytes = node.log_bytes();
+        hb.catchup = node.catchup();
         let body = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
         // Held only while nothing else is expected: the controller answers at once otherwise.
         let hold = known.filter(|k| !k.revoked).map(|_| period);

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub repl_records_received: IntCounter,
     pub repl_truncations: IntCounter,
     pub repl_snapshots_received: IntCounter,
+    /// A follower's catch-up in progress (0 when none): records and (estimated) bytes left,
+    /// the rate, and the ETA at that rate.
+    pub catchup_records_remaining: IntGauge,
+    pub catchup_bytes_remaining: IntGauge,
+    pub catchup_bytes_per_second: IntGauge,
+    pub catchup_eta_seconds: prometheus::Gauge,
 }
 
 fn buckets() -> Vec<f64> {
@@ -146,6 +152,23 @@ impl Metrics {
             applied_lsn: reg!(g("baton_replica_applied_lsn", "Applied LSN")),
             keys: reg!(g("baton_replica_keys", "Keys in the applied state")),
             log_bytes: reg!(g("baton_replica_log_bytes", "Bytes of log on disk")),
+            catchup_records_remaining: reg!(g(
+                "baton_replica_catchup_records_remaining",
+                "Records a catching-up follower still lacks (0: not catching up)"
+            )),
+            catchup_bytes_remaining: reg!(g(
+                "baton_replica_catchup_bytes_remaining",
+                "Bytes a catching-up follower or snapshot install still lacks (log: an estimate)"
+            )),
+            catchup_bytes_per_second: reg!(g(
+                "baton_replica_catchup_bytes_per_second",
+                "Rate of the catch-up or snapshot install in progress"
+            )),
+            catchup_eta_seconds: reg!(prometheus::Gauge::with_opts(Opts::new(
+                "baton_replica_catchup_eta_seconds",
+                "Time the catch-up in progress should still take at its rate (0: none or no rate yet)"
+            ))
+            .expect("valid gauge")),
             repl_records_sent: reg!(IntCounter::new(
                 "baton_replica_repl_records_sent_total",
                 "Records sent to followers"

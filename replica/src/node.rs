@@ -81,6 +81,9 @@ pub struct Node {
     /// Bumped after every engine step (records appended, commit moved, role changed): leader
     /// streams, follower streams and the follower loop wait on it.
     pub progress: watch::Sender<u64>,
+    /// The follower's catch-up in progress, as its stream's meter last said
+    /// (`repl/progress.rs`): shown in status and heartbeats and as metrics.
+    catchup: Mutex<Option<baton_common::api::CatchUp>>,
     /// Writes waiting for their commit: shutdown waits for it to reach 0.
     pub(crate) pending_writes: watch::Sender<usize>,
     /// The flushed LSN: a follower's stream acknowledges on changes.
@@ -263,6 +266,7 @@ impl Node {
             log_bytes: std::sync::atomic::AtomicU64::new(log_bytes),
             gate: Arc::new(Gate::default()),
             progress: watch::channel(0).0,
+            catchup: Mutex::new(None),
             pending_writes: watch::channel(0).0,
             flushed: watch::channel(Lsn(0)).0,
             _lock: lock,
@@ -445,6 +449,18 @@ impl Node {
         let _ = commit;
     }
 
+    /// The follower's catch-up in progress, if any.
+    pub fn catchup(&self) -> Option<baton_common::api::CatchUp> {
+        self.catchup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_catchup(&self, c: Option<baton_common::api::CatchUp>) {
+        *self.catchup.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
     /// Bytes of log on disk, as the log thread last reported.
     pub(crate) fn log_bytes(&self) -> u64 {
         self.log_bytes.load(std::sync::atomic::Ordering::Relaxed)
@@ -558,6 +574,12 @@ impl Node {
         m.keys.set(st.keys as i64);
         m.log_bytes
             .set(self.log_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let c = self.catchup().unwrap_or_default();
+        m.catchup_records_remaining.set(c.records_remaining as i64);
+        m.catchup_bytes_remaining.set(c.bytes_remaining as i64);
+        m.catchup_bytes_per_second.set(c.bytes_per_s as i64);
+        m.catchup_eta_seconds
+            .set(c.eta_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
     }
 }
 

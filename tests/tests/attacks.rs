@@ -286,6 +286,7 @@ async fn forged_heartbeats_are_refused_and_change_nothing() -> anyhow::Result<()
         on_promises: false,
         log_start_lsn: Lsn(0),
         log_bytes: 0,
+        catchup: None,
     };
     let body = Bytes::from(serde_json::to_vec(&hb)?);
     let thief = cl

@@ -93,6 +93,7 @@ fn hb(who: &str, since_leader: Option<u64>, end: (u64, u64), unclean: bool) -> H
         on_promises: false,
         log_start_lsn: Lsn(0),
         log_bytes: 0,
+        catchup: None,
     }
 }
 

@@ -158,6 +158,7 @@ pub fn follower(who: &str) -> Heartbeat {
         on_promises: false,
         log_start_lsn: Lsn(0),
         log_bytes: 0,
+        catchup: None,
     }
 }
 

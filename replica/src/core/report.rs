@@ -50,6 +50,7 @@ impl Core {
             log_start_lsn: self.log.start,
             // The log thread knows the size; the runtime fills it in (`heartbeat.rs`).
             log_bytes: 0,
+            catchup: None,
         }
     }
 
@@ -100,6 +101,8 @@ impl Core {
             last_cut: self.last_cut.clone(),
             on_promises: self.on_promises_only(now),
             disk_full: self.disk_full.is_some(),
+            // The stream's meter knows it; the runtime fills it in (`api.rs`, `heartbeat.rs`).
+            catchup: None,
         }
     }
 }

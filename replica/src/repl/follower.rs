@@ -6,6 +6,7 @@
 //! is written off the executor. Any error ends the stream; the loop reconnects after a short
 //! pause.
 
+use super::progress::{self, Meter};
 use super::wire::{self, Msg, PROTOCOL};
 use crate::core::{AppendHeader, FollowerNext};
 use crate::faults::fault;
@@ -287,9 +288,17 @@ async fn follow(node: &Arc<Node>, leader: &LeaderRef, directed_epoch: Epoch) -> 
     };
     let silence = Duration::from_millis((node.cfg.timing.heartbeat_interval_ms * 10).max(1000));
     let res = stream_loop(node, &mut source, stream, silence).await;
+    node.set_catchup(None);
     acker.abort();
     res
 }
+
+/// A follower at least this many records behind its leader's log end reports its catch-up
+/// (rate, ETA) until it has caught up.
+const CATCHUP_RECORDS: u64 = 1000;
+
+/// A catch-up in progress is logged this often.
+const PROGRESS_LOG_MS: u64 = 5000;
 
 async fn stream_loop(
     node: &Arc<Node>,
@@ -299,17 +308,21 @@ async fn stream_loop(
 ) -> Result<(), String> {
     let mut snapshot_in: Option<(tokio::fs::File, std::path::PathBuf, baton_common::Lsn, u64)> =
         None;
-    let mut last_progress_log = std::time::Instant::now();
+    // The catch-up in progress (a log at least CATCHUP_RECORDS behind, or a snapshot), and
+    // when it was last logged.
+    let mut meter: Option<Meter> = None;
+    let mut logged_ms = 0;
     let mut last_frame = tokio::time::Instant::now();
     let mut progress = node.progress.subscribe();
     loop {
-        if last_progress_log.elapsed() >= Duration::from_secs(5) {
-            last_progress_log = std::time::Instant::now();
-            let st = node.lock().core().status(clock::now_ms());
-            if let Some(u) = st.upstream.filter(|u| u.records_behind > 0) {
-                tracing::info!(leader = %u.leader, records_behind = u.records_behind, flushed = %st.flushed_lsn,
-                    leader_log_end = %u.leader_log_end, "catching up with the leader");
-            }
+        if let Some(c) = node
+            .catchup()
+            .filter(|_| clock::now_ms() >= logged_ms + PROGRESS_LOG_MS)
+        {
+            logged_ms = clock::now_ms();
+            tracing::info!(what = %c.what, records_remaining = c.records_remaining, bytes_done = c.bytes_done,
+                bytes_remaining = c.bytes_remaining, bytes_per_s = c.bytes_per_s, eta_ms = c.eta_ms,
+                "catching up with the leader: {}", progress::describe(&c));
         }
         progress.borrow_and_update();
         if !node.lock().core().follower_stream_current(stream) {
@@ -347,6 +360,29 @@ async fn stream_loop(
                 sent_ms,
             } => {
                 let records = wire::decode_records(&tail, count).map_err(|e| e.to_string())?;
+                let remaining = end.0.saturating_sub(prev_lsn.0 + u64::from(count));
+                if meter.is_none() && remaining >= CATCHUP_RECORDS {
+                    meter = Some(Meter::new(false, now));
+                    logged_ms = now;
+                }
+                if let Some(m) = meter.as_mut() {
+                    m.add(now, tail.len() as u64, u64::from(count));
+                    if remaining == 0 {
+                        tracing::info!(
+                            records = m.records(),
+                            bytes = m.bytes(),
+                            elapsed_ms = m.elapsed_ms(now),
+                            "caught up with the leader: {} records ({:.1} MB) in {:.1} s",
+                            m.records(),
+                            m.bytes() as f64 / 1e6,
+                            m.elapsed_ms(now) as f64 / 1000.0
+                        );
+                        meter = None;
+                        node.set_catchup(None);
+                    } else {
+                        node.set_catchup(Some(m.log(now, remaining)));
+                    }
+                }
                 node.metrics
                     .repl_records_received
                     .inc_by(records.len() as u64);
@@ -393,6 +429,10 @@ async fn stream_loop(
                     .map_err(|e| format!("create {}: {e}", path.display()))?;
                 tracing::info!(lsn = %lsn, bytes, "receiving a snapshot from the leader");
                 snapshot_in = Some((f, path, lsn, bytes));
+                let m = Meter::new(true, now);
+                node.set_catchup(Some(m.snapshot(now, bytes)));
+                meter = Some(m);
+                logged_ms = now;
             }
             Msg::SnapshotChunk => {
                 let Some((f, path, ..)) = snapshot_in.as_mut() else {
@@ -401,6 +441,10 @@ async fn stream_loop(
                 f.write_all(&tail)
                     .await
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
+                if let (Some(m), Some((.., total))) = (meter.as_mut(), snapshot_in.as_ref()) {
+                    m.add(now, tail.len() as u64, 0);
+                    node.set_catchup(Some(m.snapshot(now, *total)));
+                }
             }
             Msg::SnapshotEnd => {
                 let Some((mut f, path, lsn, bytes)) = snapshot_in.take() else {
@@ -436,7 +480,10 @@ async fn stream_loop(
                 };
                 reply.wait().await.map_err(|e| e.to_string())?;
                 node.metrics.repl_snapshots_received.inc();
-                tracing::info!(lsn = %lsn, bytes, "installed a snapshot from the leader");
+                let took_ms = meter.take().map_or(0, |m| m.elapsed_ms(clock::now_ms()));
+                node.set_catchup(None);
+                tracing::info!(lsn = %lsn, bytes, took_ms, "installed a snapshot from the leader ({:.1} MB in {:.1} s)",
+                    bytes as f64 / 1e6, took_ms as f64 / 1000.0);
             }
             Msg::Refused { reason, .. } => {
                 return Err(format!("the leader ended the stream: {reason}"))

@@ -254,6 +254,32 @@ pub fn status_lines(v: &Value, answered_by: &str, now_unix_ms: u64) -> Vec<Strin
     lines
 }
 
+/// A member's catch-up (its heartbeat's `catchup`): what is left, the rate and the ETA.
+pub fn catchup_line(id: &str, c: &Value) -> String {
+    let n = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let eta = c.get("eta_ms").and_then(Value::as_u64).map_or_else(
+        || "no rate yet".to_string(),
+        |ms| format!("done in about {}", secs(ms)),
+    );
+    if s_or(c, "what", "") == "snapshot" {
+        format!(
+            "{id} installing a snapshot: {} received, {} left at {}/s, {eta}",
+            mb(n("bytes_done")),
+            mb(n("bytes_remaining")),
+            mb(n("bytes_per_s"))
+        )
+    } else {
+        format!(
+            "{id} catching up: {} records (~{}) behind at {} records/s ({}/s), {eta}",
+            n("records_remaining"),
+            mb(n("bytes_remaining")),
+            n("records_per_s"),
+            mb(n("bytes_per_s"))
+        )
+    }
+}
+
 /// The partial failures in force, one line each (issue 12): a full disk, a leader acknowledging
 /// alone, a leader serving on its followers' promises, a follower the leader's stream does not
 /// reach. Only what the members' last heartbeats say; nothing when all is well.
@@ -313,6 +339,9 @@ pub fn situation_lines(v: &Value) -> Vec<String> {
             } else {
                 format!("disk full on {id}: it takes no records until space is freed")
             });
+        }
+        if let Some(c) = m.get("catchup").filter(|c| c.is_object()) {
+            out.push(catchup_line(id, c));
         }
         if !is_leader {
             if let Some(ms) = m

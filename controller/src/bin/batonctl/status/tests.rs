@@ -229,3 +229,22 @@ fn dry_run_names_a_planned_failover() {
         ])
     );
 }
+
+#[test]
+fn status_shows_a_catch_up_with_its_rate_and_eta() {
+    let mut v = sample();
+    v["members"][0]["catchup"] = serde_json::json!({"what": "log", "bytes_done": 52_000_000u64,
+        "bytes_remaining": 48_000_000u64, "records_remaining": 400_000, "bytes_per_s": 24_000_000u64,
+        "records_per_s": 200_000, "eta_ms": 2000, "elapsed_ms": 2100});
+    v["members"][2]["catchup"] = serde_json::json!({"what": "snapshot", "bytes_done": 1_000_000,
+        "bytes_remaining": 9_000_000, "records_remaining": 0, "bytes_per_s": 0,
+        "records_per_s": 0, "eta_ms": null, "elapsed_ms": 300});
+    assert_eq!(
+        situation_lines(&v),
+        s(&[
+            "r1 catching up: 400000 records (~48.0 MB) behind at 200000 records/s (24.0 MB/s), \
+             done in about 2.0 s",
+            "r3 installing a snapshot: 1.0 MB received, 9.0 MB left at 0.0 MB/s, no rate yet",
+        ])
+    );
+}
