@@ -10,7 +10,7 @@ use crate::runtime::{now, ClusterRt};
 use crate::state::Control;
 use crate::upkeep::EtcdHealth;
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -49,6 +49,7 @@ type S = State<Arc<Api>>;
 /// | `POST …/switchover`, `failover`, `pause`, `resume`, `init`, `recover` | an `admin` token |
 /// | `/v1/failpoints*` (test builds) | an `admin` token |
 /// | `GET /v1/cluster`, `/v1/clusters/{c}`, `…/leader`, `…/dry-run`, `…/history`, `/metrics` | a `read` token or a proxy's certificate |
+/// | `GET /ui` (the status page) | a `read` token, as a bearer or as the password of HTTP Basic credentials (what a browser sends) |
 /// | any other GET | a `read` token |
 /// | any other request | an `admin` token (nothing else exists: fail closed) |
 pub fn need(method: &Method, path: &str) -> Need {
@@ -113,6 +114,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/clusters/{c}/history", get(history))
         .route("/v1/health/live", get(live))
         .route("/metrics", get(metrics))
+        .route("/ui", get(ui))
         .fallback(|| async { err(404, "not_found", "no such endpoint") })
         .with_state(api);
     #[cfg(feature = "failpoints")]
@@ -603,6 +605,43 @@ async fn history(
     Json(journal).into_response()
 }
 
+/// The status page (`page.rs`) of every cluster this controller serves.
+async fn ui(State(api): S) -> Response {
+    let n = now();
+    let parts: Vec<_> = api
+        .clusters
+        .iter()
+        .map(|rt| {
+            let v = view(&api, rt, n);
+            let core = rt.lock();
+            (v, core.journal.clone(), core.leading_seen.clone())
+        })
+        .collect();
+    let pages: Vec<crate::page::ClusterPage<'_>> = parts
+        .iter()
+        .map(|(view, journal, leading_seen)| crate::page::ClusterPage {
+            view,
+            journal,
+            leading_seen,
+        })
+        .collect();
+    let html = crate::page::render(&api.id, &pages, n.unix_ms);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // Nothing but its own inline style: no script, no frame, no outside resource.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
 async fn metrics(State(api): S) -> Response {
     baton_runtime::metrics::response(api.metrics.render(&api.registry, &api.clusters, now()))
 }
@@ -630,6 +669,7 @@ mod tests {
             (&g, "/v1/clusters/main/dry-run", "read proxy.baton"),
             (&g, "/v1/clusters/main/history", "read proxy.baton"),
             (&g, "/metrics", "read proxy.baton"),
+            (&g, "/ui", "read "),
             (&p, "/v1/clusters/main/heartbeat", "node main.replica.baton"),
             (&p, "/v1/clusters/b/heartbeat", "node b.replica.baton"),
             (&p, "/v1/clusters/main/switchover", "admin "),

@@ -4,7 +4,7 @@
 //! Pure: the cluster state as stored in etcd (`state.rs`), the journal and failover budget
 //! (`journal.rs`), the decision rules (`decide.rs`) and the per-cluster state machine
 //! (`core/`). Runtime: the etcd session, election and guarded writes (`runtime.rs`), etcd
-//! upkeep (`upkeep.rs`), the metrics (`metrics.rs`), the HTTP API and who may call it (`api.rs`), and `run` here, the whole
+//! upkeep (`upkeep.rs`), the metrics (`metrics.rs`), the status page (`page.rs`), the HTTP API and who may call it (`api.rs`), and `run` here, the whole
 //! process minus argument parsing and signals, so tests can start a controller in-process and
 //! stop it by completing the `shutdown` future: it serves the API over TLS with the `[tls]`
 //! files (reloaded on SIGHUP) and checks bearer tokens and node certificates (DESIGN §9), or,
@@ -18,6 +18,7 @@ pub mod core;
 pub mod decide;
 pub mod journal;
 pub mod metrics;
+pub mod page;
 pub mod runtime;
 pub mod state;
 pub mod upkeep;

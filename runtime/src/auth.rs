@@ -169,11 +169,19 @@ impl Auth {
             return Ok(None);
         };
         let v = v.to_str().map_err(|_| ())?;
-        let t = v
+        let basic;
+        let t = match v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
-            .ok_or(())?
-            .trim();
+        {
+            Some(t) => t.trim(),
+            None => {
+                // A browser (the status page) sends a token as the password of HTTP Basic
+                // credentials; the user name is ignored.
+                basic = basic_password(v).ok_or(())?;
+                basic.as_str()
+            }
+        };
         let h = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
         // Every stored hash is compared, whichever matches: the time taken says nothing.
         let mut found = None;
@@ -281,6 +289,19 @@ impl Auth {
     }
 }
 
+/// The password of `Basic BASE64(user:password)` credentials.
+fn basic_password(v: &str) -> Option<String> {
+    use base64::Engine;
+    let b = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    s.split_once(':').map(|(_, p)| p.to_string())
+}
+
 /// A refused request: 401 (no or unknown credentials) or 403 (the wrong ones).
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -324,6 +345,12 @@ impl IntoResponse for Refused {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"baton\""),
+            );
+            // A browser asks its user for credentials on a Basic challenge only (the token
+            // as the password).
+            r.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"baton\", charset=\"UTF-8\""),
             );
         }
         r
@@ -381,3 +408,73 @@ pub async fn guard(
 /// How much of a refused request's body is thrown away before the answer, at most.
 const REFUSED_DRAIN_BYTES: u64 = 1 << 20;
 const REFUSED_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn auth() -> Arc<Auth> {
+        let tokens = [
+            TokenConfig {
+                name: "reader".into(),
+                role: Role::Read,
+                sha256: hash_token("r-token"),
+            },
+            TokenConfig {
+                name: "admin".into(),
+                role: Role::Admin,
+                sha256: hash_token("a-token"),
+            },
+        ];
+        Auth::new(true, &tokens, &Registry::new(), "test").expect("valid tokens")
+    }
+
+    fn with(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(v).expect("header"),
+        );
+        h
+    }
+
+    fn basic(user_pass: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    }
+
+    #[test]
+    fn a_token_is_taken_as_bearer_or_as_a_basic_password() {
+        let a = auth();
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            cert: None,
+        };
+        let read = Need::Role(Role::Read, vec![]);
+        let admin = Need::Role(Role::Admin, vec![]);
+        let ok = |h: &HeaderMap, n: &Need| a.check(&peer, h, n, &"GET /ui").is_ok();
+        assert!(ok(&with("Bearer r-token"), &read));
+        assert!(ok(&with(&basic("anyone:r-token")), &read));
+        assert!(ok(&with(&basic(":a-token")), &admin));
+        // The role still counts, and a wrong or malformed password is refused.
+        assert!(!ok(&with(&basic("baton:r-token")), &admin));
+        assert!(!ok(&with(&basic("baton:nope")), &read));
+        assert!(!ok(&with(&basic("no-colon")), &read));
+        assert!(!ok(&with("Basic !!!"), &read));
+        // A 401 challenges for both schemes, so a browser asks for credentials.
+        let r = a
+            .check(&peer, &HeaderMap::new(), &read, &"GET /ui")
+            .expect_err("refused")
+            .into_response();
+        let schemes: Vec<_> = r
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(' ').next().map(String::from))
+            .collect();
+        assert_eq!(schemes, ["Bearer", "Basic"]);
+    }
+}

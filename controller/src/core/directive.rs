@@ -33,6 +33,16 @@ impl ClusterCore {
         let refused = if declared { self.admit(now, &hb) } else { None };
         if declared && refused.is_none() {
             self.hear(now, &hb);
+            if hb.role == ReportedRole::Leader
+                && hb.lease_left_ms.is_some_and(|l| l > 0)
+                && !self.leading_seen.contains_key(&hb.epoch)
+            {
+                self.leading_seen
+                    .insert(hb.epoch, (hb.id.clone(), now.unix_ms));
+                while self.leading_seen.len() > 8 {
+                    self.leading_seen.pop_first();
+                }
+            }
         }
         self.directive_for(now, &hb, declared, refused.is_some())
     }

@@ -205,6 +205,10 @@ pub struct ClusterCore {
     /// ones journaled while their condition lasts (journaled once per episode).
     notices: Vec<(String, String)>,
     noticed: BTreeMap<String, u64>,
+    /// When (Unix ms) this controller first heard a member report leading each of the last
+    /// epochs with a lease (writes accepted again after a promotion): the status page's
+    /// "leading" step. Memory only, not journaled; the newest few epochs.
+    pub leading_seen: BTreeMap<Epoch, (NodeId, u64)>,
 }
 
 impl ClusterCore {
@@ -232,6 +236,7 @@ impl ClusterCore {
             runs: BTreeMap::new(),
             notices: Vec::new(),
             noticed: BTreeMap::new(),
+            leading_seen: BTreeMap::new(),
         }
     }
 
