@@ -3,7 +3,8 @@
 # etcd (the controller's store and the benchmark's peer), protoc and its well-known types
 # (etcd-client's build),
 # iptables and iproute2 (partition tests), haproxy (the tested alternative to baton-proxy,
-# tests/tests/haproxy.rs). Installs only what is missing.
+# tests/tests/haproxy.rs), prometheus (promtool and the alert test), chromium-headless-shell
+# (the status page test). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -23,6 +24,11 @@ if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1
   need+=(docker-compose)
 fi
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# The alerting rules are checked with promtool, and tests/tests/alerts.rs runs a real Prometheus.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# tests/tests/status_page.rs loads the controller's status page in a real headless browser.
+command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 ||
+  need+=(chromium-headless-shell)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+# The alerting rules and their unit tests (deploy/prometheus/), with promtool.
+./scripts/check-alerts.sh
 cargo build --workspace --bins --locked
 # The container tests (tests/tests/compose.rs) run these debug binaries as image baton:test, on
 # images built offline (reused while nothing changed). Without a Docker engine they are skipped,
