@@ -36,14 +36,6 @@ fn installed(name: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
-/// Metrics the announced catch-up progress of a replica will export (issue 16); allowed while
-/// no source defines them yet.
-const PENDING: &[&str] = &[
-    "baton_replica_catchup_records_remaining",
-    "baton_replica_catchup_bytes_per_second",
-    "baton_replica_catchup_eta_seconds",
-];
-
 /// The standard series of the prometheus crate's process collector.
 const PROCESS: &[&str] = &[
     "process_cpu_seconds_total",
@@ -184,7 +176,6 @@ fn the_dashboard_and_the_rules_name_only_exported_metrics() -> anyhow::Result<()
     }
     let sources = server_sources();
     let mut unknown = Vec::new();
-    let mut pending = Vec::new();
     let names = names_used()?;
     for n in &names {
         let f = family(n);
@@ -193,20 +184,13 @@ fn the_dashboard_and_the_rules_name_only_exported_metrics() -> anyhow::Result<()
                 unknown.push(n.clone());
             }
         } else if !sources.contains(f) {
-            if PENDING.contains(&f) {
-                pending.push(f.to_string());
-            } else {
-                unknown.push(n.clone());
-            }
+            unknown.push(n.clone());
         }
     }
     assert!(
         unknown.is_empty(),
         "named by the dashboard or the rules but exported by no server: {unknown:?}"
     );
-    if !pending.is_empty() {
-        eprintln!("announced, not exported yet (allowed): {pending:?}");
-    }
     for must in [
         "baton_controller_failovers_total",
         "baton_controller_active",
@@ -530,7 +514,7 @@ async fn a_killed_leader_fires_the_failover_alert() -> anyhow::Result<()> {
         .into_iter()
         // A histogram is there as its `_bucket` series.
         .filter(|n| !present.contains(n) && !present.contains(&format!("{n}_bucket")))
-        .filter(|n| !event_only.contains(&n.as_str()) && !PENDING.contains(&n.as_str()))
+        .filter(|n| !event_only.contains(&n.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
