@@ -608,15 +608,34 @@ async fn history(
 /// The status page (`page.rs`) of every cluster this controller serves.
 async fn ui(State(api): S) -> Response {
     let n = now();
-    let parts: Vec<_> = api
-        .clusters
-        .iter()
-        .map(|rt| {
-            let v = view(&api, rt, n);
-            let core = rt.lock();
-            (v, core.journal.clone(), core.leading_seen.clone())
-        })
-        .collect();
+    let mut parts = Vec::new();
+    for rt in &api.clusters {
+        let mut v = view(&api, rt, n);
+        // The journal lives in etcd (the core keeps only its newest entries): read it fresh,
+        // or, when etcd does not answer in time, show what this controller holds and say so.
+        let mut etcd = api.etcd.clone();
+        let read = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::runtime::read_journal(&mut etcd, &rt.keys, crate::page::JOURNAL_READ),
+        )
+        .await;
+        let core = rt.lock();
+        let journal = match read {
+            Ok(Ok(j)) => j,
+            Ok(Err(e)) => {
+                v["journal_note"] =
+                    format!("etcd: {e}; the newest entries this controller holds").into();
+                core.journal.clone()
+            }
+            Err(_) => {
+                v["journal_note"] =
+                    "etcd did not answer within 1 s; the newest entries this controller holds"
+                        .into();
+                core.journal.clone()
+            }
+        };
+        parts.push((v, journal, core.leading_seen.clone()));
+    }
     let pages: Vec<crate::page::ClusterPage<'_>> = parts
         .iter()
         .map(|(view, journal, leading_seen)| crate::page::ClusterPage {

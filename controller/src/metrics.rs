@@ -340,6 +340,16 @@ impl ControllerMetrics {
         })
     }
 
+    /// Creates `cluster`'s counters at 0 (a counter that first appears at 1 shows no
+    /// `increase()` in Prometheus: the first failover would go unseen by a rule).
+    pub fn init_cluster(&self, cluster: &str) {
+        for t in ["automatic", "planned", "manual", "restart", "switchover"] {
+            self.failovers.with_label_values(&[cluster, t]);
+        }
+        self.promotions.with_label_values(&[cluster]);
+        self.fenced.with_label_values(&[cluster]);
+    }
+
     /// `w` was committed for `cluster`: counts its new journal entries (a rewrite of an older
     /// entry with a higher count is not a new decision).
     pub fn on_committed(&self, cluster: &str, w: &Write) {

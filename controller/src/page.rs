@@ -18,6 +18,10 @@ use std::fmt::Write as _;
 /// How many journal entries the page lists per cluster.
 const JOURNAL_ROWS: usize = 25;
 
+/// How many of the newest journal entries the page reads (the newest promotion is found among
+/// them).
+pub const JOURNAL_READ: usize = 200;
+
 /// What the page shows of one cluster.
 pub struct ClusterPage<'a> {
     /// The cluster view (`api::view`).
@@ -235,7 +239,7 @@ fn cluster(h: &mut String, c: &ClusterPage<'_>, now_unix_ms: u64) {
     members(h, v);
     let steps = timeline(c.journal, c.leading_seen);
     timeline_html(h, &steps);
-    journal_html(h, c.journal, now_unix_ms);
+    journal_html(h, v, c.journal, now_unix_ms);
     h.push_str("</section>");
 }
 
@@ -246,9 +250,18 @@ fn members(h: &mut String, v: &Value) {
     );
     let empty = Vec::new();
     for m in v["members"].as_array().unwrap_or(&empty) {
-        let role = m["role"].as_str().unwrap_or("none");
         let health = m["health"].as_str().unwrap_or("?");
+        let reported = m["role"].as_str().unwrap_or("none");
         let mut notes = Vec::new();
+        // What a member no longer heard last reported is not its role now.
+        let role = if health == "ok" {
+            reported
+        } else {
+            if reported != "none" {
+                notes.push(format!("last reported {reported}"));
+            }
+            "none"
+        };
         if m["unclean"] == true {
             notes.push("unclean".to_string());
         }
@@ -309,10 +322,10 @@ fn timeline_html(h: &mut String, steps: &[Step]) {
     let _ = write!(
         h,
         "<svg width=\"820\" height=\"46\" role=\"img\" aria-label=\"timeline\">\
-         <line x1=\"20\" y1=\"16\" x2=\"800\" y2=\"16\" stroke=\"#999\"/>"
+         <line x1=\"60\" y1=\"16\" x2=\"760\" y2=\"16\" stroke=\"#999\"/>"
     );
     for (i, s) in steps.iter().enumerate() {
-        let x = 20.0 + 780.0 * s.at_unix_ms.saturating_sub(t0) as f64 / span as f64;
+        let x = 60.0 + 700.0 * s.at_unix_ms.saturating_sub(t0) as f64 / span as f64;
         let y = if i % 2 == 0 { 36 } else { 46 };
         let _ = write!(
             h,
@@ -337,9 +350,13 @@ fn timeline_html(h: &mut String, steps: &[Step]) {
     h.push_str("</ol></div>");
 }
 
-fn journal_html(h: &mut String, journal: &[Entry], now_unix_ms: u64) {
+fn journal_html(h: &mut String, v: &Value, journal: &[Entry], now_unix_ms: u64) {
+    h.push_str("<h3>Journal (newest first)</h3>");
+    if let Some(note) = v["journal_note"].as_str() {
+        let _ = write!(h, "<p class=\"warn\">{}</p>", esc(note));
+    }
     h.push_str(
-        "<h3>Journal (newest first)</h3><table class=\"journal\"><tr><th>When</th><th>Ago</th>\
+        "<table class=\"journal\"><tr><th>When</th><th>Ago</th>\
          <th>Kind</th><th>Epoch</th><th>Count</th><th>What</th></tr>",
     );
     for e in journal.iter().rev().take(JOURNAL_ROWS) {
@@ -421,7 +438,7 @@ mod tests {
             "cluster": "main", "initialized": true, "epoch": 2, "leader": {"id": "r2"},
             "phase": "steady", "control": "auto", "mode": "semi_sync", "active": true,
             "members": [
-                {"id": "r1", "addr": "<script>", "role": null, "health": "unreachable", "heard_ms_ago": 4200},
+                {"id": "r1", "addr": "<script>", "role": "leader", "health": "unreachable", "heard_ms_ago": 4200},
                 {"id": "r2", "addr": "h2:1", "role": "leader", "health": "ok", "epoch": 2, "sync": false},
                 {"id": "r3", "addr": "h3:1", "role": "follower", "health": "ok", "sync": true,
                  "catchup": {"what": "log", "bytes_remaining": 2_000_000, "bytes_per_s": 1_000_000, "eta_ms": 2000}}
@@ -442,6 +459,7 @@ mod tests {
             "data-cluster=\"main\" data-epoch=\"2\" data-leader=\"r2\"",
             "<tr data-member=\"r1\" data-role=\"none\" data-health=\"unreachable\">",
             "unreachable (4.2 s)",
+            "last reported leader",
             "<tr data-member=\"r2\" data-role=\"leader\" data-health=\"ok\">",
             "catching up (log): 2.0 MB left at 1.0 MB/s, about 2 s left",
             "data-step=\"detected\"",

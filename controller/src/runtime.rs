@@ -73,6 +73,7 @@ pub fn now() -> Now {
 
 impl ClusterRt {
     pub fn new(name: &str, core: ClusterCore, metrics: Arc<ControllerMetrics>) -> ClusterRt {
+        metrics.init_cluster(name);
         ClusterRt {
             metrics,
             name: name.to_string(),

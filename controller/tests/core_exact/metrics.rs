@@ -55,6 +55,16 @@ fn a_steady_cluster_shows_its_leader_sync_set_and_lag_in_records_and_bytes() {
 fn a_failover_counts_its_trigger_decisions_and_promotion() {
     let registry = prometheus::Registry::new();
     let m = ControllerMetrics::register(&registry);
+    m.init_cluster("main");
+    let text = baton_runtime::metrics::render(&registry);
+    assert_eq!(
+        value(
+            &text,
+            r#"baton_controller_failovers_total{cluster="main",trigger="automatic"}"#
+        ),
+        Some(0.0),
+        "counters start at 0, so that the first failover is an increase"
+    );
     let mut s = steady_sim();
     s.hb(11_000, lost("r2", 1000));
     s.hb(11_000, lost("r3", 1000));
