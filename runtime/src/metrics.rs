@@ -41,6 +41,21 @@ pub fn register_process(registry: &Registry, component: &str) {
         .expect("metric registers once");
 }
 
+/// The metric families `registry` exports, each counter without its `_total`, or the name of
+/// the first two that clash under that rule (OpenMetrics: a gauge `X` beside a counter
+/// `X_total` is one family). Only families with at least one series are seen. For tests.
+pub fn families(registry: &Registry) -> Result<std::collections::BTreeSet<String>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for f in registry.gather() {
+        let name = f.name();
+        let family = name.strip_suffix("_total").unwrap_or(name).to_string();
+        if !seen.insert(family.clone()) {
+            return Err(format!("two metrics are family {family}"));
+        }
+    }
+    Ok(seen)
+}
+
 /// The text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> String {
     let mut buf = Vec::new();

@@ -1,11 +1,39 @@
 //! Process control for tests and tools: locate the built binaries, write a replica's config,
 //! start it with its log captured to a file, signal it (TERM, KILL, STOP, CONT), restart it on
 //! the same data or on a wiped one, and kill it when the handle is dropped so no test leaves a
-//! process behind.
+//! process behind; run `batonctl` and take a `batonctl local` deployment down when a test ends.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Runs the built `batonctl` with `args`.
+pub fn batonctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(bin_path("batonctl")?).args(args).output()?)
+}
+
+/// Takes the `batonctl local` deployment in its directory down when dropped (also when an
+/// assertion failed).
+pub struct LocalDown<'a>(pub &'a Path);
+
+impl Drop for LocalDown<'_> {
+    fn drop(&mut self) {
+        let d = self.0.display().to_string();
+        let _ = batonctl(&["local", "down", "--dir", &d]);
+    }
+}
+
+/// `s` percent-encoded for a URL component (unreserved characters kept).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 /// Path of a workspace binary built next to the running executable (`target/<profile>/`), or in
 /// `$BATON_BIN_DIR` when set.

@@ -8,7 +8,7 @@
 //! are stopped at the end, also on failure.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{bin_path, free_port, wait_for, Daemon};
+use baton_tests::procs::{batonctl, free_port, percent_encode, wait_for, Daemon, LocalDown};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,32 +233,6 @@ fn the_dashboard_and_the_rules_name_only_exported_metrics() -> anyhow::Result<()
     Ok(())
 }
 
-fn batonctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(bin_path("batonctl")?).args(args).output()?)
-}
-
-/// Stops the local deployment even when an assertion failed.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let d = self.0.display().to_string();
-        let _ = batonctl(&["local", "down", "--dir", &d]);
-    }
-}
-
-/// A URL query component.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The Prometheus HTTP API on 127.0.0.1.
 struct Prom {
     base: String,
@@ -284,7 +258,7 @@ impl Prom {
     /// The value of an instant query that returns one series (None: no series).
     async fn scalar(&self, q: &str) -> Option<f64> {
         let d = self
-            .get(&format!("/api/v1/query?query={}", encode(q)))
+            .get(&format!("/api/v1/query?query={}", percent_encode(q)))
             .await?;
         d["result"][0]["value"][1].as_str()?.parse().ok()
     }
@@ -306,7 +280,7 @@ async fn a_killed_leader_fires_the_failover_alert() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
-    let _down = Down(&dir);
+    let _down = LocalDown(&dir);
     let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
     assert!(
         out.status.success(),
@@ -473,7 +447,7 @@ async fn a_killed_leader_fires_the_failover_alert() -> anyhow::Result<()> {
             let q = p
                 .get(&format!(
                     "/api/v1/query?query={}",
-                    encode("baton_controller_failovers_total")
+                    percent_encode("baton_controller_failovers_total")
                 ))
                 .await;
             anyhow::bail!("{e}: alerts {now:#?}\nfailovers_total {q:?}");

@@ -5,14 +5,10 @@
 //! them, and `--insecure` says so in `batonctl status`.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{bin_path, wait_for};
+use baton_tests::procs::{batonctl, bin_path, wait_for, LocalDown};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn batonctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(bin_path("batonctl")?).args(args).output()?)
-}
 
 fn layout(dir: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(
@@ -45,22 +41,12 @@ fn alive(pid: u64) -> bool {
             .contains(") Z")
 }
 
-/// Stops everything even when an assertion failed.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let d = self.0.display().to_string();
-        let _ = batonctl(&["local", "down", "--dir", &d]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_up_stop_start_down() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
-    let _down = Down(&dir);
+    let _down = LocalDown(&dir);
     let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -252,7 +238,7 @@ async fn local_up_insecure_says_so_in_status() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
-    let _down = Down(&dir);
+    let _down = LocalDown(&dir);
     let out = batonctl(&["local", "up", "--dir", &d, "--detach", "--insecure"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -331,7 +317,7 @@ fn running_in(dir: &Path) -> Vec<String> {
 async fn a_node_that_exits_at_start_fails_up_and_nothing_is_left_running() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let d = tmp.path().display().to_string();
-    let _down = Down(tmp.path());
+    let _down = LocalDown(tmp.path());
     // r2's data directory is a file: the replica refuses to start.
     std::fs::create_dir_all(tmp.path().join("r2"))?;
     std::fs::write(tmp.path().join("r2/data"), "not a directory")?;
@@ -355,7 +341,7 @@ async fn a_node_that_exits_at_start_fails_up_and_nothing_is_left_running() -> an
 async fn local_subcommands_honour_baton_local_dir() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let d = tmp.path().display().to_string();
-    let _down = Down(tmp.path());
+    let _down = LocalDown(tmp.path());
     let with_env = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(Command::new(bin_path("batonctl")?)
             .args(args)

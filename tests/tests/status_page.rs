@@ -10,7 +10,7 @@
 //! times out; the cluster is stopped at the end, also on failure.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{bin_path, wait_for};
+use baton_tests::procs::{batonctl, percent_encode, wait_for, LocalDown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -296,32 +296,6 @@ fn read_page(html: &str) -> Option<Page> {
 
 // ----- the cluster ----------------------------------------------------------------------------
 
-fn batonctl(args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(bin_path("batonctl")?).args(args).output()?)
-}
-
-/// Stops the local deployment even when an assertion failed.
-struct Down<'a>(&'a Path);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let d = self.0.display().to_string();
-        let _ = batonctl(&["local", "down", "--dir", &d]);
-    }
-}
-
-/// A URL userinfo component.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The URL of the active controller (None while there is none).
 async fn active_controller(c: &Client, l: &serde_json::Value) -> Option<String> {
     for ctl in l["controllers"].as_array()? {
@@ -351,7 +325,7 @@ fn page_url(controller: &str, token: &str) -> anyhow::Result<String> {
     anyhow::ensure!(hostport.starts_with("127.0.0.1:"), "{controller}");
     Ok(format!(
         "https://baton:{}@{}/ui",
-        encode(token),
+        percent_encode(token),
         hostport.trim_end_matches('/')
     ))
 }
@@ -402,7 +376,7 @@ async fn the_status_page_shows_a_failover_in_a_real_browser() -> anyhow::Result<
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
-    let _down = Down(&dir);
+    let _down = LocalDown(&dir);
     let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
     assert!(
         out.status.success(),
