@@ -3,7 +3,8 @@
 //! killed under load catches up after restart; in semi-sync mode no acknowledged write is
 //! missing from the sync follower; an old leader holding unreplicated records is truncated when
 //! leadership moves, with exactly those records in its rollback file; a wiped replica rebuilds
-//! from the leader's snapshot.
+//! from the leader's snapshot; a follower far behind reports its catch-up (rate, ETA) while it
+//! lasts.
 
 use baton_replica::wal::Record;
 use baton_tests::client::Client;
@@ -228,6 +229,135 @@ async fn killed_follower_catches_up_and_sync_follower_has_every_acknowledged_wri
             "acknowledged {k} missing on the sync follower"
         );
         assert_eq!(&r.text(), v);
+    }
+    Ok(())
+}
+
+/// Restarts r2 3000 records (~96 MB) behind r1 (with `extra_toml` in every config) and returns
+/// every catch-up report r2's status showed until it had caught up; checks that it logged the
+/// end, converged, and shows no report afterwards.
+async fn catch_up_reports(extra_toml: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut cl = Cluster::start(extra_toml).await?;
+    cl.nodes.get_mut("r2").expect("r2").kill9();
+    let value = "v".repeat(32 * 1024);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (c, url, value) = (cl.c.clone(), cl.url("r1"), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..188 {
+                let r = c.put(&url, &format!("big-{t}-{i}"), value.clone()).await;
+                anyhow::ensure!(
+                    matches!(&r, Ok(r) if r.status == 200),
+                    "write failed: {r:?}"
+                );
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    cl.nodes.get_mut("r2").expect("r2").restart()?;
+    // Poll r2's status until it has caught up, keeping every catch-up report seen.
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let end = cl
+        .status("r1")
+        .await
+        .and_then(|s| s["log_end_lsn"].as_u64());
+    loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "r2 did not catch up within 60 s; reports seen: {seen:?}"
+        );
+        if let Some(st) = cl.status("r2").await {
+            if let Some(c) = st.get("catchup").filter(|c| c.is_object()) {
+                seen.push(c.clone());
+            } else if !seen.is_empty() && st["flushed_lsn"].as_u64() >= end {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{} catch-up reports; first {}; last {}",
+        seen.len(),
+        seen[0],
+        seen[seen.len() - 1]
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "r2 to log that it caught up",
+        || async {
+            let log = cl.nodes["r2"].log();
+            (log.contains("caught up with the leader")
+                || log.contains("installed a snapshot from the leader"))
+            .then_some(())
+        },
+    )
+    .await?;
+    cl.wait_converged(&["r1", "r2", "r3"]).await?;
+    assert!(cl
+        .status("r2")
+        .await
+        .is_some_and(|s| s.get("catchup").is_none()));
+    Ok(seen)
+}
+
+/// A follower far behind the leader's log shows its catch-up (records and bytes left, and once
+/// a second has passed a rate and an ETA) in its status while it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_reports_its_log_catch_up_while_it_lasts() -> anyhow::Result<()> {
+    // No snapshot: the whole catch-up comes from the leader's log.
+    let seen = catch_up_reports("[storage]\nsnapshot_log_bytes = 4294967296\n").await?;
+    assert!(seen.iter().all(|c| c["what"] == "log"), "{seen:?}");
+    assert!(
+        seen[0]["records_remaining"].as_u64() >= Some(1000),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[0]["bytes_remaining"].as_u64() > Some(0) || seen[0]["bytes_done"] == 0,
+        "{}",
+        seen[0]
+    );
+    let last = &seen[seen.len() - 1];
+    assert!(
+        last["records_remaining"].as_u64() < seen[0]["records_remaining"].as_u64(),
+        "{last}"
+    );
+    if let Some(c) = seen.iter().find(|c| c["elapsed_ms"].as_u64() >= Some(400)) {
+        assert!(
+            c["records_per_s"].as_u64() > Some(0),
+            "a rate after 250 ms: {c}"
+        );
+        assert!(c["eta_ms"].is_u64(), "an ETA with a rate: {c}");
+    }
+    Ok(())
+}
+
+/// A follower whose records the leader compacted away installs a snapshot and shows its
+/// progress (bytes received and left of the announced size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_installing_a_snapshot_reports_its_progress() -> anyhow::Result<()> {
+    let seen = catch_up_reports("").await?;
+    let snap: Vec<_> = seen.iter().filter(|c| c["what"] == "snapshot").collect();
+    assert!(
+        !snap.is_empty(),
+        "the leader compacts; r2 installs a snapshot: {seen:?}"
+    );
+    let total = snap[0]["bytes_done"].as_u64().unwrap_or(0)
+        + snap[0]["bytes_remaining"].as_u64().unwrap_or(0);
+    assert!(
+        total > 10_000_000,
+        "the snapshot's announced size: {}",
+        snap[0]
+    );
+    if let Some(c) = snap.iter().find(|c| c["elapsed_ms"].as_u64() >= Some(400)) {
+        assert!(
+            c["bytes_per_s"].as_u64() > Some(0),
+            "a rate after 250 ms: {c}"
+        );
     }
     Ok(())
 }

@@ -5,8 +5,11 @@
 
 use baton_common::api::CatchUp;
 
-/// A rate is measured over windows at least this long.
+/// A rate is measured over windows this long (the window restarts after it)...
 const WINDOW_MS: u64 = 1000;
+/// ...and first said once this much of a window has passed (a catch-up of a second or less
+/// still shows a rate and an ETA).
+const FIRST_RATE_MS: u64 = 250;
 
 /// One catch-up: a log stream that is behind, or a snapshot install.
 #[derive(Clone, Debug)]
@@ -40,9 +43,11 @@ impl Meter {
         self.bytes += bytes;
         self.records += records;
         let elapsed = now_ms.saturating_sub(self.mark.0);
-        if elapsed >= WINDOW_MS {
+        if elapsed >= FIRST_RATE_MS {
             self.bytes_per_s = (self.bytes - self.mark.1) * 1000 / elapsed;
             self.records_per_s = (self.records - self.mark.2) * 1000 / elapsed;
+        }
+        if elapsed >= WINDOW_MS {
             self.mark = (now_ms, self.bytes, self.records);
         }
     }
@@ -132,6 +137,15 @@ mod tests {
             (c.eta_ms, c.bytes_per_s),
             (None, 0),
             "no rate before a window"
+        );
+        let mut early = m.clone();
+        early.add(10_100, 10_000, 100);
+        assert_eq!(early.log(10_100, 4900).eta_ms, None, "nor 100 ms into it");
+        early.add(10_250, 15_000, 150);
+        assert_eq!(
+            early.log(10_250, 4750).records_per_s,
+            1000,
+            "a first rate at 250 ms"
         );
         // 2000 records of 100 bytes in 1 s, then 1000 more in 0.5 s (not a window yet).
         m.add(10_500, 100_000, 1000);
