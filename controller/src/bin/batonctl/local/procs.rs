@@ -31,11 +31,36 @@ pub fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A loopback port nothing listens on, below the kernel's ephemeral range: a port from
+/// `bind(0)` lies in that range, where any outgoing connection may take it as its source port
+/// between our check and the node's own bind (it happened: "etcd: address already in use"
+/// under a busy test run). Ports already handed out by this process are not given again.
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+    use rand::Rng;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = ephemeral_start().clamp(1025, 32_768);
+    let from = low.saturating_sub(12_000).max(1024);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(from..low);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "cannot find a free loopback port in {from}..{low} (below the ephemeral range)"
+    ))
+}
+
+/// The first port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 pub fn bin(name: &str) -> Result<PathBuf, String> {
@@ -219,5 +244,24 @@ impl Http {
         tokio::time::timeout(Duration::from_secs(2), exchange)
             .await
             .map_err(|_| "timeout".to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_are_not_given_twice() {
+        let low = ephemeral_start();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a port")).collect();
+        assert!(
+            ports.iter().all(|p| *p < low),
+            "{ports:?} (ephemeral from {low})"
+        );
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
     }
 }
