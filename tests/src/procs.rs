@@ -23,6 +23,21 @@ impl Drop for LocalDown<'_> {
     }
 }
 
+/// `batonctl local up --detach` in `dir` (secure by default); returns its `cluster.json`.
+pub fn local_up(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let d = dir.display().to_string();
+    let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        dir.join("cluster.json"),
+    )?)?)
+}
+
 /// `s` percent-encoded for a URL component (unreserved characters kept).
 pub fn percent_encode(s: &str) -> String {
     s.bytes()

@@ -8,7 +8,9 @@
 //! are stopped at the end, also on failure.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{batonctl, free_port, percent_encode, wait_for, Daemon, LocalDown};
+use baton_tests::procs::{
+    batonctl, free_port, local_up, percent_encode, wait_for, Daemon, LocalDown,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -281,15 +283,7 @@ async fn a_killed_leader_fires_the_failover_alert() -> anyhow::Result<()> {
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
     let _down = LocalDown(&dir);
-    let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
-    assert!(
-        out.status.success(),
-        "up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json"))?)?;
+    let l = local_up(&dir)?;
     let ca = l["ca"].as_str().expect("a secure deployment names its CA");
     let token_file = tmp.path().join("read-token");
     {

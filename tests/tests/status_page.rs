@@ -10,7 +10,7 @@
 //! times out; the cluster is stopped at the end, also on failure.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{batonctl, percent_encode, wait_for, LocalDown};
+use baton_tests::procs::{batonctl, local_up, percent_encode, wait_for, LocalDown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -377,15 +377,7 @@ async fn the_status_page_shows_a_failover_in_a_real_browser() -> anyhow::Result<
     let dir = tmp.path().join("cl");
     let d = dir.display().to_string();
     let _down = LocalDown(&dir);
-    let out = batonctl(&["local", "up", "--dir", &d, "--detach"])?;
-    assert!(
-        out.status.success(),
-        "up failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json"))?)?;
+    let l = local_up(&dir)?;
     let ca = l["ca"].as_str().expect("a secure deployment names its CA");
     let token = l["tokens"]["read"]
         .as_str()
