@@ -9,7 +9,9 @@
 //! nor what the replica does with a log it refuses to open.
 
 use baton_common::{Epoch, Lsn, NodeId};
-use baton_replica::wal::disk::{records_start, set_durable_len, DiskLog, DiskOptions};
+use baton_replica::wal::disk::{
+    records_end, records_start, set_durable_len, DiskLog, DiskOptions, PREALLOC_CHUNK,
+};
 use baton_replica::wal::mem::{MemDisk, MemLog};
 use baton_replica::wal::{LogError, LogStore, Op, Record, Recovery};
 use bytes::Bytes;
@@ -1047,12 +1049,19 @@ impl Fixture {
     }
 }
 
-/// The frames of a segment file as (offset, record); the file must be intact.
+/// The frames of a segment file as (offset, record); the file must be intact (records, then at
+/// most a zero-filled preallocated tail).
 fn frames(path: &Path) -> Vec<(u64, Record)> {
     let data = std::fs::read(path).expect("read segment");
+    let end = records_end(&data);
+    assert!(
+        data[end..].iter().all(|b| *b == 0),
+        "{}: a bad frame at offset {end} before the zero-filled tail",
+        path.display()
+    );
     let mut out = Vec::new();
     let mut off = records_start(&data);
-    while off < data.len() {
+    while off < end {
         let (r, n) = Record::decode(&data[off..]).expect("an intact frame");
         out.push((off as u64, r));
         off += n;
@@ -1062,6 +1071,11 @@ fn frames(path: &Path) -> Vec<(u64, Record)> {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").len()
+}
+
+/// Where the records of a segment file end (its zero-filled preallocated tail not counted).
+fn records_len(path: &Path) -> u64 {
+    records_end(&std::fs::read(path).expect("read segment")) as u64
 }
 
 fn set_len(path: &Path, len: u64) {
@@ -1111,7 +1125,7 @@ fn check_torn_tail_at_every_offset(fx: &Fixture) {
         .expect("a record in the last segment");
     assert_eq!(last, *fx.records.last().expect("records"));
     let frame_len = last.frame_len() as u64;
-    assert_eq!(file_len(&last_seg), off + frame_len);
+    assert_eq!(records_len(&last_seg), off + frame_len);
     let kept = &fx.records[..fx.records.len() - 1];
     for cut in 0..frame_len {
         let (_tmp, wal) = fx.copy();
@@ -1148,7 +1162,7 @@ fn check_torn_tail_at_every_offset(fx: &Fixture) {
             .expect("append after recovery");
         log.sync().expect("sync");
         drop(log);
-        assert_eq!(file_len(&seg), off + again.frame_len() as u64);
+        assert_eq!(records_len(&seg), off + again.frame_len() as u64);
         let (log, recovery) = DiskLog::open(&wal, small_segments()).expect("reopen");
         assert_eq!(recovery.torn_bytes_truncated, 0);
         let mut want = kept.to_vec();
@@ -1183,32 +1197,171 @@ fn torn_first_record_of_a_freshly_rolled_segment() {
     check_torn_tail_at_every_offset(&fx);
 }
 
+/// Zeros after the last record are the active segment's preallocation (or records whose pages
+/// never reached the disk after the last sync, which were never acknowledged): recovery keeps
+/// them silently as preallocation, reports no torn tail and no damage, and appends go over them.
 #[test]
-fn zero_bytes_after_the_last_record_are_a_torn_tail() {
+fn zero_bytes_after_the_last_record_are_preallocation() {
     let fx = Fixture::new(70);
     let last_seg = fx.segments().pop().expect("a segment");
     let name = last_seg.file_name().expect("file name").to_owned();
-    let len = file_len(&last_seg);
-    for zeros in [1u64, 7, 8, 25, 512, 4096, 10_000] {
+    let len = records_len(&last_seg);
+    for zeros in [0u64, 1, 7, 8, 25, 512, 4096, 10_000] {
         let (_tmp, wal) = fx.copy();
         let seg = wal.join(&name);
         set_len(&seg, len + zeros);
         let (mut log, recovery) =
             DiskLog::open(&wal, small_segments()).unwrap_or_else(|e| panic!("{zeros}: {e}"));
-        assert_eq!(recovery.torn_bytes_truncated, zeros);
-        assert_eq!(recovery.torn_at, Some((seg.clone(), len)));
-        assert_eq!(file_len(&seg), len);
+        assert_eq!(
+            (
+                recovery.torn_bytes_truncated,
+                recovery.torn_at.clone(),
+                recovery.damage.clone(),
+                recovery.lost_acknowledged
+            ),
+            (0, None, None, false),
+            "{zeros} zeros"
+        );
+        assert_eq!(file_len(&seg), len + zeros, "the preallocation is kept");
         assert_eq!(read_all(&log), fx.records);
         log.append(&[rec(71, 3)]).expect("append");
         log.sync().expect("sync");
         drop(log);
-        let (log, _) = DiskLog::open(&wal, small_segments()).expect("reopen");
+        assert_eq!(records_len(&seg), len + rec(71, 3).frame_len() as u64);
+        let (log, recovery) = DiskLog::open(&wal, small_segments()).expect("reopen");
+        assert_eq!(recovery.torn_at, None);
         assert_eq!(log.last_lsn(), Lsn(71));
         assert_eq!(
             log.read(Lsn(71), 1, usize::MAX).expect("read"),
             vec![rec(71, 3)]
         );
     }
+}
+
+/// The active segment is zero-filled ahead of the records: its file is larger than its records
+/// (whose fdatasync then overwrites allocated blocks instead of growing the file), never past
+/// the segment's size limit; a sealed segment holds its records and nothing after them.
+#[test]
+fn the_active_segment_is_preallocated_and_a_sealed_one_trimmed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let wal = tmp.path().join("wal");
+    let opts = DiskOptions {
+        segment_bytes_max: 3 * PREALLOC_CHUNK,
+    };
+    let (mut log, _) = DiskLog::open(&wal, opts.clone()).expect("create");
+    let mut lsn = 1;
+    let mut append = |log: &mut DiskLog, n: u64| {
+        let batch: Vec<Record> = (lsn..lsn + n).map(|l| sized(l, 2, 1000)).collect();
+        lsn += n;
+        log.append(&batch).expect("append");
+        log.sync().expect("sync");
+    };
+    append(&mut log, 10);
+    let segs = segment_files(&wal);
+    assert_eq!(segs.len(), 1);
+    let used = records_len(&segs[0]);
+    assert_eq!(
+        file_len(&segs[0]),
+        PREALLOC_CHUNK,
+        "zero-filled to the first chunk boundary ({used} bytes of records)"
+    );
+    // Past the first chunk: the next one is filled.
+    append(&mut log, 1100);
+    let size = file_len(&segs[0]);
+    assert!(records_len(&segs[0]) > PREALLOC_CHUNK);
+    assert_eq!(size, 2 * PREALLOC_CHUNK);
+    // Past the size limit: the segment is sealed (trimmed to its records) and a new one
+    // preallocated.
+    append(&mut log, 3000);
+    let segs = segment_files(&wal);
+    assert!(segs.len() >= 2, "{segs:?}");
+    for sealed in &segs[..segs.len() - 1] {
+        assert_eq!(
+            file_len(sealed),
+            records_len(sealed),
+            "{}",
+            sealed.display()
+        );
+        assert!(file_len(sealed) <= 4096 + 3 * PREALLOC_CHUNK + 2000);
+    }
+    let active = segs.last().expect("active");
+    assert!(file_len(active) > records_len(active));
+    assert_eq!(file_len(active) % PREALLOC_CHUNK, 0);
+    let all = read_all(&log);
+    drop(log);
+    let (log, recovery) = DiskLog::open(&wal, opts).expect("reopen");
+    assert_eq!(
+        (
+            recovery.torn_at,
+            recovery.damage,
+            recovery.lost_acknowledged
+        ),
+        (None, None, false)
+    );
+    assert_eq!(read_all(&log), all);
+    assert_eq!(all.len(), 4110);
+    drop(log);
+    // The size limit lowered below the active segment's preallocation: the next append seals
+    // it, trimmed to its records.
+    let small = DiskOptions {
+        segment_bytes_max: PREALLOC_CHUNK / 2,
+    };
+    let before = segment_files(&wal);
+    let was_active = before.last().expect("active").clone();
+    assert!(records_len(&was_active) > 4096 + PREALLOC_CHUNK / 2);
+    assert!(file_len(&was_active) > records_len(&was_active));
+    let (mut log, _) = DiskLog::open(&wal, small.clone()).expect("reopen with smaller segments");
+    append(&mut log, 1);
+    let segs = segment_files(&wal);
+    assert_eq!(segs.len(), before.len() + 1, "the append rolled");
+    assert_eq!(file_len(&was_active), records_len(&was_active), "trimmed");
+    drop(log);
+    let (log, recovery) = DiskLog::open(&wal, small).expect("reopen");
+    assert_eq!((recovery.torn_at, recovery.damage), (None, None));
+    assert_eq!(read_all(&log).len(), 4111);
+}
+
+/// A crash while a full segment was sealed, after its records and durable length were synced but
+/// before the trim of its zero-filled tail was durable: recovery finishes the trim, silently,
+/// and reports nothing lost. Zeros *below* a sealed segment's durable length are still damage.
+#[test]
+fn a_sealed_segment_with_a_zero_tail_past_its_durable_length_is_trimmed() {
+    let fx = Fixture::new(100);
+    let segs = fx.segments();
+    assert!(segs.len() >= 3);
+    let name = segs[0].file_name().expect("file name").to_owned();
+    let len = file_len(&segs[0]);
+    {
+        let (_tmp, wal) = fx.copy();
+        let seg = wal.join(&name);
+        set_len(&seg, len + 8192);
+        let (log, recovery) = DiskLog::open(&wal, small_segments()).expect("open");
+        assert_eq!(
+            (
+                recovery.torn_at,
+                recovery.damage,
+                recovery.lost_acknowledged
+            ),
+            (None, None, false)
+        );
+        assert_eq!(file_len(&seg), len, "the trim was finished");
+        assert_eq!(read_all(&log), fx.records);
+    }
+    // The same zeros over its last record, which the header says was durable: damage.
+    let frames = frames(&segs[0]);
+    let (off, last) = frames.last().expect("records");
+    let (_tmp, wal) = fx.copy();
+    let seg = wal.join(&name);
+    set_len(&seg, *off);
+    set_len(&seg, len + 8192);
+    expect_cut_and_lost(
+        &wal,
+        &seg,
+        *off,
+        last.lsn.0,
+        &fx.records,
+        "zeros below the durable length",
+    );
 }
 
 /// Opens `wal` and expects the damaged record at (`file`, `offset`), LSN `lsn`, to be cut with

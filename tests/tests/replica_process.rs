@@ -243,7 +243,8 @@ async fn corrupt_log_record_is_cut_and_kept_aside_and_a_lone_leader_refuses_nami
     let seg = std::fs::read_dir(&wal)?.next().expect("a segment")?.path();
     let mut bytes = std::fs::read(&seg)?;
     let start = baton_replica::wal::disk::records_start(&bytes);
-    let mid = start + (bytes.len() - start) / 2;
+    let end = baton_replica::wal::disk::records_end(&bytes);
+    let mid = start + (end - start) / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&seg, &bytes)?;
     r.restart()?;

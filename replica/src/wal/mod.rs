@@ -31,8 +31,8 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// ENOSPC where nothing durable depends on the failed call: a write(2), fallocate or file
-    /// creation, never an fsync. Retryable: the store is left consistent (what `last_lsn` says
+    /// ENOSPC where nothing durable depends on the failed call: a write(2) (of records or of the
+    /// zeros that preallocate a segment) or a file creation, never an fsync. Retryable: the store is left consistent (what `last_lsn` says
     /// is there, is; a partially appended batch keeps its written prefix), and the same call
     /// may simply be made again once space was freed. An ENOSPC from fsync is [`LogError::Io`]
     /// and fatal like any fsync error: some file systems drop the dirty pages when they report
@@ -56,7 +56,7 @@ impl LogError {
         }
     }
 
-    /// An error of a write(2), fallocate or file creation: ENOSPC there is
+    /// An error of a write(2) or a file creation: ENOSPC there is
     /// [`LogError::NoSpace`] (retryable), anything else [`LogError::Io`]. Never for an fsync.
     pub fn write(context: impl Into<String>, source: std::io::Error) -> Self {
         if is_enospc(&source) {

@@ -29,6 +29,17 @@ pub fn records_start(data: &[u8]) -> usize {
     }
 }
 
+/// Where the records of a segment file's bytes end: the offset of the first frame that does not
+/// decode (a zero-filled preallocated tail, a torn frame) or the file's end. For tools and tests
+/// that read segment files directly.
+pub fn records_end(data: &[u8]) -> usize {
+    let mut off = records_start(data);
+    while let Ok((_, n)) = crate::wal::Record::decode(&data[off..]) {
+        off += n;
+    }
+    off
+}
+
 /// Bytes before the first record of a format-2 segment.
 pub const SEGMENT_HEADER_LEN: u64 = 4096;
 

@@ -1,5 +1,6 @@
-//! Opening the disk log: every segment verified frame by frame, torn tails and write-back holes
-//! cut, damage to acknowledged data moved to `damaged/` and reported (see `mod.rs`).
+//! Opening the disk log: every segment verified frame by frame, a zero-filled preallocated tail
+//! kept (trimmed in a sealed segment), torn tails and write-back holes cut, damage to
+//! acknowledged data moved to `damaged/` and reported (see `mod.rs`).
 
 use super::format::*;
 use super::{DiskLog, DiskOptions, Reserved};
@@ -152,13 +153,29 @@ impl DiskLog {
                 }
             }
         }
+        // The active segment's zero-filled tail (recovery verified it is all zeros) is the
+        // preallocation the next records go over.
+        let reserved = match segments.last() {
+            Some(last) if last.header.is_some() => {
+                let size = last
+                    .file
+                    .metadata()
+                    .map_err(|e| LogError::io(format!("stat {}", last.path.display()), e))?
+                    .len();
+                Reserved {
+                    base: last.base,
+                    upto: size.max(last.len),
+                }
+            }
+            _ => Reserved::default(),
+        };
         let mut log = DiskLog {
             dir: dir.to_path_buf(),
             opts,
             segments,
             dirty: false,
             buf: BytesMut::new(),
-            reserved: Reserved::default(),
+            reserved,
         };
         if log.segments.is_empty() {
             log.create_segment(Lsn(1))?;
@@ -299,6 +316,22 @@ impl DiskLog {
                     last_epoch = Some(rec.epoch);
                     offsets.push(off as u64);
                     off += n;
+                }
+                Err(_)
+                    if header.is_some_and(|w| off as u64 >= w.durable)
+                        && data[off..].iter().all(|b| *b == 0) =>
+                {
+                    // Zeros past the durable length: the segment's preallocation, not records.
+                    // The active segment keeps it; a sealed one had its trim interrupted by a
+                    // crash (the seal's sync had returned, so every record is here): finish it.
+                    if !is_last {
+                        file.set_len(off as u64)
+                            .and_then(|_| file.sync_all())
+                            .map_err(|e| LogError::io(format!("trim {}", path.display()), e))?;
+                        tracing::info!(file = %path.display(), offset = off,
+                            "trimmed the preallocated tail of a sealed segment (a crash interrupted its seal)");
+                    }
+                    break;
                 }
                 Err(err) => {
                     let valid_after = !is_torn(&data[off..], expect);
