@@ -16,7 +16,7 @@
 use crate::faults::fault;
 use crate::snapshot;
 use crate::wal::disk::sync_dir;
-use crate::wal::{LogError, LogStore, Record};
+use crate::wal::{Frames, LogError, LogStore, Record};
 use baton_common::{Epoch, Lsn};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -44,12 +44,12 @@ pub enum LogCmd {
     Compact(Lsn, u64),
     /// Store the `unclean` flag in the meta file (after the batch before it is durable).
     StoreUnclean(bool),
-    /// Read records for a follower.
+    /// Read records for a follower, as their frames (shipped as they are).
     Read {
         from: Lsn,
         max_records: usize,
         max_bytes: usize,
-        reply: oneshot::Sender<Result<Vec<Record>, LogError>>,
+        reply: oneshot::Sender<Result<Frames, LogError>>,
     },
     /// Archive `records` (the log's records from `from` on), then cut the log there.
     Truncate {
@@ -413,7 +413,7 @@ impl LogThread {
             let res = if from < self.log.first_lsn() {
                 Err(LogError::Misuse(format!("LSN {from} was compacted away")))
             } else {
-                self.log.read(from, max_records, max_bytes)
+                self.log.read_frames(from, max_records, max_bytes)
             };
             let _ = reply.send(res);
         }

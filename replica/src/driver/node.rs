@@ -17,7 +17,7 @@ use crate::faults::fault;
 use crate::logthread::{Archived, LogCmd, LogEvents};
 use crate::node::{Inner, Node, Waiter};
 use crate::snapshot;
-use crate::wal::{LogError, Record};
+use crate::wal::{Frames, LogError, Record};
 use baton_common::api::WriteReply;
 use baton_common::{clock, Epoch, Lsn};
 use std::collections::BTreeMap;
@@ -166,6 +166,23 @@ impl Io for NodeIo<'_> {
     }
 }
 
+/// What [`Node::records_from`] found for a follower stream.
+pub(crate) enum Batch {
+    /// Records from the in-memory tail (encoded once for the stream).
+    Records(Vec<Record>),
+    /// Frames read from the log, shipped as they are.
+    Frames(Frames),
+}
+
+impl Batch {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Batch::Records(r) => r.len(),
+            Batch::Frames(f) => f.count,
+        }
+    }
+}
+
 impl Node {
     /// Carries out `fx` (from a step of the engine behind `g`) in the driver's order, then
     /// releases the lock and starts a due snapshot.
@@ -252,20 +269,22 @@ impl Node {
     }
 
     /// Records from `from` for a follower stream: from the in-memory tail when it holds them,
-    /// otherwise read through the log thread. An empty result means nothing new.
+    /// otherwise read through the log thread as their frames (a follower that is behind gets
+    /// the log's bytes, checked but neither decoded nor encoded again). An empty result means
+    /// nothing new.
     pub(crate) async fn records_from(
         &self,
         from: Lsn,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Record>, LogError> {
+    ) -> Result<Batch, LogError> {
         {
             let g = self.lock();
             if from > g.core.log_end().1 {
-                return Ok(Vec::new());
+                return Ok(Batch::Records(Vec::new()));
             }
             if let Some(v) = g.tail.slice(from, max_records, max_bytes) {
-                return Ok(v);
+                return Ok(Batch::Records(v));
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -279,6 +298,7 @@ impl Node {
         }
         rx.await
             .map_err(|_| LogError::Misuse("the log thread has stopped".into()))?
+            .map(Batch::Frames)
     }
 
     /// Writes `snap` in the background. It is committed (renamed into place, then the log

@@ -8,6 +8,7 @@
 
 use super::wire::{self, Msg};
 use crate::core::FetchStart;
+use crate::driver::node::Batch;
 use crate::faults::fault;
 use crate::node::Node;
 use crate::snapshot;
@@ -278,29 +279,27 @@ where
             next = send_snapshot(node, sink, epoch).await?;
             continue;
         }
-        let recs = node
+        let batch = node
             .records_from(next, BATCH_RECORDS, BATCH_BYTES)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(last) = recs.last() {
+        let count = batch.len();
+        if count > 0 {
             let prev = (
                 prev_epoch.ok_or("the stream position is past the log end")?,
                 Lsn(next.0 - 1),
             );
-            let last_lsn = last.lsn;
             fault!("repl.before_send", |e| format!("send failed: {e}"));
-            sink.send(wire::encode_append(
-                epoch,
-                prev,
-                commit,
-                end,
-                clock::now_ms(),
-                &recs,
-            ))
-            .await
-            .map_err(|e| format!("send failed: {e}"))?;
-            node.metrics.repl_records_sent.inc_by(recs.len() as u64);
-            next = last_lsn.next();
+            let now = clock::now_ms();
+            let msg = match &batch {
+                Batch::Records(recs) => wire::encode_append(epoch, prev, commit, end, now, recs),
+                Batch::Frames(f) => wire::encode_append_frames(epoch, prev, commit, end, now, f),
+            };
+            sink.send(msg)
+                .await
+                .map_err(|e| format!("send failed: {e}"))?;
+            node.metrics.repl_records_sent.inc_by(count as u64);
+            next = Lsn(next.0 + count as u64);
             commit_sent = commit;
             last_send = Instant::now();
             continue;

@@ -11,6 +11,7 @@ pub mod record;
 pub use record::{Op, Record};
 
 use baton_common::{Epoch, Lsn};
+use bytes::{Bytes, BytesMut};
 use std::path::PathBuf;
 
 /// Errors of a log store. `Corrupt` and `Io` on sync are fatal for the replica (never retried).
@@ -116,6 +117,13 @@ pub struct Damage {
     pub archived: Option<PathBuf>,
 }
 
+/// Consecutive records as their encoded frames, back to back ([`LogStore::read_frames`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub bytes: Bytes,
+    pub count: usize,
+}
+
 /// A durable, dense, append-only sequence of records.
 ///
 /// Durability contract:
@@ -154,6 +162,26 @@ pub trait LogStore: Send + 'static {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError>;
+    /// Reads like [`read`](LogStore::read), but returns the records' frames back to back, as
+    /// the log and the replication stream encode them, checked (length, checksum, LSN) but not
+    /// decoded: what a leader ships to a follower that is behind, without decoding and
+    /// re-encoding every record.
+    fn read_frames(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Frames, LogError> {
+        let records = self.read(from, max_records, max_bytes)?;
+        let mut b = BytesMut::with_capacity(records.iter().map(Record::frame_len).sum());
+        for r in &records {
+            r.encode_into(&mut b);
+        }
+        Ok(Frames {
+            bytes: b.freeze(),
+            count: records.len(),
+        })
+    }
     /// Removes every record with LSN ≥ `from`; durable on return.
     fn truncate_from(&mut self, from: Lsn) -> Result<(), LogError>;
     /// Allows removal of records with LSN ≤ `through` (a snapshot covers them). Implementations

@@ -110,6 +110,30 @@ impl Record {
 
     /// Decodes one frame from the front of `buf`; returns the record and the frame length.
     pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
+        let (payload, total) = frame(buf)?;
+        Ok((decode_payload(payload)?, total))
+    }
+
+    /// Checks the frame at the front of `buf` without decoding its payload: its length, its
+    /// checksum, and that it holds the record with LSN `lsn`. Returns the frame length. For
+    /// frames shipped as they are (a leader's catch-up reads), which the receiver decodes.
+    pub fn check_frame(buf: &[u8], lsn: Lsn) -> Result<usize, DecodeError> {
+        let (payload, total) = frame(buf)?;
+        if payload.len() < 17 {
+            return Err(DecodeError::Payload("field runs past the payload"));
+        }
+        let got = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+        if got != lsn.0 {
+            return Err(DecodeError::Payload("the frame holds another LSN"));
+        }
+        Ok(total)
+    }
+}
+
+/// The payload of the frame at the front of `buf` (length and checksum verified) and the frame's
+/// length.
+fn frame(buf: &[u8]) -> Result<(&[u8], usize), DecodeError> {
+    {
         if buf.len() < FRAME_HEADER {
             return Err(DecodeError::Incomplete {
                 need: FRAME_HEADER,
@@ -132,7 +156,7 @@ impl Record {
         if checksum(&buf[0..4], payload) != crc {
             return Err(DecodeError::Checksum);
         }
-        Ok((decode_payload(payload)?, total))
+        Ok((payload, total))
     }
 }
 

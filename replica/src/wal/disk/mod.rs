@@ -47,7 +47,7 @@ mod format;
 mod recover;
 
 use super::record::FRAME_HEADER;
-use super::{LogError, LogStore, Record};
+use super::{Frames, LogError, LogStore, Record};
 use crate::faults::fault;
 use baton_common::{Epoch, Lsn};
 use bytes::BytesMut;
@@ -284,6 +284,67 @@ impl DiskLog {
         self.create_segment(base)
     }
 
+    /// The reads' common part: finds the runs of consecutive records from `from` (at most
+    /// `max_records`, and no more than `max_bytes` of frames unless the first record alone is
+    /// larger), reads each run with one pread, and hands it to `each` with its segment, offset
+    /// and first LSN.
+    fn read_runs(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+        mut each: impl FnMut(&Segment, u64, Vec<u8>, Lsn) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        if from < self.first_lsn() {
+            return Err(LogError::Misuse(format!(
+                "read from LSN {from}, below the first LSN {}",
+                self.first_lsn()
+            )));
+        }
+        let mut records = 0usize;
+        let mut lsn = from;
+        let mut bytes = 0usize;
+        while records < max_records && lsn <= self.last_lsn() {
+            let Some(si) = self.locate(lsn) else { break };
+            let seg = &self.segments[si];
+            let idx = (lsn.0 - seg.base.0) as usize;
+            if idx >= seg.offsets.len() {
+                break;
+            }
+            // A contiguous run of records from this segment, read in one call.
+            let n = (seg.offsets.len() - idx).min(max_records - records);
+            let start = seg.offsets[idx];
+            let mut end_idx = idx + n;
+            let budget = max_bytes.saturating_sub(bytes) as u64;
+            // Shrink the run to the byte budget. Only the first record of the whole read may
+            // exceed it; a later run may shrink to nothing, which ends the read.
+            let min_end = if records == 0 { idx + 1 } else { idx };
+            while end_idx > min_end {
+                let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
+                if end - start <= budget {
+                    break;
+                }
+                end_idx -= 1;
+            }
+            if end_idx == idx {
+                break;
+            }
+            let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
+            let mut data = vec![0u8; (end - start) as usize];
+            seg.file.read_exact_at(&mut data, start).map_err(|e| {
+                LogError::io(format!("read {} at offset {start}", seg.path.display()), e)
+            })?;
+            bytes += data.len();
+            records += end_idx - idx;
+            each(seg, start, data, lsn)?;
+            lsn = Lsn(seg.base.0 + end_idx as u64);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn locate(&self, lsn: Lsn) -> Option<usize> {
         let i = self.segments.partition_point(|s| s.base <= lsn);
         i.checked_sub(1)
@@ -352,45 +413,8 @@ impl LogStore for DiskLog {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError> {
-        if from < self.first_lsn() {
-            return Err(LogError::Misuse(format!(
-                "read from LSN {from}, below the first LSN {}",
-                self.first_lsn()
-            )));
-        }
         let mut out = Vec::new();
-        let mut lsn = from;
-        let mut bytes = 0usize;
-        while out.len() < max_records && lsn <= self.last_lsn() {
-            let Some(si) = self.locate(lsn) else { break };
-            let seg = &self.segments[si];
-            let idx = (lsn.0 - seg.base.0) as usize;
-            if idx >= seg.offsets.len() {
-                break;
-            }
-            // Read a contiguous run of records from this segment in one call.
-            let n = (seg.offsets.len() - idx).min(max_records - out.len());
-            let start = seg.offsets[idx];
-            let mut end_idx = idx + n;
-            let budget = max_bytes.saturating_sub(bytes) as u64;
-            // Shrink the run to the byte budget. Only the first record of the whole read may
-            // exceed it; a later run may shrink to nothing, which ends the read.
-            let min_end = if out.is_empty() { idx + 1 } else { idx };
-            while end_idx > min_end {
-                let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
-                if end - start <= budget {
-                    break;
-                }
-                end_idx -= 1;
-            }
-            if end_idx == idx {
-                break;
-            }
-            let end = seg.offsets.get(end_idx).copied().unwrap_or(seg.len);
-            let mut data = vec![0u8; (end - start) as usize];
-            seg.file.read_exact_at(&mut data, start).map_err(|e| {
-                LogError::io(format!("read {} at offset {start}", seg.path.display()), e)
-            })?;
+        self.read_runs(from, max_records, max_bytes, |seg, start, data, _| {
             let mut off = 0usize;
             while off < data.len() {
                 let (rec, len) = Record::decode(&data[off..]).map_err(|e| LogError::Corrupt {
@@ -399,15 +423,44 @@ impl LogStore for DiskLog {
                     reason: e.to_string(),
                 })?;
                 off += len;
-                bytes += len;
                 out.push(rec);
             }
-            lsn = Lsn(seg.base.0 + end_idx as u64);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         Ok(out)
+    }
+
+    fn read_frames(
+        &self,
+        from: Lsn,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Frames, LogError> {
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut count = 0usize;
+        self.read_runs(from, max_records, max_bytes, |seg, start, data, first| {
+            let mut off = 0usize;
+            let mut lsn = first;
+            while off < data.len() {
+                off += Record::check_frame(&data[off..], lsn).map_err(|e| LogError::Corrupt {
+                    file: seg.path.clone(),
+                    offset: start + off as u64,
+                    reason: e.to_string(),
+                })?;
+                lsn = lsn.next();
+                count += 1;
+            }
+            if bytes.is_empty() {
+                bytes = data;
+            } else {
+                bytes.extend_from_slice(&data);
+            }
+            Ok(())
+        })?;
+        Ok(Frames {
+            bytes: bytes.into(),
+            count,
+        })
     }
 
     fn truncate_from(&mut self, from: Lsn) -> Result<(), LogError> {
