@@ -183,6 +183,80 @@ impl Dirs {
 /// How often a write refused for lack of space is tried again.
 pub const NO_SPACE_RETRY: Duration = Duration::from_millis(500);
 
+/// Reports durability from a thread of its own while the log thread goes on writing: what a
+/// report sets off (commits, applying a batch to the state, answering its writers) runs under
+/// the node's lock and took as long as a write and an fsync, so a follower catching up or a
+/// leader under load wrote and synced its next batch only after the last one was applied. Only
+/// the newest report matters (durability only grows within a log generation; a report of an
+/// older generation is ignored), so a report not yet delivered is replaced by a newer one.
+struct Reporter {
+    slot: std::sync::Arc<(Mutex<ReporterSlot>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ReporterSlot {
+    pending: Option<(Lsn, u64)>,
+    closed: bool,
+}
+
+impl Reporter {
+    fn start(events: std::sync::Arc<dyn LogEvents>) -> Reporter {
+        let slot = std::sync::Arc::new((
+            Mutex::new(ReporterSlot::default()),
+            std::sync::Condvar::new(),
+        ));
+        let shared = slot.clone();
+        let thread = std::thread::Builder::new()
+            .name("baton-flushed".into())
+            .spawn(move || loop {
+                let next = {
+                    let (m, cv) = &*shared;
+                    let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if let Some(p) = s.pending.take() {
+                            break Some(p);
+                        }
+                        if s.closed {
+                            break None;
+                        }
+                        s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                match next {
+                    Some((lsn, gen)) => events.flushed(lsn, gen),
+                    None => return,
+                }
+            })
+            .ok();
+        Reporter { slot, thread }
+    }
+
+    /// Hands a report to the reporter thread; false when there is none (it could not be
+    /// started): then the caller reports itself.
+    fn post(&self, lsn: Lsn, gen: u64) -> bool {
+        if self.thread.is_none() {
+            return false;
+        }
+        let (m, cv) = &*self.slot;
+        m.lock().unwrap_or_else(|p| p.into_inner()).pending = Some((lsn, gen));
+        cv.notify_one();
+        true
+    }
+}
+
+impl Drop for Reporter {
+    /// Delivers what is pending, then stops the thread.
+    fn drop(&mut self) {
+        let (m, cv) = &*self.slot;
+        m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs until the channel closes or the log fails.
 pub fn run(
     events: std::sync::Arc<dyn LogEvents>,
@@ -192,6 +266,7 @@ pub fn run(
     dirs: Dirs,
 ) {
     let gen = gate.gen();
+    let events_for_reporter = events.clone();
     LogThread {
         events,
         gate,
@@ -201,6 +276,7 @@ pub fn run(
         gen,
         deferred: VecDeque::new(),
         full_since: None,
+        reporter: Reporter::start(events_for_reporter),
     }
     .run()
 }
@@ -218,6 +294,7 @@ struct LogThread {
     deferred: VecDeque<LogCmd>,
     /// Since when the disk is full (a write or the meta file failed with ENOSPC).
     full_since: Option<Instant>,
+    reporter: Reporter,
 }
 
 impl LogThread {
@@ -229,6 +306,21 @@ impl LogThread {
         self.deferred
             .pop_front()
             .or_else(|| self.rx.try_recv().ok())
+    }
+
+    /// Reports that everything up to `last` is durable: here when nothing else waits (the
+    /// shortest path for a lone write), through the reporter thread when more commands are
+    /// queued, so that the next batch is written while this one is committed and applied.
+    fn report_flushed(&mut self, last: Lsn) {
+        match self.next_ready() {
+            Some(cmd) => {
+                self.deferred.push_front(cmd);
+                if !self.reporter.post(last, self.gen) {
+                    self.events.flushed(last, self.gen);
+                }
+            }
+            None => self.events.flushed(last, self.gen),
+        }
     }
 
     fn fail(&self, reason: String) {
@@ -272,7 +364,7 @@ impl LogThread {
                 self.events
                     .synced(t0.elapsed(), batch.len(), self.log.size_bytes());
                 batch.clear();
-                self.events.flushed(last, self.gen);
+                self.report_flushed(last);
             }
             for r in reads {
                 self.serve_read(r);
