@@ -23,6 +23,19 @@ impl Drop for LocalDown<'_> {
     }
 }
 
+/// `batonctl local stop --signal KILL` of `node` in the deployment in `dir`; an error when
+/// batonctl refused.
+pub fn local_kill(dir: &Path, node: &str) -> anyhow::Result<()> {
+    let d = dir.display().to_string();
+    let out = batonctl(&["local", "stop", "--dir", &d, node, "--signal", "KILL"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "stop {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// `batonctl local up --detach` in `dir` (secure by default); returns its `cluster.json`.
 pub fn local_up(dir: &Path) -> anyhow::Result<serde_json::Value> {
     let d = dir.display().to_string();

@@ -9,7 +9,7 @@
 
 use baton_tests::client::Client;
 use baton_tests::procs::{
-    batonctl, free_port, local_up, percent_encode, wait_for, Daemon, LocalDown,
+    batonctl, free_port, local_kill, local_up, percent_encode, wait_for, Daemon, LocalDown,
 };
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -416,12 +416,7 @@ async fn a_killed_leader_fires_the_failover_alert() -> anyhow::Result<()> {
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no leader in {v}"))?
         .to_string();
-    let out = batonctl(&["local", "stop", "--dir", &d, &leader, "--signal", "KILL"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    local_kill(&dir, &leader)?;
     let killed = Instant::now();
     let fired = wait_for(
         Duration::from_secs(30),

@@ -5,7 +5,7 @@
 //! them, and `--insecure` says so in `batonctl status`.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{batonctl, bin_path, wait_for, LocalDown};
+use baton_tests::procs::{batonctl, bin_path, local_kill, wait_for, LocalDown};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -136,12 +136,7 @@ async fn local_up_stop_start_down() -> anyhow::Result<()> {
         nodes.push("proxy");
     }
     for node in nodes {
-        let out = batonctl(&["local", "stop", "--dir", &d, node, "--signal", "KILL"])?;
-        assert!(
-            out.status.success(),
-            "stop {node}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        local_kill(&dir, node)?;
         let again = batonctl(&["local", "stop", "--dir", &d, node])?;
         let err = String::from_utf8_lossy(&again.stderr);
         let stopped = !again.status.success() && err.contains("not running");

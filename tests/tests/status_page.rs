@@ -10,7 +10,7 @@
 //! times out; the cluster is stopped at the end, also on failure.
 
 use baton_tests::client::Client;
-use baton_tests::procs::{batonctl, local_up, percent_encode, wait_for, LocalDown};
+use baton_tests::procs::{batonctl, local_kill, local_up, percent_encode, wait_for, LocalDown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -445,12 +445,7 @@ async fn the_status_page_shows_a_failover_in_a_real_browser() -> anyhow::Result<
     assert_eq!(v["leader"]["id"].as_str(), Some(leader.as_str()), "{v}");
 
     // Kill the leader replica.
-    let out = batonctl(&["local", "stop", "--dir", &d, &leader, "--signal", "KILL"])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    local_kill(&dir, &leader)?;
     let killed = Instant::now();
     let replaced = |p: &Page| {
         p.leader.as_ref().is_some_and(|n| *n != leader)

@@ -141,20 +141,8 @@ pub fn encode_append(
     sent_ms: u64,
     records: &[Record],
 ) -> Bytes {
-    let msg = Msg::Append {
-        epoch,
-        prev_epoch: prev.0,
-        prev_lsn: prev.1,
-        commit,
-        end,
-        count: records.len() as u32,
-        sent_ms,
-    };
-    let json = serde_json::to_vec(&msg).expect("messages serialize");
-    let size: usize = records.iter().map(Record::frame_len).sum();
-    let mut b = BytesMut::with_capacity(4 + json.len() + size);
-    b.put_u32_le(json.len() as u32);
-    b.put_slice(&json);
+    let size = records.iter().map(Record::frame_len).sum();
+    let mut b = append_header(epoch, prev, commit, end, sent_ms, records.len(), size);
     for r in records {
         r.encode_into(&mut b);
     }
@@ -171,21 +159,36 @@ pub fn encode_append_frames(
     sent_ms: u64,
     frames: &crate::wal::Frames,
 ) -> Bytes {
+    let body = frames.bytes.len();
+    let mut b = append_header(epoch, prev, commit, end, sent_ms, frames.count, body);
+    b.put_slice(&frames.bytes);
+    b.freeze()
+}
+
+/// An `Append` message for `count` records, with room for their `body` bytes of frames after it.
+fn append_header(
+    epoch: Epoch,
+    prev: (Epoch, Lsn),
+    commit: Lsn,
+    end: Lsn,
+    sent_ms: u64,
+    count: usize,
+    body: usize,
+) -> BytesMut {
     let msg = Msg::Append {
         epoch,
         prev_epoch: prev.0,
         prev_lsn: prev.1,
         commit,
         end,
-        count: frames.count as u32,
+        count: count as u32,
         sent_ms,
     };
     let json = serde_json::to_vec(&msg).expect("messages serialize");
-    let mut b = BytesMut::with_capacity(4 + json.len() + frames.bytes.len());
+    let mut b = BytesMut::with_capacity(4 + json.len() + body);
     b.put_u32_le(json.len() as u32);
     b.put_slice(&json);
-    b.put_slice(&frames.bytes);
-    b.freeze()
+    b
 }
 
 /// Splits a frame into its message and tail.
