@@ -41,6 +41,9 @@ pub async fn run(
         replayed = report.records_replayed,
         torn_bytes_truncated = report.torn_bytes,
         ms = report.elapsed.as_millis() as u64,
+        log_open_ms = report.log_open.as_millis() as u64,
+        snapshot_load_ms = report.snapshot_load.as_millis() as u64,
+        replay_ms = report.replay.as_millis() as u64,
         "replica opened"
     );
     let cancel = CancellationToken::new();

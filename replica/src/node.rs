@@ -106,6 +106,11 @@ pub struct OpenReport {
     pub records_replayed: usize,
     pub torn_bytes: u64,
     pub elapsed: Duration,
+    /// Where the time went: opening (recovering) the log, loading the newest snapshot, reading
+    /// and applying the records after it.
+    pub log_open: Duration,
+    pub snapshot_load: Duration,
+    pub replay: Duration,
 }
 
 impl Node {
@@ -167,7 +172,11 @@ impl Node {
             log.clear_lost_marker()?;
         }
         logthread::finish_interrupted_resync(&mut log, &Dirs::new(&dir))?;
-        Self::open_with_log(cfg, lock, Box::new(log), rec.torn_bytes_truncated, t0)
+        let log_open = t0.elapsed();
+        let (node, mut report) =
+            Self::open_with_log(cfg, lock, Box::new(log), rec.torn_bytes_truncated, t0)?;
+        report.log_open = log_open;
+        Ok((node, report))
     }
 
     /// Opens with a given log store (the disk log in production; an in-memory one with fault
@@ -182,7 +191,10 @@ impl Node {
         let dir = cfg.data_dir.clone();
         let (meta, created) = Meta::load_or_create(&dir)?;
         snapshot::remove_leftovers(&dir.join("snap"));
+        let t_snap = Instant::now();
         let snap = snapshot::load_latest(&dir.join("snap"))?;
+        let snapshot_load = t_snap.elapsed();
+        let t_replay = Instant::now();
         let snap_lsn = snap.as_ref().map_or(Lsn(0), |s| s.lsn);
         if log.last_lsn() < snap_lsn {
             // The snapshot covers everything the log holds (a snapshot was installed from the
@@ -224,6 +236,7 @@ impl Node {
         );
         core.check_invariants()
             .map_err(|e| anyhow::anyhow!("recovered state is inconsistent: {e}"))?;
+        let replay = t_replay.elapsed();
         // A promise given before this start may still be held: none is led within one.
         core.set_promises(cfg.timing.promise_ms, clock::now_ms());
         let (tx, rx) = mpsc::channel();
@@ -287,6 +300,9 @@ impl Node {
                 records_replayed: replayed,
                 torn_bytes,
                 elapsed: t0.elapsed(),
+                log_open: Duration::ZERO,
+                snapshot_load,
+                replay,
             },
         ))
     }

@@ -1,6 +1,8 @@
 //! The stand-in controller: a test double for `baton-controller` that answers heartbeats with
 //! directives so that replicas can be driven without etcd. It names one leader; a new boot of
-//! that leader (a restart) gets a new epoch, as the real controller does; every other member is
+//! that leader (a restart) gets a new epoch, as the real controller does, and, as it does, is
+//! told its promises are void when the previous epoch's leader was itself (same id and data
+//! directory: it gave no promise in the epoch it led); every other member is
 //! directed to follow. In semi-sync mode the waited set is every follower heard within
 //! `drop_after_ms` (a crude stand-in for the controller's sync-set protocol). Tests can move
 //! leadership, change the lease or mode, or make it go silent.
@@ -11,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use baton_common::directive::{Directive, Heartbeat, LeaderRef, Member, MemberRef, Mode, Role};
-use baton_common::{BootId, Epoch, NodeId};
+use baton_common::{BootId, DataId, Epoch, NodeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +42,9 @@ pub struct Plan {
     /// Heartbeats received, answered or not (silent).
     pub heard: u64,
     leader_boot: Option<BootId>,
+    /// The leader of the current epoch and of the one before (id, data directory), for
+    /// `promises_void` as the controller decides it.
+    epoch_leaders: [Option<(String, DataId)>; 2],
     /// Last heartbeat per member.
     pub seen: HashMap<String, Heartbeat>,
 }
@@ -80,6 +85,7 @@ impl Standin {
             silent: false,
             heard: 0,
             leader_boot: None,
+            epoch_leaders: [None, None],
             seen: HashMap::new(),
         }));
         let app = Router::new()
@@ -169,7 +175,12 @@ async fn heartbeat(
         p.epoch = p.epoch.max(max_reported) + 1;
         p.rev += 1;
         p.leader_boot = Some(hb.boot_id);
+        let now_leading = Some((p.leader.clone(), hb.data_id));
+        p.epoch_leaders = [p.epoch_leaders[1].take(), now_leading];
     }
+    // As the controller (`core/directive.rs`): a leader's own promises bind it only to leaders
+    // it followed, none when the previous epoch's leader was itself.
+    let own_prev = p.epoch_leaders[0].is_some() && p.epoch_leaders[0] == p.epoch_leaders[1];
     let leader = p.leader_boot.map(|boot_id| LeaderRef {
         id: NodeId(p.leader.clone()),
         addr: p
@@ -208,7 +219,7 @@ async fn heartbeat(
         waited: p.waited.clone(),
         lease_ms: p.lease_ms,
         start_after_ms: p.start_after_ms,
-        promises_void: p.promises_void,
+        promises_void: p.promises_void || (role == Role::Leader && own_prev),
         mode: p.mode,
         strict: p.strict,
         lossy: false,
