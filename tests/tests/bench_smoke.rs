@@ -3,7 +3,8 @@
 //! three-member etcd. Each test asserts only that the command exits 0 and printed its
 //! side-by-side table rows with numbers on both sides (Baton's and etcd's) and the ratio —
 //! nothing about speed. The cluster runs in the secure default (TLS on both sides), the replica
-//! with `--plain`, so both ways of starting etcd are exercised.
+//! with `--plain`, so both ways of starting etcd are exercised. `baton-bench catchup` runs with a
+//! few MiB and its table rows must be positive numbers.
 
 use baton_tests::procs::bin_path;
 use std::path::Path;
@@ -132,5 +133,50 @@ fn replica_bench_runs_with_etcd() -> anyhow::Result<()> {
     check_tables(&out, 1);
     assert!(out.contains("security: both sides in plain HTTP"), "{out}");
     assert!(out.contains("| SIGKILL |"), "no restart table in:\n{out}");
+    Ok(())
+}
+
+#[test]
+fn catchup_bench_runs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // 4 MiB of 4 KiB values to 64 keys: a few seconds in a debug build.
+    let out = bench(
+        &[
+            "catchup",
+            "--debug",
+            "--gib",
+            "0.004",
+            "--distinct-keys",
+            "64",
+        ],
+        dir.path(),
+        Duration::from_secs(120),
+    )?;
+    assert!(
+        out.contains("DEBUG BUILD"),
+        "no debug-build warning in:\n{out}"
+    );
+    assert!(out.contains("catch-up path: log"), "{out}");
+    for row in [
+        "| load into r1 ",
+        "| r2 catch-up: restart → flushed_lsn = r1 log end |",
+        "| r2 catch-up: restart → applied_lsn = r1 log end |",
+        "| dd sequential write",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{out}"));
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        // measurement, MB, s, MB/s, records/s
+        assert_eq!(cells.len(), 5, "row {line:?}");
+        for cell in &cells[1..4] {
+            assert!(
+                cell.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0),
+                "not a positive number: {cell:?} in {line:?} of:\n{out}"
+            );
+        }
+    }
+    assert!(out.contains("catch-up (restart → applied) / dd: "), "{out}");
     Ok(())
 }

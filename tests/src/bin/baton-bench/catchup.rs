@@ -16,13 +16,14 @@ pub(crate) struct DdResult {
     pub(crate) line: String,
 }
 
-/// Sequential write speed of the disk holding `dir`: 1 GiB in 1 MiB direct writes, fsynced.
-pub(crate) fn dd_write(dir: &Path) -> anyhow::Result<DdResult> {
+/// Sequential write speed of the disk holding `dir`: `mib` MiB in 1 MiB direct writes, fsynced.
+pub(crate) fn dd_write(dir: &Path, mib: u64) -> anyhow::Result<DdResult> {
     let file = dir.join("dd.tmp");
     let out = Command::new("dd")
         .arg("if=/dev/zero")
         .arg(format!("of={}", file.display()))
-        .args(["bs=1M", "count=1024", "oflag=direct", "conv=fsync"])
+        .args(["bs=1M", "oflag=direct", "conv=fsync"])
+        .arg(format!("count={mib}"))
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -57,7 +58,9 @@ pub(crate) fn dd_write(dir: &Path) -> anyhow::Result<DdResult> {
 pub(crate) async fn run_catchup(
     gib: f64,
     value_bytes: usize,
+    distinct_keys: u64,
     dir: Option<PathBuf>,
+    debug: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(gib > 0.0 && gib <= 64.0, "--gib must be in (0, 64]");
     anyhow::ensure!(value_bytes > 0, "--value-bytes must be positive");
@@ -68,9 +71,15 @@ pub(crate) async fn run_catchup(
     standin.with(|p| p.sync_followers = false);
     // No snapshot (and no compaction) while loading: the catch-up must come from the log.
     let extra = format!("[storage]\nsnapshot_log_bytes = {}\n", 4u64 << 30);
-    let mut r1 = start_release("r1", &dir, &standin, &extra)?;
-    let mut r2 = start_release("r2", &dir, &standin, &extra)?;
-    let res = catchup_inner(&r1, &mut r2, gib, value_bytes, &dir).await;
+    let release = !debug && baton_tests::procs::running_release();
+    if !release {
+        println!(
+            "DEBUG BUILD (baton-replica): these numbers mean nothing; only that the command runs"
+        );
+    }
+    let mut r1 = start_replica("r1", &dir, &standin, &extra, release)?;
+    let mut r2 = start_replica("r2", &dir, &standin, &extra, release)?;
+    let res = catchup_inner(&r1, &mut r2, gib, value_bytes, distinct_keys, &dir).await;
     if res.is_err() {
         dump_logs(&[&r1, &r2]);
     }
@@ -84,6 +93,7 @@ pub(crate) async fn catchup_inner(
     r2: &mut ReplicaProc,
     gib: f64,
     vbytes: usize,
+    distinct_keys: u64,
     dir: &Path,
 ) -> anyhow::Result<()> {
     let c = Client::new(Duration::from_secs(5));
@@ -104,13 +114,18 @@ pub(crate) async fn catchup_inner(
     r2.kill9();
     let from = before["flushed_lsn"].as_u64().unwrap_or(0);
     let keys = ((gib * (1u64 << 30) as f64) / vbytes as f64).ceil() as u64;
+    let distinct = if distinct_keys == 0 {
+        keys
+    } else {
+        distinct_keys.min(keys)
+    };
     println!(
-        "r2 attached (flushed LSN {from}) and was killed; loading {keys} keys of {vbytes} bytes \
-         (~{gib} GiB) into r1 with 64 clients, on {}…",
+        "r2 attached (flushed LSN {from}) and was killed; loading {keys} writes of {vbytes} bytes \
+         (~{gib} GiB) to {distinct} distinct keys into r1 with 64 clients, on {}…",
         dir.display()
     );
     let t0 = Instant::now();
-    fill(&r1.url, "c-", keys, vbytes).await?;
+    fill_cycling(&r1.url, "c-", keys, distinct, vbytes).await?;
     let load_secs = t0.elapsed().as_secs_f64();
     let st1 = status_of(&c, &r1.url)
         .await
@@ -211,8 +226,12 @@ pub(crate) async fn catchup_inner(
         phases.join(" → ")
     );
 
-    let dd = dd_write(dir);
     let bytes = wal1.saturating_sub(wal2) as f64;
+    // As much as was caught up (at least 64 MiB, at most 1 GiB).
+    let dd = dd_write(
+        dir,
+        ((bytes / (1 << 20) as f64).ceil() as u64).clamp(64, 1024),
+    );
     let records = end.saturating_sub(from) as f64;
     println!(
         "\nfollower catch-up from the leader's log: {:.1} MB of log ({} records); time from r2's \
@@ -261,7 +280,12 @@ pub(crate) async fn catchup_inner(
                 d.secs,
                 None,
             );
-            println!("\ndd: {}", d.line);
+            let dd_rate = d.bytes as f64 / d.secs;
+            println!(
+                "\ncatch-up (restart → applied) / dd: {:.0}%\ndd: {}",
+                100.0 * (bytes / applied_at) / dd_rate,
+                d.line
+            );
         }
         Err(e) => println!("| dd sequential write | – | – | failed: {e} | – |"),
     }

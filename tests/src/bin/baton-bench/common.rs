@@ -331,6 +331,19 @@ pub(crate) fn stats(mut v: Vec<f64>) -> String {
 /// Writes keys `{prefix}{i:08}` for `i` in `0..keys` with 64 concurrent clients; each write is
 /// retried a bounded number of times.
 pub(crate) async fn fill(url: &str, prefix: &str, keys: u64, vbytes: usize) -> anyhow::Result<()> {
+    fill_cycling(url, prefix, keys, keys, vbytes).await
+}
+
+/// `writes` writes of `vbytes`-byte values with 64 clients, to `distinct` keys in turn (key
+/// `i % distinct`): with fewer keys than writes the state stops growing.
+pub(crate) async fn fill_cycling(
+    url: &str,
+    prefix: &str,
+    writes: u64,
+    distinct: u64,
+    vbytes: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(distinct > 0, "at least one key");
     let c = Client::new(Duration::from_secs(30));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -340,10 +353,10 @@ pub(crate) async fn fill(url: &str, prefix: &str, keys: u64, vbytes: usize) -> a
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= keys {
+                if i >= writes {
                     break;
                 }
-                let key = format!("{prefix}{i:08}");
+                let key = format!("{prefix}{:08}", i % distinct);
                 let mut tries = 0;
                 while !matches!(c.put(&url, &key, v.clone()).await, Ok(r) if r.status == 200) {
                     tries += 1;

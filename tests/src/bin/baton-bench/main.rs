@@ -111,9 +111,16 @@ enum Cmd {
         gib: f64,
         #[arg(long, default_value_t = 4096)]
         value_bytes: usize,
+        /// Write to this many keys in turn (0: a new key per write). With fewer, the
+        /// follower's in-memory state stops growing and the catch-up measures the log path.
+        #[arg(long, default_value_t = 0)]
+        distinct_keys: u64,
         /// Working directory (on the disk to measure); a temporary one by default.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Run the debug build's replicas (the CI smoke run; the numbers mean nothing).
+        #[arg(long)]
+        debug: bool,
     },
     /// Failover and switchover with the real controller and etcd: time from `kill -9` of the
     /// leader to the first acknowledged write on its successor, and the write pause of a
@@ -180,8 +187,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Catchup {
             gib,
             value_bytes,
+            distinct_keys,
             dir,
-        } => run_catchup(gib, value_bytes, dir).await,
+            debug,
+        } => run_catchup(gib, value_bytes, distinct_keys, dir, debug).await,
         Cmd::Failover { runs, dir, proxy } => run_failover(runs, dir, proxy).await,
         Cmd::Partial {
             runs,
