@@ -236,6 +236,8 @@ impl Node {
         );
         core.check_invariants()
             .map_err(|e| anyhow::anyhow!("recovered state is inconsistent: {e}"))?;
+        // The records after the snapshot are applied at once when the first epoch commits.
+        core.set_apply_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
         let replay = t_replay.elapsed();
         // A promise given before this start may still be held: none is led within one.
         core.set_promises(cfg.timing.promise_ms, clock::now_ms());

@@ -64,6 +64,35 @@ pub fn entry_hash(key: &[u8], e: &Entry) -> u128 {
     h.digest128()
 }
 
+/// The key a record writes, if it writes one.
+fn record_key(rec: &Record) -> Option<&Bytes> {
+    match &rec.op {
+        Op::Put { key, .. } | Op::Delete { key } => Some(key),
+        Op::LeaderStart { .. } => None,
+    }
+}
+
+/// Applies `rec` to the shard holding its key; returns the hashes it adds to and takes from
+/// the digest.
+fn apply_to(map: &mut Map, rec: &Record) -> (u128, u128) {
+    match &rec.op {
+        Op::Put { key, value } => {
+            let e = Entry {
+                value: value.clone(),
+                version: Version {
+                    epoch: rec.epoch,
+                    lsn: rec.lsn,
+                },
+            };
+            let h = entry_hash(key, &e);
+            let old = map.insert(key.clone(), (e, h)).map_or(0, |(_, o)| o);
+            (h, old)
+        }
+        Op::Delete { key } => (0, map.remove(key).map_or(0, |(_, o)| o)),
+        Op::LeaderStart { .. } => (0, 0),
+    }
+}
+
 impl KvState {
     /// Builds the state from entries already sorted into their shards (`buckets[i]` holds only
     /// keys with [`shard_of`] = i, each key once), on up to `threads` threads.
@@ -146,24 +175,60 @@ impl KvState {
 
     /// Applies one committed record.
     pub fn apply(&mut self, rec: &Record) {
-        let version = Version {
-            epoch: rec.epoch,
-            lsn: rec.lsn,
-        };
-        match &rec.op {
-            Op::Put { key, value } => self.insert(
-                key.clone(),
-                Entry {
-                    value: value.clone(),
-                    version,
-                },
-            ),
-            Op::Delete { key } => {
-                if let Some((_, old)) = self.shards[shard_of(key)].remove(key) {
-                    self.digest = self.digest.wrapping_sub(old);
-                }
+        if let Some(k) = record_key(rec) {
+            let (add, sub) = apply_to(&mut self.shards[shard_of(k)], rec);
+            self.digest = self.digest.wrapping_add(add).wrapping_sub(sub);
+        }
+    }
+
+    /// Applies committed records in LSN order, like [`apply`](Self::apply) on each; with more
+    /// than one thread and many records, each shard's records (still in LSN order) on a
+    /// thread of its own — a restarted leader applies everything after its snapshot in one
+    /// step when its first epoch commits (280 k records took 0.5 s on one core).
+    pub fn apply_many(&mut self, records: &[Record], threads: usize) {
+        const PARALLEL_FROM: usize = 4096;
+        let threads = threads.clamp(1, SHARDS);
+        if threads == 1 || records.len() < PARALLEL_FROM {
+            for r in records {
+                self.apply(r);
             }
-            Op::LeaderStart { .. } => {}
+            return;
+        }
+        let mut by_shard: Vec<Vec<&Record>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for r in records {
+            if let Some(k) = record_key(r) {
+                by_shard[shard_of(k)].push(r);
+            }
+        }
+        let mut groups: Vec<Vec<(&mut Map, Vec<&Record>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (i, (map, recs)) in self.shards.iter_mut().zip(by_shard).enumerate() {
+            groups[i % threads].push((map, recs));
+        }
+        let deltas: Vec<(u128, u128)> = std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| {
+                    s.spawn(move || {
+                        let (mut add, mut sub) = (0u128, 0u128);
+                        for (map, recs) in g {
+                            for r in recs {
+                                let (a, b) = apply_to(map, r);
+                                add = add.wrapping_add(a);
+                                sub = sub.wrapping_add(b);
+                            }
+                        }
+                        (add, sub)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an apply thread panicked"))
+                .collect()
+        });
+        for (add, sub) in deltas {
+            self.digest = self.digest.wrapping_add(add).wrapping_sub(sub);
         }
     }
 
@@ -266,6 +331,46 @@ mod tests {
             );
             for (k, e) in one.iter() {
                 assert_eq!(built.get(k), Some(e), "{threads} threads: key {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn applying_many_records_on_threads_equals_applying_them_one_by_one() {
+        let records: Vec<Record> = (1..=20_000u64)
+            .map(|i| {
+                let key = Bytes::from(format!("k{}", i % 3000));
+                Record {
+                    epoch: Epoch(1 + i / 7000),
+                    lsn: Lsn(i),
+                    op: match i % 11 {
+                        0 => Op::Delete { key },
+                        5 => Op::LeaderStart {
+                            leader: baton_common::NodeId("r1".into()),
+                            lossy: false,
+                        },
+                        _ => Op::Put {
+                            key,
+                            value: Bytes::from(vec![i as u8; (i % 40) as usize]),
+                        },
+                    },
+                }
+            })
+            .collect();
+        let mut one = KvState::default();
+        one.apply(&put(1, "before", "x"));
+        let base = one.clone();
+        for r in &records {
+            one.apply(r);
+        }
+        for threads in [1, 2, 3, 64] {
+            let mut many = base.clone();
+            many.apply_many(&records, threads);
+            assert_eq!(many.len(), one.len(), "{threads} threads");
+            assert_eq!(many.digest(), one.digest(), "{threads} threads");
+            assert_eq!(many.digest(), many.recompute_digest(), "{threads} threads");
+            for (k, e) in one.iter() {
+                assert_eq!(many.get(k), Some(e), "{threads} threads: key {k:?}");
             }
         }
     }

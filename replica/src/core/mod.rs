@@ -152,6 +152,8 @@ pub struct Core {
     next_stream: u64,
     /// Follower promises given, and how long they bind (`promise.rs`).
     promises: promise::Promises,
+    /// Threads a long run of committed records is applied on (`set_apply_threads`; 1: inline).
+    apply_threads: usize,
     /// How long this leader has run alone (`degraded.rs`).
     degraded: degraded::DegradedClock,
     /// The last range a truncation archived (reported in heartbeats and status).
@@ -264,6 +266,7 @@ impl Core {
             },
             next_stream: 0,
             promises: promise::Promises::default(),
+            apply_threads: 1,
             degraded: degraded::DegradedClock::default(),
             last_cut: None,
             last_refused: None,
@@ -447,6 +450,24 @@ impl Core {
 
     fn apply_committed(&mut self) {
         let l = &mut self.log;
+        if l.commit.0.saturating_sub(l.applied.0) >= 4096 && self.apply_threads > 1 {
+            // A long run at once (a restarted leader's log after its snapshot, when its
+            // epoch commits): the state applies it on every core, shard by shard.
+            let n = (l.commit.0 - l.applied.0).min(l.pending.len() as u64) as usize;
+            let recs: Vec<Record> = l.pending.drain(..n).collect();
+            for rec in &recs {
+                debug_assert_eq!(rec.lsn, l.applied.next());
+                if let Some(k) = rec_key(rec) {
+                    if l.overlay.get(k).is_some_and(|(_, at)| *at == rec.lsn) {
+                        l.overlay.remove(k);
+                    }
+                }
+                self.snap.bytes_since += rec.frame_len() as u64;
+                l.applied = rec.lsn;
+            }
+            l.state.apply_many(&recs, self.apply_threads);
+            return;
+        }
         while l.applied < l.commit {
             let Some(rec) = l.pending.pop_front() else {
                 break;
@@ -461,6 +482,12 @@ impl Core {
             self.snap.bytes_since += rec.frame_len() as u64;
             l.applied = rec.lsn;
         }
+    }
+
+    /// How many threads a long run of committed records (4096 or more at once) is applied on;
+    /// the result is the same as applying them one by one (`KvState::apply_many`).
+    pub fn set_apply_threads(&mut self, threads: usize) {
+        self.apply_threads = threads.max(1);
     }
 
     /// The log writer failed: stop acknowledging for good.

@@ -63,6 +63,9 @@ impl World {
             log_start: Lsn(rep.log_start),
         };
         let mut core = Core::new(cfg, rec);
+        // As `node.rs` on a 2-core machine: a long run of committed records is applied on two
+        // threads (the result is the same; the simulation checks it like any other).
+        core.set_apply_threads(2);
         // As `node.rs`: promises on from the start, leading nothing within one of it.
         if self.cfg.promise_ms > 0 {
             core.set_promises(self.cfg.promise_ms, rep.clock.ms(self.now));
