@@ -107,7 +107,8 @@ pub struct OpenReport {
     pub torn_bytes: u64,
     pub elapsed: Duration,
     /// Where the time went: opening (recovering) the log, loading the newest snapshot, reading
-    /// and applying the records after it.
+    /// the records after it into the core (they are applied later, when a leader's epoch
+    /// above them commits: for a restarted leader, with its first write).
     pub log_open: Duration,
     pub snapshot_load: Duration,
     pub replay: Duration,
@@ -236,7 +237,8 @@ impl Node {
         );
         core.check_invariants()
             .map_err(|e| anyhow::anyhow!("recovered state is inconsistent: {e}"))?;
-        // The records after the snapshot are applied at once when the first epoch commits.
+        // Long runs of committed records (the records after the snapshot, applied at once when
+        // the first epoch commits; a follower's large catch-up batches) use every core.
         core.set_apply_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
         let replay = t_replay.elapsed();
         // A promise given before this start may still be held: none is led within one.

@@ -232,7 +232,7 @@ impl KvState {
         }
     }
 
-    /// Inserts an entry (used by apply).
+    /// Inserts an entry (as applying a put of it would).
     pub fn insert(&mut self, key: Bytes, e: Entry) {
         let h = entry_hash(&key, &e);
         self.digest = self.digest.wrapping_add(h);

@@ -451,8 +451,9 @@ impl Core {
     fn apply_committed(&mut self) {
         let l = &mut self.log;
         if l.commit.0.saturating_sub(l.applied.0) >= 4096 && self.apply_threads > 1 {
-            // A long run at once (a restarted leader's log after its snapshot, when its
-            // epoch commits): the state applies it on every core, shard by shard.
+            // A long run at once (a restarted leader's log after its snapshot when its epoch
+            // commits, or a follower's large catch-up batch): the state applies it on every
+            // core, shard by shard.
             let n = (l.commit.0 - l.applied.0).min(l.pending.len() as u64) as usize;
             let recs: Vec<Record> = l.pending.drain(..n).collect();
             for rec in &recs {

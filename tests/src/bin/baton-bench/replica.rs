@@ -28,8 +28,8 @@ pub(crate) async fn restart_time(
         "state: {} keys, applied LSN {}, snapshot LSN {}",
         st["keys"], st["applied_lsn"], st["snapshot_lsn"]
     );
-    println!("\n| restart after | data on disk MB | open (status answers) s | first acknowledged write s | writes refused before it |");
-    println!("|---|---:|---:|---:|---|");
+    println!("\n| restart after | data on disk MB | open (status answers) s | first acknowledged write s | writes refused before it | client errors before it |");
+    println!("|---|---:|---:|---:|---|---:|");
     for how in ["SIGTERM", "SIGKILL"] {
         if how == "SIGTERM" {
             r.term(Duration::from_secs(30));
@@ -45,38 +45,43 @@ pub(crate) async fn restart_time(
         })
         .await?;
         let open = t0.elapsed().as_secs_f64();
-        // Why the writes before the first acknowledged one were refused (first answer kept).
-        let refused = std::cell::RefCell::new((0u32, String::new()));
+        // What the writes before the first acknowledged one got: answers (the first kept) and
+        // client errors (timeouts of the 200 ms client, refused connections).
+        let before = std::cell::RefCell::new((0u32, String::new(), 0u32));
         wait_for(
             Duration::from_secs(120),
             "a write after restart",
             || async {
                 let res = fast.put(&r.url, "after-restart", "x").await;
-                if matches!(&res, Ok(rep) if rep.status == 200) {
-                    return Some(());
-                }
-                let mut f = refused.borrow_mut();
-                f.0 += 1;
-                if f.1.is_empty() {
-                    f.1 = match res {
-                        Ok(rep) => format!("{} {}", rep.status, String::from_utf8_lossy(&rep.body)),
-                        Err(e) => format!("{e:?}"),
-                    };
+                let mut b = before.borrow_mut();
+                match res {
+                    Ok(rep) if rep.status == 200 => return Some(()),
+                    Ok(rep) => {
+                        b.0 += 1;
+                        if b.1.is_empty() {
+                            b.1 = format!("{} {}", rep.status, String::from_utf8_lossy(&rep.body));
+                        }
+                    }
+                    Err(_) => b.2 += 1,
                 }
                 None
             },
         )
         .await?;
         let first = t0.elapsed().as_secs_f64();
-        let (n, why) = refused.into_inner();
-        println!(
-            "| {how} | {mb:.0} | {open:.2} | {first:.2} | {n}{} |",
-            if n > 0 {
-                format!(" (first: {})", why.trim())
-            } else {
-                String::new()
-            }
-        );
+        let (refused, why, errors) = before.into_inner();
+        // One table cell: no line breaks or column bars from the answer's body.
+        let why: String = why
+            .trim()
+            .chars()
+            .map(|c| if c == '|' || c.is_control() { ' ' } else { c })
+            .collect();
+        let why = if refused > 0 {
+            format!(" (first: {why})")
+        } else {
+            String::new()
+        };
+        println!("| {how} | {mb:.0} | {open:.2} | {first:.2} | {refused}{why} | {errors} |");
     }
     let probe = c
         .get(&r.url, &format!("key-{:08}", keys - 1))
